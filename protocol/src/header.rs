@@ -1,0 +1,285 @@
+//! The fixed header and the alias table: written once before the file becomes
+//! visible under its name, never changed afterwards, so readers copy them out with
+//! ordinary reads at open time and never touch them through the mapping.
+
+use crate::{
+    ALIASES_OFFSET, ALIAS_WIDTH, FILE_SIZE, HEADER_SIZE, LAYOUT_VERSION, MAGIC, MAX_ALIAS_LEN,
+    MAX_ENDPOINTS, RECORD_OFFSET, RECORD_SIZE,
+};
+use std::fmt;
+
+/// The decoded header of a state file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// Layout version; see [`LAYOUT_VERSION`].
+    pub layout_version: u32,
+    /// Size of the fixed header in bytes (at least [`HEADER_SIZE`]).
+    pub header_size: u32,
+    /// The size the file has (readers check the real size is at least this).
+    pub file_size: u64,
+    /// Where the seqlocked record starts.
+    pub record_offset: u32,
+    /// Size of the record in bytes.
+    pub record_size: u32,
+    /// Where the alias table starts.
+    pub aliases_offset: u32,
+    /// Bytes per alias slot.
+    pub alias_width: u32,
+    /// Number of endpoints, 0 to [`MAX_ENDPOINTS`].
+    pub endpoint_count: u32,
+    /// Wall-clock time the file was created, nanoseconds since the Unix epoch.
+    pub created_wall_ns: u64,
+}
+
+/// Why a byte buffer is not a header this version understands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderError {
+    /// Fewer bytes than the part of the header that was needed.
+    Truncated { needed: u64, have: u64 },
+    /// The first eight bytes are not [`MAGIC`].
+    BadMagic,
+    /// A layout version other than [`LAYOUT_VERSION`].
+    UnsupportedVersion(u32),
+    /// A field holds a value no valid writer produces.
+    Corrupt(String),
+}
+
+impl fmt::Display for HeaderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HeaderError::Truncated { needed, have } => {
+                write!(f, "is truncated ({have} bytes, at least {needed} needed)")
+            }
+            HeaderError::BadMagic => f.write_str("is not a dbha state file (bad magic)"),
+            HeaderError::UnsupportedVersion(v) => write!(
+                f,
+                "has layout version {v}, this reader supports {LAYOUT_VERSION}"
+            ),
+            HeaderError::Corrupt(what) => write!(f, "is corrupt: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for HeaderError {}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    u32::from_ne_bytes(b[off..off + 4].try_into().expect("4-byte slice"))
+}
+
+fn u64_at(b: &[u8], off: usize) -> u64 {
+    u64::from_ne_bytes(b[off..off + 8].try_into().expect("8-byte slice"))
+}
+
+impl Header {
+    /// A version 1 header for `endpoint_count` endpoints.
+    pub fn new(endpoint_count: u32, created_wall_ns: u64) -> Header {
+        Header {
+            layout_version: LAYOUT_VERSION,
+            header_size: HEADER_SIZE,
+            file_size: FILE_SIZE,
+            record_offset: RECORD_OFFSET,
+            record_size: RECORD_SIZE,
+            aliases_offset: ALIASES_OFFSET,
+            alias_width: ALIAS_WIDTH,
+            endpoint_count,
+            created_wall_ns,
+        }
+    }
+
+    /// The header's bytes, native endian, reserved bytes zero.
+    pub fn encode(&self) -> [u8; HEADER_SIZE as usize] {
+        let mut b = [0u8; HEADER_SIZE as usize];
+        b[0..8].copy_from_slice(&MAGIC);
+        b[8..12].copy_from_slice(&self.layout_version.to_ne_bytes());
+        b[12..16].copy_from_slice(&self.header_size.to_ne_bytes());
+        b[16..24].copy_from_slice(&self.file_size.to_ne_bytes());
+        b[24..28].copy_from_slice(&self.record_offset.to_ne_bytes());
+        b[28..32].copy_from_slice(&self.record_size.to_ne_bytes());
+        b[32..36].copy_from_slice(&self.aliases_offset.to_ne_bytes());
+        b[36..40].copy_from_slice(&self.alias_width.to_ne_bytes());
+        b[40..44].copy_from_slice(&self.endpoint_count.to_ne_bytes());
+        b[48..56].copy_from_slice(&self.created_wall_ns.to_ne_bytes());
+        b
+    }
+
+    /// Decodes and validates a header, in the order LAYOUT.md prescribes: magic,
+    /// then version, then sizes and offsets. `bytes` is the start of the file
+    /// (possibly shorter than a header when the file is truncated).
+    pub fn decode(bytes: &[u8]) -> Result<Header, HeaderError> {
+        let have = bytes.len() as u64;
+        let need = |n: usize| -> Result<(), HeaderError> {
+            if bytes.len() < n {
+                Err(HeaderError::Truncated {
+                    needed: n as u64,
+                    have,
+                })
+            } else {
+                Ok(())
+            }
+        };
+        need(8)?;
+        if bytes[0..8] != MAGIC {
+            return Err(HeaderError::BadMagic);
+        }
+        need(12)?;
+        let layout_version = u32_at(bytes, 8);
+        if layout_version != LAYOUT_VERSION {
+            return Err(HeaderError::UnsupportedVersion(layout_version));
+        }
+        need(HEADER_SIZE as usize)?;
+        let h = Header {
+            layout_version,
+            header_size: u32_at(bytes, 12),
+            file_size: u64_at(bytes, 16),
+            record_offset: u32_at(bytes, 24),
+            record_size: u32_at(bytes, 28),
+            aliases_offset: u32_at(bytes, 32),
+            alias_width: u32_at(bytes, 36),
+            endpoint_count: u32_at(bytes, 40),
+            created_wall_ns: u64_at(bytes, 48),
+        };
+        h.validate()?;
+        Ok(h)
+    }
+
+    fn validate(&self) -> Result<(), HeaderError> {
+        let corrupt = |s: String| Err(HeaderError::Corrupt(s));
+        if self.header_size < HEADER_SIZE {
+            return corrupt(format!("header size {} < {HEADER_SIZE}", self.header_size));
+        }
+        if self.record_size < RECORD_SIZE {
+            return corrupt(format!("record size {} < {RECORD_SIZE}", self.record_size));
+        }
+        if self.record_offset % 128 != 0 || self.record_offset < self.header_size {
+            return corrupt(format!(
+                "record offset {} is not a multiple of 128 after the header",
+                self.record_offset
+            ));
+        }
+        if self.alias_width != ALIAS_WIDTH {
+            return corrupt(format!(
+                "alias width {} (expected {ALIAS_WIDTH})",
+                self.alias_width
+            ));
+        }
+        if self.endpoint_count > MAX_ENDPOINTS {
+            return corrupt(format!(
+                "endpoint count {} > {MAX_ENDPOINTS}",
+                self.endpoint_count
+            ));
+        }
+        let record_end = u64::from(self.record_offset) + u64::from(self.record_size);
+        if u64::from(self.aliases_offset) < record_end {
+            return corrupt(format!(
+                "alias table at {} overlaps the record",
+                self.aliases_offset
+            ));
+        }
+        if self.file_size < self.aliases_end() {
+            return corrupt(format!(
+                "file size {} < end of alias table {}",
+                self.file_size,
+                self.aliases_end()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Offset one past the last alias slot.
+    pub fn aliases_end(&self) -> u64 {
+        u64::from(self.aliases_offset)
+            + u64::from(self.endpoint_count) * u64::from(self.alias_width)
+    }
+}
+
+/// Encodes an alias into its fixed-width, NUL-padded slot. `None` when the alias is
+/// empty, too long, or contains a NUL byte.
+pub fn encode_alias(alias: &str) -> Option<[u8; ALIAS_WIDTH as usize]> {
+    if alias.is_empty() || alias.len() > MAX_ALIAS_LEN || alias.as_bytes().contains(&0) {
+        return None;
+    }
+    let mut slot = [0u8; ALIAS_WIDTH as usize];
+    slot[..alias.len()].copy_from_slice(alias.as_bytes());
+    Some(slot)
+}
+
+/// Decodes the alias table (`table` holds `count` slots of [`ALIAS_WIDTH`] bytes).
+pub fn decode_aliases(table: &[u8], count: u32) -> Result<Vec<String>, HeaderError> {
+    let width = ALIAS_WIDTH as usize;
+    let mut out = Vec::with_capacity(count as usize);
+    for i in 0..count as usize {
+        let slot = table
+            .get(i * width..(i + 1) * width)
+            .ok_or_else(|| HeaderError::Corrupt(format!("alias table ends before slot {i}")))?;
+        let len = slot
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or_else(|| HeaderError::Corrupt(format!("alias {i} is not NUL-terminated")))?;
+        if len == 0 {
+            return Err(HeaderError::Corrupt(format!("alias {i} is empty")));
+        }
+        let name = std::str::from_utf8(&slot[..len])
+            .map_err(|_| HeaderError::Corrupt(format!("alias {i} is not UTF-8")))?;
+        out.push(name.to_owned());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trips() {
+        let h = Header::new(3, 42);
+        assert_eq!(Header::decode(&h.encode()), Ok(h));
+    }
+
+    #[test]
+    fn every_truncation_of_the_header_is_reported_as_truncated_or_bad_magic() {
+        let bytes = Header::new(3, 42).encode();
+        for n in 0..bytes.len() {
+            match Header::decode(&bytes[..n]) {
+                Err(HeaderError::Truncated { have, .. }) => assert_eq!(have, n as u64),
+                other => panic!("truncated at {n}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn newer_version_is_refused_by_number() {
+        let mut bytes = Header::new(3, 42).encode();
+        bytes[8..12].copy_from_slice(&3u32.to_ne_bytes());
+        let e = Header::decode(&bytes).unwrap_err();
+        assert_eq!(e, HeaderError::UnsupportedVersion(3));
+        assert_eq!(
+            e.to_string(),
+            "has layout version 3, this reader supports 1"
+        );
+    }
+
+    #[test]
+    fn too_many_endpoints_is_corrupt() {
+        let mut bytes = Header::new(3, 42).encode();
+        bytes[40..44].copy_from_slice(&65u32.to_ne_bytes());
+        assert!(matches!(
+            Header::decode(&bytes),
+            Err(HeaderError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn aliases_round_trip_and_bad_slots_are_rejected() {
+        let mut table = Vec::new();
+        for a in ["default", "failover1"] {
+            table.extend_from_slice(&encode_alias(a).unwrap());
+        }
+        assert_eq!(decode_aliases(&table, 2).unwrap(), ["default", "failover1"]);
+        assert!(encode_alias("").is_none());
+        assert!(encode_alias(&"x".repeat(64)).is_none());
+        assert!(encode_alias(&"x".repeat(63)).is_some());
+        let unterminated = [b'a'; 64];
+        assert!(decode_aliases(&unterminated, 1).is_err());
+        assert!(decode_aliases(&table, 3).is_err());
+    }
+}

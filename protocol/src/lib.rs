@@ -1,0 +1,57 @@
+//! The dbha state file: its byte layout and the seqlock that guards it.
+//!
+//! This crate is what every reader and the single writer must agree on; `LAYOUT.md`
+//! next to it is the normative, language-neutral description and this code follows
+//! it. It holds no I/O policy and no logging. The optional `writer` feature adds the
+//! writer's side of the file life cycle (create, reuse, supersede, lock, publish),
+//! which only the agent and the tests need.
+
+pub mod header;
+pub mod record;
+pub mod seqlock;
+#[cfg(feature = "writer")]
+pub mod writer;
+
+pub use header::{Header, HeaderError};
+pub use record::{RecordValues, Status};
+
+/// The first eight bytes of every state file.
+pub const MAGIC: [u8; 8] = *b"DBHASTAT";
+/// The layout version this crate reads and writes. Readers accept only this value.
+pub const LAYOUT_VERSION: u32 = 1;
+/// Size of the fixed header at offset 0.
+pub const HEADER_SIZE: u32 = 128;
+/// Offset of the seqlocked record: its own 128-byte line.
+pub const RECORD_OFFSET: u32 = 128;
+/// Size of the record: 16 little 64-bit words (one sequence word and 15 data words).
+pub const RECORD_SIZE: u32 = 128;
+/// Offset of the alias table.
+pub const ALIASES_OFFSET: u32 = 256;
+/// Bytes per alias slot, terminating NUL included.
+pub const ALIAS_WIDTH: u32 = 64;
+/// Most endpoints one file describes (one bit each in the 64-bit masks).
+pub const MAX_ENDPOINTS: u32 = 64;
+/// The longest alias, in bytes.
+pub const MAX_ALIAS_LEN: usize = ALIAS_WIDTH as usize - 1;
+/// Size of a version 1 file: header, record and a full alias table, rounded up to
+/// whole pages of 4 KiB so that the mapping never ends inside a partial page.
+pub const FILE_SIZE: u64 = 8192;
+/// The endpoint index meaning "no endpoint".
+pub const NONE: u32 = u32::MAX;
+
+/// Number of 64-bit words in the record, sequence word included.
+pub const RECORD_WORDS: usize = (RECORD_SIZE / 8) as usize;
+/// Number of data words (every word after the sequence word).
+pub const DATA_WORDS: usize = RECORD_WORDS - 1;
+
+/// Bits of the record's `flags` word.
+pub mod flags {
+    /// The agent stopped cleanly and no longer updates this file.
+    pub const STOPPED: u64 = 1 << 0;
+    /// Two or more endpoints claim to be primary at once.
+    pub const CONFLICT: u64 = 1 << 1;
+    /// A newer file has replaced this one at the same path: reopen the path.
+    pub const SUPERSEDED: u64 = 1 << 2;
+    /// Every flag this version defines; readers ignore the other bits.
+    pub const KNOWN: u64 = STOPPED | CONFLICT | SUPERSEDED;
+}

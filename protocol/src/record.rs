@@ -1,0 +1,163 @@
+//! The record's words, decoded, and the status rule every reader applies.
+
+use crate::{flags, DATA_WORDS, NONE};
+
+/// Index of each data word in the array that follows the sequence word (the data
+/// word at index `i` sits at record offset `8 * (i + 1)`).
+pub mod word {
+    pub const EPOCH: usize = 0;
+    pub const HEARTBEAT_MONO_NS: usize = 1;
+    pub const HEARTBEAT_WALL_NS: usize = 2;
+    pub const WRITE_INDEX: usize = 3;
+    pub const READ_INDEX: usize = 4;
+    pub const HEALTH_MASK: usize = 5;
+    pub const PRIMARY_MASK: usize = 6;
+    pub const STANDBY_MASK: usize = 7;
+    pub const FLAGS: usize = 8;
+    pub const STALE_AFTER_NS: usize = 9;
+    pub const WRITER_PID: usize = 10;
+    pub const CONFIG_GENERATION: usize = 11;
+}
+
+/// What a reader concludes from a consistent copy of the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(i32)]
+pub enum Status {
+    /// The agent is alive and names a database to use.
+    Active = 0,
+    /// The agent is alive and no database is healthy: the app falls back per its own
+    /// policy.
+    NoHealthyDatabase = 1,
+    /// The heartbeat is older than `stale_after`: the agent is dead or wedged.
+    Stale = 2,
+    /// The agent stopped cleanly.
+    AgentStopped = 3,
+}
+
+/// A consistent copy of the record's data words, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RecordValues {
+    pub epoch: u64,
+    pub heartbeat_mono_ns: u64,
+    pub heartbeat_wall_ns: u64,
+    pub write_index: u32,
+    pub read_index: u32,
+    pub health_mask: u64,
+    pub primary_mask: u64,
+    pub standby_mask: u64,
+    pub flags: u64,
+    pub stale_after_ns: u64,
+    pub writer_pid: u32,
+    pub config_generation: u64,
+}
+
+/// Index words hold a `u32` in the low half; anything else is read as [`NONE`].
+fn index_of(w: u64) -> u32 {
+    u32::try_from(w).unwrap_or(NONE)
+}
+
+impl RecordValues {
+    pub fn from_words(w: &[u64; DATA_WORDS]) -> RecordValues {
+        RecordValues {
+            epoch: w[word::EPOCH],
+            heartbeat_mono_ns: w[word::HEARTBEAT_MONO_NS],
+            heartbeat_wall_ns: w[word::HEARTBEAT_WALL_NS],
+            write_index: index_of(w[word::WRITE_INDEX]),
+            read_index: index_of(w[word::READ_INDEX]),
+            health_mask: w[word::HEALTH_MASK],
+            primary_mask: w[word::PRIMARY_MASK],
+            standby_mask: w[word::STANDBY_MASK],
+            flags: w[word::FLAGS],
+            stale_after_ns: w[word::STALE_AFTER_NS],
+            writer_pid: u32::try_from(w[word::WRITER_PID]).unwrap_or(0),
+            config_generation: w[word::CONFIG_GENERATION],
+        }
+    }
+
+    pub fn to_words(&self) -> [u64; DATA_WORDS] {
+        let mut w = [0u64; DATA_WORDS];
+        w[word::EPOCH] = self.epoch;
+        w[word::HEARTBEAT_MONO_NS] = self.heartbeat_mono_ns;
+        w[word::HEARTBEAT_WALL_NS] = self.heartbeat_wall_ns;
+        w[word::WRITE_INDEX] = u64::from(self.write_index);
+        w[word::READ_INDEX] = u64::from(self.read_index);
+        w[word::HEALTH_MASK] = self.health_mask;
+        w[word::PRIMARY_MASK] = self.primary_mask;
+        w[word::STANDBY_MASK] = self.standby_mask;
+        w[word::FLAGS] = self.flags;
+        w[word::STALE_AFTER_NS] = self.stale_after_ns;
+        w[word::WRITER_PID] = u64::from(self.writer_pid);
+        w[word::CONFIG_GENERATION] = self.config_generation;
+        w
+    }
+
+    /// Heartbeat age at monotonic time `now_mono_ns` (0 if the heartbeat is ahead,
+    /// which a coarse clock can make happen by up to one tick).
+    pub fn heartbeat_age_ns(&self, now_mono_ns: u64) -> u64 {
+        now_mono_ns.saturating_sub(self.heartbeat_mono_ns)
+    }
+
+    /// The status rule of LAYOUT.md, in its order: stopped, then stale, then the
+    /// write index.
+    pub fn status(&self, now_mono_ns: u64) -> Status {
+        if self.flags & flags::STOPPED != 0 {
+            Status::AgentStopped
+        } else if self.heartbeat_age_ns(now_mono_ns) > self.stale_after_ns {
+            Status::Stale
+        } else if self.write_index == NONE {
+            Status::NoHealthyDatabase
+        } else {
+            Status::Active
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(write_index: u32) -> RecordValues {
+        RecordValues {
+            heartbeat_mono_ns: 1_000,
+            stale_after_ns: 500,
+            write_index,
+            ..RecordValues::default()
+        }
+    }
+
+    #[test]
+    fn words_round_trip() {
+        let v = RecordValues {
+            epoch: 9,
+            write_index: 2,
+            read_index: NONE,
+            flags: flags::CONFLICT,
+            writer_pid: 77,
+            ..live(2)
+        };
+        assert_eq!(RecordValues::from_words(&v.to_words()), v);
+    }
+
+    #[test]
+    fn status_rule_order() {
+        assert_eq!(live(0).status(1_200), Status::Active);
+        assert_eq!(live(0).status(1_500), Status::Active);
+        assert_eq!(live(0).status(1_501), Status::Stale);
+        assert_eq!(live(NONE).status(1_200), Status::NoHealthyDatabase);
+        assert_eq!(live(NONE).status(9_999), Status::Stale);
+        let stopped = RecordValues {
+            flags: flags::STOPPED,
+            ..live(0)
+        };
+        assert_eq!(stopped.status(9_999), Status::AgentStopped);
+        // A coarse clock slightly behind the heartbeat is not "in the future".
+        assert_eq!(live(0).status(900), Status::Active);
+    }
+
+    #[test]
+    fn an_index_word_above_u32_reads_as_none() {
+        let mut w = live(0).to_words();
+        w[word::WRITE_INDEX] = 1 << 40;
+        assert_eq!(RecordValues::from_words(&w).write_index, NONE);
+    }
+}

@@ -1,0 +1,553 @@
+//! The writer's side of the state file: the single process (the agent) that creates,
+//! reuses, replaces and publishes into it. See LAYOUT.md, "Life cycle".
+//!
+//! - One writer per path, enforced by an exclusive `flock` on `PATH.lock`.
+//! - A new file is built under a temporary name in the same directory, reserved with
+//!   `posix_fallocate` (a full tmpfs fails here, not later as SIGBUS in a reader),
+//!   fully initialised, and only then renamed into place.
+//! - A valid file with the same aliases is reused in place (same inode, readers keep
+//!   their mapping, the epoch continues). A file with other aliases is replaced by a
+//!   new one, and the old one is then flagged SUPERSEDED so its readers reopen.
+//! - A file is never truncated or shrunk.
+
+use crate::header::{decode_aliases, encode_alias, Header, HeaderError};
+use crate::record::RecordValues;
+use crate::{
+    flags, seqlock, DATA_WORDS, FILE_SIZE, HEADER_SIZE, MAX_ENDPOINTS, NONE, RECORD_OFFSET,
+    RECORD_WORDS,
+};
+use memmap2::{MmapOptions, MmapRaw};
+use nix::fcntl::{Flock, FlockArg};
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Everything that can go wrong on the writer's side, with the path it concerns.
+#[derive(Debug)]
+pub enum WriterError {
+    /// Another process holds the lock: only one writer per state file.
+    Locked { lock: PathBuf, holder: Option<u32> },
+    /// A system call failed.
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        source: io::Error,
+    },
+    /// Something is at the path that is not a state file this writer may replace.
+    NotAStateFile { path: PathBuf, reason: HeaderError },
+    /// The path is a symbolic link, a directory or another non-regular file.
+    NotRegular { path: PathBuf, kind: &'static str },
+    /// An alias that does not fit the layout.
+    InvalidAlias { index: usize, alias: String },
+    /// More endpoints than the masks hold.
+    TooManyEndpoints(usize),
+}
+
+impl fmt::Display for WriterError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WriterError::Locked { lock, holder } => {
+                write!(f, "{} is locked by another dbha-agent", lock.display())?;
+                if let Some(pid) = holder {
+                    write!(f, " (pid {pid})")?;
+                }
+                f.write_str(": only one agent may write a state file; stop it or choose another state_file")
+            }
+            WriterError::Io { path, op, source } => {
+                write!(f, "{}: {op} failed: {source}", path.display())
+            }
+            WriterError::NotAStateFile { path, reason } => write!(
+                f,
+                "{} exists and {reason}; refusing to replace it: remove it or choose another state_file",
+                path.display()
+            ),
+            WriterError::NotRegular { path, kind } => write!(
+                f,
+                "{} is a {kind}, expected a regular file (or nothing)",
+                path.display()
+            ),
+            WriterError::InvalidAlias { index, alias } => write!(
+                f,
+                "alias {index} ({alias:?}) must be 1 to {} bytes with no NUL",
+                crate::MAX_ALIAS_LEN
+            ),
+            WriterError::TooManyEndpoints(n) => {
+                write!(f, "{n} endpoints, at most {MAX_ENDPOINTS} are supported")
+            }
+        }
+    }
+}
+
+impl std::error::Error for WriterError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            WriterError::Io { source, .. } => Some(source),
+            WriterError::NotAStateFile { reason, .. } => Some(reason),
+            _ => None,
+        }
+    }
+}
+
+fn io_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> WriterError + 'a {
+    move |source| WriterError::Io {
+        path: path.to_owned(),
+        op,
+        source,
+    }
+}
+
+/// What the agent decided, to be published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Publication {
+    pub write_index: u32,
+    pub read_index: u32,
+    pub health_mask: u64,
+    pub primary_mask: u64,
+    pub standby_mask: u64,
+    pub conflict: bool,
+}
+
+impl Publication {
+    /// Nothing known yet: no endpoint, nothing healthy.
+    pub const NOTHING: Publication = Publication {
+        write_index: NONE,
+        read_index: NONE,
+        health_mask: 0,
+        primary_mask: 0,
+        standby_mask: 0,
+        conflict: false,
+    };
+}
+
+/// Settings carried in the record that come from the agent's configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// Readers report Stale when the heartbeat is older than this.
+    pub stale_after_ns: u64,
+    /// Permission bits of a newly created file (e.g. 0o644, or 0o640 with a group).
+    pub mode: u32,
+}
+
+/// How [`StateFile::open`] or [`StateFile::reconfigure`] came by the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opened {
+    /// Nothing was at the path: a new file.
+    Created,
+    /// A valid file with the same aliases: reused in place, epoch and decision kept.
+    Reused,
+    /// A file with other aliases: a new file replaced it and the old one is flagged
+    /// superseded.
+    Replaced,
+}
+
+/// The open, locked, mapped state file.
+pub struct StateFile {
+    path: PathBuf,
+    map: MmapRaw,
+    aliases: Vec<String>,
+    values: RecordValues,
+    _lock: Flock<File>,
+}
+
+impl fmt::Debug for StateFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StateFile")
+            .field("path", &self.path)
+            .field("aliases", &self.aliases)
+            .field("values", &self.values)
+            .finish()
+    }
+}
+
+/// Current `CLOCK_MONOTONIC` and wall-clock time in nanoseconds.
+pub fn now_ns() -> (u64, u64) {
+    let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0);
+    let wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    (mono, wall)
+}
+
+/// The lock file guarding `path`.
+pub fn lock_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".lock");
+    PathBuf::from(s)
+}
+
+fn take_lock(path: &Path) -> Result<Flock<File>, WriterError> {
+    let lock = lock_path(path);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(&lock)
+        .map_err(io_err(&lock, "open lock file"))?;
+    let mut locked = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(l) => l,
+        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+            let mut s = String::new();
+            let holder = file
+                .read_to_string(&mut s)
+                .ok()
+                .and_then(|_| s.trim().parse().ok());
+            return Err(WriterError::Locked { lock, holder });
+        }
+        Err((_, e)) => return Err(io_err(&lock, "flock")(e.into())),
+    };
+    // The holder's pid, for the message the next would-be writer gets.
+    locked
+        .set_len(0)
+        .map_err(io_err(&lock, "truncate lock file"))?;
+    writeln!(locked, "{}", std::process::id()).map_err(io_err(&lock, "write lock file"))?;
+    Ok(locked)
+}
+
+fn check_aliases(aliases: &[String]) -> Result<Vec<u8>, WriterError> {
+    if aliases.len() > MAX_ENDPOINTS as usize {
+        return Err(WriterError::TooManyEndpoints(aliases.len()));
+    }
+    let mut table = Vec::with_capacity(aliases.len() * crate::ALIAS_WIDTH as usize);
+    for (index, alias) in aliases.iter().enumerate() {
+        let slot = encode_alias(alias).ok_or_else(|| WriterError::InvalidAlias {
+            index,
+            alias: alias.clone(),
+        })?;
+        table.extend_from_slice(&slot);
+    }
+    Ok(table)
+}
+
+/// What is at the path now.
+enum Existing {
+    Nothing,
+    Valid { file: File, aliases: Vec<String> },
+}
+
+fn inspect(path: &Path) -> Result<Existing, WriterError> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Existing::Nothing),
+        Err(e) => return Err(io_err(path, "stat")(e)),
+    };
+    let ft = meta.file_type();
+    if !ft.is_file() {
+        let kind = if ft.is_symlink() {
+            "symbolic link"
+        } else if ft.is_dir() {
+            "directory"
+        } else {
+            "special file"
+        };
+        return Err(WriterError::NotRegular {
+            path: path.to_owned(),
+            kind,
+        });
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(path)
+        .map_err(io_err(path, "open"))?;
+    let len = file.metadata().map_err(io_err(path, "fstat"))?.len();
+    let not_ours = |reason| WriterError::NotAStateFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let mut head = vec![0u8; (HEADER_SIZE as u64).min(len) as usize];
+    file.read_exact_at(&mut head, 0)
+        .map_err(io_err(path, "read"))?;
+    let header = Header::decode(&head).map_err(not_ours)?;
+    if len < header.file_size || header.file_size < FILE_SIZE {
+        return Err(not_ours(HeaderError::Truncated {
+            needed: header.file_size.max(FILE_SIZE),
+            have: len,
+        }));
+    }
+    let mut table = vec![0u8; (header.aliases_end() - u64::from(header.aliases_offset)) as usize];
+    file.read_exact_at(&mut table, u64::from(header.aliases_offset))
+        .map_err(io_err(path, "read"))?;
+    let aliases = decode_aliases(&table, header.endpoint_count).map_err(not_ours)?;
+    Ok(Existing::Valid { file, aliases })
+}
+
+fn map(file: &File, path: &Path) -> Result<MmapRaw, WriterError> {
+    MmapOptions::new()
+        .len(FILE_SIZE as usize)
+        .map_raw(file)
+        .map_err(io_err(path, "mmap"))
+}
+
+/// Builds a complete new file under a temporary name next to `path` and renames it
+/// into place. Returns the open file.
+fn create(
+    path: &Path,
+    table: &[u8],
+    count: usize,
+    initial: &RecordValues,
+    mode: u32,
+) -> Result<File, WriterError> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path.file_name().ok_or_else(|| WriterError::NotRegular {
+        path: path.to_owned(),
+        kind: "directory",
+    })?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp.{}", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    // A leftover from a writer that crashed mid-creation under the same pid.
+    let _ = std::fs::remove_file(&tmp);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(&tmp)
+        .map_err(io_err(&tmp, "create"))?;
+    let result = (|| {
+        // The umask may have cleared bits the operator asked for.
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(io_err(&tmp, "chmod"))?;
+        nix::fcntl::posix_fallocate(&file, 0, FILE_SIZE as i64)
+            .map_err(|e| io_err(&tmp, "posix_fallocate")(e.into()))?;
+        let (_, wall) = now_ns();
+        let header = Header::new(count as u32, wall);
+        file.write_all_at(&header.encode(), 0)
+            .map_err(io_err(&tmp, "write"))?;
+        let mut record = Vec::with_capacity(RECORD_WORDS * 8);
+        record.extend_from_slice(&0u64.to_ne_bytes());
+        for w in initial.to_words() {
+            record.extend_from_slice(&w.to_ne_bytes());
+        }
+        file.write_all_at(&record, u64::from(RECORD_OFFSET))
+            .map_err(io_err(&tmp, "write"))?;
+        file.write_all_at(table, u64::from(header.aliases_offset))
+            .map_err(io_err(&tmp, "write"))?;
+        std::fs::rename(&tmp, path).map_err(io_err(path, "rename"))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map(|()| file)
+}
+
+impl StateFile {
+    /// Takes the writer's lock on `path` and opens the state file there: reuses a
+    /// valid file with the same aliases, replaces one with other aliases, creates
+    /// one where there is none. `initial` is what a new file starts with; a reused
+    /// file keeps the decision it holds.
+    pub fn open(
+        path: &Path,
+        aliases: &[String],
+        settings: Settings,
+        initial: &Publication,
+    ) -> Result<(StateFile, Opened), WriterError> {
+        let table = check_aliases(aliases)?;
+        let lock = take_lock(path)?;
+        let (mono, wall) = now_ns();
+        let base = RecordValues {
+            heartbeat_mono_ns: mono,
+            heartbeat_wall_ns: wall,
+            stale_after_ns: settings.stale_after_ns,
+            writer_pid: std::process::id(),
+            ..RecordValues::default()
+        };
+        let (file, opened) = match inspect(path)? {
+            Existing::Valid {
+                file,
+                aliases: old_aliases,
+            } => {
+                let old_map = map(&file, path)?;
+                let mut old = StateFile {
+                    path: path.to_owned(),
+                    values: read_own(&old_map),
+                    map: old_map,
+                    aliases: old_aliases,
+                    _lock: lock,
+                };
+                if old.aliases == aliases {
+                    // Same inode, same decision, same epoch: readers carry on.
+                    let mut v = old.values;
+                    v.heartbeat_mono_ns = mono;
+                    v.heartbeat_wall_ns = wall;
+                    v.stale_after_ns = settings.stale_after_ns;
+                    v.writer_pid = std::process::id();
+                    v.flags &= flags::CONFLICT;
+                    v.config_generation += 1;
+                    old.store(v);
+                    return Ok((old, Opened::Reused));
+                }
+                old.replace(aliases, &table, settings, initial)?;
+                return Ok((old, Opened::Replaced));
+            }
+            Existing::Nothing => {
+                let values = with_publication(
+                    RecordValues {
+                        epoch: 1,
+                        config_generation: 1,
+                        ..base
+                    },
+                    initial,
+                );
+                let file = create(path, &table, aliases.len(), &values, settings.mode)?;
+                (file, Opened::Created)
+            }
+        };
+        let map = map(&file, path)?;
+        let values = read_own(&map);
+        Ok((
+            StateFile {
+                path: path.to_owned(),
+                map,
+                aliases: aliases.to_vec(),
+                values,
+                _lock: lock,
+            },
+            opened,
+        ))
+    }
+
+    /// Applies a new configuration. Same aliases: the settings change in place and
+    /// the config generation goes up. Other aliases: a new file replaces this one
+    /// (see [`Opened::Replaced`]), starting from `initial`.
+    pub fn reconfigure(
+        &mut self,
+        aliases: &[String],
+        settings: Settings,
+        initial: &Publication,
+    ) -> Result<Opened, WriterError> {
+        let table = check_aliases(aliases)?;
+        if self.aliases == aliases {
+            let mut v = self.values;
+            v.stale_after_ns = settings.stale_after_ns;
+            v.config_generation += 1;
+            self.store(v);
+            return Ok(Opened::Reused);
+        }
+        self.replace(aliases, &table, settings, initial)?;
+        Ok(Opened::Replaced)
+    }
+
+    fn replace(
+        &mut self,
+        aliases: &[String],
+        table: &[u8],
+        settings: Settings,
+        initial: &Publication,
+    ) -> Result<(), WriterError> {
+        let (mono, wall) = now_ns();
+        let values = with_publication(
+            RecordValues {
+                // Index meanings change with the aliases, so this is a new decision.
+                epoch: self.values.epoch + 1,
+                heartbeat_mono_ns: mono,
+                heartbeat_wall_ns: wall,
+                stale_after_ns: settings.stale_after_ns,
+                writer_pid: std::process::id(),
+                config_generation: self.values.config_generation + 1,
+                ..RecordValues::default()
+            },
+            initial,
+        );
+        let file = create(&self.path, table, aliases.len(), &values, settings.mode)?;
+        let new_map = map(&file, &self.path)?;
+        // Only now that the new file is in place: tell readers of the old one.
+        let mut old = self.values;
+        old.flags |= flags::SUPERSEDED;
+        self.store(old);
+        self.map = new_map;
+        self.values = read_own(&self.map);
+        self.aliases = aliases.to_vec();
+        Ok(())
+    }
+
+    /// Publishes a decision with a fresh heartbeat. The epoch goes up by one exactly
+    /// when the write or read index differs from the published one. Returns the new
+    /// epoch when it did.
+    pub fn publish(&mut self, p: &Publication) -> Option<u64> {
+        let (mono, wall) = now_ns();
+        let mut v = with_publication(self.values, p);
+        v.heartbeat_mono_ns = mono;
+        v.heartbeat_wall_ns = wall;
+        let changed =
+            (v.write_index, v.read_index) != (self.values.write_index, self.values.read_index);
+        if changed {
+            v.epoch += 1;
+        }
+        self.store(v);
+        changed.then_some(v.epoch)
+    }
+
+    /// Marks the file "agent stopped" (readers report AgentStopped). Called on a
+    /// clean shutdown; the next agent on this path clears it.
+    pub fn mark_stopped(&mut self) {
+        let mut v = self.values;
+        v.flags |= flags::STOPPED;
+        self.store(v);
+    }
+
+    /// What was last published.
+    pub fn values(&self) -> &RecordValues {
+        &self.values
+    }
+
+    /// The aliases of the current file, in index order.
+    pub fn aliases(&self) -> &[String] {
+        &self.aliases
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn store(&mut self, values: RecordValues) {
+        let (seq, data) = record(&self.map);
+        seqlock::write(seq, data, &values.to_words());
+        self.values = values;
+    }
+}
+
+fn with_publication(mut v: RecordValues, p: &Publication) -> RecordValues {
+    v.write_index = p.write_index;
+    v.read_index = p.read_index;
+    v.health_mask = p.health_mask;
+    v.primary_mask = p.primary_mask;
+    v.standby_mask = p.standby_mask;
+    v.flags = (v.flags & !flags::CONFLICT) | if p.conflict { flags::CONFLICT } else { 0 };
+    v
+}
+
+/// The record inside a read-write mapping.
+fn record(map: &MmapRaw) -> (&AtomicU64, &[AtomicU64; DATA_WORDS]) {
+    // SAFETY: the mapping is FILE_SIZE bytes (checked or created by us), page
+    // aligned, so RECORD_OFFSET..RECORD_OFFSET+128 is in bounds and 8-byte aligned.
+    // Every process only ever accesses these bytes atomically, and the references
+    // live no longer than `map`.
+    let words: &[AtomicU64; RECORD_WORDS] =
+        unsafe { &*(map.as_ptr().add(RECORD_OFFSET as usize) as *const [AtomicU64; RECORD_WORDS]) };
+    let (seq, data) = words.split_first().expect("record has words");
+    (seq, data.try_into().expect("DATA_WORDS data words"))
+}
+
+/// Reads the record of a mapping this process is about to own as the writer.
+fn read_own(map: &MmapRaw) -> RecordValues {
+    use std::sync::atomic::Ordering;
+    let (_, data) = record(map);
+    RecordValues::from_words(&std::array::from_fn(|i| data[i].load(Ordering::Relaxed)))
+}

@@ -1,0 +1,531 @@
+//! Read the dbha agent's current decision (which database to use) from its state
+//! file, in nanoseconds and with no system call on the hot path.
+//!
+//! This crate opens and validates the file, maps it read-only and reads its
+//! seqlocked record. It is loaded into every application process, so it stays small:
+//! no logging, no threads, no allocation after open. The C ABI (`libdbha`, header
+//! `include/dbha.h`) is a thin skin over it in [`ffi`]. It never writes: the writer
+//! side lives in `dbha-protocol`'s `writer` feature and is used by the agent.
+//!
+//! ```no_run
+//! let reader = dbha::Reader::open("/run/dbha/state")?;
+//! let db = reader.active_alias().unwrap_or("default");
+//! # Ok::<(), dbha::Error>(())
+//! ```
+
+mod clock;
+pub mod ffi;
+
+use dbha_protocol::header::{decode_aliases, Header, HeaderError};
+pub use dbha_protocol::Status;
+use dbha_protocol::{flags, seqlock, RecordValues, DATA_WORDS, NONE, RECORD_WORDS};
+use memmap2::{MmapOptions, MmapRaw};
+use std::ffi::{CStr, CString};
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// How many times a read retries while the writer is mid-publication before giving
+/// up with [`Error::Contended`]. A publication takes tens of nanoseconds, so this is
+/// only reached if the writer died mid-publication and no new writer took over.
+pub const MAX_RETRIES: u32 = 10_000;
+
+/// After a stale or stopped read, the reader checks at most this often whether a
+/// different file now sits at the path (one `stat`).
+const RECHECK_NS: u64 = 250_000_000;
+
+/// Why a state file could not be opened or read. Every variant names the path.
+#[derive(Debug)]
+pub enum Error {
+    /// Nothing at the path (or a symbolic link to nothing).
+    NotFound { path: PathBuf, dangling_link: bool },
+    /// The process may not read the file.
+    PermissionDenied { path: PathBuf },
+    /// The path is a directory or another non-regular file.
+    NotRegularFile { path: PathBuf, kind: &'static str },
+    /// The file is shorter than its header or than the size its header claims.
+    Truncated {
+        path: PathBuf,
+        have: u64,
+        needed: u64,
+    },
+    /// The file does not start with the dbha magic.
+    BadMagic { path: PathBuf },
+    /// The file has a layout version this reader does not support.
+    UnsupportedVersion { path: PathBuf, version: u32 },
+    /// The header or alias table holds values no valid writer produces.
+    Corrupt { path: PathBuf, what: String },
+    /// Another I/O error while opening or mapping.
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        source: io::Error,
+    },
+    /// The record stayed mid-publication for [`MAX_RETRIES`] attempts.
+    Contended { path: PathBuf },
+}
+
+impl Error {
+    /// The path the error concerns.
+    pub fn path(&self) -> &Path {
+        match self {
+            Error::NotFound { path, .. }
+            | Error::PermissionDenied { path }
+            | Error::NotRegularFile { path, .. }
+            | Error::Truncated { path, .. }
+            | Error::BadMagic { path }
+            | Error::UnsupportedVersion { path, .. }
+            | Error::Corrupt { path, .. }
+            | Error::Io { path, .. }
+            | Error::Contended { path } => path,
+        }
+    }
+
+    fn from_header(path: &Path, e: HeaderError) -> Error {
+        let path = path.to_owned();
+        match e {
+            HeaderError::Truncated { needed, have } => Error::Truncated { path, have, needed },
+            HeaderError::BadMagic => Error::BadMagic { path },
+            HeaderError::UnsupportedVersion(version) => Error::UnsupportedVersion { path, version },
+            HeaderError::Corrupt(what) => Error::Corrupt { path, what },
+        }
+    }
+
+    fn from_io(path: &Path, op: &'static str, source: io::Error) -> Error {
+        let path = path.to_owned();
+        match source.kind() {
+            io::ErrorKind::NotFound => {
+                let dangling_link = std::fs::symlink_metadata(&path)
+                    .map(|m| m.file_type().is_symlink())
+                    .unwrap_or(false);
+                Error::NotFound {
+                    path,
+                    dangling_link,
+                }
+            }
+            io::ErrorKind::PermissionDenied => Error::PermissionDenied { path },
+            _ => Error::Io { path, op, source },
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = self.path().display();
+        match self {
+            Error::NotFound {
+                dangling_link: true,
+                ..
+            } => write!(f, "{p} is a symbolic link to a file that does not exist"),
+            Error::NotFound { .. } => write!(
+                f,
+                "{p} does not exist: is dbha-agent running with this state_file?"
+            ),
+            Error::PermissionDenied { .. } => write!(
+                f,
+                "{p} is not readable by this process: add its user to the state file's group"
+            ),
+            Error::NotRegularFile { kind, .. } => {
+                write!(f, "{p} is a {kind}, not a dbha state file")
+            }
+            Error::Truncated { have: 0, .. } => write!(f, "{p} is empty, not a dbha state file"),
+            Error::Truncated { have, needed, .. } => write!(
+                f,
+                "{p} is truncated ({have} bytes, at least {needed} needed)"
+            ),
+            Error::BadMagic { .. } => write!(f, "{p} is not a dbha state file (bad magic)"),
+            Error::UnsupportedVersion { version, .. } => write!(
+                f,
+                "{p} has layout version {version}, this reader supports {}: upgrade the reader (libdbha) to match the agent",
+                dbha_protocol::LAYOUT_VERSION
+            ),
+            Error::Corrupt { what, .. } => write!(f, "{p} is corrupt: {what}"),
+            Error::Io { op, source, .. } => write!(f, "{p}: {op} failed: {source}"),
+            Error::Contended { .. } => write!(
+                f,
+                "{p}: the record stayed mid-update for {MAX_RETRIES} attempts (writer died while publishing?)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// A role an endpoint was seen in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Primary,
+    Standby,
+    Unknown,
+}
+
+/// One mapped file, with its aliases. Never freed before the [`Reader`] is dropped,
+/// so names handed out stay valid across reopens.
+struct Generation {
+    number: u64,
+    map: MmapRaw,
+    record_offset: usize,
+    aliases: Vec<CString>,
+    dev: u64,
+    ino: u64,
+}
+
+impl Generation {
+    fn open(path: &Path, number: u64) -> Result<Generation, Error> {
+        let file = File::open(path).map_err(|e| Error::from_io(path, "open", e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::from_io(path, "fstat", e))?;
+        let ft = meta.file_type();
+        if !ft.is_file() {
+            let kind = if ft.is_dir() {
+                "directory"
+            } else {
+                "special file"
+            };
+            return Err(Error::NotRegularFile {
+                path: path.to_owned(),
+                kind,
+            });
+        }
+        let size = meta.len();
+        let mut head = vec![0u8; size.min(u64::from(dbha_protocol::HEADER_SIZE)) as usize];
+        file.read_exact_at(&mut head, 0)
+            .map_err(|e| Error::from_io(path, "read", e))?;
+        let header = Header::decode(&head).map_err(|e| Error::from_header(path, e))?;
+        if size < header.file_size {
+            return Err(Error::Truncated {
+                path: path.to_owned(),
+                have: size,
+                needed: header.file_size,
+            });
+        }
+        let mut table =
+            vec![0u8; (header.aliases_end() - u64::from(header.aliases_offset)) as usize];
+        file.read_exact_at(&mut table, u64::from(header.aliases_offset))
+            .map_err(|e| Error::from_io(path, "read", e))?;
+        let aliases = decode_aliases(&table, header.endpoint_count)
+            .map_err(|e| Error::from_header(path, e))?
+            .into_iter()
+            // decode_aliases stops at the first NUL, so there is none inside.
+            .map(|a| CString::new(a).expect("alias without interior NUL"))
+            .collect();
+        let record_end = u64::from(header.record_offset) + u64::from(header.record_size);
+        let map = MmapOptions::new()
+            .offset(0)
+            .len(record_end as usize)
+            .map_raw_read_only(&file)
+            .map_err(|e| Error::from_io(path, "mmap", e))?;
+        Ok(Generation {
+            number,
+            map,
+            record_offset: header.record_offset as usize,
+            aliases,
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+
+    /// The record's sequence word and data words.
+    #[inline(always)]
+    fn record(&self) -> (&AtomicU64, &[AtomicU64; DATA_WORDS]) {
+        // SAFETY: the mapping covers record_offset + record_size bytes (we mapped
+        // exactly that far, and the header check guarantees record_size >= 128), the
+        // offset is a multiple of 128 in a page-aligned mapping, so the 16 words are
+        // in bounds and 8-byte aligned. The memory is mapped PROT_READ: only relaxed
+        // loads of 8 bytes are made through these references, which Rust defines on
+        // read-only memory on the 64-bit targets dbha supports. The references live
+        // no longer than `self`, which owns the mapping.
+        let words: &[AtomicU64; RECORD_WORDS] = unsafe {
+            &*(self.map.as_ptr().add(self.record_offset) as *const [AtomicU64; RECORD_WORDS])
+        };
+        let (seq, data) = words.split_first().expect("record has words");
+        (seq, data.try_into().expect("DATA_WORDS data words"))
+    }
+
+    #[inline(always)]
+    fn read(&self) -> Option<RecordValues> {
+        let (seq, data) = self.record();
+        seqlock::read(seq, data, MAX_RETRIES)
+            .ok()
+            .map(|(w, _)| RecordValues::from_words(&w))
+    }
+
+    fn alias(&self, index: u32) -> Option<&CStr> {
+        self.aliases.get(index as usize).map(CString::as_c_str)
+    }
+}
+
+/// An open state file. Cheap to read from any number of threads at once
+/// (`Reader: Sync`); opened before `fork`, it keeps working in the children, since
+/// the mapping is shared and read-only.
+///
+/// When the agent replaces the file (its aliases changed) the reader notices the
+/// superseded flag and maps the new file on its next read; when the state is stale or
+/// stopped it checks, at most every 250 ms, whether another file now sits at the path.
+/// Names it handed out stay valid until the reader is dropped.
+pub struct Reader {
+    path: PathBuf,
+    current: AtomicPtr<Generation>,
+    /// Every generation opened, oldest first; only appended to, freed on drop.
+    generations: Mutex<Vec<Box<Generation>>>,
+    last_recheck_ns: AtomicU64,
+}
+
+impl fmt::Debug for Reader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reader").field("path", &self.path).finish()
+    }
+}
+
+impl Reader {
+    /// Opens, validates and maps the state file at `path` (symbolic links are
+    /// followed). Fails with a specific [`Error`] naming the path.
+    pub fn open(path: impl AsRef<Path>) -> Result<Reader, Error> {
+        let path = path.as_ref().to_owned();
+        let mut first = Box::new(Generation::open(&path, 1)?);
+        let ptr: *mut Generation = &mut *first;
+        Ok(Reader {
+            path,
+            current: AtomicPtr::new(ptr),
+            generations: Mutex::new(vec![first]),
+            last_recheck_ns: AtomicU64::new(0),
+        })
+    }
+
+    /// The path this reader was opened with.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    #[inline(always)]
+    fn generation(&self) -> &Generation {
+        // SAFETY: `current` always points into a Box held by `self.generations`,
+        // which only grows and is dropped with `self`, so the Generation outlives the
+        // returned borrow of `self`. Acquire pairs with the Release in `reopen`, so
+        // the Generation's contents are visible.
+        unsafe { &*self.current.load(Ordering::Acquire) }
+    }
+
+    /// Reads the record, reopening first if the file was superseded (or, when stale or
+    /// stopped, replaced by another file at the path).
+    #[inline(always)]
+    fn load(&self) -> Result<(&Generation, RecordValues, u64), Error> {
+        let g = self.generation();
+        let now = clock::coarse_monotonic_ns();
+        let Some(v) = g.read() else {
+            return Err(Error::Contended {
+                path: self.path.clone(),
+            });
+        };
+        if v.flags & (flags::SUPERSEDED | flags::STOPPED) == 0 && v.status(now) != Status::Stale {
+            return Ok((g, v, now));
+        }
+        self.load_slow(g, v, now)
+    }
+
+    #[cold]
+    fn load_slow<'a>(
+        &'a self,
+        g: &'a Generation,
+        v: RecordValues,
+        now: u64,
+    ) -> Result<(&'a Generation, RecordValues, u64), Error> {
+        let superseded = v.flags & flags::SUPERSEDED != 0;
+        let last = self.last_recheck_ns.load(Ordering::Relaxed);
+        if !superseded && now.saturating_sub(last) < RECHECK_NS {
+            return Ok((g, v, now));
+        }
+        self.last_recheck_ns.store(now, Ordering::Relaxed);
+        match self.reopen(g, superseded) {
+            Some(new) => match new.read() {
+                Some(nv) => Ok((new, nv, now)),
+                None => Err(Error::Contended {
+                    path: self.path.clone(),
+                }),
+            },
+            None => Ok((g, v, now)),
+        }
+    }
+
+    /// Maps the file now at the path if it differs from `g`. Never blocks: if another
+    /// thread is reopening, this one carries on with what it has.
+    fn reopen(&self, g: &Generation, superseded: bool) -> Option<&Generation> {
+        let mut gens = self.generations.try_lock().ok()?;
+        let latest: &Generation = gens.last()?;
+        if latest.number != g.number {
+            // Another thread already moved on.
+            let p: *const Generation = latest;
+            // SAFETY: as in `generation`: the Box lives as long as `self`.
+            return Some(unsafe { &*p });
+        }
+        if !superseded {
+            let meta = std::fs::metadata(&self.path).ok()?;
+            if (meta.dev(), meta.ino()) == (g.dev, g.ino) {
+                return None;
+            }
+        }
+        let mut new = Box::new(Generation::open(&self.path, g.number + 1).ok()?);
+        let ptr: *mut Generation = &mut *new;
+        gens.push(new);
+        self.current.store(ptr, Ordering::Release);
+        // SAFETY: as in `generation`: the Box now lives in `self.generations`.
+        Some(unsafe { &*ptr })
+    }
+
+    /// A consistent copy of everything the agent published.
+    pub fn snapshot(&self) -> Result<Snapshot<'_>, Error> {
+        let (g, v, now) = self.load()?;
+        Ok(Snapshot::new(g, &v, now))
+    }
+
+    /// The alias the app must use now for writes, or `None` when there is none:
+    /// no healthy database, the agent stopped, or its heartbeat is stale. No system
+    /// call, no allocation.
+    #[inline]
+    pub fn active_alias(&self) -> Option<&str> {
+        self.active_alias_c().map(|c| {
+            // Aliases were checked to be UTF-8 at open.
+            c.to_str().unwrap_or_default()
+        })
+    }
+
+    /// As [`Reader::active_alias`], as a C string.
+    #[inline]
+    pub fn active_alias_c(&self) -> Option<&CStr> {
+        let (g, v, now) = self.load().ok()?;
+        (v.status(now) == Status::Active)
+            .then(|| g.alias(v.write_index))
+            .flatten()
+    }
+
+    /// The name of endpoint `index` in the file mapped now.
+    pub fn alias_name(&self, index: u32) -> Option<&str> {
+        self.alias_name_c(index).and_then(|c| c.to_str().ok())
+    }
+
+    fn alias_name_c(&self, index: u32) -> Option<&CStr> {
+        self.generation().alias(index)
+    }
+}
+
+/// A consistent view of the state, with the names of the file it was read from.
+#[derive(Debug, Clone)]
+pub struct Snapshot<'r> {
+    /// Increases every time the published decision changes.
+    pub epoch: u64,
+    /// Agent's last heartbeat, `CLOCK_MONOTONIC` nanoseconds.
+    pub heartbeat_mono_ns: u64,
+    /// Agent's last heartbeat, wall clock, nanoseconds since the Unix epoch (display only).
+    pub heartbeat_wall_ns: u64,
+    /// How old the heartbeat was at the time of the read.
+    pub heartbeat_age: Duration,
+    /// The staleness threshold from the agent's configuration.
+    pub stale_after: Duration,
+    pub write_index: Option<u32>,
+    pub read_index: Option<u32>,
+    pub health_mask: u64,
+    pub primary_mask: u64,
+    pub standby_mask: u64,
+    pub flags: u64,
+    pub writer_pid: u32,
+    pub config_generation: u64,
+    /// Counts the files this reader has mapped (1 for the first); changes when the
+    /// reader moved to a replacement file.
+    pub generation: u64,
+    pub status: Status,
+    aliases: &'r [CString],
+}
+
+impl<'r> Snapshot<'r> {
+    fn new(g: &'r Generation, v: &RecordValues, now: u64) -> Snapshot<'r> {
+        let idx = |i: u32| (i != NONE && (i as usize) < g.aliases.len()).then_some(i);
+        Snapshot {
+            epoch: v.epoch,
+            heartbeat_mono_ns: v.heartbeat_mono_ns,
+            heartbeat_wall_ns: v.heartbeat_wall_ns,
+            heartbeat_age: Duration::from_nanos(v.heartbeat_age_ns(now)),
+            stale_after: Duration::from_nanos(v.stale_after_ns),
+            write_index: idx(v.write_index),
+            read_index: idx(v.read_index),
+            health_mask: v.health_mask,
+            primary_mask: v.primary_mask,
+            standby_mask: v.standby_mask,
+            flags: v.flags,
+            writer_pid: v.writer_pid,
+            config_generation: v.config_generation,
+            generation: g.number,
+            status: v.status(now),
+            aliases: &g.aliases,
+        }
+    }
+
+    /// Number of endpoints in the file this snapshot was read from.
+    pub fn endpoint_count(&self) -> u32 {
+        self.aliases.len() as u32
+    }
+
+    /// Alias of endpoint `index` in this snapshot's file.
+    pub fn alias(&self, index: u32) -> Option<&'r str> {
+        self.alias_c(index).and_then(|c| c.to_str().ok())
+    }
+
+    pub(crate) fn alias_c(&self, index: u32) -> Option<&'r CStr> {
+        self.aliases.get(index as usize).map(CString::as_c_str)
+    }
+
+    /// All aliases, in priority (index) order.
+    pub fn aliases(&self) -> impl Iterator<Item = &'r str> + 'r {
+        self.aliases.iter().map(|c| c.to_str().unwrap_or_default())
+    }
+
+    /// The write alias when the status is Active.
+    pub fn write_alias(&self) -> Option<&'r str> {
+        (self.status == Status::Active)
+            .then(|| self.write_index.and_then(|i| self.alias(i)))
+            .flatten()
+    }
+
+    /// The read alias when the status is Active.
+    pub fn read_alias(&self) -> Option<&'r str> {
+        (self.status == Status::Active)
+            .then(|| self.read_index.and_then(|i| self.alias(i)))
+            .flatten()
+    }
+
+    pub fn is_healthy(&self, index: u32) -> bool {
+        index < 64 && self.health_mask & (1 << index) != 0
+    }
+
+    pub fn role(&self, index: u32) -> Role {
+        if index >= 64 {
+            Role::Unknown
+        } else if self.primary_mask & (1 << index) != 0 {
+            Role::Primary
+        } else if self.standby_mask & (1 << index) != 0 {
+            Role::Standby
+        } else {
+            Role::Unknown
+        }
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.flags & flags::STOPPED != 0
+    }
+
+    pub fn conflict(&self) -> bool {
+        self.flags & flags::CONFLICT != 0
+    }
+}

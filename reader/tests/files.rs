@@ -1,0 +1,433 @@
+//! The Rust reader against files made by the real writer side, and against every
+//! kind of bad file: each gives its own error, none crashes.
+
+use dbha::{Error, Reader, Role, Status};
+use dbha_protocol::writer::{Opened, Publication, Settings, StateFile};
+use dbha_protocol::{Header, FILE_SIZE, HEADER_SIZE};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const SECOND: u64 = 1_000_000_000;
+
+fn aliases(names: &[&str]) -> Vec<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+fn settings(stale_after_ns: u64) -> Settings {
+    Settings {
+        stale_after_ns,
+        mode: 0o644,
+    }
+}
+
+fn writer(path: &Path, names: &[&str]) -> StateFile {
+    StateFile::open(
+        path,
+        &aliases(names),
+        settings(5 * SECOND),
+        &Publication::NOTHING,
+    )
+    .unwrap()
+    .0
+}
+
+fn active(index: u32) -> Publication {
+    Publication {
+        write_index: index,
+        read_index: index,
+        health_mask: 1 << index,
+        ..Publication::NOTHING
+    }
+}
+
+fn valid_bytes(dir: &Path) -> Vec<u8> {
+    let path = dir.join("valid");
+    drop(writer(&path, &["default", "failover1"]));
+    std::fs::read(path).unwrap()
+}
+
+#[test]
+fn reads_what_the_writer_published() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let mut w = writer(&path, &["default", "failover1", "failover2"]);
+    let r = Reader::open(&path).unwrap();
+
+    let s = r.snapshot().unwrap();
+    assert_eq!(s.status, Status::NoHealthyDatabase);
+    assert_eq!(s.write_index, None);
+    assert_eq!(r.active_alias(), None);
+    assert_eq!(s.endpoint_count(), 3);
+    assert_eq!(s.writer_pid, std::process::id());
+
+    let epoch = w
+        .publish(&Publication {
+            health_mask: 0b110,
+            primary_mask: 0b010,
+            standby_mask: 0b100,
+            read_index: 2,
+            ..active(1)
+        })
+        .expect("a new decision bumps the epoch");
+    let s = r.snapshot().unwrap();
+    assert_eq!(s.status, Status::Active);
+    assert_eq!(s.epoch, epoch);
+    assert_eq!(s.write_alias(), Some("failover1"));
+    assert_eq!(s.read_alias(), Some("failover2"));
+    assert!(!s.is_healthy(0) && s.is_healthy(1) && s.is_healthy(2));
+    assert_eq!(
+        [s.role(0), s.role(1), s.role(2)],
+        [Role::Unknown, Role::Primary, Role::Standby]
+    );
+    assert_eq!(s.stale_after, Duration::from_secs(5));
+    assert!(s.heartbeat_age < Duration::from_secs(1));
+    assert_eq!(r.active_alias(), Some("failover1"));
+    assert_eq!(r.alias_name(0), Some("default"));
+    assert_eq!(r.alias_name(3), None);
+
+    // Same decision again: the heartbeat moves, the epoch does not.
+    assert_eq!(
+        w.publish(&Publication {
+            read_index: 2,
+            ..active(1)
+        }),
+        None
+    );
+    assert_eq!(r.snapshot().unwrap().epoch, epoch);
+
+    w.mark_stopped();
+    let s = r.snapshot().unwrap();
+    assert_eq!(s.status, Status::AgentStopped);
+    assert!(s.stopped());
+    assert_eq!(r.active_alias(), None);
+}
+
+#[test]
+fn heartbeat_older_than_stale_after_is_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let (mut w, _) = StateFile::open(
+        &path,
+        &aliases(&["default"]),
+        settings(50_000_000),
+        &Publication::NOTHING,
+    )
+    .unwrap();
+    w.publish(&active(0));
+    let r = Reader::open(&path).unwrap();
+    assert_eq!(r.active_alias(), Some("default"));
+    std::thread::sleep(Duration::from_millis(120));
+    let s = r.snapshot().unwrap();
+    assert_eq!(s.status, Status::Stale);
+    assert!(s.heartbeat_age > Duration::from_millis(50));
+    assert_eq!(r.active_alias(), None);
+    w.publish(&active(0));
+    assert_eq!(r.active_alias(), Some("default"));
+}
+
+#[test]
+fn restarted_writer_reuses_the_file_and_the_epoch_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let names = ["default", "failover1"];
+    let mut w = writer(&path, &names);
+    let e1 = w.publish(&active(1)).unwrap();
+    let r = Reader::open(&path).unwrap();
+    drop(w);
+
+    let (mut w, opened) = StateFile::open(
+        &path,
+        &aliases(&names),
+        settings(5 * SECOND),
+        &Publication::NOTHING,
+    )
+    .unwrap();
+    assert_eq!(opened, Opened::Reused);
+    // The decision survived the restart, on the same mapping.
+    let s = r.snapshot().unwrap();
+    assert_eq!(
+        (s.epoch, s.write_alias(), s.generation),
+        (e1, Some("failover1"), 1)
+    );
+    let e2 = w.publish(&active(0)).unwrap();
+    assert_eq!(e2, e1 + 1);
+    assert_eq!(r.snapshot().unwrap().epoch, e2);
+}
+
+#[test]
+fn a_second_writer_on_the_same_path_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let _w = writer(&path, &["default"]);
+    let e = StateFile::open(
+        &path,
+        &aliases(&["default"]),
+        settings(SECOND),
+        &Publication::NOTHING,
+    )
+    .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("state.lock") && msg.contains("only one agent"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("pid {}", std::process::id())),
+        "{msg}"
+    );
+}
+
+#[test]
+fn changed_aliases_supersede_the_file_and_readers_follow_without_mixing_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let mut w = writer(&path, &["default", "failover1"]);
+    w.publish(&active(1));
+    let r = Reader::open(&path).unwrap();
+    let before = r.snapshot().unwrap();
+    assert_eq!(before.write_alias(), Some("failover1"));
+    let old_name = r.active_alias().unwrap();
+
+    // failover1 is removed, a new endpoint comes first: index 1 now means "default".
+    let opened = w
+        .reconfigure(
+            &aliases(&["replica", "default"]),
+            settings(5 * SECOND),
+            &active(1),
+        )
+        .unwrap();
+    assert_eq!(opened, Opened::Replaced);
+    let after = r.snapshot().unwrap();
+    assert_eq!(after.generation, 2);
+    assert!(after.epoch > before.epoch);
+    assert_eq!(after.write_alias(), Some("default"));
+    assert_eq!(after.alias(0), Some("replica"));
+    // Names handed out before the switch are still valid, and still say what they said.
+    assert_eq!(old_name, "failover1");
+    assert_eq!(before.write_alias(), Some("failover1"));
+}
+
+#[test]
+fn a_writer_refuses_to_replace_a_file_that_is_not_a_state_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    std::fs::write(&path, b"precious data").unwrap();
+    let e = StateFile::open(
+        &path,
+        &aliases(&["default"]),
+        settings(SECOND),
+        &Publication::NOTHING,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("not a dbha state file"), "{e}");
+    assert_eq!(std::fs::read(&path).unwrap(), b"precious data");
+}
+
+#[test]
+fn new_files_are_fully_sized_and_carry_the_requested_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let (_w, opened) = StateFile::open(
+        &path,
+        &aliases(&["default"]),
+        Settings {
+            stale_after_ns: SECOND,
+            mode: 0o640,
+        },
+        &Publication::NOTHING,
+    )
+    .unwrap();
+    assert_eq!(opened, Opened::Created);
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.len(), FILE_SIZE);
+    assert_eq!(meta.permissions().mode() & 0o777, 0o640);
+    // No temporary file is left behind.
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}
+
+fn open_err(path: &Path) -> Error {
+    Reader::open(path).unwrap_err()
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+#[test]
+fn missing_file_and_dangling_symlink() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let e = open_err(&missing);
+    assert!(
+        matches!(
+            e,
+            Error::NotFound {
+                dangling_link: false,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains(&*missing.to_string_lossy()));
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&missing, &link).unwrap();
+    let e = open_err(&link);
+    assert!(
+        matches!(
+            e,
+            Error::NotFound {
+                dangling_link: true,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("symbolic link"), "{e}");
+}
+
+#[test]
+fn a_symlink_to_a_valid_file_is_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = write(dir.path(), "target", &valid_bytes(dir.path()));
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    assert_eq!(
+        Reader::open(&link).unwrap().alias_name(1),
+        Some("failover1")
+    );
+}
+
+#[test]
+fn directory_empty_and_wrong_magic() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open_err(dir.path());
+    assert!(
+        matches!(
+            e,
+            Error::NotRegularFile {
+                kind: "directory",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let e = open_err(&write(dir.path(), "empty", b""));
+    assert!(matches!(e, Error::Truncated { have: 0, .. }), "{e:?}");
+    assert!(
+        e.to_string().ends_with("is empty, not a dbha state file"),
+        "{e}"
+    );
+    let mut bytes = valid_bytes(dir.path());
+    bytes[0] = b'X';
+    let e = open_err(&write(dir.path(), "magic", &bytes));
+    assert!(matches!(e, Error::BadMagic { .. }), "{e:?}");
+    assert!(
+        e.to_string()
+            .ends_with("is not a dbha state file (bad magic)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn newer_layout_version_names_both_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = valid_bytes(dir.path());
+    bytes[8..12].copy_from_slice(&3u32.to_ne_bytes());
+    let e = open_err(&write(dir.path(), "v3", &bytes));
+    assert!(
+        matches!(e, Error::UnsupportedVersion { version: 3, .. }),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string()
+            .contains("has layout version 3, this reader supports 1"),
+        "{e}"
+    );
+}
+
+#[test]
+fn truncated_at_every_offset_of_the_header_and_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = valid_bytes(dir.path());
+    let header = Header::decode(&bytes).unwrap();
+    let p = dir.path().join("cut");
+    for n in 0..=header.aliases_end() as usize + 1 {
+        std::fs::write(&p, &bytes[..n]).unwrap();
+        match Reader::open(&p) {
+            Err(Error::Truncated { have, .. }) => assert_eq!(have, n as u64),
+            // Cut after the magic, before the version: still too short to judge.
+            other => panic!("cut at {n}: {other:?}"),
+        }
+    }
+    // Cut just short of the size the header claims.
+    std::fs::write(&p, &bytes[..FILE_SIZE as usize - 1]).unwrap();
+    assert!(matches!(Reader::open(&p), Err(Error::Truncated { .. })));
+}
+
+#[test]
+fn corrupt_header_fields_and_alias_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = valid_bytes(dir.path());
+    let cases: [(&str, usize, Vec<u8>); 4] = [
+        ("count", 40, 65u32.to_ne_bytes().to_vec()),
+        ("record offset", 24, 8u32.to_ne_bytes().to_vec()),
+        ("alias width", 36, 32u32.to_ne_bytes().to_vec()),
+        // Alias 0 without its NUL.
+        ("alias", 256, vec![b'x'; 64]),
+    ];
+    for (what, off, patch) in cases {
+        let mut bytes = good.clone();
+        bytes[off..off + patch.len()].copy_from_slice(&patch);
+        let e = open_err(&write(dir.path(), "corrupt", &bytes));
+        assert!(matches!(e, Error::Corrupt { .. }), "{what}: {e:?}");
+    }
+}
+
+#[test]
+fn random_bytes_never_crash_the_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = valid_bytes(dir.path());
+    let p = dir.path().join("random");
+    // A small deterministic generator: the test must be reproducible.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for round in 0..2000 {
+        let mut bytes = if round % 2 == 0 {
+            good.clone()
+        } else {
+            (0..(next() % 9000) as usize)
+                .map(|_| next() as u8)
+                .collect()
+        };
+        if !bytes.is_empty() {
+            // Flip bytes, mostly in the header and table where they matter.
+            for _ in 0..1 + next() % 8 {
+                let hot = (HEADER_SIZE as usize + 64 * 4).min(bytes.len());
+                let i = (next() as usize) % if next() % 4 == 0 { bytes.len() } else { hot };
+                bytes[i] = next() as u8;
+            }
+        }
+        std::fs::write(&p, &bytes).unwrap();
+        if let Ok(r) = Reader::open(&p) {
+            // Whatever the record holds, reading it is defined and index/name stay paired.
+            if let Ok(s) = r.snapshot() {
+                if let Some(i) = s.write_index {
+                    assert!(i < s.endpoint_count());
+                }
+            }
+            let _ = r.active_alias();
+        }
+    }
+}
