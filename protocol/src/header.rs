@@ -150,7 +150,7 @@ impl Header {
         if self.record_size < RECORD_SIZE {
             return corrupt(format!("record size {} < {RECORD_SIZE}", self.record_size));
         }
-        if self.record_offset % 128 != 0 || self.record_offset < self.header_size {
+        if !self.record_offset.is_multiple_of(128) || self.record_offset < self.header_size {
             return corrupt(format!(
                 "record offset {} is not a multiple of 128 after the header",
                 self.record_offset

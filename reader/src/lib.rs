@@ -280,6 +280,8 @@ pub struct Reader {
     path: PathBuf,
     current: AtomicPtr<Generation>,
     /// Every generation opened, oldest first; only appended to, freed on drop.
+    /// Boxed so that each stays at its address when the Vec grows.
+    #[allow(clippy::vec_box)]
     generations: Mutex<Vec<Box<Generation>>>,
     last_recheck_ns: AtomicU64,
 }

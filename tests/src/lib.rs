@@ -1,1 +1,58 @@
-//! Helpers shared by the cross-crate tests.
+//! Helpers shared by the cross-crate tests: finding external tools (a missing one
+//! fails the test under `CI=true` and skips it elsewhere, saying so), and killing
+//! child processes on every exit path.
+
+use std::path::PathBuf;
+use std::process::Child;
+
+/// True under CI, where a missing prerequisite is a failure, never a skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Finds `tool` on PATH. When missing: panics under CI, otherwise prints why the
+/// test is skipped and returns None.
+pub fn require(tool: &str, why: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(tool))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        let msg = format!("{tool} is not installed; it is needed {why}");
+        assert!(!in_ci(), "{msg} (.ci/run installs it)");
+        eprintln!("SKIPPED: {msg}");
+    }
+    found
+}
+
+/// Child processes killed and reaped when dropped, also when a test panics.
+#[derive(Default)]
+pub struct Children(pub Vec<Child>);
+
+impl Children {
+    pub fn push(&mut self, c: Child) -> &mut Child {
+        self.0.push(c);
+        self.0.last_mut().expect("just pushed")
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Path of the workspace's target directory for the running profile
+/// (`target/debug` or `target/release`), where libdbha is built.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test binary>
+    exe.parent()
+        .and_then(|d| d.parent())
+        .expect("test binary in target/<profile>/deps")
+        .to_owned()
+}

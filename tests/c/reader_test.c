@@ -1,0 +1,167 @@
+/* The C ABI as a C program sees it: compiled with the system C compiler against
+ * dbha.h and libdbha by tests/tests/c_abi.rs, which prepares the files in DIR.
+ *
+ *   reader_test check DIR EPOCH   every check below; prints "N passed, M failed"
+ *   reader_test loop PATH N       N calls of dbha_active_alias (for strace)
+ */
+#include <dbha.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int passed, failed;
+
+#define CHECK(cond, ...)                                                   \
+    do {                                                                   \
+        if (cond) {                                                        \
+            passed++;                                                      \
+        } else {                                                           \
+            failed++;                                                      \
+            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
+            fprintf(stderr, __VA_ARGS__);                                  \
+            fputc('\n', stderr);                                           \
+        }                                                                  \
+    } while (0)
+
+static void path_in(char *buf, size_t len, const char *dir, const char *name) {
+    snprintf(buf, len, "%s/%s", dir, name);
+}
+
+/* Opening DIR/name fails with `want`, a NULL handle, and a message naming the file. */
+static void expect_open_error(const char *dir, const char *name, int want) {
+    char path[4096], msg[512];
+    dbha_reader *r = (dbha_reader *)&r; /* not NULL: the library must reset it */
+    path_in(path, sizeof path, dir, name);
+    int rc = dbha_open_err(path, &r, msg, sizeof msg);
+    CHECK(rc == want, "%s: got %d (%s), want %d (%s)", name, rc, dbha_strerror(rc), want,
+          dbha_strerror(want));
+    CHECK(r == NULL, "%s: handle not reset to NULL", name);
+    CHECK(strstr(msg, path) != NULL, "%s: message does not name the path: %s", name, msg);
+    /* The short form gives the same code. */
+    CHECK(dbha_open(path, &r) == want && r == NULL, "%s: dbha_open differs", name);
+}
+
+static int check(const char *dir, uint64_t epoch) {
+    char path[4096];
+    dbha_reader *r = NULL;
+    dbha_snapshot s;
+
+    CHECK(strcmp(dbha_version(), "0.1.0") == 0, "version %s", dbha_version());
+    CHECK(strcmp(dbha_strerror(DBHA_OK), "success") == 0, "strerror(OK)");
+    CHECK(strcmp(dbha_strerror(12345), "unknown error code") == 0, "strerror(unknown)");
+
+    /* A live state: failover1 active, failover2 for reads. */
+    path_in(path, sizeof path, dir, "state");
+    int rc = dbha_open(path, &r);
+    CHECK(rc == DBHA_OK && r != NULL, "open %s: %s", path, dbha_strerror(rc));
+    if (r == NULL)
+        return 1;
+    rc = dbha_read(r, &s);
+    CHECK(rc == DBHA_OK, "read: %s", dbha_strerror(rc));
+    CHECK(s.status == DBHA_STATUS_ACTIVE, "status %d", s.status);
+    CHECK(s.epoch == epoch, "epoch %" PRIu64 ", want %" PRIu64, s.epoch, epoch);
+    CHECK(s.write_index == 1 && s.read_index == 2, "indexes %u %u", s.write_index, s.read_index);
+    CHECK(s.write_alias && strcmp(s.write_alias, "failover1") == 0, "write alias");
+    CHECK(s.read_alias && strcmp(s.read_alias, "failover2") == 0, "read alias");
+    CHECK(s.health_mask == 6 && s.primary_mask == 2 && s.standby_mask == 4, "masks");
+    CHECK(s.endpoint_count == 3, "count %u", s.endpoint_count);
+    CHECK(s.stale_after_ns == 600000000000ull, "stale_after %" PRIu64, s.stale_after_ns);
+    CHECK(s.flags == 0 && s.generation == 1 && s.writer_pid != 0, "flags/generation/pid");
+    const char *active = dbha_active_alias(r);
+    CHECK(active && strcmp(active, "failover1") == 0, "active alias %s", active ? active : "NULL");
+    CHECK(active == s.write_alias, "the same string, not a copy");
+    CHECK(strcmp(dbha_alias_name(r, 0), "default") == 0, "alias 0");
+    CHECK(strcmp(dbha_alias_name(r, 2), "failover2") == 0, "alias 2");
+    CHECK(dbha_alias_name(r, 3) == NULL, "alias 3 out of range");
+    CHECK(dbha_alias_name(r, DBHA_NONE) == NULL, "alias NONE");
+
+    /* NULL arguments get a code, never a crash. */
+    CHECK(dbha_read(NULL, &s) == DBHA_E_INVALID_ARGUMENT, "read(NULL, s)");
+    CHECK(dbha_read(r, NULL) == DBHA_E_INVALID_ARGUMENT, "read(r, NULL)");
+    CHECK(dbha_open(NULL, &r) == DBHA_E_INVALID_ARGUMENT && r == NULL, "open(NULL)");
+    CHECK(dbha_open(path, NULL) == DBHA_E_INVALID_ARGUMENT, "open(path, NULL)");
+    CHECK(dbha_active_alias(NULL) == NULL, "active_alias(NULL)");
+    CHECK(dbha_alias_name(NULL, 0) == NULL, "alias_name(NULL)");
+    dbha_close(NULL);
+    /* r was reset by the failed open above; reopen for the stopped file. */
+
+    /* An agent that stopped: status says so, no active alias. */
+    path_in(path, sizeof path, dir, "stopped");
+    rc = dbha_open(path, &r);
+    CHECK(rc == DBHA_OK, "open stopped: %s", dbha_strerror(rc));
+    if (r) {
+        CHECK(dbha_read(r, &s) == DBHA_OK && s.status == DBHA_STATUS_AGENT_STOPPED,
+              "stopped status %d", s.status);
+        CHECK((s.flags & DBHA_FLAG_STOPPED) != 0, "stopped flag");
+        CHECK(s.write_alias == NULL && dbha_active_alias(r) == NULL, "no alias when stopped");
+        dbha_close(r);
+    }
+
+    /* A heartbeat older than stale_after. */
+    path_in(path, sizeof path, dir, "stale");
+    rc = dbha_open(path, &r);
+    CHECK(rc == DBHA_OK, "open stale: %s", dbha_strerror(rc));
+    if (r) {
+        CHECK(dbha_read(r, &s) == DBHA_OK && s.status == DBHA_STATUS_STALE, "stale status %d",
+              s.status);
+        CHECK(s.write_index == 0 && s.write_alias == NULL, "stale: index kept, no alias");
+        CHECK(dbha_active_alias(r) == NULL, "no active alias when stale");
+        dbha_close(r);
+    }
+
+    /* No healthy database. */
+    path_in(path, sizeof path, dir, "none");
+    rc = dbha_open(path, &r);
+    CHECK(rc == DBHA_OK, "open none: %s", dbha_strerror(rc));
+    if (r) {
+        CHECK(dbha_read(r, &s) == DBHA_OK && s.status == DBHA_STATUS_NO_HEALTHY_DATABASE,
+              "none status %d", s.status);
+        CHECK(s.write_index == DBHA_NONE && dbha_active_alias(r) == NULL, "none: no index");
+        dbha_close(r);
+    }
+
+    /* Every bad file gives its own code. */
+    expect_open_error(dir, "missing", DBHA_E_NOT_FOUND);
+    expect_open_error(dir, "dangling", DBHA_E_NOT_FOUND);
+    expect_open_error(dir, "empty", DBHA_E_TRUNCATED);
+    expect_open_error(dir, "truncated", DBHA_E_TRUNCATED);
+    expect_open_error(dir, "subdir", DBHA_E_NOT_REGULAR_FILE);
+    expect_open_error(dir, "badmagic", DBHA_E_BAD_MAGIC);
+    expect_open_error(dir, "v3", DBHA_E_UNSUPPORTED_VERSION);
+    expect_open_error(dir, "corrupt", DBHA_E_CORRUPT);
+
+    /* A truncated message buffer is still NUL-terminated. */
+    char tiny[8];
+    memset(tiny, 'x', sizeof tiny);
+    path_in(path, sizeof path, dir, "missing");
+    CHECK(dbha_open_err(path, &r, tiny, sizeof tiny) == DBHA_E_NOT_FOUND, "tiny");
+    CHECK(memchr(tiny, 0, sizeof tiny) == tiny + 7, "tiny buffer terminated at its end");
+
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed != 0;
+}
+
+static int loop(const char *path, long n) {
+    dbha_reader *r = NULL;
+    int rc = dbha_open(path, &r);
+    if (rc != DBHA_OK) {
+        fprintf(stderr, "%s: %s\n", path, dbha_strerror(rc));
+        return 1;
+    }
+    long active = 0;
+    for (long i = 0; i < n; i++)
+        active += dbha_active_alias(r) != NULL;
+    dbha_close(r);
+    printf("active=%ld\n", active);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc == 4 && strcmp(argv[1], "check") == 0)
+        return check(argv[2], strtoull(argv[3], NULL, 10));
+    if (argc == 4 && strcmp(argv[1], "loop") == 0)
+        return loop(argv[2], strtol(argv[3], NULL, 10));
+    fprintf(stderr, "usage: reader_test check DIR EPOCH | loop PATH N\n");
+    return 2;
+}

@@ -1,0 +1,214 @@
+//! The C ABI from C: libdbha is installed into a temporary prefix with
+//! `reader/install.sh`, `tests/c/reader_test.c` is compiled with the system C
+//! compiler using `pkg-config --cflags --libs dbha` (shared, and `--static`), and
+//! run against files made by the real writer.
+
+use dbha_protocol::writer::{Publication, Settings, StateFile};
+use dbha_tests::{require, target_dir};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const SECOND: u64 = 1_000_000_000;
+
+fn write_state(path: &Path, stale_after_ns: u64, p: &Publication) -> StateFile {
+    let aliases: Vec<String> = ["default", "failover1", "failover2"]
+        .map(String::from)
+        .to_vec();
+    let (mut w, _) = StateFile::open(
+        path,
+        &aliases,
+        Settings {
+            stale_after_ns,
+            mode: 0o644,
+        },
+        &Publication::NOTHING,
+    )
+    .unwrap();
+    w.publish(p);
+    w
+}
+
+/// The files `reader_test check` expects in `dir`; returns the live file's epoch.
+fn prepare(dir: &Path) -> u64 {
+    let live = Publication {
+        write_index: 1,
+        read_index: 2,
+        health_mask: 0b110,
+        primary_mask: 0b010,
+        standby_mask: 0b100,
+        conflict: false,
+    };
+    let w = write_state(&dir.join("state"), 600 * SECOND, &live);
+    let epoch = w.values().epoch;
+    let mut stopped = write_state(&dir.join("stopped"), 600 * SECOND, &live);
+    stopped.mark_stopped();
+    let first = Publication {
+        write_index: 0,
+        read_index: 0,
+        health_mask: 1,
+        ..Publication::NOTHING
+    };
+    // 1 ns: stale as soon as the coarse clock ticks.
+    write_state(&dir.join("stale"), 1, &first);
+    write_state(&dir.join("none"), 600 * SECOND, &Publication::NOTHING);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+
+    let good = std::fs::read(dir.join("state")).unwrap();
+    std::os::unix::fs::symlink(dir.join("missing"), dir.join("dangling")).unwrap();
+    std::fs::write(dir.join("empty"), b"").unwrap();
+    std::fs::write(dir.join("truncated"), &good[..100]).unwrap();
+    std::fs::create_dir(dir.join("subdir")).unwrap();
+    let patched = |name: &str, off: usize, bytes: &[u8]| {
+        let mut b = good.clone();
+        b[off..off + bytes.len()].copy_from_slice(bytes);
+        std::fs::write(dir.join(name), b).unwrap();
+    };
+    patched("badmagic", 0, b"NOTDBHA!");
+    patched("v3", 8, &3u32.to_ne_bytes());
+    patched("corrupt", 40, &99u32.to_ne_bytes());
+    epoch
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Installs libdbha into `prefix` and compiles reader_test against it through
+/// pkg-config; `static_link` links libdbha.a instead of the shared library.
+fn build(prefix: &Path, static_link: bool, out: &Path) -> PathBuf {
+    let pc_path = prefix.join("lib/pkgconfig");
+    let mut args = vec!["--cflags", "--libs"];
+    if static_link {
+        args.push("--static");
+    }
+    let flags = run(Command::new("pkg-config")
+        .env("PKG_CONFIG_PATH", &pc_path)
+        .args(&args)
+        .arg("dbha"));
+    let mut cc = Command::new("cc");
+    cc.args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-O2"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("c/reader_test.c"))
+        .arg("-o")
+        .arg(out);
+    let flags: Vec<&str> = flags.split_whitespace().collect();
+    if static_link {
+        // Only libdbha statically; libc and friends stay shared.
+        let (libs, rest): (Vec<&str>, Vec<&str>) = flags.iter().partition(|f| **f == "-ldbha");
+        cc.args(rest)
+            .arg("-Wl,-Bstatic")
+            .args(libs)
+            .arg("-Wl,-Bdynamic");
+    } else {
+        cc.args(flags)
+            .arg(format!("-Wl,-rpath,{}", prefix.join("lib").display()));
+    }
+    run(&mut cc);
+    out.to_owned()
+}
+
+fn install(prefix: &Path) {
+    let profile = target_dir();
+    run(
+        Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("../reader/install.sh"))
+            .env("CARGO_TARGET_DIR", profile.parent().unwrap())
+            .env("DBHA_PROFILE", profile.file_name().unwrap())
+            .arg(prefix),
+    );
+}
+
+#[test]
+fn c_program_reads_states_and_gets_every_error_code() {
+    if require("cc", "to compile the C test program").is_none()
+        || require("pkg-config", "to find libdbha's flags").is_none()
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let files = dir.path().join("files");
+    std::fs::create_dir(&files).unwrap();
+    let epoch = prepare(&files);
+    let prefix = dir.path().join("prefix");
+    install(&prefix);
+    for static_link in [false, true] {
+        let exe = build(
+            &prefix,
+            static_link,
+            &dir.path().join(format!("t{static_link}")),
+        );
+        let out = run(Command::new(&exe)
+            .arg("check")
+            .arg(&files)
+            .arg(epoch.to_string()));
+        println!("reader_test (static: {static_link}): {}", out.trim());
+        assert!(out.trim().ends_with(" 0 failed"), "{out}");
+    }
+}
+
+#[test]
+fn installed_shared_library_carries_its_soname() {
+    if require("readelf", "to read libdbha.so's soname").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path());
+    let lib = dir.path().join("lib");
+    let out = run(Command::new("readelf")
+        .arg("-d")
+        .arg(lib.join("libdbha.so")));
+    assert!(out.contains("Library soname: [libdbha.so.0]"), "{out}");
+    assert!(lib.join("libdbha.so.0").exists() && lib.join("libdbha.a").exists());
+    assert!(dir.path().join("include/dbha.h").exists());
+}
+
+#[test]
+fn c_reads_make_no_system_calls() {
+    let (Some(strace), Some(_), Some(_)) = (
+        require("strace", "to count the C reader's system calls"),
+        require("cc", "to compile the C test program"),
+        require("pkg-config", "to find libdbha's flags"),
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let _w = write_state(
+        &state,
+        600 * SECOND,
+        &Publication {
+            write_index: 0,
+            read_index: 0,
+            health_mask: 1,
+            ..Publication::NOTHING
+        },
+    );
+    let prefix = dir.path().join("prefix");
+    install(&prefix);
+    let exe = build(&prefix, false, &dir.path().join("t"));
+    let count = |n: u64| -> u64 {
+        let summary = dir.path().join(format!("strace{n}"));
+        let out = run(Command::new(&strace)
+            .args(["-f", "-c", "-o"])
+            .arg(&summary)
+            .arg(&exe)
+            .arg("loop")
+            .arg(&state)
+            .arg(n.to_string()));
+        assert_eq!(out.trim(), format!("active={n}"));
+        let text = std::fs::read_to_string(&summary).unwrap();
+        let total = text
+            .lines()
+            .find(|l| l.trim_end().ends_with("total"))
+            .unwrap();
+        total.split_whitespace().nth(3).unwrap().parse().unwrap()
+    };
+    let (few, many) = (count(10), count(1_000_000));
+    println!("C system calls: 10 reads -> {few}, 1,000,000 reads -> {many}");
+    assert_eq!(few, many);
+}
