@@ -177,7 +177,7 @@ struct Generation {
     number: u64,
     map: MmapRaw,
     record_offset: usize,
-    aliases: Vec<CString>,
+    aliases: Vec<Alias>,
     dev: u64,
     ino: u64,
 }
@@ -219,8 +219,7 @@ impl Generation {
         let aliases = decode_aliases(&table, header.endpoint_count)
             .map_err(|e| Error::from_header(path, e))?
             .into_iter()
-            // decode_aliases stops at the first NUL, so there is none inside.
-            .map(|a| CString::new(a).expect("alias without interior NUL"))
+            .map(Alias::new)
             .collect();
         let record_end = u64::from(header.record_offset) + u64::from(header.record_size);
         let map = MmapOptions::new()
@@ -263,8 +262,25 @@ impl Generation {
             .map(|(w, _)| RecordValues::from_words(&w))
     }
 
-    fn alias(&self, index: u32) -> Option<&CStr> {
-        self.aliases.get(index as usize).map(CString::as_c_str)
+    fn alias(&self, index: u32) -> Option<&Alias> {
+        self.aliases.get(index as usize)
+    }
+}
+
+/// An alias, kept both ways so that neither Rust nor C callers pay a conversion.
+#[derive(Debug)]
+struct Alias {
+    c: CString,
+    s: Box<str>,
+}
+
+impl Alias {
+    fn new(name: String) -> Alias {
+        Alias {
+            // decode_aliases stops at the first NUL, so there is none inside.
+            c: CString::new(name.as_bytes()).expect("alias without interior NUL"),
+            s: name.into_boxed_str(),
+        }
     }
 }
 
@@ -398,28 +414,31 @@ impl Reader {
     /// call, no allocation.
     #[inline]
     pub fn active_alias(&self) -> Option<&str> {
-        self.active_alias_c().map(|c| {
-            // Aliases were checked to be UTF-8 at open.
-            c.to_str().unwrap_or_default()
-        })
+        self.active(|a| &*a.s)
     }
 
     /// As [`Reader::active_alias`], as a C string.
     #[inline]
     pub fn active_alias_c(&self) -> Option<&CStr> {
+        self.active(|a| a.c.as_c_str())
+    }
+
+    #[inline(always)]
+    fn active<'a, T: ?Sized>(&'a self, f: impl FnOnce(&'a Alias) -> &'a T) -> Option<&'a T> {
         let (g, v, now) = self.load().ok()?;
-        (v.status(now) == Status::Active)
-            .then(|| g.alias(v.write_index))
-            .flatten()
+        if v.status(now) != Status::Active {
+            return None;
+        }
+        g.alias(v.write_index).map(f)
     }
 
     /// The name of endpoint `index` in the file mapped now.
     pub fn alias_name(&self, index: u32) -> Option<&str> {
-        self.alias_name_c(index).and_then(|c| c.to_str().ok())
+        self.generation().alias(index).map(|a| &*a.s)
     }
 
-    fn alias_name_c(&self, index: u32) -> Option<&CStr> {
-        self.generation().alias(index)
+    pub(crate) fn alias_name_c(&self, index: u32) -> Option<&CStr> {
+        self.generation().alias(index).map(|a| a.c.as_c_str())
     }
 }
 
@@ -448,7 +467,7 @@ pub struct Snapshot<'r> {
     /// reader moved to a replacement file.
     pub generation: u64,
     pub status: Status,
-    aliases: &'r [CString],
+    aliases: &'r [Alias],
 }
 
 impl<'r> Snapshot<'r> {
@@ -481,16 +500,16 @@ impl<'r> Snapshot<'r> {
 
     /// Alias of endpoint `index` in this snapshot's file.
     pub fn alias(&self, index: u32) -> Option<&'r str> {
-        self.alias_c(index).and_then(|c| c.to_str().ok())
+        self.aliases.get(index as usize).map(|a| &*a.s)
     }
 
     pub(crate) fn alias_c(&self, index: u32) -> Option<&'r CStr> {
-        self.aliases.get(index as usize).map(CString::as_c_str)
+        self.aliases.get(index as usize).map(|a| a.c.as_c_str())
     }
 
     /// All aliases, in priority (index) order.
     pub fn aliases(&self) -> impl Iterator<Item = &'r str> + 'r {
-        self.aliases.iter().map(|c| c.to_str().unwrap_or_default())
+        self.aliases.iter().map(|a| &*a.s)
     }
 
     /// The write alias when the status is Active.

@@ -56,3 +56,43 @@ pub fn target_dir() -> PathBuf {
         .expect("test binary in target/<profile>/deps")
         .to_owned()
 }
+
+/// The directory holding a libdbha.so built from the current reader sources.
+///
+/// `cargo test` builds dependencies as rlibs only, so the C library comes from a
+/// `cargo build` of the workspace (the test command, `tests/run.sh`, does it first).
+/// Panics with what to run when it is missing or older than the sources.
+pub fn libdbha_dir() -> PathBuf {
+    let dir = target_dir();
+    let lib = dir.join("libdbha.so");
+    let built = std::fs::metadata(&lib)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} is missing: run `cargo build -p dbha-reader{}` first (tests/run.sh does)",
+                lib.display(),
+                if cfg!(debug_assertions) {
+                    ""
+                } else {
+                    " --release"
+                }
+            )
+        });
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../reader/src");
+    let newest = std::fs::read_dir(&src)
+        .expect("reader/src")
+        .filter_map(|e| e.ok()?.metadata().ok()?.modified().ok())
+        .max()
+        .expect("reader sources");
+    assert!(
+        built >= newest,
+        "{} is older than reader/src: run `cargo build -p dbha-reader{}` again (tests/run.sh does)",
+        lib.display(),
+        if cfg!(debug_assertions) {
+            ""
+        } else {
+            " --release"
+        }
+    );
+    dir
+}

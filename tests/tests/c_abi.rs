@@ -4,7 +4,7 @@
 //! run against files made by the real writer.
 
 use dbha_protocol::writer::{Publication, Settings, StateFile};
-use dbha_tests::{require, target_dir};
+use dbha_tests::{libdbha_dir, require};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -114,7 +114,7 @@ fn build(prefix: &Path, static_link: bool, out: &Path) -> PathBuf {
 }
 
 fn install(prefix: &Path) {
-    let profile = target_dir();
+    let profile = libdbha_dir();
     run(
         Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("../reader/install.sh"))
             .env("CARGO_TARGET_DIR", profile.parent().unwrap())

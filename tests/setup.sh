@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs and the machine lacks, and says what it does:
+# Debian packages (apt-get, as root), the nightly toolchain's Miri component.
+# Idempotent: installs nothing that is already there.
+set -euo pipefail
+
+need_pkgs=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have strace || need_pkgs+=(strace)
+have pkg-config || need_pkgs+=(pkg-config)
+have cc || need_pkgs+=(gcc libc6-dev)
+have readelf || need_pkgs+=(binutils)
+
+if ((${#need_pkgs[@]})); then
+    echo "setup: installing Debian packages: ${need_pkgs[*]}"
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "setup: not root: install them with: sudo apt-get install ${need_pkgs[*]}" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+
+if ! cargo +nightly miri --version >/dev/null 2>&1; then
+    echo "setup: installing the nightly toolchain with Miri (for the seqlock's Miri test)"
+    rustup toolchain install nightly --profile minimal --component miri,rust-src
+fi
