@@ -1,1 +1,97 @@
-fn main() {}
+//! dbha-agent: the sidecar that probes the databases, decides with hysteresis which
+//! one the application must use, and publishes that decision into the state file
+//! that `libdbha` readers map. Not a proxy: no application traffic passes through it.
+//!
+//! Data flows one way: `config` -> `probe` -> `decide` -> state file (`run`).
+
+mod config;
+mod decide;
+mod demo;
+mod probe;
+mod run;
+mod signals;
+mod status;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "dbha-agent",
+    version,
+    about = "Tells the applications on this host which database to use, through a shared state file"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent in the foreground (logs to stderr; RUST_LOG filters, INFO by default).
+    Run {
+        #[arg(long, short, default_value = "/etc/dbha/dbha.toml")]
+        config: PathBuf,
+    },
+    /// Validate a configuration and print what it resolves to (exit 0 if valid, 1 if not).
+    Check {
+        #[arg(long, short, default_value = "/etc/dbha/dbha.toml")]
+        config: PathBuf,
+    },
+    /// Print what a reader sees now (exit 0 if a database is active, 2 if not, 1 on error).
+    Status {
+        #[arg(long, env = "DBHA_STATE", default_value = config::DEFAULT_STATE_FILE)]
+        state: PathBuf,
+        /// Stable JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print one line per change of the published decision, until interrupted.
+    Watch {
+        #[arg(long, env = "DBHA_STATE", default_value = config::DEFAULT_STATE_FILE)]
+        state: PathBuf,
+    },
+    /// Start three local databases and an agent, fail the primary and bring it back,
+    /// and show what a reader sees and how fast.
+    Demo {
+        /// A faster schedule (used by the test suite).
+        #[arg(long)]
+        short: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+    let code = match cli.command {
+        Command::Run { config } => match run::run(&config) {
+            Ok(()) => 0,
+            Err(e) => {
+                log::error!("{e}");
+                1
+            }
+        },
+        Command::Check { config } => match config::Config::load(&config) {
+            Ok(c) => {
+                print!("{c}");
+                for w in c.unresolvable_hosts() {
+                    println!("warning: {w}");
+                }
+                println!("{}: valid", config.display());
+                0
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                1
+            }
+        },
+        Command::Status { state, json } => status::status(&state, json),
+        Command::Watch { state } => status::watch(&state, Duration::from_millis(20)),
+        Command::Demo { short } => demo::demo(short),
+    };
+    ExitCode::from(code as u8)
+}

@@ -1,6 +1,8 @@
 //! Helpers shared by the cross-crate tests: finding external tools (a missing one
 //! fails the test under `CI=true` and skips it elsewhere, saying so), and killing
-//! child processes on every exit path.
+//! child processes on every exit path; a fake PostgreSQL server.
+
+pub mod fakepg;
 
 use std::path::PathBuf;
 use std::process::Child;

@@ -1,0 +1,594 @@
+//! The agent's configuration: TOML, unknown keys rejected, every error located
+//! (file, line, column, key) and saying what was expected.
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+use std::fmt;
+use std::net::ToSocketAddrs;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+pub const DEFAULT_STATE_FILE: &str = "/run/dbha/state";
+
+/// How the active database is chosen when a better one becomes healthy again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Failback {
+    /// Stay on the current database while it is healthy.
+    Sticky,
+    /// Return to the highest-priority healthy database once it passed `rise` probes.
+    Auto,
+}
+
+/// What a probe checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Check {
+    /// A TCP connection is accepted.
+    Tcp,
+    /// A PostgreSQL server answers a startup message and accepts connections.
+    Postgres,
+}
+
+/// One database endpoint, fully resolved (overrides applied).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Database {
+    pub alias: String,
+    pub host: String,
+    pub port: u16,
+    pub check: Check,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    /// User name sent in the PostgreSQL startup message.
+    pub user: String,
+    /// Database name sent in the PostgreSQL startup message.
+    pub dbname: String,
+}
+
+impl Database {
+    /// What identifies the probe target: a reload keeps an endpoint's health only if
+    /// this is unchanged.
+    pub fn same_target(&self, other: &Database) -> bool {
+        (
+            &self.alias,
+            &self.host,
+            self.port,
+            self.check,
+            &self.user,
+            &self.dbname,
+        ) == (
+            &other.alias,
+            &other.host,
+            other.port,
+            other.check,
+            &other.user,
+            &other.dbname,
+        )
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub state_file: PathBuf,
+    /// Heartbeat period and default probe interval.
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    pub failback: Failback,
+    pub stale_after: Duration,
+    /// Permission bits of the state file.
+    pub state_mode: u32,
+    /// In priority order.
+    pub databases: Vec<Database>,
+}
+
+/// A configuration error, located.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based; 0 when the error is not about a place in the file.
+    pub line: usize,
+    pub column: usize,
+    /// The key concerned, like `database[1].port`; empty when unknown.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if self.line > 0 {
+            write!(f, ":{}:{}", self.line, self.column)?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A duration written like "250ms", "2s", "1.5s" or "1m".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let expected = || format!("expected a duration like \"250ms\", \"2s\" or \"1m\", found {s:?}");
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(expected)?;
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num.parse().map_err(|_| expected())?;
+    let scale = match unit.trim() {
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(expected()),
+    };
+    Duration::try_from_secs_f64(value * scale).map_err(|_| expected())
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Dur, D::Error> {
+        let s = String::deserialize(d).map_err(|_| {
+            de::Error::custom("expected a duration string like \"250ms\" or \"2s\"")
+        })?;
+        parse_duration(&s).map(Dur).map_err(de::Error::custom)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    state_file: Option<PathBuf>,
+    interval: Option<Spanned<Dur>>,
+    timeout: Option<Spanned<Dur>>,
+    rise: Option<Spanned<u32>>,
+    fall: Option<Spanned<u32>>,
+    failback: Option<Failback>,
+    stale_after: Option<Spanned<Dur>>,
+    state_mode: Option<Spanned<String>>,
+    #[serde(default)]
+    database: Vec<Spanned<RawDatabase>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    alias: Spanned<String>,
+    host: Spanned<String>,
+    port: u16,
+    check: Check,
+    interval: Option<Spanned<Dur>>,
+    timeout: Option<Spanned<Dur>>,
+    rise: Option<Spanned<u32>>,
+    fall: Option<Spanned<u32>>,
+    user: Option<String>,
+    dbname: Option<String>,
+}
+
+const INTERVAL_RANGE: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(3600));
+const TIMEOUT_RANGE: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(60));
+const STALE_RANGE: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(86_400));
+const COUNT_RANGE: (u32, u32) = (1, 100);
+
+/// Builds located errors against the source text.
+struct Locator<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    fn at(&self, span: Option<Range<usize>>, key: &str, message: impl Into<String>) -> ConfigError {
+        let (line, column) = match span {
+            Some(r) => {
+                let before = &self.text[..r.start.min(self.text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                (line, column)
+            }
+            None => (0, 0),
+        };
+        ConfigError {
+            file: self.file.to_owned(),
+            line,
+            column,
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    fn duration(
+        &self,
+        v: &Option<Spanned<Dur>>,
+        key: &str,
+        default: Duration,
+        (lo, hi): (Duration, Duration),
+    ) -> Result<Duration, ConfigError> {
+        let Some(v) = v else { return Ok(default) };
+        let d = v.get_ref().0;
+        if d < lo || d > hi {
+            return Err(self.at(
+                Some(v.span()),
+                key,
+                format!("expected a duration from {lo:?} to {hi:?}, found {d:?}"),
+            ));
+        }
+        Ok(d)
+    }
+
+    fn count(&self, v: &Option<Spanned<u32>>, key: &str, default: u32) -> Result<u32, ConfigError> {
+        let Some(v) = v else { return Ok(default) };
+        let (lo, hi) = COUNT_RANGE;
+        let n = *v.get_ref();
+        if n < lo || n > hi {
+            return Err(self.at(
+                Some(v.span()),
+                key,
+                format!("expected a count from {lo} to {hi}, found {n}"),
+            ));
+        }
+        Ok(n)
+    }
+}
+
+impl Config {
+    /// Reads and validates the configuration file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            line: 0,
+            column: 0,
+            key: String::new(),
+            message: format!("cannot read the configuration: {e}"),
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Parses and validates configuration `text` (named `file` in errors).
+    pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+        let loc = Locator { file, text };
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| loc.at(e.span(), "", e.message().trim_end().to_owned()))?;
+        let interval = loc.duration(
+            &raw.interval,
+            "interval",
+            Duration::from_secs(1),
+            INTERVAL_RANGE,
+        )?;
+        let timeout = loc.duration(
+            &raw.timeout,
+            "timeout",
+            Duration::from_secs(1),
+            TIMEOUT_RANGE,
+        )?;
+        let rise = loc.count(&raw.rise, "rise", 2)?;
+        let fall = loc.count(&raw.fall, "fall", 3)?;
+        let stale_after = loc.duration(
+            &raw.stale_after,
+            "stale_after",
+            Duration::from_secs(5),
+            STALE_RANGE,
+        )?;
+        if stale_after <= interval {
+            return Err(loc.at(
+                raw.stale_after.as_ref().map(Spanned::span),
+                "stale_after",
+                format!(
+                    "must be longer than interval ({interval:?}), found {stale_after:?}: readers would see every heartbeat as stale (3 to 5 intervals is usual)"
+                ),
+            ));
+        }
+        let state_mode = match &raw.state_mode {
+            None => 0o644,
+            Some(m) => u32::from_str_radix(m.get_ref().trim_start_matches("0o"), 8)
+                .ok()
+                .filter(|m| *m <= 0o777 && m & 0o600 == 0o600 && m & 0o022 == 0)
+                .ok_or_else(|| {
+                    loc.at(
+                        Some(m.span()),
+                        "state_mode",
+                        format!(
+                            "expected an octal mode string such as \"0644\" or \"0640\" (owner read-write, nobody else may write), found {:?}",
+                            m.get_ref()
+                        ),
+                    )
+                })?,
+        };
+        if raw.database.is_empty() {
+            return Err(loc.at(
+                None,
+                "database",
+                "no [[database]] entries: expected 1 to 64, in priority order",
+            ));
+        }
+        let max = dbha_protocol::MAX_ENDPOINTS as usize;
+        if raw.database.len() > max {
+            return Err(loc.at(
+                Some(raw.database[max].span()),
+                "database",
+                format!(
+                    "{} [[database]] entries, at most {max} are supported",
+                    raw.database.len()
+                ),
+            ));
+        }
+        let mut databases: Vec<Database> = Vec::with_capacity(raw.database.len());
+        for (i, db) in raw.database.iter().enumerate() {
+            let key = |k: &str| format!("database[{i}].{k}");
+            let db = db.get_ref();
+            let alias = db.alias.get_ref();
+            if dbha_protocol::header::encode_alias(alias).is_none() {
+                return Err(loc.at(
+                    Some(db.alias.span()),
+                    &key("alias"),
+                    format!(
+                        "expected 1 to {} bytes with no NUL, found {alias:?}",
+                        dbha_protocol::MAX_ALIAS_LEN
+                    ),
+                ));
+            }
+            if let Some(first) = databases.iter().position(|d| &d.alias == alias) {
+                return Err(loc.at(
+                    Some(db.alias.span()),
+                    &key("alias"),
+                    format!("alias {alias:?} is already used by database[{first}]: aliases must be unique"),
+                ));
+            }
+            if db.host.get_ref().trim().is_empty() {
+                return Err(loc.at(
+                    Some(db.host.span()),
+                    &key("host"),
+                    "expected a host name or address, found an empty string",
+                ));
+            }
+            if db.port == 0 {
+                return Err(loc.at(
+                    None,
+                    &key("port"),
+                    "expected a port from 1 to 65535, found 0",
+                ));
+            }
+            databases.push(Database {
+                alias: alias.clone(),
+                host: db.host.get_ref().clone(),
+                port: db.port,
+                check: db.check,
+                interval: loc.duration(&db.interval, &key("interval"), interval, INTERVAL_RANGE)?,
+                timeout: loc.duration(&db.timeout, &key("timeout"), timeout, TIMEOUT_RANGE)?,
+                rise: loc.count(&db.rise, &key("rise"), rise)?,
+                fall: loc.count(&db.fall, &key("fall"), fall)?,
+                user: db.user.clone().unwrap_or_else(|| "postgres".to_owned()),
+                dbname: db.dbname.clone().unwrap_or_else(|| "postgres".to_owned()),
+            });
+        }
+        Ok(Config {
+            state_file: raw
+                .state_file
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_FILE)),
+            interval,
+            timeout,
+            rise,
+            fall,
+            failback: raw.failback.unwrap_or(Failback::Sticky),
+            stale_after,
+            state_mode,
+            databases,
+        })
+    }
+
+    /// Hosts that do not resolve now: worth a warning, not an error (DNS may come
+    /// up after the agent).
+    pub fn unresolvable_hosts(&self) -> Vec<String> {
+        self.databases
+            .iter()
+            .filter_map(|d| match (d.host.as_str(), d.port).to_socket_addrs() {
+                Ok(a) if a.len() > 0 => None,
+                Ok(_) => Some(format!(
+                    "{}: host {:?} resolves to no address",
+                    d.alias, d.host
+                )),
+                Err(e) => Some(format!(
+                    "{}: host {:?} does not resolve: {e}",
+                    d.alias, d.host
+                )),
+            })
+            .collect()
+    }
+
+    pub fn aliases(&self) -> Vec<String> {
+        self.databases.iter().map(|d| d.alias.clone()).collect()
+    }
+}
+
+impl fmt::Display for Config {
+    /// The resolved configuration, as `dbha-agent check` prints it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "state_file  = {}", self.state_file.display())?;
+        writeln!(f, "state_mode  = {:04o}", self.state_mode)?;
+        writeln!(f, "interval    = {:?}", self.interval)?;
+        writeln!(f, "timeout     = {:?}", self.timeout)?;
+        writeln!(f, "rise, fall  = {}, {}", self.rise, self.fall)?;
+        writeln!(f, "failback    = {:?}", self.failback)?;
+        writeln!(f, "stale_after = {:?}", self.stale_after)?;
+        writeln!(f, "databases, in priority order:")?;
+        for (i, d) in self.databases.iter().enumerate() {
+            writeln!(
+                f,
+                "  {i}: {:<16} {}:{} check={:?} interval={:?} timeout={:?} rise={} fall={}{}",
+                d.alias,
+                d.host,
+                d.port,
+                d.check,
+                d.interval,
+                d.timeout,
+                d.rise,
+                d.fall,
+                if d.check == Check::Postgres {
+                    format!(" user={} dbname={}", d.user, d.dbname)
+                } else {
+                    String::new()
+                }
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("dbha.toml"), text)
+    }
+
+    const THREE: &str = r#"
+interval = "250ms"
+failback = "auto"
+
+[[database]]
+alias = "default"
+host = "127.0.0.1"
+port = 5432
+check = "postgres"
+
+[[database]]
+alias = "failover1"
+host = "127.0.0.1"
+port = 5433
+check = "tcp"
+fall = 5
+timeout = "2s"
+"#;
+
+    #[test]
+    fn defaults_and_overrides_resolve() {
+        let c = parse(THREE).unwrap();
+        assert_eq!(c.state_file, Path::new("/run/dbha/state"));
+        assert_eq!(c.interval, Duration::from_millis(250));
+        assert_eq!((c.rise, c.fall, c.failback), (2, 3, Failback::Auto));
+        assert_eq!(c.stale_after, Duration::from_secs(5));
+        assert_eq!(c.databases[0].timeout, Duration::from_secs(1));
+        assert_eq!(c.databases[0].interval, Duration::from_millis(250));
+        assert_eq!(
+            (c.databases[1].fall, c.databases[1].timeout),
+            (5, Duration::from_secs(2))
+        );
+        assert_eq!(c.databases[1].rise, 2);
+        assert_eq!(c.aliases(), ["default", "failover1"]);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        for bad in ["", "5", "fast", "1 fortnight", "-1s", "s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn unknown_key_is_located() {
+        let e = parse("intervall = \"1s\"\n").unwrap_err();
+        assert_eq!((e.line, e.column), (1, 1));
+        assert!(e.message.contains("unknown field `intervall`"), "{e}");
+        let e = parse(&THREE.replace("fall = 5", "fall = 5\nretries = 3")).unwrap_err();
+        assert!(e.message.contains("unknown field `retries`"), "{e}");
+        assert_eq!(e.line, 17);
+    }
+
+    #[test]
+    fn bad_duration_names_line_key_and_expectation() {
+        let e = parse(&THREE.replace("\"250ms\"", "\"fast\"")).unwrap_err();
+        assert_eq!(e.line, 2);
+        assert!(e.to_string().starts_with("dbha.toml:2:"), "{e}");
+        assert!(e.message.contains("expected a duration like"), "{e}");
+        let e = parse(&THREE.replace("timeout = \"2s\"", "timeout = \"5m\"")).unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (17, "database[1].timeout"));
+        assert!(
+            e.message.contains("expected a duration from 10ms to 60s"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn duplicate_alias_points_at_the_second() {
+        let e = parse(&THREE.replace("\"failover1\"", "\"default\"")).unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (12, "database[1].alias"));
+        assert!(e.message.contains("already used by database[0]"), "{e}");
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let e = parse("interval = \"1s\"\n").unwrap_err();
+        assert!(e.message.contains("no [[database]] entries"), "{e}");
+        let long = "x".repeat(64);
+        let e = parse(&THREE.replace("\"failover1\"", &format!("\"{long}\""))).unwrap_err();
+        assert!(e.message.contains("1 to 63 bytes"), "{e}");
+        let e = parse(&THREE.replace("fall = 5", "fall = 0")).unwrap_err();
+        assert!(
+            e.message
+                .contains("expected a count from 1 to 100, found 0"),
+            "{e}"
+        );
+        let e = parse(&THREE.replace("port = 5433", "port = 70000")).unwrap_err();
+        assert_eq!(e.line, 14, "{e}");
+        let many: String = (0..65)
+            .map(|i| {
+                format!(
+                    "[[database]]\nalias = \"db{i}\"\nhost = \"h\"\nport = 1\ncheck = \"tcp\"\n"
+                )
+            })
+            .collect();
+        let e = parse(&many).unwrap_err();
+        assert!(
+            e.message.contains("65 [[database]] entries, at most 64"),
+            "{e}"
+        );
+        let e = parse(&THREE.replace("check = \"tcp\"", "check = \"ping\"")).unwrap_err();
+        assert!(e.message.contains("unknown variant `ping`"), "{e}");
+    }
+
+    #[test]
+    fn stale_after_must_exceed_interval() {
+        let e = parse(&THREE.replace("failback", "stale_after = \"200ms\"\nfailback")).unwrap_err();
+        assert_eq!(e.key, "stale_after");
+        assert!(e.message.contains("must be longer than interval"), "{e}");
+    }
+
+    #[test]
+    fn state_mode_is_octal_and_never_world_writable() {
+        let c = parse(&format!("state_mode = \"0640\"\n{THREE}")).unwrap();
+        assert_eq!(c.state_mode, 0o640);
+        for bad in ["\"0666\"", "\"rw\"", "\"0400\""] {
+            let e = parse(&format!("state_mode = {bad}\n{THREE}")).unwrap_err();
+            assert_eq!(e.key, "state_mode", "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn unresolvable_host_is_a_warning() {
+        let c = parse(&THREE.replace(
+            "host = \"127.0.0.1\"\nport = 5433",
+            "host = \"no-such-host.invalid\"\nport = 5433",
+        ))
+        .unwrap();
+        let w = c.unresolvable_hosts();
+        assert_eq!(w.len(), 1);
+        assert!(
+            w[0].starts_with("failover1: host \"no-such-host.invalid\""),
+            "{w:?}"
+        );
+    }
+}

@@ -1,0 +1,285 @@
+//! The decision: per-endpoint hysteresis (HAProxy's rise/fall) and the choice of
+//! the active database. Pure functions of probe results and previous state, so the
+//! table-driven tests below need no sockets.
+
+use crate::config::Failback;
+
+/// What the agent believes about an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Not enough consecutive results yet (a fresh agent starts here).
+    Unknown,
+    Up,
+    Down,
+}
+
+/// A change of an endpoint's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    pub from: Health,
+    pub to: Health,
+    /// The consecutive results that caused it.
+    pub after: u32,
+}
+
+/// Rise/fall hysteresis for one endpoint: `fall` consecutive failures mark it down,
+/// `rise` consecutive successes mark it up. From Unknown, whichever comes first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tracker {
+    pub rise: u32,
+    pub fall: u32,
+    pub health: Health,
+    successes: u32,
+    failures: u32,
+}
+
+impl Tracker {
+    pub fn new(rise: u32, fall: u32) -> Tracker {
+        Tracker {
+            rise,
+            fall,
+            health: Health::Unknown,
+            successes: 0,
+            failures: 0,
+        }
+    }
+
+    /// Records one probe result; returns the transition it caused, if any.
+    pub fn observe(&mut self, ok: bool) -> Option<Transition> {
+        let from = self.health;
+        if ok {
+            self.failures = 0;
+            self.successes = self.successes.saturating_add(1);
+            if from != Health::Up && self.successes >= self.rise {
+                self.health = Health::Up;
+            }
+        } else {
+            self.successes = 0;
+            self.failures = self.failures.saturating_add(1);
+            if from != Health::Down && self.failures >= self.fall {
+                self.health = Health::Down;
+            }
+        }
+        (self.health != from).then_some(Transition {
+            from,
+            to: self.health,
+            after: if ok { self.successes } else { self.failures },
+        })
+    }
+}
+
+/// The active endpoint given each endpoint's health (index = priority order) and the
+/// current choice.
+///
+/// - The current endpoint is kept while it is not known to be down: Unknown is not a
+///   reason to move (a restarted agent keeps the published decision until its probes
+///   have a verdict).
+/// - `Sticky` keeps it even when a higher-priority endpoint is up again; `Auto`
+///   returns to the highest-priority endpoint that is up.
+/// - Otherwise: the highest-priority endpoint that is up, or none.
+pub fn choose(health: &[Health], current: Option<usize>, failback: Failback) -> Option<usize> {
+    let first_up = health.iter().position(|h| *h == Health::Up);
+    match current.filter(|&c| health.get(c).is_some_and(|h| *h != Health::Down)) {
+        Some(c) => match (failback, first_up) {
+            (Failback::Auto, Some(u)) if u < c => Some(u),
+            _ => Some(c),
+        },
+        None => first_up,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Health::{Down, Unknown, Up};
+
+    /// Feeds `results` ("+" success, "-" failure) and returns the health after each.
+    fn run(rise: u32, fall: u32, results: &str) -> Vec<Health> {
+        let mut t = Tracker::new(rise, fall);
+        results
+            .chars()
+            .map(|c| {
+                t.observe(c == '+');
+                t.health
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rise_and_fall_tables() {
+        let cases: &[(u32, u32, &str, &[Health])] = &[
+            // A fresh endpoint needs `rise` successes or `fall` failures.
+            (2, 3, "+", &[Unknown]),
+            (2, 3, "++", &[Unknown, Up]),
+            (2, 3, "--", &[Unknown, Unknown]),
+            (2, 3, "---", &[Unknown, Unknown, Down]),
+            // One lost probe changes nothing.
+            (2, 3, "++-+", &[Unknown, Up, Up, Up]),
+            (2, 3, "++--+--", &[Unknown, Up, Up, Up, Up, Up, Up]),
+            (2, 3, "++---", &[Unknown, Up, Up, Up, Down]),
+            // Down needs `rise` consecutive successes to come back.
+            (2, 3, "---+-+", &[Unknown, Unknown, Down, Down, Down, Down]),
+            (2, 3, "---++", &[Unknown, Unknown, Down, Down, Up]),
+            // rise = fall = 1: every result counts.
+            (1, 1, "+-+", &[Up, Down, Up]),
+        ];
+        for (rise, fall, results, want) in cases {
+            assert_eq!(
+                run(*rise, *fall, results),
+                *want,
+                "rise {rise} fall {fall}: {results}"
+            );
+        }
+    }
+
+    #[test]
+    fn flapping_faster_than_rise_and_fall_never_transitions() {
+        let mut t = Tracker::new(2, 2);
+        for _ in 0..2 {
+            t.observe(true);
+        }
+        assert_eq!(t.health, Up);
+        for i in 0..100 {
+            assert_eq!(t.observe(i % 2 == 0), None, "probe {i}");
+        }
+    }
+
+    #[test]
+    fn transitions_report_the_count() {
+        let mut t = Tracker::new(2, 3);
+        assert_eq!(t.observe(false), None);
+        assert_eq!(t.observe(false), None);
+        assert_eq!(
+            t.observe(false),
+            Some(Transition {
+                from: Unknown,
+                to: Down,
+                after: 3
+            })
+        );
+    }
+
+    #[test]
+    fn choose_tables() {
+        use Failback::{Auto, Sticky};
+        /// (health by priority, current, failback, expected choice, what it shows)
+        type Case<'a> = (&'a [Health], Option<usize>, Failback, Option<usize>, &'a str);
+        let cases: &[Case] = &[
+            (
+                &[Unknown, Unknown, Unknown],
+                None,
+                Sticky,
+                None,
+                "fresh agent: nothing yet",
+            ),
+            (
+                &[Unknown, Up, Unknown],
+                None,
+                Sticky,
+                Some(1),
+                "first up wins",
+            ),
+            (&[Up, Up, Up], None, Sticky, Some(0), "priority order"),
+            (
+                &[Down, Up, Up],
+                Some(0),
+                Sticky,
+                Some(1),
+                "active down: next up",
+            ),
+            (&[Down, Down, Up], Some(1), Sticky, Some(2), "two down"),
+            (&[Down, Down, Down], Some(2), Sticky, None, "all down: none"),
+            (
+                &[Up, Up, Up],
+                Some(1),
+                Sticky,
+                Some(1),
+                "sticky stays on failover",
+            ),
+            (
+                &[Up, Up, Up],
+                Some(1),
+                Auto,
+                Some(0),
+                "auto returns to default",
+            ),
+            (
+                &[Unknown, Up, Up],
+                Some(1),
+                Auto,
+                Some(1),
+                "auto waits for rise",
+            ),
+            (
+                &[Up, Unknown, Up],
+                Some(1),
+                Auto,
+                Some(0),
+                "auto prefers up over unknown",
+            ),
+            (
+                &[Unknown, Unknown],
+                Some(1),
+                Sticky,
+                Some(1),
+                "restart keeps published until a verdict",
+            ),
+            (
+                &[Down, Up, Up],
+                Some(2),
+                Auto,
+                Some(1),
+                "auto moves to higher priority",
+            ),
+            (
+                &[Up],
+                Some(5),
+                Sticky,
+                Some(0),
+                "current out of range after reload",
+            ),
+        ];
+        for (health, current, failback, want, what) in cases {
+            assert_eq!(choose(health, *current, *failback), *want, "{what}");
+        }
+    }
+
+    #[test]
+    fn recovery_sequence_sticky_vs_auto() {
+        /// Trackers and the active choice, stepped one probe round at a time.
+        struct Sim {
+            t: Vec<Tracker>,
+            active: Option<usize>,
+            failback: Failback,
+        }
+        impl Sim {
+            fn step(&mut self, up: [bool; 3]) -> Option<usize> {
+                for (tr, ok) in self.t.iter_mut().zip(up) {
+                    tr.observe(ok);
+                }
+                let h: Vec<Health> = self.t.iter().map(|t| t.health).collect();
+                self.active = choose(&h, self.active, self.failback);
+                self.active
+            }
+        }
+        // default dies, failover1 takes over, default comes back.
+        for (failback, want_final) in [(Failback::Sticky, Some(1)), (Failback::Auto, Some(0))] {
+            let mut sim = Sim {
+                t: (0..3).map(|_| Tracker::new(2, 3)).collect(),
+                active: None,
+                failback,
+            };
+            assert_eq!(sim.step([true; 3]), None, "one success is not rise");
+            assert_eq!(sim.step([true; 3]), Some(0));
+            assert_eq!(
+                sim.step([false, true, true]),
+                Some(0),
+                "one failure is not fall"
+            );
+            sim.step([false, true, true]);
+            assert_eq!(sim.step([false, true, true]), Some(1));
+            assert_eq!(sim.step([true; 3]), Some(1), "one success is not rise");
+            assert_eq!(sim.step([true; 3]), want_final, "{failback:?}");
+        }
+    }
+}

@@ -1,0 +1,3 @@
+pub fn demo(_short: bool) -> i32 {
+    0
+}

@@ -1,0 +1,352 @@
+//! `dbha-agent run`: probe reports and signals arrive on one channel; the loop
+//! updates each endpoint's hysteresis, decides, and publishes into the state file,
+//! with a heartbeat every `interval` whatever the probes are doing.
+
+use crate::config::{Config, Database};
+use crate::decide::Tracker;
+use crate::decide::{choose, Health};
+use crate::probe::{self, Outcome, Report};
+use crate::signals;
+use dbha_protocol::writer::{Opened, Publication, Settings, StateFile};
+use dbha_protocol::NONE;
+use log::{error, info, warn};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+/// What the loop reacts to.
+#[derive(Debug)]
+pub enum Event {
+    Probe(Report),
+    /// SIGHUP.
+    Reload,
+    /// SIGTERM or SIGINT.
+    Stop,
+}
+
+impl From<Report> for Event {
+    fn from(r: Report) -> Event {
+        Event::Probe(r)
+    }
+}
+
+/// Errors that keep the agent from starting.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+struct Endpoint {
+    db: Database,
+    tracker: Tracker,
+    last: Option<Outcome>,
+}
+
+const NONE_LOG_EVERY: Duration = Duration::from_secs(60);
+
+struct Agent {
+    config_path: PathBuf,
+    config: Config,
+    endpoints: Vec<Endpoint>,
+    state: StateFile,
+    /// The active endpoint, an index into `endpoints`.
+    active: Option<usize>,
+    /// Dropping these stops the probe threads.
+    probes: Vec<Sender<()>>,
+    generation: u64,
+    tx: Sender<Event>,
+    last_none_log: Option<Instant>,
+}
+
+fn settings(c: &Config) -> Settings {
+    Settings {
+        stale_after_ns: c.stale_after.as_nanos() as u64,
+        mode: c.state_mode,
+    }
+}
+
+fn endpoints(config: &Config) -> Vec<Endpoint> {
+    config
+        .databases
+        .iter()
+        .map(|db| Endpoint {
+            db: db.clone(),
+            tracker: Tracker::new(db.rise, db.fall),
+            last: None,
+        })
+        .collect()
+}
+
+/// Runs the agent until SIGTERM/SIGINT. Returns an error only if it cannot start.
+pub fn run(config_path: &Path) -> Result<(), StartError> {
+    let config = Config::load(config_path).map_err(|e| StartError(e.to_string()))?;
+    for w in config.unresolvable_hosts() {
+        warn!("{w}");
+    }
+    let (tx, rx) = mpsc::channel();
+    // Before anything slow: a SIGTERM from here on is handled cleanly.
+    signals::forward(tx.clone())
+        .map_err(|e| StartError(format!("cannot install signal handlers: {e}")))?;
+
+    if let Some(dir) = config
+        .state_file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StartError(format!(
+                    "cannot create the state file's directory {}: {e}",
+                    dir.display()
+                ))
+            })?;
+            info!("created {}", dir.display());
+        }
+    }
+    let (state, opened) = StateFile::open(
+        &config.state_file,
+        &config.aliases(),
+        settings(&config),
+        &Publication::NOTHING,
+    )
+    .map_err(|e| StartError(e.to_string()))?;
+    let endpoints = endpoints(&config);
+    // A reused file keeps its published decision until the probes have a verdict.
+    let active = match opened {
+        Opened::Reused => {
+            Some(state.values().write_index as usize).filter(|&i| i < endpoints.len())
+        }
+        _ => None,
+    };
+    info!(
+        "state file {} {} (epoch {}, config generation {}), {} databases, interval {:?}, failback {:?}",
+        config.state_file.display(),
+        match opened {
+            Opened::Created => "created",
+            Opened::Reused => "reused",
+            Opened::Replaced => "replaced (aliases changed)",
+        },
+        state.values().epoch,
+        state.values().config_generation,
+        config.databases.len(),
+        config.interval,
+        config.failback,
+    );
+    let mut agent = Agent {
+        config_path: config_path.to_owned(),
+        config,
+        endpoints,
+        state,
+        active,
+        probes: Vec::new(),
+        generation: 0,
+        tx,
+        last_none_log: None,
+    };
+    agent.start_probes();
+    agent.run(rx);
+    Ok(())
+}
+
+impl Agent {
+    fn start_probes(&mut self) {
+        self.generation += 1;
+        self.probes.clear();
+        for (i, e) in self.endpoints.iter().enumerate() {
+            match probe::spawn(self.generation, i, e.db.clone(), self.tx.clone()) {
+                Ok(stop) => self.probes.push(stop),
+                // Without a thread this endpoint is never probed: it stays Unknown
+                // and is never chosen. Say so loudly.
+                Err(err) => error!("{}: cannot start its probe thread: {err}", e.db.alias),
+            }
+        }
+    }
+
+    fn run(&mut self, rx: Receiver<Event>) {
+        let mut next_beat = Instant::now();
+        loop {
+            let now = Instant::now();
+            if now >= next_beat {
+                self.publish();
+                next_beat += self.config.interval;
+                if next_beat < now {
+                    // Suspended or starved: restart the rhythm rather than catch up.
+                    next_beat = now + self.config.interval;
+                }
+            }
+            match rx.recv_timeout(next_beat.saturating_duration_since(Instant::now())) {
+                Ok(Event::Probe(r)) if r.generation == self.generation => {
+                    self.observe(r);
+                    self.publish();
+                }
+                Ok(Event::Probe(_)) => {}
+                Ok(Event::Reload) => self.reload(),
+                Ok(Event::Stop) => {
+                    self.probes.clear();
+                    self.state.mark_stopped();
+                    info!("stopping: state file marked \"agent stopped\"");
+                    return;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                // We hold a sender, so this cannot happen; stop cleanly if it does.
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.state.mark_stopped();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn observe(&mut self, r: Report) {
+        let Some(e) = self.endpoints.get_mut(r.index) else {
+            return;
+        };
+        if let Some(t) = e.tracker.observe(r.outcome.is_ok()) {
+            match (&r.outcome, t.to) {
+                (Err(f), Health::Down) => info!(
+                    "{}: down after {} failed probe{} ({f})",
+                    e.db.alias,
+                    t.after,
+                    if t.after == 1 { "" } else { "s" }
+                ),
+                (_, Health::Up) => info!(
+                    "{}: up after {} successful probe{}",
+                    e.db.alias,
+                    t.after,
+                    if t.after == 1 { "" } else { "s" }
+                ),
+                _ => {}
+            }
+        }
+        e.last = Some(r.outcome);
+    }
+
+    fn alias(&self, i: Option<usize>) -> &str {
+        i.and_then(|i| self.endpoints.get(i))
+            .map_or("NONE", |e| e.db.alias.as_str())
+    }
+
+    fn publication(&self) -> Publication {
+        let health_mask = self
+            .endpoints
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.tracker.health == Health::Up)
+            .fold(0u64, |m, (i, _)| m | 1 << i);
+        let index = self.active.map_or(NONE, |i| i as u32);
+        Publication {
+            write_index: index,
+            read_index: index,
+            health_mask,
+            ..Publication::NOTHING
+        }
+    }
+
+    /// Decides, and publishes the decision with a fresh heartbeat.
+    fn publish(&mut self) {
+        let health: Vec<Health> = self.endpoints.iter().map(|e| e.tracker.health).collect();
+        let before = self.active;
+        self.active = choose(&health, before, self.config.failback);
+        if let Some(epoch) = self.state.publish(&self.publication()) {
+            info!(
+                "active: {} -> {} (epoch {epoch})",
+                self.alias(before),
+                self.alias(self.active)
+            );
+        }
+        // Only once every endpoint has a verdict: a fresh agent is not in trouble.
+        if self.active.is_none() && health.iter().all(|h| *h == Health::Down) {
+            let due = self
+                .last_none_log
+                .is_none_or(|t| t.elapsed() >= NONE_LOG_EVERY);
+            if due {
+                let why: Vec<String> = self
+                    .endpoints
+                    .iter()
+                    .map(|e| match &e.last {
+                        Some(Err(f)) => format!("{}: {f}", e.db.alias),
+                        _ => format!("{}: {:?}", e.db.alias, e.tracker.health),
+                    })
+                    .collect();
+                error!("no healthy database, publishing NONE ({})", why.join("; "));
+                self.last_none_log = Some(Instant::now());
+            }
+        } else if self.active.is_some() {
+            self.last_none_log = None;
+        }
+    }
+
+    fn reload(&mut self) {
+        let path = self.config_path.display();
+        let new = match Config::load(&self.config_path) {
+            Ok(c) => c,
+            Err(e) => {
+                error!("reload rejected, keeping the running configuration: {e}");
+                return;
+            }
+        };
+        if new.state_file != self.config.state_file {
+            error!(
+                "reload rejected, keeping the running configuration: state_file changed from {} to {}; restart the agent to move it",
+                self.config.state_file.display(),
+                new.state_file.display()
+            );
+            return;
+        }
+        for w in new.unresolvable_hosts() {
+            warn!("{w}");
+        }
+        // Unchanged endpoints keep their health; the others start Unknown.
+        let mut endpoints = endpoints(&new);
+        for e in &mut endpoints {
+            if let Some(old) = self.endpoints.iter().find(|o| o.db.same_target(&e.db)) {
+                e.tracker = old.tracker.clone();
+                e.tracker.rise = e.db.rise;
+                e.tracker.fall = e.db.fall;
+                e.last = old.last.clone();
+            }
+        }
+        let before = self.alias(self.active).to_owned();
+        let kept = self.active.and_then(|i| {
+            endpoints
+                .iter()
+                .position(|e| e.db.alias == self.endpoints[i].db.alias)
+        });
+        let health: Vec<Health> = endpoints.iter().map(|e| e.tracker.health).collect();
+        let active = choose(&health, kept, new.failback);
+        let old_endpoints = std::mem::replace(&mut self.endpoints, endpoints);
+        let old_active = std::mem::replace(&mut self.active, active);
+        match self
+            .state
+            .reconfigure(&new.aliases(), settings(&new), &self.publication())
+        {
+            Ok(opened) => {
+                info!(
+                    "configuration reloaded from {path}: {} databases, state file {} (config generation {})",
+                    new.databases.len(),
+                    if opened == Opened::Replaced { "replaced, aliases changed" } else { "kept" },
+                    self.state.values().config_generation
+                );
+                self.config = new;
+                self.start_probes();
+                let after = self.alias(self.active).to_owned();
+                if opened == Opened::Replaced && before != after {
+                    info!(
+                        "active: {before} -> {after} (epoch {})",
+                        self.state.values().epoch
+                    );
+                }
+                self.publish();
+            }
+            Err(e) => {
+                self.endpoints = old_endpoints;
+                self.active = old_active;
+                error!("reload rejected, keeping the running configuration: {e}");
+            }
+        }
+    }
+}

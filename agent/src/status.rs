@@ -1,0 +1,257 @@
+//! `dbha-agent status` and `watch`: what a reader sees, through the same reader
+//! library the applications use.
+
+use dbha::{Reader, Role, Snapshot, Status};
+use serde_json::json;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub fn status_name(s: Status) -> &'static str {
+    match s {
+        Status::Active => "active",
+        Status::NoHealthyDatabase => "no_healthy_database",
+        Status::Stale => "stale",
+        Status::AgentStopped => "agent_stopped",
+    }
+}
+
+fn role_name(r: Role) -> &'static str {
+    match r {
+        Role::Primary => "primary",
+        Role::Standby => "standby",
+        Role::Unknown => "unknown",
+    }
+}
+
+/// The stable JSON form of a snapshot (`status --json`).
+pub fn to_json(path: &Path, s: &Snapshot<'_>) -> serde_json::Value {
+    let endpoints: Vec<_> = (0..s.endpoint_count())
+        .map(|i| {
+            json!({
+                "index": i,
+                "alias": s.alias(i),
+                "healthy": s.is_healthy(i),
+                "role": role_name(s.role(i)),
+            })
+        })
+        .collect();
+    json!({
+        "state_file": path.display().to_string(),
+        "status": status_name(s.status),
+        "stale": s.status == Status::Stale,
+        "epoch": s.epoch,
+        "heartbeat_age_ms": s.heartbeat_age.as_millis() as u64,
+        "heartbeat_wall_unix_ms": s.heartbeat_wall_ns / 1_000_000,
+        "stale_after_ms": s.stale_after.as_millis() as u64,
+        "active": s.write_alias(),
+        "read": s.read_alias(),
+        "write_index": s.write_index,
+        "read_index": s.read_index,
+        "writer_pid": s.writer_pid,
+        "config_generation": s.config_generation,
+        "flags": {"stopped": s.stopped(), "conflict": s.conflict()},
+        "endpoints": endpoints,
+    })
+}
+
+/// Exit codes: 0 active, 2 readable but not active, 1 unreadable.
+pub fn status(path: &Path, json: bool) -> i32 {
+    let reader = match Reader::open(path) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("dbha-agent status: {e}");
+            return 1;
+        }
+    };
+    let s = match reader.snapshot() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("dbha-agent status: {e}");
+            return 1;
+        }
+    };
+    if json {
+        println!("{}", to_json(path, &s));
+    } else {
+        print!("{}", human(path, &s));
+    }
+    if s.status == Status::Active {
+        0
+    } else {
+        2
+    }
+}
+
+fn human(path: &Path, s: &Snapshot<'_>) -> String {
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| out.push_str(&format!("{k:<12} {v}\n"));
+    line("state file", path.display().to_string());
+    line("status", status_name(s.status).to_string());
+    line("epoch", s.epoch.to_string());
+    line(
+        "heartbeat",
+        format!(
+            "{:.1}s ago (stale after {:?})",
+            s.heartbeat_age.as_secs_f64(),
+            s.stale_after
+        ),
+    );
+    line("active", s.write_alias().unwrap_or("NONE").to_string());
+    line("read", s.read_alias().unwrap_or("NONE").to_string());
+    line(
+        "agent",
+        format!(
+            "pid {}, config generation {}",
+            s.writer_pid, s.config_generation
+        ),
+    );
+    let mut flags = Vec::new();
+    if s.stopped() {
+        flags.push("stopped");
+    }
+    if s.conflict() {
+        flags.push("conflict");
+    }
+    line(
+        "flags",
+        if flags.is_empty() {
+            "-".into()
+        } else {
+            flags.join(",")
+        },
+    );
+    out.push_str(&format!(
+        "\n{:<5} {:<24} {:<8} {}\n",
+        "INDEX", "ALIAS", "HEALTH", "ROLE"
+    ));
+    for i in 0..s.endpoint_count() {
+        let mark = if s.write_index == Some(i) { " *" } else { "" };
+        out.push_str(&format!(
+            "{:<5} {:<24} {:<8} {}{}\n",
+            i,
+            s.alias(i).unwrap_or("?"),
+            if s.is_healthy(i) { "up" } else { "down" },
+            role_name(s.role(i)),
+            mark
+        ));
+    }
+    out
+}
+
+/// UTC time as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+pub fn utc(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+/// Why the published decision changed, as far as the snapshot tells.
+fn reason(old: &Snapshot<'_>, new: &Snapshot<'_>) -> String {
+    if new.status != old.status && new.status != Status::Active {
+        return status_name(new.status).replace('_', " ");
+    }
+    if let Some(i) = old.write_index.filter(|_| old.generation == new.generation) {
+        if !new.is_healthy(i) && old.is_healthy(i) {
+            return format!("{} down", old.alias(i).unwrap_or("?"));
+        }
+        if new.write_index.is_some_and(|n| n < i) {
+            return format!("failback to {}", new.write_alias().unwrap_or("?"));
+        }
+    }
+    if new.generation != old.generation {
+        return "configuration changed".into();
+    }
+    if old.status != Status::Active && new.status == Status::Active {
+        return "agent live".into();
+    }
+    String::new()
+}
+
+fn describe(s: &Snapshot<'_>) -> String {
+    match s.status {
+        Status::Active => s.write_alias().unwrap_or("NONE").to_string(),
+        other => format!("NONE ({})", status_name(other)),
+    }
+}
+
+/// `dbha-agent watch`: one line per change until interrupted.
+pub fn watch(path: &Path, poll: Duration) -> i32 {
+    let reader = match Reader::open(path) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("dbha-agent watch: {e}");
+            return 1;
+        }
+    };
+    let mut last: Option<Snapshot<'_>> = None;
+    loop {
+        if let Ok(s) = reader.snapshot() {
+            fn key<'a>(s: &Snapshot<'a>) -> (u64, Status, u64, Option<&'a str>, Option<&'a str>) {
+                (
+                    s.epoch,
+                    s.status,
+                    s.generation,
+                    s.write_alias(),
+                    s.read_alias(),
+                )
+            }
+            if last.as_ref().is_none_or(|l| key(l) != key(&s)) {
+                let now = utc(SystemTime::now());
+                match &last {
+                    None => println!(
+                        "{now} epoch {} active: {} (status {})",
+                        s.epoch,
+                        describe(&s),
+                        status_name(s.status)
+                    ),
+                    Some(l) => {
+                        let why = reason(l, &s);
+                        println!(
+                            "{now} epoch {} active: {} -> {}{}",
+                            s.epoch,
+                            describe(l),
+                            describe(&s),
+                            if why.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" ({why})")
+                            }
+                        );
+                    }
+                }
+                last = Some(s);
+            }
+        }
+        std::thread::sleep(poll);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_formats_known_instants() {
+        let t = |s: u64, ms: u64| UNIX_EPOCH + Duration::from_millis(s * 1000 + ms);
+        assert_eq!(utc(t(0, 0)), "1970-01-01T00:00:00.000Z");
+        assert_eq!(utc(t(951_782_400, 5)), "2000-02-29T00:00:00.005Z");
+        assert_eq!(utc(t(1_795_639_286, 123)), "2026-11-25T20:41:26.123Z");
+    }
+}

@@ -1,0 +1,143 @@
+//! A fake PostgreSQL server on a loopback port that answers every startup message
+//! with one chosen reply, for probe tests that must not need a real server. The
+//! replies are byte fixtures of the wire protocol.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// What the fake server answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// AuthenticationMD5Password: a live server asking for a password.
+    AuthMd5,
+    /// AuthenticationOk (trust), then waits for Terminate.
+    AuthOk,
+    /// FATAL ErrorResponse with this SQLSTATE (57P03: not ready; 28000: no such role).
+    Error(&'static str),
+    /// Bytes that are not PostgreSQL.
+    Garbage,
+    /// Accepts and never answers (a hung server).
+    Silent,
+}
+
+fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+fn reply_bytes(r: Reply) -> Vec<u8> {
+    match r {
+        Reply::AuthMd5 => message(b'R', &[0, 0, 0, 5, 0x11, 0x22, 0x33, 0x44]),
+        Reply::AuthOk => message(b'R', &[0, 0, 0, 0]),
+        Reply::Error(code) => {
+            let mut body = Vec::new();
+            for (t, v) in [(b'S', "FATAL"), (b'C', code), (b'M', "fake server refuses")] {
+                body.push(t);
+                body.extend_from_slice(v.as_bytes());
+                body.push(0);
+            }
+            body.push(0);
+            message(b'E', &body)
+        }
+        Reply::Garbage => b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n".to_vec(),
+        Reply::Silent => Vec::new(),
+    }
+}
+
+/// A running fake server; stops (and closes every connection) when dropped.
+pub struct FakePg {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+    /// Connections that sent a complete startup message.
+    pub startups: Arc<AtomicUsize>,
+    /// Connections that ended with a Terminate message.
+    pub terminates: Arc<AtomicUsize>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FakePg {
+    pub fn start(reply: Reply) -> FakePg {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let startups = Arc::new(AtomicUsize::new(0));
+        let terminates = Arc::new(AtomicUsize::new(0));
+        let thread = {
+            let (stop, startups, terminates) = (stop.clone(), startups.clone(), terminates.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((conn, _)) => {
+                            let (stop, startups, terminates) =
+                                (stop.clone(), startups.clone(), terminates.clone());
+                            std::thread::spawn(move || {
+                                serve(conn, reply, &stop, &startups, &terminates)
+                            });
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                    }
+                }
+            })
+        };
+        FakePg {
+            port,
+            stop,
+            startups,
+            terminates,
+            thread: Some(thread),
+        }
+    }
+}
+
+fn serve(
+    mut conn: TcpStream,
+    reply: Reply,
+    stop: &AtomicBool,
+    startups: &AtomicUsize,
+    terminates: &AtomicUsize,
+) {
+    let _ = conn.set_read_timeout(Some(Duration::from_millis(50)));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    let mut replied = false;
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        match conn.read(&mut chunk) {
+            Ok(0) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => continue,
+        }
+        if !replied && buf.len() >= 4 {
+            let len = u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize;
+            if buf.len() >= len {
+                startups.fetch_add(1, Ordering::Relaxed);
+                buf.drain(..len);
+                let _ = conn.write_all(&reply_bytes(reply));
+                replied = true;
+                if matches!(reply, Reply::Error(_) | Reply::Garbage) {
+                    return;
+                }
+            }
+        }
+        if replied && buf.first() == Some(&b'X') {
+            terminates.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    }
+}
+
+impl Drop for FakePg {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
