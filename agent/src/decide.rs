@@ -76,15 +76,23 @@ impl Tracker {
 ///   have a verdict).
 /// - `Sticky` keeps it even when a higher-priority endpoint is up again; `Auto`
 ///   returns to the highest-priority endpoint that is up.
-/// - Otherwise: the highest-priority endpoint that is up, or none.
-pub fn choose(health: &[Health], current: Option<usize>, failback: Failback) -> Option<usize> {
+/// - Otherwise: the highest-priority endpoint that is up, or none. While `settling`
+///   (just after a start or reload, while first verdicts are pending) that choice does
+///   not pass over an endpoint still Unknown: otherwise whichever endpoint answered
+///   first would win, and with sticky failback stay.
+pub fn choose(
+    health: &[Health],
+    current: Option<usize>,
+    failback: Failback,
+    settling: bool,
+) -> Option<usize> {
     let first_up = health.iter().position(|h| *h == Health::Up);
     match current.filter(|&c| health.get(c).is_some_and(|h| *h != Health::Down)) {
         Some(c) => match (failback, first_up) {
             (Failback::Auto, Some(u)) if u < c => Some(u),
             _ => Some(c),
         },
-        None => first_up,
+        None => first_up.filter(|&u| !(settling && health[..u].contains(&Health::Unknown))),
     }
 }
 
@@ -163,7 +171,14 @@ mod tests {
     fn choose_tables() {
         use Failback::{Auto, Sticky};
         /// (health by priority, current, failback, expected choice, what it shows)
-        type Case<'a> = (&'a [Health], Option<usize>, Failback, Option<usize>, &'a str);
+        type Case<'a> = (
+            &'a [Health],
+            Option<usize>,
+            Failback,
+            Option<usize>,
+            &'a str,
+        );
+        // Not settling: every verdict is in, or the settling time is over.
         let cases: &[Case] = &[
             (
                 &[Unknown, Unknown, Unknown],
@@ -240,8 +255,23 @@ mod tests {
             ),
         ];
         for (health, current, failback, want, what) in cases {
-            assert_eq!(choose(health, *current, *failback), *want, "{what}");
+            assert_eq!(choose(health, *current, *failback, false), *want, "{what}");
         }
+    }
+
+    #[test]
+    fn a_first_choice_waits_for_higher_priority_verdicts_while_settling() {
+        use Failback::Sticky;
+        // failover2 answered first; default has no verdict yet.
+        assert_eq!(choose(&[Unknown, Down, Up], None, Sticky, true), None);
+        assert_eq!(choose(&[Up, Down, Up], None, Sticky, true), Some(0));
+        assert_eq!(choose(&[Down, Down, Up], None, Sticky, true), Some(2));
+        // Lower-priority pending verdicts do not hold anything up.
+        assert_eq!(choose(&[Up, Unknown, Unknown], None, Sticky, true), Some(0));
+        // Once settled, an endpoint that never got a verdict no longer blocks.
+        assert_eq!(choose(&[Unknown, Down, Up], None, Sticky, false), Some(2));
+        // A current choice is kept as before.
+        assert_eq!(choose(&[Unknown, Up, Up], Some(2), Sticky, true), Some(2));
     }
 
     #[test]
@@ -258,7 +288,7 @@ mod tests {
                     tr.observe(ok);
                 }
                 let h: Vec<Health> = self.t.iter().map(|t| t.health).collect();
-                self.active = choose(&h, self.active, self.failback);
+                self.active = choose(&h, self.active, self.failback, false);
                 self.active
             }
         }

@@ -60,6 +60,20 @@ struct Agent {
     generation: u64,
     tx: Sender<Event>,
     last_none_log: Option<Instant>,
+    /// Until then, first verdicts may still be pending (see [`choose`]).
+    settle_until: Instant,
+}
+
+/// How long, from a start or reload, until every endpoint has had the chance of a
+/// first verdict: `max(rise, fall)` probes, each taking at most the longer of its
+/// interval and timeout, plus one interval of slack.
+fn settle_time(config: &Config) -> Duration {
+    config
+        .databases
+        .iter()
+        .map(|d| d.interval.max(d.timeout) * d.rise.max(d.fall) + d.interval)
+        .max()
+        .unwrap_or_default()
 }
 
 fn settings(c: &Config) -> Settings {
@@ -136,6 +150,7 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
         config.interval,
         config.failback,
     );
+    let settle_until = Instant::now() + settle_time(&config);
     let mut agent = Agent {
         config_path: config_path.to_owned(),
         config,
@@ -146,6 +161,7 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
         generation: 0,
         tx,
         last_none_log: None,
+        settle_until,
     };
     agent.start_probes();
     agent.run(rx);
@@ -250,7 +266,8 @@ impl Agent {
     fn publish(&mut self) {
         let health: Vec<Health> = self.endpoints.iter().map(|e| e.tracker.health).collect();
         let before = self.active;
-        self.active = choose(&health, before, self.config.failback);
+        let settling = Instant::now() < self.settle_until;
+        self.active = choose(&health, before, self.config.failback, settling);
         if let Some(epoch) = self.state.publish(&self.publication()) {
             info!(
                 "active: {} -> {} (epoch {epoch})",
@@ -317,7 +334,7 @@ impl Agent {
                 .position(|e| e.db.alias == self.endpoints[i].db.alias)
         });
         let health: Vec<Health> = endpoints.iter().map(|e| e.tracker.health).collect();
-        let active = choose(&health, kept, new.failback);
+        let active = choose(&health, kept, new.failback, true);
         let old_endpoints = std::mem::replace(&mut self.endpoints, endpoints);
         let old_active = std::mem::replace(&mut self.active, active);
         match self
@@ -331,6 +348,7 @@ impl Agent {
                     if opened == Opened::Replaced { "replaced, aliases changed" } else { "kept" },
                     self.state.values().config_generation
                 );
+                self.settle_until = Instant::now() + settle_time(&new);
                 self.config = new;
                 self.start_probes();
                 let after = self.alias(self.active).to_owned();

@@ -1,0 +1,423 @@
+//! The real `dbha-agent` binary against local TCP listeners and fake PostgreSQL
+//! servers, observed through the real reader.
+
+use dbha::{Reader, Status};
+use dbha_tests::fakepg::{FakePg, Reply};
+use dbha_tests::Children;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_dbha-agent");
+/// Generous: these bounds only catch hangs, never judge speed.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+fn listener() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").unwrap()
+}
+
+fn port(l: &TcpListener) -> u16 {
+    l.local_addr().unwrap().port()
+}
+
+/// A configuration with fast timings; `dbs` are (alias, port, check).
+fn config(dir: &Path, dbs: &[(&str, u16, &str)], extra: &str) -> String {
+    let mut s = format!(
+        "state_file = \"{}\"\ninterval = \"50ms\"\ntimeout = \"200ms\"\nrise = 2\nfall = 2\nstale_after = \"1s\"\n{extra}\n",
+        dir.join("state").display()
+    );
+    for (alias, port, check) in dbs {
+        s.push_str(&format!(
+            "[[database]]\nalias = \"{alias}\"\nhost = \"127.0.0.1\"\nport = {port}\ncheck = \"{check}\"\n"
+        ));
+    }
+    s
+}
+
+struct Agent {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    children: Children,
+}
+
+impl Agent {
+    fn new(config_text: impl FnOnce(&Path) -> String) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("dbha.toml");
+        std::fs::write(&config, config_text(dir.path())).unwrap();
+        let mut a = Agent {
+            dir,
+            config,
+            children: Children::default(),
+        };
+        a.spawn();
+        a
+    }
+
+    fn spawn(&mut self) -> &mut Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let child = Command::new(AGENT)
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.children.push(child)
+    }
+
+    fn child(&mut self) -> &mut Child {
+        self.children.0.last_mut().unwrap()
+    }
+
+    fn pid(&mut self) -> Pid {
+        Pid::from_raw(self.child().id() as i32)
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("agent.log")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn reader(&self) -> Reader {
+        wait_for("the state file", || Reader::open(self.state()).ok())
+    }
+
+    fn wait_log(&self, needle: &str) {
+        wait_for(&format!("{needle:?} in the agent log"), || {
+            self.log().contains(needle).then_some(())
+        });
+    }
+}
+
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn wait_active(r: &Reader, alias: &str) -> u64 {
+    wait_for(&format!("active alias {alias}"), || {
+        let s = r.snapshot().ok()?;
+        (s.write_alias() == Some(alias)).then_some(s.epoch)
+    })
+}
+
+#[test]
+fn refused_connection_switches_after_fall_and_the_epoch_goes_up_by_one() {
+    let (a, b) = (listener(), listener());
+    let (pa, pb) = (port(&a), port(&b));
+    let agent = Agent::new(|d| config(d, &[("default", pa, "tcp"), ("failover1", pb, "tcp")], ""));
+    let r = agent.reader();
+    let e0 = wait_active(&r, "default");
+    let fault = Instant::now();
+    drop(a);
+    let e1 = wait_active(&r, "failover1");
+    println!(
+        "refused -> switch seen by the reader in {:?}",
+        fault.elapsed()
+    );
+    assert_eq!(e1, e0 + 1);
+    agent.wait_log("default: down after 2 failed probes (connection refused)");
+    agent.wait_log(&format!("active: default -> failover1 (epoch {e1})"));
+    drop(b);
+}
+
+#[test]
+fn fake_postgres_servers_are_judged_by_their_replies() {
+    let servers = [
+        ("starting", FakePg::start(Reply::Error("57P03"))),
+        ("garbage", FakePg::start(Reply::Garbage)),
+        ("hung", FakePg::start(Reply::Silent)),
+        ("md5", FakePg::start(Reply::AuthMd5)),
+        ("norole", FakePg::start(Reply::Error("28000"))),
+    ];
+    let dbs: Vec<(&str, u16, &str)> = servers
+        .iter()
+        .map(|(a, s)| (*a, s.port, "postgres"))
+        .collect();
+    let agent = Agent::new(|d| config(d, &dbs, ""));
+    let r = agent.reader();
+    wait_active(&r, "md5");
+    let s = wait_for("every verdict", || {
+        let s = r.snapshot().ok()?;
+        (s.health_mask == 0b11000).then_some(s)
+    });
+    assert_eq!(s.write_alias(), Some("md5"));
+    agent.wait_log("starting: down after 2 failed probes (not ready (57P03: fake server refuses))");
+    agent.wait_log("garbage: down after 2 failed probes (not a PostgreSQL server");
+    agent.wait_log("hung: down after 2 failed probes (no answer within 200ms)");
+}
+
+#[test]
+fn sighup_applies_a_valid_config_and_rejects_an_invalid_one_without_losing_the_decision() {
+    let (a, b, c) = (listener(), listener(), listener());
+    let (pa, pb, pc) = (port(&a), port(&b), port(&c));
+    let mut agent =
+        Agent::new(|d| config(d, &[("default", pa, "tcp"), ("failover1", pb, "tcp")], ""));
+    let r = agent.reader();
+    let e0 = wait_active(&r, "default");
+
+    // An invalid file: rejected, logged with its location, agent carries on.
+    std::fs::write(&agent.config, "interval = \"fast\"\n").unwrap();
+    kill(agent.pid(), Signal::SIGHUP).unwrap();
+    agent.wait_log("reload rejected, keeping the running configuration:");
+    assert!(
+        agent
+            .log()
+            .contains("dbha.toml:1:12: expected a duration like"),
+        "{}",
+        agent.log()
+    );
+    // Well past stale_after (1s): the heartbeat never stopped.
+    std::thread::sleep(Duration::from_millis(1500));
+    let s = r.snapshot().unwrap();
+    assert_eq!(
+        (s.status, s.write_alias(), s.epoch),
+        (Status::Active, Some("default"), e0)
+    );
+    assert!(agent.child().try_wait().unwrap().is_none(), "agent died");
+
+    // A valid one that adds an endpoint: the file is replaced, readers follow, and
+    // at no moment during the reload does a reader lose the active database.
+    let dir = agent.dir.path().to_owned();
+    std::fs::write(
+        &agent.config,
+        config(
+            &dir,
+            &[
+                ("default", pa, "tcp"),
+                ("failover1", pb, "tcp"),
+                ("failover2", pc, "tcp"),
+            ],
+            "",
+        ),
+    )
+    .unwrap();
+    let watcher = {
+        let state = agent.state();
+        std::thread::spawn(move || {
+            let r = Reader::open(state).unwrap();
+            let until = Instant::now() + Duration::from_millis(1500);
+            let mut seen = Vec::new();
+            while Instant::now() < until {
+                let s = r.snapshot().unwrap();
+                let key = (s.generation, s.write_alias().map(String::from));
+                if seen.last() != Some(&key) {
+                    seen.push(key);
+                }
+            }
+            seen
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    kill(agent.pid(), Signal::SIGHUP).unwrap();
+    agent.wait_log("configuration reloaded from");
+    let seen = watcher.join().unwrap();
+    assert_eq!(
+        seen,
+        [
+            (1, Some("default".to_string())),
+            (2, Some("default".to_string()))
+        ],
+        "what a reader saw across the reload"
+    );
+    let s = r.snapshot().unwrap();
+    assert_eq!((s.generation, s.endpoint_count()), (2, 3));
+    assert!(s.epoch > e0);
+    assert_eq!(s.alias(2), Some("failover2"));
+}
+
+#[test]
+fn sigterm_marks_the_state_stopped_and_exits_zero() {
+    let a = listener();
+    let pa = port(&a);
+    let mut agent = Agent::new(|d| config(d, &[("default", pa, "tcp")], ""));
+    let r = agent.reader();
+    wait_active(&r, "default");
+    kill(agent.pid(), Signal::SIGTERM).unwrap();
+    let status = wait_for("the agent to exit", || agent.child().try_wait().unwrap());
+    assert!(status.success(), "{status:?}");
+    let s = r.snapshot().unwrap();
+    assert_eq!(s.status, Status::AgentStopped);
+    assert!(s.stopped());
+    assert_eq!(r.active_alias(), None);
+}
+
+#[test]
+fn a_second_agent_on_the_same_state_file_is_refused() {
+    let a = listener();
+    let pa = port(&a);
+    let mut agent = Agent::new(|d| config(d, &[("default", pa, "tcp")], ""));
+    agent.reader();
+    let first = agent.pid();
+    let out = Command::new(AGENT)
+        .args(["run", "--config"])
+        .arg(&agent.config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is locked by another dbha-agent"), "{err}");
+    assert!(err.contains(&format!("(pid {first})")), "{err}");
+    assert!(
+        agent.child().try_wait().unwrap().is_none(),
+        "the first agent must go on"
+    );
+}
+
+#[test]
+fn status_json_matches_what_the_reader_sees() {
+    let (a, b) = (listener(), listener());
+    let (pa, pb) = (port(&a), port(&b));
+    let agent = Agent::new(|d| {
+        config(
+            d,
+            &[
+                ("default", pa, "tcp"),
+                ("failover1", 1, "tcp"),
+                ("failover2", pb, "tcp"),
+            ],
+            "",
+        )
+    });
+    let r = agent.reader();
+    wait_for("a verdict on every endpoint", || {
+        let s = r.snapshot().ok()?;
+        (s.health_mask == 0b101).then_some(())
+    });
+    let out = Command::new(AGENT)
+        .args(["status", "--json", "--state"])
+        .arg(agent.state())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = r.snapshot().unwrap();
+    assert_eq!(j["status"], "active");
+    assert_eq!(j["epoch"], s.epoch);
+    assert_eq!(j["active"], s.write_alias().unwrap());
+    assert_eq!(j["read"], s.read_alias().unwrap());
+    assert_eq!(j["writer_pid"], s.writer_pid);
+    assert_eq!(j["stale"], false);
+    assert_eq!(j["stale_after_ms"], 1000);
+    let eps = j["endpoints"].as_array().unwrap();
+    assert_eq!(eps.len(), 3);
+    for (i, e) in eps.iter().enumerate() {
+        assert_eq!(e["alias"], s.alias(i as u32).unwrap());
+        assert_eq!(e["healthy"], s.is_healthy(i as u32));
+        assert_eq!(e["role"], "unknown");
+    }
+    // DBHA_STATE stands in for --state; the human table names the active endpoint.
+    let out = Command::new(AGENT)
+        .arg("status")
+        .env("DBHA_STATE", agent.state())
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("active       default"), "{table}");
+    drop((a, b));
+}
+
+#[test]
+fn status_of_a_missing_file_says_so_and_exits_one() {
+    let out = Command::new(AGENT)
+        .args(["status", "--state", "/nonexistent/dbha/state"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/nonexistent/dbha/state does not exist"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_prints_the_resolved_config_or_the_located_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        config(dir.path(), &[("default", 5432, "postgres")], ""),
+    )
+    .unwrap();
+    let out = Command::new(AGENT)
+        .args(["check", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("0: default") && text.contains("check=Postgres"),
+        "{text}"
+    );
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        config(dir.path(), &[("default", 5432, "postgres")], "retries = 3"),
+    )
+    .unwrap();
+    let out = Command::new(AGENT)
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{}:7:1: unknown field `retries`", bad.display())),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_agent_killed_and_restarted_continues_the_same_file_and_epoch() {
+    let (a, b) = (listener(), listener());
+    let (pa, pb) = (port(&a), port(&b));
+    let mut agent =
+        Agent::new(|d| config(d, &[("default", pa, "tcp"), ("failover1", pb, "tcp")], ""));
+    let r = agent.reader();
+    wait_active(&r, "default");
+    drop(a);
+    let e1 = wait_active(&r, "failover1");
+    kill(agent.pid(), Signal::SIGKILL).unwrap();
+    wait_for("the agent to die", || agent.child().try_wait().unwrap());
+    wait_for("stale", || {
+        (r.snapshot().ok()?.status == Status::Stale).then_some(())
+    });
+    assert_eq!(r.active_alias(), None);
+
+    agent.spawn();
+    // The same Reader, the same mapping: the published decision comes back live.
+    let s = wait_for("live again", || {
+        let s = r.snapshot().ok()?;
+        (s.status == Status::Active).then_some(s)
+    });
+    assert_eq!((s.generation, s.write_alias()), (1, Some("failover1")));
+    assert!(s.epoch >= e1);
+    agent.wait_log("state file");
+    assert!(agent.log().contains("reused (epoch"), "{}", agent.log());
+}
