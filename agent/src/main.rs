@@ -1,18 +1,7 @@
-//! dbha-agent: the sidecar that probes the databases, decides with hysteresis which
-//! one the application must use, and publishes that decision into the state file
-//! that `libdbha` readers map. Not a proxy: no application traffic passes through it.
-//!
-//! Data flows one way: `config` -> `probe` -> `decide` -> state file (`run`).
-
-mod config;
-mod decide;
-mod demo;
-mod probe;
-mod run;
-mod signals;
-mod status;
+//! The `dbha-agent` command line: run, check, status, watch, demo.
 
 use clap::{Parser, Subcommand};
+use dbha_agent::{config, demo, run, status};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -59,6 +48,9 @@ enum Command {
         /// A faster schedule (used by the test suite).
         #[arg(long)]
         short: bool,
+        /// Plain TCP listeners even when PostgreSQL is installed.
+        #[arg(long)]
+        listeners: bool,
     },
 }
 
@@ -91,7 +83,7 @@ fn main() -> ExitCode {
         },
         Command::Status { state, json } => status::status(&state, json),
         Command::Watch { state } => status::watch(&state, Duration::from_millis(20)),
-        Command::Demo { short } => demo::demo(short),
+        Command::Demo { short, listeners } => demo::demo(short, listeners),
     };
     ExitCode::from(code as u8)
 }

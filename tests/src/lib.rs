@@ -59,42 +59,68 @@ pub fn target_dir() -> PathBuf {
         .to_owned()
 }
 
-/// The directory holding a libdbha.so built from the current reader sources.
+fn newest_mtime(dir: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let m = e.metadata().ok()?;
+            if m.is_dir() {
+                newest_mtime(&e.path())
+            } else {
+                m.modified().ok()
+            }
+        })
+        .max()
+}
+
+/// `name` in the target directory, built by `package` from the current sources in
+/// `src_dirs` (relative to the workspace root).
 ///
-/// `cargo test` builds dependencies as rlibs only, so the C library comes from a
-/// `cargo build` of the workspace (the test command, `tests/run.sh`, does it first).
-/// Panics with what to run when it is missing or older than the sources.
-pub fn libdbha_dir() -> PathBuf {
-    let dir = target_dir();
-    let lib = dir.join("libdbha.so");
-    let built = std::fs::metadata(&lib)
+/// `cargo test` builds dependencies as rlibs only and other packages' binaries not
+/// at all, so the C library and the agent binary come from a `cargo build` of the
+/// workspace (the test command, `tests/run.sh`, does it first). Panics with what to
+/// run when the artifact is missing or older than its sources.
+pub fn fresh_artifact(name: &str, package: &str, src_dirs: &[&str]) -> PathBuf {
+    let path = target_dir().join(name);
+    let profile = if cfg!(debug_assertions) {
+        ""
+    } else {
+        " --release"
+    };
+    let built = std::fs::metadata(&path)
         .and_then(|m| m.modified())
         .unwrap_or_else(|_| {
             panic!(
-                "{} is missing: run `cargo build -p dbha-reader{}` first (tests/run.sh does)",
-                lib.display(),
-                if cfg!(debug_assertions) {
-                    ""
-                } else {
-                    " --release"
-                }
+                "{} is missing: run `cargo build -p {package}{profile}` first (tests/run.sh does)",
+                path.display()
             )
         });
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../reader/src");
-    let newest = std::fs::read_dir(&src)
-        .expect("reader/src")
-        .filter_map(|e| e.ok()?.metadata().ok()?.modified().ok())
-        .max()
-        .expect("reader sources");
-    assert!(
-        built >= newest,
-        "{} is older than reader/src: run `cargo build -p dbha-reader{}` again (tests/run.sh does)",
-        lib.display(),
-        if cfg!(debug_assertions) {
-            ""
-        } else {
-            " --release"
-        }
-    );
-    dir
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for dir in src_dirs {
+        let newest = newest_mtime(&root.join(dir)).expect("sources");
+        assert!(
+            built >= newest,
+            "{} is older than {dir}: run `cargo build -p {package}{profile}` again (tests/run.sh does)",
+            path.display()
+        );
+    }
+    path
+}
+
+/// The directory holding a libdbha.so built from the current reader sources.
+pub fn libdbha_dir() -> PathBuf {
+    fresh_artifact("libdbha.so", "dbha-reader", &["reader/src", "protocol/src"])
+        .parent()
+        .expect("target dir")
+        .to_owned()
+}
+
+/// The `dbha-agent` binary built from the current sources.
+pub fn agent_bin() -> PathBuf {
+    fresh_artifact(
+        "dbha-agent",
+        "dbha-agent",
+        &["agent/src", "reader/src", "protocol/src"],
+    )
 }

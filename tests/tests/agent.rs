@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const AGENT: &str = env!("CARGO_BIN_EXE_dbha-agent");
+fn agent_cmd() -> Command {
+    Command::new(dbha_tests::agent_bin())
+}
 /// Generous: these bounds only catch hangs, never judge speed.
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -63,7 +65,7 @@ impl Agent {
             .append(true)
             .open(self.log_path())
             .unwrap();
-        let child = Command::new(AGENT)
+        let child = agent_cmd()
             .args(["run", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "info")
@@ -271,7 +273,7 @@ fn a_second_agent_on_the_same_state_file_is_refused() {
     let mut agent = Agent::new(|d| config(d, &[("default", pa, "tcp")], ""));
     agent.reader();
     let first = agent.pid();
-    let out = Command::new(AGENT)
+    let out = agent_cmd()
         .args(["run", "--config"])
         .arg(&agent.config)
         .output()
@@ -306,7 +308,7 @@ fn status_json_matches_what_the_reader_sees() {
         let s = r.snapshot().ok()?;
         (s.health_mask == 0b101).then_some(())
     });
-    let out = Command::new(AGENT)
+    let out = agent_cmd()
         .args(["status", "--json", "--state"])
         .arg(agent.state())
         .output()
@@ -329,7 +331,7 @@ fn status_json_matches_what_the_reader_sees() {
         assert_eq!(e["role"], "unknown");
     }
     // DBHA_STATE stands in for --state; the human table names the active endpoint.
-    let out = Command::new(AGENT)
+    let out = agent_cmd()
         .arg("status")
         .env("DBHA_STATE", agent.state())
         .output()
@@ -341,7 +343,7 @@ fn status_json_matches_what_the_reader_sees() {
 
 #[test]
 fn status_of_a_missing_file_says_so_and_exits_one() {
-    let out = Command::new(AGENT)
+    let out = agent_cmd()
         .args(["status", "--state", "/nonexistent/dbha/state"])
         .output()
         .unwrap();
@@ -362,7 +364,7 @@ fn check_prints_the_resolved_config_or_the_located_error() {
         config(dir.path(), &[("default", 5432, "postgres")], ""),
     )
     .unwrap();
-    let out = Command::new(AGENT)
+    let out = agent_cmd()
         .args(["check", "--config"])
         .arg(&good)
         .output()
@@ -380,7 +382,7 @@ fn check_prints_the_resolved_config_or_the_located_error() {
         config(dir.path(), &[("default", 5432, "postgres")], "retries = 3"),
     )
     .unwrap();
-    let out = Command::new(AGENT)
+    let out = agent_cmd()
         .args(["check", "--config"])
         .arg(&bad)
         .output()

@@ -1,0 +1,16 @@
+//! dbha-agent: the sidecar that probes the databases, decides with hysteresis which
+//! one the application must use, and publishes that decision into the state file
+//! that `libdbha` readers map. Not a proxy: no application traffic passes through it.
+//!
+//! Data flows one way: `config` -> `probe` -> `decide` -> state file (`run`). The
+//! library form exists for the binary and for the cross-crate tests; `pg` runs local
+//! PostgreSQL clusters for `dbha-agent demo` and the live-database tests.
+
+pub mod config;
+pub mod decide;
+pub mod demo;
+pub mod pg;
+pub mod probe;
+pub mod run;
+mod signals;
+pub mod status;

@@ -1,0 +1,379 @@
+//! Local PostgreSQL clusters for `dbha-agent demo` and the live-database tests:
+//! `initdb` into a temporary directory, start and stop with `pg_ctl`, freeze and
+//! thaw with SIGSTOP/SIGCONT, and remove everything when dropped.
+//!
+//! PostgreSQL refuses to run as root, so when this process is root the servers run
+//! as the `postgres` system user (created by the server package) in directories it
+//! owns.
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::{chown, Gid, Pid, Uid, User};
+use std::io;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Where the server binaries are and whom they run as.
+#[derive(Debug, Clone)]
+pub struct Install {
+    pub bindir: PathBuf,
+    /// Set when this process is root: the unprivileged user the servers run as.
+    pub run_as: Option<(Uid, Gid)>,
+}
+
+fn has_server(dir: &Path) -> bool {
+    ["initdb", "pg_ctl", "postgres"]
+        .iter()
+        .all(|b| dir.join(b).is_file())
+}
+
+/// Finds the server binaries: `pg_config --bindir`, then `PATH`, then the newest
+/// `/usr/lib/postgresql/*/bin`. `Err` says what is missing.
+pub fn find() -> Result<Install, String> {
+    let from_pg_config = Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    let from_path = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .find(|d| d.join("initdb").is_file())
+            .map(|d| {
+                // /usr/local/bin/initdb may be a link into the real bindir.
+                std::fs::canonicalize(d.join("initdb"))
+                    .ok()
+                    .and_then(|p| p.parent().map(Path::to_owned))
+                    .unwrap_or(d)
+            })
+    });
+    let mut versioned: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .collect();
+    versioned.sort_by_key(|p| {
+        p.parent()
+            .and_then(|v| v.file_name()?.to_str()?.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    let bindir = from_pg_config
+        .into_iter()
+        .chain(from_path)
+        .chain(versioned.into_iter().rev())
+        .find(|d| has_server(d))
+        .ok_or("the PostgreSQL server binaries (initdb, pg_ctl, postgres) were not found via pg_config --bindir, PATH or /usr/lib/postgresql/*/bin: install the postgresql package")?;
+    let run_as = if Uid::effective().is_root() {
+        let user = User::from_name("postgres")
+            .ok()
+            .flatten()
+            .ok_or("running as root, and PostgreSQL refuses to: no `postgres` system user to run the servers as (the postgresql package creates it)")?;
+        Some((user.uid, user.gid))
+    } else {
+        None
+    };
+    Ok(Install { bindir, run_as })
+}
+
+impl Install {
+    /// The server's major version, e.g. 15.
+    pub fn version(&self) -> Option<u32> {
+        let out = Command::new(self.bindir.join("postgres"))
+            .arg("--version")
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v = text
+            .split_whitespace()
+            .find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()))?;
+        v.split('.').next()?.parse().ok()
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(self.bindir.join(program));
+        if let Some((uid, gid)) = self.run_as {
+            c.uid(uid.as_raw()).gid(gid.as_raw());
+        }
+        c.env("LC_ALL", "C")
+            .env_remove("PGDATA")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Makes `path` a directory owned by the servers' user.
+    fn own_dir(&self, path: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(path)?;
+        if let Some((uid, gid)) = self.run_as {
+            chown(path, Some(uid), Some(gid))?;
+        }
+        Ok(())
+    }
+}
+
+fn check(what: &str, out: io::Result<Output>) -> io::Result<Output> {
+    let out = out?;
+    if out.status.success() {
+        Ok(out)
+    } else {
+        Err(io::Error::other(format!(
+            "{what} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )))
+    }
+}
+
+/// A free TCP port on `host` (bound and released: good enough on loopback).
+pub fn free_port(host: &str) -> io::Result<u16> {
+    Ok(TcpListener::bind((host, 0))?.local_addr()?.port())
+}
+
+/// A scratch directory removed (with everything in it) when dropped.
+#[derive(Debug)]
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    /// A new directory under the system temporary directory, named after `tag`.
+    pub fn new(tag: &str) -> io::Result<Scratch> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "dbha-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir(&dir)?;
+        Ok(Scratch(dir))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// How `pg_ctl stop` shuts a server down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// Disconnect clients, checkpoint, exit.
+    Fast,
+    /// Exit at once, as in a crash; recovery on the next start.
+    Immediate,
+}
+
+/// One PostgreSQL cluster on a loopback address.
+#[derive(Debug)]
+pub struct Cluster {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub log_file: PathBuf,
+    socket_dir: PathBuf,
+    install: Install,
+    /// Extra `-c name=value` settings for every start.
+    settings: Vec<String>,
+}
+
+impl Cluster {
+    /// Runs `initdb` for a new cluster in `root/name` (trust authentication for
+    /// loopback connections). Nothing is started yet.
+    pub fn init(
+        install: &Install,
+        root: &Path,
+        name: &str,
+        host: &str,
+        port: u16,
+    ) -> io::Result<Cluster> {
+        install.own_dir(root)?;
+        let dir = root.join(name);
+        install.own_dir(&dir)?;
+        let data_dir = dir.join("data");
+        check(
+            &format!("initdb for {name}"),
+            install
+                .command("initdb")
+                .current_dir(&dir)
+                .args([
+                    "--auth=trust",
+                    "--username=postgres",
+                    "--encoding=UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                    "--no-instructions",
+                    "-D",
+                ])
+                .arg(&data_dir)
+                .output(),
+        )?;
+        Ok(Cluster {
+            name: name.to_owned(),
+            host: host.to_owned(),
+            port,
+            log_file: dir.join("server.log"),
+            socket_dir: dir,
+            data_dir,
+            install: install.clone(),
+            settings: vec![
+                "fsync=off".into(),
+                "synchronous_commit=off".into(),
+                "full_page_writes=off".into(),
+                "shared_buffers=16MB".into(),
+                "max_connections=30".into(),
+                "log_connections=off".into(),
+            ],
+        })
+    }
+
+    /// Adds a `-c name=value` setting for the next starts.
+    pub fn set(&mut self, setting: &str) {
+        self.settings.push(setting.to_owned());
+    }
+
+    /// Starts the server and waits until it accepts connections.
+    pub fn start(&self) -> io::Result<()> {
+        let mut opts = format!(
+            "-c listen_addresses={} -c port={} -c unix_socket_directories={}",
+            self.host,
+            self.port,
+            self.socket_dir.display()
+        );
+        for s in &self.settings {
+            opts.push_str(&format!(" -c {s}"));
+        }
+        check(
+            &format!("pg_ctl start for {}", self.name),
+            self.install
+                .command("pg_ctl")
+                .current_dir(&self.socket_dir)
+                .args(["start", "-w", "-t", "60", "-D"])
+                .arg(&self.data_dir)
+                .arg("-l")
+                .arg(&self.log_file)
+                .arg("-o")
+                .arg(opts)
+                // pg_ctl's own output (and the server's stdio) go to the log file.
+                .stdout(Stdio::null())
+                .output(),
+        )
+        .map(drop)
+    }
+
+    /// Stops the server (no-op if it is not running).
+    pub fn stop(&self, mode: StopMode) -> io::Result<()> {
+        if self.postmaster_pid().is_none() {
+            return Ok(());
+        }
+        // A frozen server cannot shut down.
+        self.thaw();
+        let m = match mode {
+            StopMode::Fast => "fast",
+            StopMode::Immediate => "immediate",
+        };
+        check(
+            &format!("pg_ctl stop -m {m} for {}", self.name),
+            self.install
+                .command("pg_ctl")
+                .current_dir(&self.socket_dir)
+                .args(["stop", "-w", "-t", "60", "-m", m, "-D"])
+                .arg(&self.data_dir)
+                .output(),
+        )
+        .map(drop)
+    }
+
+    /// The postmaster's pid while the server runs.
+    pub fn postmaster_pid(&self) -> Option<Pid> {
+        let text = std::fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
+        let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+        // A stale pid file after a crash: check the process exists.
+        kill(Pid::from_raw(pid), None)
+            .ok()
+            .map(|_| Pid::from_raw(pid))
+    }
+
+    /// The postmaster and its children.
+    fn processes(&self) -> Vec<Pid> {
+        let Some(pm) = self.postmaster_pid() else {
+            return Vec::new();
+        };
+        let mut pids = vec![pm];
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            // /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces.
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok());
+            if ppid == Some(pm.as_raw()) {
+                pids.push(Pid::from_raw(pid));
+            }
+        }
+        pids
+    }
+
+    /// Freezes every process of the server (SIGSTOP): the kernel still completes
+    /// TCP handshakes on its listening socket, but nothing answers.
+    pub fn freeze(&self) {
+        for p in self.processes() {
+            let _ = kill(p, Signal::SIGSTOP);
+        }
+    }
+
+    /// Undoes [`Cluster::freeze`].
+    pub fn thaw(&self) {
+        for p in self.processes() {
+            let _ = kill(p, Signal::SIGCONT);
+        }
+    }
+
+    /// Runs `psql` against this server as `postgres` and returns its output.
+    pub fn psql(&self, sql: &str) -> io::Result<String> {
+        let out = check(
+            &format!("psql on {}", self.name),
+            self.install
+                .command("psql")
+                .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
+                .arg(&self.host)
+                .args([
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "postgres",
+                    "-c",
+                    sql,
+                ])
+                .output(),
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop(StopMode::Immediate) {
+            // Last resort: the server must not outlive us.
+            log::warn!("{}: {e}; killing it", self.name);
+            for p in self.processes() {
+                let _ = kill(p, Signal::SIGKILL);
+            }
+        }
+    }
+}

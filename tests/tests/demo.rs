@@ -1,0 +1,55 @@
+//! `dbha-agent demo --short` runs to completion and cleans up, with real
+//! PostgreSQL (required under CI) and with plain listeners.
+
+use dbha_tests::{agent_bin, in_ci};
+use std::process::Command;
+
+fn demo(args: &[&str]) -> String {
+    let out = Command::new(agent_bin())
+        .arg("demo")
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "demo {args:?} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // It removed its scratch directory.
+    let scratch = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("stopping the agent and the databases, removing "))
+        .expect("the demo names what it removes");
+    assert!(
+        !std::path::Path::new(scratch).exists(),
+        "{scratch} left behind"
+    );
+    stdout
+}
+
+#[test]
+fn demo_with_plain_listeners_runs_to_completion() {
+    let out = demo(&["--short", "--listeners"]);
+    assert!(out.contains("using plain TCP listeners"), "{out}");
+    assert!(out.contains("the reader switched to failover1"), "{out}");
+    assert!(out.contains("default back -> default"), "{out}");
+}
+
+#[test]
+fn demo_with_postgresql_runs_to_completion() {
+    if dbha_agent::pg::find().is_err() {
+        assert!(
+            !in_ci(),
+            "PostgreSQL is required under CI: {:?}",
+            dbha_agent::pg::find().err()
+        );
+        eprintln!("SKIPPED: PostgreSQL server binaries not found");
+        return;
+    }
+    let out = demo(&["--short"]);
+    println!("{out}");
+    assert!(out.contains("using real PostgreSQL"), "{out}");
+    assert!(out.contains("default frozen -> failover1"), "{out}");
+}

@@ -1,0 +1,96 @@
+//! The agent's probes, in process, against fake PostgreSQL servers (byte fixtures)
+//! and plain listeners.
+
+use dbha_agent::config::{Check, Database};
+use dbha_agent::probe::{probe, Failure};
+use dbha_tests::fakepg::{FakePg, Reply};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+fn db(port: u16, check: Check, timeout_ms: u64) -> Database {
+    Database {
+        alias: "x".into(),
+        host: "127.0.0.1".into(),
+        port,
+        check,
+        interval: Duration::from_millis(100),
+        timeout: Duration::from_millis(timeout_ms),
+        rise: 1,
+        fall: 1,
+        user: "postgres".into(),
+        dbname: "postgres".into(),
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn postgres_replies_are_classified_as_pg_isready_does() {
+    let cases = [
+        (Reply::AuthMd5, Ok(())),
+        (Reply::AuthOk, Ok(())),
+        (Reply::Error("28000"), Ok(())),
+        (Reply::Error("57P03"), Err("not_ready")),
+        (Reply::Garbage, Err("not_postgres")),
+        (Reply::Silent, Err("timeout")),
+    ];
+    for (reply, want) in cases {
+        let server = FakePg::start(reply);
+        let got = probe(&db(server.port, Check::Postgres, 300));
+        let kind = got.as_ref().map_err(|f| match f {
+            Failure::NotReady(_) => "not_ready",
+            Failure::NotPostgres(_) => "not_postgres",
+            Failure::Timeout(_) => "timeout",
+            other => panic!("{reply:?}: unexpected {other:?}"),
+        });
+        assert_eq!(kind.map(|_| ()), want, "{reply:?}: {got:?}");
+        assert_eq!(server.startups.load(Ordering::Relaxed), 1, "{reply:?}");
+    }
+}
+
+#[test]
+fn a_session_opened_by_trust_is_closed_with_terminate() {
+    let server = FakePg::start(Reply::AuthOk);
+    assert_eq!(probe(&db(server.port, Check::Postgres, 500)), Ok(()));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.terminates.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(server.terminates.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn tcp_check_accepts_any_listener_and_sees_a_refusal() {
+    let server = FakePg::start(Reply::Silent);
+    assert_eq!(probe(&db(server.port, Check::Tcp, 300)), Ok(()));
+    assert_eq!(
+        probe(&db(free_port(), Check::Tcp, 300)),
+        Err(Failure::Refused)
+    );
+    let e = probe(&db(free_port(), Check::Postgres, 300)).unwrap_err();
+    assert_eq!(e.to_string(), "connection refused");
+}
+
+#[test]
+fn unresolvable_host_is_a_probe_failure() {
+    let mut d = db(5432, Check::Tcp, 300);
+    d.host = "no-such-host.invalid".into();
+    assert!(matches!(probe(&d), Err(Failure::Resolve(_))));
+}
+
+#[test]
+fn a_silent_server_costs_the_timeout_not_more() {
+    let server = FakePg::start(Reply::Silent);
+    let start = Instant::now();
+    let r = probe(&db(server.port, Check::Postgres, 200));
+    let took = start.elapsed();
+    assert_eq!(r, Err(Failure::Timeout(Duration::from_millis(200))));
+    // Generous: only catches a probe that ignores its deadline.
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+}
