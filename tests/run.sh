@@ -29,6 +29,10 @@ RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
 step "the seqlock thread test under Miri"
 cargo +nightly miri test -p dbha-protocol --lib seqlock
 
+step "benchmarks, quick mode (shows they run; figures are not judged)"
+cargo run -q -p dbha-bench -- --quick switch
+cargo run -q -p dbha-bench -- --quick footprint
+
 step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 

@@ -10,6 +10,15 @@ have strace || need_pkgs+=(strace)
 have pkg-config || need_pkgs+=(pkg-config)
 have cc || need_pkgs+=(gcc libc6-dev)
 have readelf || need_pkgs+=(binutils)
+# The PostgreSQL server (initdb, pg_ctl, postgres) for the live-database tests and
+# the demo; the package also creates the `postgres` user the servers run as.
+pg_server() {
+    for d in "$(pg_config --bindir 2>/dev/null)" /usr/lib/postgresql/*/bin; do
+        [ -n "$d" ] && [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ] && [ -x "$d/postgres" ] && return 0
+    done
+    return 1
+}
+pg_server && id postgres >/dev/null 2>&1 || need_pkgs+=(postgresql)
 
 if ((${#need_pkgs[@]})); then
     echo "setup: installing Debian packages: ${need_pkgs[*]}"

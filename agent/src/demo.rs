@@ -17,12 +17,54 @@ use std::time::{Duration, Instant};
 
 const ALIASES: [&str; 3] = ["default", "failover1", "failover2"];
 
+/// A TCP endpoint that accepts and drops connections on a thread (a listener that
+/// never accepts fills its queue after about 128 probes and then looks dead), and
+/// closes when dropped.
+pub struct Listener {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Listener {
+    /// Listens on 127.0.0.1:`port` (0: any free port).
+    pub fn bind(port: u16) -> std::io::Result<Listener> {
+        let l = TcpListener::bind(("127.0.0.1", port))?;
+        l.set_nonblocking(true)?;
+        let port = l.local_addr()?.port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((conn, _)) => drop(conn),
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        Ok(Listener {
+            port,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// An endpoint the demo can take down and bring back.
 enum Endpoint {
     Postgres(Cluster),
     Tcp {
         port: u16,
-        listener: Option<TcpListener>,
+        listener: Option<Listener>,
     },
 }
 
@@ -51,8 +93,7 @@ impl Endpoint {
         match self {
             Endpoint::Postgres(c) => c.start().map(|_| "pg_ctl start").map_err(|e| e.to_string()),
             Endpoint::Tcp { port, listener } => {
-                *listener =
-                    Some(TcpListener::bind(("127.0.0.1", *port)).map_err(|e| e.to_string())?);
+                *listener = Some(Listener::bind(*port).map_err(|e| e.to_string())?);
                 Ok("listener reopened")
             }
         }
@@ -351,8 +392,8 @@ fn start_endpoints(
         Err(why) => {
             println!("PostgreSQL server not available ({why});\nusing plain TCP listeners instead (check = \"tcp\")");
             for alias in ALIASES {
-                let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-                let port = l.local_addr().map_err(|e| e.to_string())?.port();
+                let l = Listener::bind(0).map_err(|e| e.to_string())?;
+                let port = l.port;
                 println!("  {alias:<10} TCP listener on 127.0.0.1:{port}");
                 out.push(Endpoint::Tcp {
                     port,

@@ -49,14 +49,16 @@ impl Drop for Children {
 }
 
 /// Path of the workspace's target directory for the running profile
-/// (`target/debug` or `target/release`), where libdbha is built.
+/// (`target/debug` or `target/release`), where libdbha and the agent are built.
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test binary>
-    exe.parent()
-        .and_then(|d| d.parent())
-        .expect("test binary in target/<profile>/deps")
-        .to_owned()
+    // Tests run from target/<profile>/deps/, binaries from target/<profile>/.
+    let dir = exe.parent().expect("exe in a directory");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("target/<profile>").to_owned()
+    } else {
+        dir.to_owned()
+    }
 }
 
 fn newest_mtime(dir: &std::path::Path) -> Option<std::time::SystemTime> {

@@ -2,11 +2,11 @@
 //! servers, observed through the real reader.
 
 use dbha::{Reader, Status};
+use dbha_agent::demo::Listener;
 use dbha_tests::fakepg::{FakePg, Reply};
 use dbha_tests::Children;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,12 +17,12 @@ fn agent_cmd() -> Command {
 /// Generous: these bounds only catch hangs, never judge speed.
 const PATIENCE: Duration = Duration::from_secs(20);
 
-fn listener() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0").unwrap()
+fn listener() -> Listener {
+    Listener::bind(0).unwrap()
 }
 
-fn port(l: &TcpListener) -> u16 {
-    l.local_addr().unwrap().port()
+fn port(l: &Listener) -> u16 {
+    l.port
 }
 
 /// A configuration with fast timings; `dbs` are (alias, port, check).
@@ -422,4 +422,25 @@ fn an_agent_killed_and_restarted_continues_the_same_file_and_epoch() {
     assert!(s.epoch >= e1);
     agent.wait_log("state file");
     assert!(agent.log().contains("reused (epoch"), "{}", agent.log());
+}
+
+#[test]
+fn the_shipped_example_config_is_valid() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/dbha.toml");
+    let out = agent_cmd()
+        .args(["check", "--config"])
+        .arg(&example)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("2: failover2") && text.contains("timeout=2s"),
+        "{text}"
+    );
 }

@@ -1,0 +1,234 @@
+//! dbha's benchmarks. Each prints a Markdown table for BENCHMARKS.md, with ratios
+//! computed from figures of the same run.
+//!
+//!     cargo build --release --workspace
+//!     cargo run --release -p dbha-bench -- switch      # refused connection -> reader switch
+//!     cargo run --release -p dbha-bench -- footprint   # agent RSS and CPU per hour
+//!
+//! `--quick` runs each briefly, only to show that it works (CI does this).
+
+use clap::{Parser, Subcommand};
+use dbha::Reader;
+use dbha_agent::demo::Listener;
+use dbha_tests::fakepg::{FakePg, Reply};
+use dbha_tests::{fresh_artifact, Children};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+struct Cli {
+    /// Small sizes: shows every benchmark runs, measures nothing worth reporting.
+    #[arg(long, global = true)]
+    quick: bool,
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Subcommand)]
+enum What {
+    /// Time from a refused connection to the switch a reader sees (interval=100ms, fall=2).
+    Switch {
+        #[arg(long, default_value_t = 40)]
+        trials: usize,
+    },
+    /// Agent resident memory and CPU per hour at 3 and 64 endpoints, interval 1s.
+    Footprint {
+        #[arg(long, default_value_t = 120)]
+        seconds: u64,
+    },
+}
+
+fn agent_bin() -> PathBuf {
+    fresh_artifact(
+        "dbha-agent",
+        "dbha-agent",
+        &["agent/src", "reader/src", "protocol/src"],
+    )
+}
+
+fn spawn_agent(dir: &Path, config: &str, children: &mut Children) -> PathBuf {
+    let path = dir.join("dbha.toml");
+    std::fs::write(&path, config).unwrap();
+    children.push(
+        Command::new(agent_bin())
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start dbha-agent"),
+    );
+    dir.join("state")
+}
+
+fn open_reader(state: &Path) -> Reader {
+    let start = Instant::now();
+    loop {
+        if let Ok(r) = Reader::open(state) {
+            return r;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no state file at {}",
+            state.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Spins on the reader until `want` is active; the time it took.
+fn until_active(r: &Reader, want: &str) -> Duration {
+    let start = Instant::now();
+    while r.active_alias() != Some(want) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{want} never became active"
+        );
+        std::hint::spin_loop();
+    }
+    start.elapsed()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i]
+}
+
+fn switch(trials: usize) {
+    let dir = tempfile_dir("switch");
+    let (interval_ms, timeout_ms, fall) = (100, 200, 2);
+    let a = Listener::bind(0).unwrap();
+    let b = Listener::bind(0).unwrap();
+    let (pa, pb) = (a.port, b.port);
+    let config = format!(
+        "state_file = \"{}\"\ninterval = \"{interval_ms}ms\"\ntimeout = \"{timeout_ms}ms\"\nrise = 2\nfall = {fall}\nfailback = \"auto\"\n\
+         [[database]]\nalias = \"default\"\nhost = \"127.0.0.1\"\nport = {pa}\ncheck = \"tcp\"\n\
+         [[database]]\nalias = \"failover1\"\nhost = \"127.0.0.1\"\nport = {pb}\ncheck = \"tcp\"\n",
+        dir.join("state").display()
+    );
+    let mut children = Children::default();
+    let state = spawn_agent(&dir, &config, &mut children);
+    let r = open_reader(&state);
+    until_active(&r, "default");
+    let mut a = Some(a);
+    let mut times = Vec::with_capacity(trials);
+    for i in 0..trials {
+        // Vary the fault's phase against the probe schedule.
+        std::thread::sleep(Duration::from_millis(150 + (i as u64 * 37) % interval_ms));
+        a = None;
+        times.push(until_active(&r, "failover1").as_secs_f64() * 1e3);
+        a = a.or_else(|| Listener::bind(pa).ok());
+        assert!(a.is_some(), "cannot reopen port {pa}");
+        until_active(&r, "default");
+    }
+    drop((a, b, children));
+    let _ = std::fs::remove_dir_all(&dir);
+    times.sort_by(f64::total_cmp);
+    let expected = (fall - 1) as f64 * interval_ms as f64;
+    println!("| refused connection -> reader switch (interval={interval_ms}ms, fall={fall}, {trials} trials) | ms |");
+    println!("|---|---:|");
+    println!("| p50 | {:.1} |", percentile(&times, 0.5));
+    println!("| p99 | {:.1} |", percentile(&times, 0.99));
+    println!("| min | {:.1} |", times[0]);
+    println!("| max | {:.1} |", times[times.len() - 1]);
+    println!("| (fall - 1) x interval | {expected:.1} |");
+}
+
+/// (resident KiB, CPU seconds) of a process, from /proc.
+fn usage(pid: u32) -> (u64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15 of stat (11 and 12 after the comm).
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    let hz = nix_clk_tck();
+    (rss, ticks / hz)
+}
+
+fn nix_clk_tck() -> f64 {
+    // getconf CLK_TCK; 100 on every Linux dbha targets.
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn footprint(seconds: u64) {
+    println!("| endpoints | check | RSS (MiB) | CPU per hour (s) | CPU share of one core |");
+    println!("|---:|---|---:|---:|---:|");
+    for n in [3usize, 64] {
+        for check in ["tcp", "postgres"] {
+            let dir = tempfile_dir("footprint");
+            // tcp: plain listeners; postgres: fake servers asking for a password,
+            // so every probe does the full startup exchange.
+            let listeners: Vec<Listener> = (0..n).map(|_| Listener::bind(0).unwrap()).collect();
+            let fakes: Vec<FakePg> = if check == "postgres" {
+                (0..n).map(|_| FakePg::start(Reply::AuthMd5)).collect()
+            } else {
+                Vec::new()
+            };
+            let mut config = format!(
+                "state_file = \"{}\"\ninterval = \"1s\"\ntimeout = \"1s\"\n",
+                dir.join("state").display()
+            );
+            for i in 0..n {
+                let port = if check == "postgres" {
+                    fakes[i].port
+                } else {
+                    listeners[i].port
+                };
+                config.push_str(&format!(
+                    "[[database]]\nalias = \"db{i}\"\nhost = \"127.0.0.1\"\nport = {port}\ncheck = \"{check}\"\n"
+                ));
+            }
+            let mut children = Children::default();
+            let state = spawn_agent(&dir, &config, &mut children);
+            open_reader(&state);
+            let pid = children.0[0].id();
+            // Let it settle, then measure over the window.
+            std::thread::sleep(Duration::from_secs(2));
+            let (_, cpu0) = usage(pid);
+            let t0 = Instant::now();
+            std::thread::sleep(Duration::from_secs(seconds));
+            let (rss, cpu1) = usage(pid);
+            let window = t0.elapsed().as_secs_f64();
+            let per_hour = (cpu1 - cpu0) / window * 3600.0;
+            println!(
+                "| {n} | {check} | {:.1} | {per_hour:.1} | {:.3}% |",
+                rss as f64 / 1024.0,
+                per_hour / 3600.0 * 100.0
+            );
+            drop((children, fakes, listeners));
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+    println!("\nmeasured over {seconds} s per row; CPU from /proc/PID/stat (utime + stime)");
+}
+
+fn tempfile_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("dbha-bench-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn main() {
+    let cli = Cli::parse();
+    match cli.what {
+        What::Switch { trials } => switch(if cli.quick { 3 } else { trials.max(20) }),
+        What::Footprint { seconds } => footprint(if cli.quick { 2 } else { seconds }),
+    }
+}
