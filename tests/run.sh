@@ -32,6 +32,7 @@ cargo +nightly miri test -p dbha-protocol --lib seqlock
 step "benchmarks, quick mode (shows they run; figures are not judged)"
 cargo run -q -p dbha-bench -- --quick switch
 cargo run -q -p dbha-bench -- --quick footprint
+cargo run -q -p dbha-bench -- --quick live
 
 step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings

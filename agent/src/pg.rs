@@ -162,6 +162,8 @@ impl Drop for Scratch {
 /// How `pg_ctl stop` shuts a server down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopMode {
+    /// Wait for every session to end, refusing new ones (57P03) meanwhile.
+    Smart,
     /// Disconnect clients, checkpoint, exit.
     Fast,
     /// Exit at once, as in a crash; recovery on the next start.
@@ -266,14 +268,26 @@ impl Cluster {
         .map(drop)
     }
 
-    /// Stops the server (no-op if it is not running).
+    /// Stops the server and waits until it is gone (no-op if it is not running).
     pub fn stop(&self, mode: StopMode) -> io::Result<()> {
+        self.pg_ctl_stop(mode, true)
+    }
+
+    /// Asks the server to stop and returns at once; with [`StopMode::Smart`] and a
+    /// session open, the server then refuses new connections with 57P03 until the
+    /// session ends.
+    pub fn begin_stop(&self, mode: StopMode) -> io::Result<()> {
+        self.pg_ctl_stop(mode, false)
+    }
+
+    fn pg_ctl_stop(&self, mode: StopMode, wait: bool) -> io::Result<()> {
         if self.postmaster_pid().is_none() {
             return Ok(());
         }
         // A frozen server cannot shut down.
         self.thaw();
         let m = match mode {
+            StopMode::Smart => "smart",
             StopMode::Fast => "fast",
             StopMode::Immediate => "immediate",
         };
@@ -282,11 +296,41 @@ impl Cluster {
             self.install
                 .command("pg_ctl")
                 .current_dir(&self.socket_dir)
-                .args(["stop", "-w", "-t", "60", "-m", m, "-D"])
+                .args([
+                    "stop",
+                    if wait { "-w" } else { "-W" },
+                    "-t",
+                    "60",
+                    "-m",
+                    m,
+                    "-D",
+                ])
                 .arg(&self.data_dir)
                 .output(),
         )
         .map(drop)
+    }
+
+    /// A `psql` process running `sql` in a session of its own (for example
+    /// `SELECT pg_sleep(5)` to hold a session open).
+    pub fn spawn_psql(&self, sql: &str) -> io::Result<std::process::Child> {
+        self.install
+            .command("psql")
+            .args(["-X", "-q", "-h"])
+            .arg(&self.host)
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-c",
+                sql,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
     }
 
     /// The postmaster's pid while the server runs.

@@ -10,7 +10,11 @@
 use clap::{Parser, Subcommand};
 use dbha::Reader;
 use dbha_agent::demo::Listener;
+use dbha_agent::pg::Scratch;
+use dbha_agent::pg::StopMode;
+use dbha_tests::agentproc::{config, AgentProc, Timing};
 use dbha_tests::fakepg::{FakePg, Reply};
+use dbha_tests::live::Live;
 use dbha_tests::{fresh_artifact, Children};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -30,6 +34,12 @@ enum What {
     /// Time from a refused connection to the switch a reader sees (interval=100ms, fall=2).
     Switch {
         #[arg(long, default_value_t = 40)]
+        trials: usize,
+    },
+    /// Live PostgreSQL: server stopped / frozen -> reader switch (interval=100ms,
+    /// timeout=200ms, fall=2, rise=2).
+    Live {
+        #[arg(long, default_value_t = 30)]
         trials: usize,
     },
     /// Agent resident memory and CPU per hour at 3 and 64 endpoints, interval 1s.
@@ -78,7 +88,8 @@ fn open_reader(state: &Path) -> Reader {
     }
 }
 
-/// Spins on the reader until `want` is active; the time it took.
+/// Polls the reader (every 50 us, leaving the cores to the agent and the servers)
+/// until `want` is active; the time it took.
 fn until_active(r: &Reader, want: &str) -> Duration {
     let start = Instant::now();
     while r.active_alias() != Some(want) {
@@ -86,9 +97,75 @@ fn until_active(r: &Reader, want: &str) -> Duration {
             start.elapsed() < Duration::from_secs(30),
             "{want} never became active"
         );
-        std::hint::spin_loop();
+        std::thread::sleep(Duration::from_micros(50));
     }
     start.elapsed()
+}
+
+fn summary_row(what: &str, times: &mut [f64], expected: &str) {
+    times.sort_by(f64::total_cmp);
+    println!(
+        "| {what} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {expected} |",
+        times.len(),
+        percentile(times, 0.5),
+        percentile(times, 0.99),
+        times[0],
+        times[times.len() - 1]
+    );
+}
+
+fn live(trials: usize) {
+    let Some(live) = Live::start(&["default", "failover1", "failover2"]) else {
+        eprintln!("dbha-bench live needs the PostgreSQL server (apt-get install postgresql)");
+        std::process::exit(1);
+    };
+    let t = Timing {
+        interval_ms: 100,
+        timeout_ms: 200,
+        rise: 2,
+        fall: 2,
+        stale_after_ms: 1000,
+        failback: "auto",
+    };
+    let agent = AgentProc::start(live.dir.path(), "agent", |s| {
+        config(s, &t, &live.dbs("postgres"), "")
+    });
+    let r = agent.reader();
+    until_active(&r, "default");
+    let default = live.cluster("default");
+    let (mut stopped, mut frozen) = (Vec::new(), Vec::new());
+    for i in 0..trials {
+        // Vary the fault's phase against the probe schedule.
+        std::thread::sleep(Duration::from_millis(300 + (i as u64 * 37) % t.interval_ms));
+        // pg_ctl signals the server at once, then waits for it to exit.
+        let fault = Instant::now();
+        default.stop(StopMode::Immediate).unwrap();
+        until_active(&r, "failover1");
+        stopped.push(fault.elapsed().as_secs_f64() * 1e3);
+        default.start().unwrap();
+        until_active(&r, "default");
+    }
+    for i in 0..trials {
+        std::thread::sleep(Duration::from_millis(300 + (i as u64 * 37) % t.interval_ms));
+        default.freeze();
+        let fault = Instant::now();
+        until_active(&r, "failover1");
+        frozen.push(fault.elapsed().as_secs_f64() * 1e3);
+        default.thaw();
+        until_active(&r, "default");
+    }
+    println!("| fault (interval=100ms, timeout=200ms, fall=2, rise=2) | trials | p50 ms | p99 ms | min ms | max ms | expected |");
+    println!("|---|---:|---:|---:|---:|---:|---|");
+    summary_row(
+        "default stopped (pg_ctl stop -m immediate)",
+        &mut stopped,
+        "phase (0-100) + (fall-1) x interval: 100-200",
+    );
+    summary_row(
+        "default frozen (SIGSTOP)",
+        &mut frozen,
+        "phase (0-200) + fall x timeout: 400-600",
+    );
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -97,7 +174,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn switch(trials: usize) {
-    let dir = tempfile_dir("switch");
+    let scratch = Scratch::new("bench-switch").unwrap();
+    let dir = scratch.path();
     let (interval_ms, timeout_ms, fall) = (100, 200, 2);
     let a = Listener::bind(0).unwrap();
     let b = Listener::bind(0).unwrap();
@@ -109,7 +187,7 @@ fn switch(trials: usize) {
         dir.join("state").display()
     );
     let mut children = Children::default();
-    let state = spawn_agent(&dir, &config, &mut children);
+    let state = spawn_agent(dir, &config, &mut children);
     let r = open_reader(&state);
     until_active(&r, "default");
     let mut a = Some(a);
@@ -124,7 +202,6 @@ fn switch(trials: usize) {
         until_active(&r, "default");
     }
     drop((a, b, children));
-    let _ = std::fs::remove_dir_all(&dir);
     times.sort_by(f64::total_cmp);
     let expected = (fall - 1) as f64 * interval_ms as f64;
     println!("| refused connection -> reader switch (interval={interval_ms}ms, fall={fall}, {trials} trials) | ms |");
@@ -172,7 +249,8 @@ fn footprint(seconds: u64) {
     println!("|---:|---|---:|---:|---:|");
     for n in [3usize, 64] {
         for check in ["tcp", "postgres"] {
-            let dir = tempfile_dir("footprint");
+            let scratch = Scratch::new("bench-footprint").unwrap();
+            let dir = scratch.path();
             // tcp: plain listeners; postgres: fake servers asking for a password,
             // so every probe does the full startup exchange.
             let listeners: Vec<Listener> = (0..n).map(|_| Listener::bind(0).unwrap()).collect();
@@ -196,7 +274,7 @@ fn footprint(seconds: u64) {
                 ));
             }
             let mut children = Children::default();
-            let state = spawn_agent(&dir, &config, &mut children);
+            let state = spawn_agent(dir, &config, &mut children);
             open_reader(&state);
             let pid = children.0[0].id();
             // Let it settle, then measure over the window.
@@ -213,22 +291,16 @@ fn footprint(seconds: u64) {
                 per_hour / 3600.0 * 100.0
             );
             drop((children, fakes, listeners));
-            let _ = std::fs::remove_dir_all(&dir);
         }
     }
     println!("\nmeasured over {seconds} s per row; CPU from /proc/PID/stat (utime + stime)");
-}
-
-fn tempfile_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("dbha-bench-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 fn main() {
     let cli = Cli::parse();
     match cli.what {
         What::Switch { trials } => switch(if cli.quick { 3 } else { trials.max(20) }),
+        What::Live { trials } => live(if cli.quick { 2 } else { trials.max(20) }),
         What::Footprint { seconds } => footprint(if cli.quick { 2 } else { seconds }),
     }
 }

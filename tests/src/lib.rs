@@ -2,7 +2,9 @@
 //! fails the test under `CI=true` and skips it elsewhere, saying so), and killing
 //! child processes on every exit path; a fake PostgreSQL server.
 
+pub mod agentproc;
 pub mod fakepg;
+pub mod live;
 
 use std::path::PathBuf;
 use std::process::Child;

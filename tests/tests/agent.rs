@@ -3,19 +3,16 @@
 
 use dbha::{Reader, Status};
 use dbha_agent::demo::Listener;
+use dbha_tests::agentproc::{self, wait_active, wait_for, AgentProc, Timing};
 use dbha_tests::fakepg::{FakePg, Reply};
-use dbha_tests::Children;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use nix::sys::signal::Signal;
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn agent_cmd() -> Command {
     Command::new(dbha_tests::agent_bin())
 }
-/// Generous: these bounds only catch hangs, never judge speed.
-const PATIENCE: Duration = Duration::from_secs(20);
 
 fn listener() -> Listener {
     Listener::bind(0).unwrap()
@@ -25,104 +22,40 @@ fn port(l: &Listener) -> u16 {
     l.port
 }
 
-/// A configuration with fast timings; `dbs` are (alias, port, check).
-fn config(dir: &Path, dbs: &[(&str, u16, &str)], extra: &str) -> String {
-    let mut s = format!(
-        "state_file = \"{}\"\ninterval = \"50ms\"\ntimeout = \"200ms\"\nrise = 2\nfall = 2\nstale_after = \"1s\"\n{extra}\n",
-        dir.join("state").display()
-    );
-    for (alias, port, check) in dbs {
-        s.push_str(&format!(
-            "[[database]]\nalias = \"{alias}\"\nhost = \"127.0.0.1\"\nport = {port}\ncheck = \"{check}\"\n"
-        ));
-    }
-    s
+/// A configuration with fast timings; `dbs` are (alias, port, check) on 127.0.0.1.
+fn config(state: &Path, dbs: &[(&str, u16, &str)], extra: &str) -> String {
+    let dbs: Vec<_> = dbs
+        .iter()
+        .map(|(a, p, c)| (*a, "127.0.0.1", *p, *c))
+        .collect();
+    agentproc::config(state, &Timing::default(), &dbs, extra)
 }
 
+/// An agent with its own test directory.
 struct Agent {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    children: Children,
+    _dir: tempfile::TempDir,
+    agent: AgentProc,
 }
 
 impl Agent {
-    fn new(config_text: impl FnOnce(&Path) -> String) -> Agent {
+    fn new(config: impl FnOnce(&Path) -> String) -> Agent {
         let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("dbha.toml");
-        std::fs::write(&config, config_text(dir.path())).unwrap();
-        let mut a = Agent {
-            dir,
-            config,
-            children: Children::default(),
-        };
-        a.spawn();
-        a
-    }
-
-    fn spawn(&mut self) -> &mut Child {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .unwrap();
-        let child = agent_cmd()
-            .args(["run", "--config"])
-            .arg(&self.config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.children.push(child)
-    }
-
-    fn child(&mut self) -> &mut Child {
-        self.children.0.last_mut().unwrap()
-    }
-
-    fn pid(&mut self) -> Pid {
-        Pid::from_raw(self.child().id() as i32)
-    }
-
-    fn state(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.dir.path().join("agent.log")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
-    }
-
-    fn reader(&self) -> Reader {
-        wait_for("the state file", || Reader::open(self.state()).ok())
-    }
-
-    fn wait_log(&self, needle: &str) {
-        wait_for(&format!("{needle:?} in the agent log"), || {
-            self.log().contains(needle).then_some(())
-        });
+        let agent = AgentProc::start(dir.path(), "agent", config);
+        Agent { _dir: dir, agent }
     }
 }
 
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
+impl std::ops::Deref for Agent {
+    type Target = AgentProc;
+    fn deref(&self) -> &AgentProc {
+        &self.agent
     }
 }
 
-fn wait_active(r: &Reader, alias: &str) -> u64 {
-    wait_for(&format!("active alias {alias}"), || {
-        let s = r.snapshot().ok()?;
-        (s.write_alias() == Some(alias)).then_some(s.epoch)
-    })
+impl std::ops::DerefMut for Agent {
+    fn deref_mut(&mut self) -> &mut AgentProc {
+        &mut self.agent
+    }
 }
 
 #[test]
@@ -182,12 +115,12 @@ fn sighup_applies_a_valid_config_and_rejects_an_invalid_one_without_losing_the_d
 
     // An invalid file: rejected, logged with its location, agent carries on.
     std::fs::write(&agent.config, "interval = \"fast\"\n").unwrap();
-    kill(agent.pid(), Signal::SIGHUP).unwrap();
+    agent.signal(Signal::SIGHUP);
     agent.wait_log("reload rejected, keeping the running configuration:");
     assert!(
         agent
             .log()
-            .contains("dbha.toml:1:12: expected a duration like"),
+            .contains("agent.toml:1:12: expected a duration like"),
         "{}",
         agent.log()
     );
@@ -202,11 +135,11 @@ fn sighup_applies_a_valid_config_and_rejects_an_invalid_one_without_losing_the_d
 
     // A valid one that adds an endpoint: the file is replaced, readers follow, and
     // at no moment during the reload does a reader lose the active database.
-    let dir = agent.dir.path().to_owned();
+    let state = agent.state.clone();
     std::fs::write(
         &agent.config,
         config(
-            &dir,
+            &state,
             &[
                 ("default", pa, "tcp"),
                 ("failover1", pb, "tcp"),
@@ -217,7 +150,7 @@ fn sighup_applies_a_valid_config_and_rejects_an_invalid_one_without_losing_the_d
     )
     .unwrap();
     let watcher = {
-        let state = agent.state();
+        let state = agent.state.clone();
         std::thread::spawn(move || {
             let r = Reader::open(state).unwrap();
             let until = Instant::now() + Duration::from_millis(1500);
@@ -233,7 +166,7 @@ fn sighup_applies_a_valid_config_and_rejects_an_invalid_one_without_losing_the_d
         })
     };
     std::thread::sleep(Duration::from_millis(100));
-    kill(agent.pid(), Signal::SIGHUP).unwrap();
+    agent.signal(Signal::SIGHUP);
     agent.wait_log("configuration reloaded from");
     let seen = watcher.join().unwrap();
     assert_eq!(
@@ -257,7 +190,7 @@ fn sigterm_marks_the_state_stopped_and_exits_zero() {
     let mut agent = Agent::new(|d| config(d, &[("default", pa, "tcp")], ""));
     let r = agent.reader();
     wait_active(&r, "default");
-    kill(agent.pid(), Signal::SIGTERM).unwrap();
+    agent.signal(Signal::SIGTERM);
     let status = wait_for("the agent to exit", || agent.child().try_wait().unwrap());
     assert!(status.success(), "{status:?}");
     let s = r.snapshot().unwrap();
@@ -310,7 +243,7 @@ fn status_json_matches_what_the_reader_sees() {
     });
     let out = agent_cmd()
         .args(["status", "--json", "--state"])
-        .arg(agent.state())
+        .arg(agent.state.clone())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
@@ -333,7 +266,7 @@ fn status_json_matches_what_the_reader_sees() {
     // DBHA_STATE stands in for --state; the human table names the active endpoint.
     let out = agent_cmd()
         .arg("status")
-        .env("DBHA_STATE", agent.state())
+        .env("DBHA_STATE", agent.state.clone())
         .output()
         .unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
@@ -361,7 +294,11 @@ fn check_prints_the_resolved_config_or_the_located_error() {
     let good = dir.path().join("good.toml");
     std::fs::write(
         &good,
-        config(dir.path(), &[("default", 5432, "postgres")], ""),
+        config(
+            &dir.path().join("state"),
+            &[("default", 5432, "postgres")],
+            "",
+        ),
     )
     .unwrap();
     let out = agent_cmd()
@@ -379,7 +316,11 @@ fn check_prints_the_resolved_config_or_the_located_error() {
     let bad = dir.path().join("bad.toml");
     std::fs::write(
         &bad,
-        config(dir.path(), &[("default", 5432, "postgres")], "retries = 3"),
+        config(
+            &dir.path().join("state"),
+            &[("default", 5432, "postgres")],
+            "retries = 3",
+        ),
     )
     .unwrap();
     let out = agent_cmd()
@@ -390,7 +331,7 @@ fn check_prints_the_resolved_config_or_the_located_error() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains(&format!("{}:7:1: unknown field `retries`", bad.display())),
+        err.contains(&format!("{}:8:1: unknown field `retries`", bad.display())),
         "{err}"
     );
 }
@@ -405,7 +346,7 @@ fn an_agent_killed_and_restarted_continues_the_same_file_and_epoch() {
     wait_active(&r, "default");
     drop(a);
     let e1 = wait_active(&r, "failover1");
-    kill(agent.pid(), Signal::SIGKILL).unwrap();
+    agent.signal(Signal::SIGKILL);
     wait_for("the agent to die", || agent.child().try_wait().unwrap());
     wait_for("stale", || {
         (r.snapshot().ok()?.status == Status::Stale).then_some(())

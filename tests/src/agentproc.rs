@@ -1,0 +1,160 @@
+//! A real `dbha-agent` process for tests: its config and log in a test directory,
+//! waited on through the real reader, killed when dropped.
+
+use crate::{agent_bin, Children};
+use dbha::Reader;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Generous: bounds that only catch hangs, never judge speed.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Polls `f` every few milliseconds until it returns `Some`, or panics naming
+/// `what` after [`PATIENCE`].
+pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Waits until `alias` is the active alias; returns the epoch then.
+pub fn wait_active(r: &Reader, alias: &str) -> u64 {
+    wait_for(&format!("active alias {alias}"), || {
+        let s = r.snapshot().ok()?;
+        (s.write_alias() == Some(alias)).then_some(s.epoch)
+    })
+}
+
+/// One agent named `name` (its files are `NAME.toml`, `NAME.state`, `NAME.log`).
+pub struct AgentProc {
+    pub config: PathBuf,
+    pub state: PathBuf,
+    log: PathBuf,
+    children: Children,
+}
+
+impl AgentProc {
+    /// Writes `config(state_path)` and starts the agent on it.
+    pub fn start(dir: &Path, name: &str, config: impl FnOnce(&Path) -> String) -> AgentProc {
+        let state = dir.join(format!("{name}.state"));
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, config(&state)).unwrap();
+        let mut a = AgentProc {
+            config: path,
+            state,
+            log: dir.join(format!("{name}.log")),
+            children: Children::default(),
+        };
+        a.spawn();
+        a
+    }
+
+    /// Starts (again) an agent process on the same files.
+    pub fn spawn(&mut self) -> &mut Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(agent_bin())
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.children.push(child)
+    }
+
+    /// The latest agent process.
+    pub fn child(&mut self) -> &mut Child {
+        self.children.0.last_mut().expect("an agent was started")
+    }
+
+    pub fn pid(&mut self) -> Pid {
+        Pid::from_raw(self.child().id() as i32)
+    }
+
+    pub fn signal(&mut self, sig: Signal) {
+        kill(self.pid(), sig).unwrap();
+    }
+
+    /// Everything the agent logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn wait_log(&self, needle: &str) {
+        wait_for(&format!("{needle:?} in the agent log"), || {
+            self.log().contains(needle).then_some(())
+        });
+    }
+
+    /// A reader on the agent's state file, once it exists.
+    pub fn reader(&self) -> Reader {
+        wait_for("the state file", || Reader::open(&self.state).ok())
+    }
+}
+
+/// Timings and policy for [`config`].
+#[derive(Debug, Clone)]
+pub struct Timing {
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub rise: u32,
+    pub fall: u32,
+    pub stale_after_ms: u64,
+    pub failback: &'static str,
+}
+
+impl Default for Timing {
+    fn default() -> Timing {
+        Timing {
+            interval_ms: 50,
+            timeout_ms: 200,
+            rise: 2,
+            fall: 2,
+            stale_after_ms: 1000,
+            failback: "sticky",
+        }
+    }
+}
+
+impl Timing {
+    /// The longest a fault may take to be published: `fall` probes, each taking at
+    /// most the longer of interval and timeout, plus one interval of phase.
+    pub fn detection_bound(&self) -> Duration {
+        Duration::from_millis(
+            u64::from(self.fall) * self.interval_ms.max(self.timeout_ms) + self.interval_ms,
+        )
+    }
+}
+
+/// A configuration text: `dbs` are (alias, host, port, check), in priority order.
+pub fn config(state: &Path, t: &Timing, dbs: &[(&str, &str, u16, &str)], extra: &str) -> String {
+    let mut s = format!(
+        "state_file = \"{}\"\ninterval = \"{}ms\"\ntimeout = \"{}ms\"\nrise = {}\nfall = {}\nstale_after = \"{}ms\"\nfailback = \"{}\"\n{extra}\n",
+        state.display(),
+        t.interval_ms,
+        t.timeout_ms,
+        t.rise,
+        t.fall,
+        t.stale_after_ms,
+        t.failback
+    );
+    for (alias, host, port, check) in dbs {
+        s.push_str(&format!(
+            "[[database]]\nalias = \"{alias}\"\nhost = \"{host}\"\nport = {port}\ncheck = \"{check}\"\n"
+        ));
+    }
+    s
+}
