@@ -10,6 +10,11 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# Every cargo test summary line is kept, for the total printed at the end.
+results=$(mktemp)
+trap 'rm -f "$results"' EXIT
+counted() { "$@" 2>&1 | tee -a "$results"; return "${PIPESTATUS[0]}"; }
+
 step "set-up"
 tests/setup.sh
 
@@ -20,14 +25,14 @@ step "build (the C library too: cargo test builds rlibs only)"
 cargo build --workspace --all-targets
 
 step "tests"
-cargo test --workspace
+counted cargo test --workspace
 
 step "loom model of the seqlock"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
-    cargo test -p dbha-protocol --test loom --release
+    counted cargo test -p dbha-protocol --test loom --release
 
 step "the seqlock thread test under Miri"
-cargo +nightly miri test -p dbha-protocol --lib seqlock
+counted cargo +nightly miri test -p dbha-protocol --lib seqlock
 
 step "benchmarks, quick mode (shows they run; figures are not judged)"
 cargo run -q -p dbha-bench -- --quick switch
@@ -38,3 +43,5 @@ step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "all checks passed"
+sed -n 's/^test result: [a-z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\1 \2/p' "$results" |
+    awk '{ p += $1; f += $2 } END { printf "tests: %d passed, %d failed\n", p, f }'
