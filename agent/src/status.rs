@@ -164,8 +164,9 @@ pub fn utc(t: SystemTime) -> String {
 
 /// Why the published decision changed, as far as the snapshot tells.
 fn reason(old: &Snapshot<'_>, new: &Snapshot<'_>) -> String {
-    if new.status != old.status && new.status != Status::Active {
-        return status_name(new.status).replace('_', " ");
+    // A status other than active is already in the description of the new state.
+    if new.status != Status::Active {
+        return String::new();
     }
     if let Some(i) = old.write_index.filter(|_| old.generation == new.generation) {
         if !new.is_healthy(i) && old.is_healthy(i) {
@@ -187,7 +188,7 @@ fn reason(old: &Snapshot<'_>, new: &Snapshot<'_>) -> String {
 fn describe(s: &Snapshot<'_>) -> String {
     match s.status {
         Status::Active => s.write_alias().unwrap_or("NONE").to_string(),
-        other => format!("NONE ({})", status_name(other)),
+        other => format!("NONE ({})", status_name(other).replace('_', " ")),
     }
 }
 

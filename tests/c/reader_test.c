@@ -2,6 +2,8 @@
  * dbha.h and libdbha by tests/tests/c_abi.rs, which prepares the files in DIR.
  *
  *   reader_test check DIR EPOCH   every check below; prints "N passed, M failed"
+ *   reader_test cuts DIR N        DIR/cut-0 .. cut-(N-1), each truncated: DBHA_E_TRUNCATED
+ *   reader_test random DIR N      DIR/random-0 .. : any outcome but a crash
  *   reader_test loop PATH N       N calls of dbha_active_alias (for strace)
  */
 #include <dbha.h>
@@ -142,6 +144,39 @@ static int check(const char *dir, uint64_t epoch) {
     return failed != 0;
 }
 
+/* Every truncation of a valid file is reported as truncated, whatever the offset. */
+static int cuts(const char *dir, long n) {
+    char name[64];
+    for (long i = 0; i < n; i++) {
+        snprintf(name, sizeof name, "cut-%ld", i);
+        expect_open_error(dir, name, DBHA_E_TRUNCATED);
+    }
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed != 0;
+}
+
+/* Random and mutated files: opening, reading and closing never crash, every code
+ * is a known one, and an index in a snapshot always has its name. */
+static int random_files(const char *dir, long n) {
+    char path[4096];
+    dbha_snapshot s;
+    for (long i = 0; i < n; i++) {
+        snprintf(path, sizeof path, "%s/random-%ld", dir, i);
+        dbha_reader *r = NULL;
+        int rc = dbha_open(path, &r);
+        CHECK(rc >= DBHA_OK && rc <= DBHA_E_PANIC && rc != DBHA_E_PANIC, "%s: code %d", path, rc);
+        CHECK(strcmp(dbha_strerror(rc), "unknown error code") != 0, "%s: unknown code", path);
+        if (rc != DBHA_OK)
+            continue;
+        if (dbha_read(r, &s) == DBHA_OK && s.write_index != DBHA_NONE)
+            CHECK(dbha_alias_name(r, s.write_index) != NULL, "%s: index without a name", path);
+        (void)dbha_active_alias(r);
+        dbha_close(r);
+    }
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed != 0;
+}
+
 static int loop(const char *path, long n) {
     dbha_reader *r = NULL;
     int rc = dbha_open(path, &r);
@@ -160,8 +195,12 @@ static int loop(const char *path, long n) {
 int main(int argc, char **argv) {
     if (argc == 4 && strcmp(argv[1], "check") == 0)
         return check(argv[2], strtoull(argv[3], NULL, 10));
+    if (argc == 4 && strcmp(argv[1], "cuts") == 0)
+        return cuts(argv[2], strtol(argv[3], NULL, 10));
+    if (argc == 4 && strcmp(argv[1], "random") == 0)
+        return random_files(argv[2], strtol(argv[3], NULL, 10));
     if (argc == 4 && strcmp(argv[1], "loop") == 0)
         return loop(argv[2], strtol(argv[3], NULL, 10));
-    fprintf(stderr, "usage: reader_test check DIR EPOCH | loop PATH N\n");
+    fprintf(stderr, "usage: reader_test check DIR EPOCH | cuts DIR N | random DIR N | loop PATH N\n");
     return 2;
 }

@@ -385,3 +385,62 @@ fn the_shipped_example_config_is_valid() {
         "{text}"
     );
 }
+
+#[test]
+fn watch_prints_one_line_per_change_with_its_reason() {
+    use std::io::{BufRead, BufReader};
+    let (a, b) = (listener(), listener());
+    let (pa, pb) = (port(&a), port(&b));
+    let mut agent =
+        Agent::new(|d| config(d, &[("default", pa, "tcp"), ("failover1", pb, "tcp")], ""));
+    let r = agent.reader();
+    let e0 = wait_active(&r, "default");
+    let mut watch = dbha_tests::Children::default();
+    let child = watch.push(
+        agent_cmd()
+            .args(["watch", "--state"])
+            .arg(&agent.state)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let next = || {
+        rx.recv_timeout(agentproc::PATIENCE)
+            .expect("a line from watch")
+    };
+    let first = next();
+    assert!(
+        first.ends_with(&format!("epoch {e0} active: default (status active)")),
+        "{first}"
+    );
+    drop(a);
+    let line = next();
+    assert!(
+        line.ends_with(&format!(
+            "epoch {} active: default -> failover1 (default down)",
+            e0 + 1
+        )),
+        "{line}"
+    );
+    // ISO 8601 UTC timestamp first.
+    assert!(
+        line.len() > 24 && &line[10..11] == "T" && &line[23..24] == "Z",
+        "{line}"
+    );
+    agent.signal(Signal::SIGTERM);
+    let line = next();
+    assert!(
+        line.ends_with("active: failover1 -> NONE (agent stopped)"),
+        "{line}"
+    );
+    drop(b);
+}

@@ -152,6 +152,63 @@ fn c_program_reads_states_and_gets_every_error_code() {
 }
 
 #[test]
+fn c_program_gets_truncated_for_every_cut_and_survives_random_files() {
+    if require("cc", "to compile the C test program").is_none()
+        || require("pkg-config", "to find libdbha's flags").is_none()
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let files = dir.path().join("files");
+    std::fs::create_dir(&files).unwrap();
+    let good = {
+        let _w = write_state(&files.join("state"), 600 * SECOND, &Publication::NOTHING);
+        std::fs::read(files.join("state")).unwrap()
+    };
+    // Every offset of the header and alias table, and one short of the full size.
+    let header = dbha_protocol::Header::decode(&good).unwrap();
+    let mut lengths: Vec<usize> = (0..=header.aliases_end() as usize).collect();
+    lengths.push(good.len() - 1);
+    for (i, n) in lengths.iter().enumerate() {
+        std::fs::write(files.join(format!("cut-{i}")), &good[..*n]).unwrap();
+    }
+    // Mutated valid files and plain noise, from a fixed seed.
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let randoms = 500;
+    for i in 0..randoms {
+        let mut b = if i % 2 == 0 {
+            good.clone()
+        } else {
+            (0..(next() % 9000) as usize)
+                .map(|_| next() as u8)
+                .collect()
+        };
+        if !b.is_empty() {
+            for _ in 0..1 + next() % 8 {
+                let hot = 512.min(b.len());
+                let at = (next() as usize) % if next() % 4 == 0 { b.len() } else { hot };
+                b[at] = next() as u8;
+            }
+        }
+        std::fs::write(files.join(format!("random-{i}")), b).unwrap();
+    }
+    let prefix = dir.path().join("prefix");
+    install(&prefix);
+    let exe = build(&prefix, false, &dir.path().join("t"));
+    for (mode, n) in [("cuts", lengths.len()), ("random", randoms)] {
+        let out = run(Command::new(&exe).arg(mode).arg(&files).arg(n.to_string()));
+        println!("reader_test {mode} ({n} files): {}", out.trim());
+        assert!(out.trim().ends_with(" 0 failed"), "{out}");
+    }
+}
+
+#[test]
 fn installed_shared_library_carries_its_soname() {
     if require("readelf", "to read libdbha.so's soname").is_none() {
         return;

@@ -94,3 +94,39 @@ fn a_silent_server_costs_the_timeout_not_more() {
     // Generous: only catches a probe that ignores its deadline.
     assert!(took < Duration::from_secs(5), "took {took:?}");
 }
+
+/// A listener whose accept queue is full drops incoming SYNs, exactly as a
+/// blackholed host does, and stays on loopback. The probe must give up after its
+/// own timeout, not after the kernel's SYN retries (about two minutes).
+#[test]
+fn a_host_that_drops_syns_costs_the_timeout_not_the_kernels_retries() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    // Fill the accept queue (backlog 128 in std) without ever accepting.
+    let mut held = Vec::new();
+    let filled = (0..1024).any(|_| {
+        match std::net::TcpStream::connect_timeout(
+            &([127, 0, 0, 1], port).into(),
+            Duration::from_millis(100),
+        ) {
+            Ok(s) => {
+                held.push(s);
+                false
+            }
+            Err(_) => true,
+        }
+    });
+    assert!(filled, "the accept queue never filled");
+    let start = Instant::now();
+    let r = probe(&db(port, Check::Tcp, 300));
+    let took = start.elapsed();
+    assert_eq!(
+        r,
+        Err(Failure::Timeout(Duration::from_millis(300))),
+        "{r:?}"
+    );
+    println!("probe of a SYN-dropping listener gave up after {took:?}");
+    // Generous: only catches a probe that waits for the kernel.
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    drop(l);
+}
