@@ -234,11 +234,6 @@ impl Cluster {
         })
     }
 
-    /// Adds a `-c name=value` setting for the next starts.
-    pub fn set(&mut self, setting: &str) {
-        self.settings.push(setting.to_owned());
-    }
-
     /// Starts the server and waits until it accepts connections.
     pub fn start(&self) -> io::Result<()> {
         let mut opts = format!(
@@ -311,28 +306,6 @@ impl Cluster {
         .map(drop)
     }
 
-    /// A `psql` process running `sql` in a session of its own (for example
-    /// `SELECT pg_sleep(5)` to hold a session open).
-    pub fn spawn_psql(&self, sql: &str) -> io::Result<std::process::Child> {
-        self.install
-            .command("psql")
-            .args(["-X", "-q", "-h"])
-            .arg(&self.host)
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-c",
-                sql,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-    }
-
     /// The postmaster's pid while the server runs.
     pub fn postmaster_pid(&self) -> Option<Pid> {
         let text = std::fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
@@ -386,24 +359,36 @@ impl Cluster {
         }
     }
 
-    /// Runs `psql` against this server as `postgres` and returns its output.
+    /// `psql` connected to this server as `postgres`, running `sql`.
+    fn psql_command(&self, flags: &[&str], sql: &str) -> Command {
+        let mut c = self.install.command("psql");
+        c.arg("-X").args(flags).arg("-h").arg(&self.host).args([
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-c",
+            sql,
+        ]);
+        c
+    }
+
+    /// A `psql` process running `sql` in a session of its own (for example
+    /// `SELECT pg_sleep(5)` to hold a session open).
+    pub fn spawn_psql(&self, sql: &str) -> io::Result<std::process::Child> {
+        self.psql_command(&["-q"], sql)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+    }
+
+    /// Runs `sql` with `psql` and returns its unaligned, tuples-only output.
     pub fn psql(&self, sql: &str) -> io::Result<String> {
         let out = check(
             &format!("psql on {}", self.name),
-            self.install
-                .command("psql")
-                .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
-                .arg(&self.host)
-                .args([
-                    "-p",
-                    &self.port.to_string(),
-                    "-U",
-                    "postgres",
-                    "-d",
-                    "postgres",
-                    "-c",
-                    sql,
-                ])
+            self.psql_command(&["-A", "-t", "-v", "ON_ERROR_STOP=1"], sql)
                 .output(),
         )?;
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())

@@ -72,7 +72,7 @@ fn model<const N: usize>(publications: u64, readers: usize) {
 #[test]
 fn no_torn_read_between_one_writer_and_readers() {
     if std::env::var_os("DBHA_LOOM_FULL").is_some() {
-        model::<4>(3, 2);
+        model::<4>(3, 1);
     } else {
         model::<2>(2, 1);
     }

@@ -3,6 +3,7 @@
 //! child processes on every exit path; a fake PostgreSQL server.
 
 pub mod agentproc;
+pub mod badfiles;
 pub mod fakepg;
 pub mod live;
 

@@ -113,6 +113,21 @@ fn build(prefix: &Path, static_link: bool, out: &Path) -> PathBuf {
     out.to_owned()
 }
 
+/// The C compiler and pkg-config, or None (skipped outside CI).
+fn c_tools() -> Option<()> {
+    require("cc", "to compile the C test program")?;
+    require("pkg-config", "to find libdbha's flags")?;
+    Some(())
+}
+
+/// A test directory with an empty `files` directory in it.
+fn test_dirs() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let files = dir.path().join("files");
+    std::fs::create_dir(&files).unwrap();
+    (dir, files)
+}
+
 fn install(prefix: &Path) {
     let profile = libdbha_dir();
     run(
@@ -125,14 +140,8 @@ fn install(prefix: &Path) {
 
 #[test]
 fn c_program_reads_states_and_gets_every_error_code() {
-    if require("cc", "to compile the C test program").is_none()
-        || require("pkg-config", "to find libdbha's flags").is_none()
-    {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let files = dir.path().join("files");
-    std::fs::create_dir(&files).unwrap();
+    let Some(()) = c_tools() else { return };
+    let (dir, files) = test_dirs();
     let epoch = prepare(&files);
     let prefix = dir.path().join("prefix");
     install(&prefix);
@@ -152,15 +161,9 @@ fn c_program_reads_states_and_gets_every_error_code() {
 }
 
 #[test]
-fn c_program_gets_truncated_for_every_cut_and_survives_random_files() {
-    if require("cc", "to compile the C test program").is_none()
-        || require("pkg-config", "to find libdbha's flags").is_none()
-    {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let files = dir.path().join("files");
-    std::fs::create_dir(&files).unwrap();
+fn rust_and_c_get_truncated_for_every_cut_and_survive_random_files() {
+    let Some(()) = c_tools() else { return };
+    let (dir, files) = test_dirs();
     let good = {
         let _w = write_state(&files.join("state"), 600 * SECOND, &Publication::NOTHING);
         std::fs::read(files.join("state")).unwrap()
@@ -169,35 +172,26 @@ fn c_program_gets_truncated_for_every_cut_and_survives_random_files() {
     let header = dbha_protocol::Header::decode(&good).unwrap();
     let mut lengths: Vec<usize> = (0..=header.aliases_end() as usize).collect();
     lengths.push(good.len() - 1);
+    // (The Rust reader's view of the same cuts: reader/tests/files.rs.)
     for (i, n) in lengths.iter().enumerate() {
         std::fs::write(files.join(format!("cut-{i}")), &good[..*n]).unwrap();
     }
-    // Mutated valid files and plain noise, from a fixed seed.
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
-    let randoms = 500;
-    for i in 0..randoms {
-        let mut b = if i % 2 == 0 {
-            good.clone()
-        } else {
-            (0..(next() % 9000) as usize)
-                .map(|_| next() as u8)
-                .collect()
-        };
-        if !b.is_empty() {
-            for _ in 0..1 + next() % 8 {
-                let hot = 512.min(b.len());
-                let at = (next() as usize) % if next() % 4 == 0 { b.len() } else { hot };
-                b[at] = next() as u8;
+    // The same random files for the Rust reader here and the C program below.
+    let randoms = dbha_tests::badfiles::mutations(&good, 2000, 0x2545_F491_4F6C_DD1D);
+    for (i, bytes) in randoms.iter().enumerate() {
+        let path = files.join(format!("random-{i}"));
+        std::fs::write(&path, bytes).unwrap();
+        if let Ok(r) = dbha::Reader::open(&path) {
+            // Whatever the record holds, reading is defined and an index has its name.
+            if let Ok(s) = r.snapshot() {
+                if let Some(i) = s.write_index {
+                    assert!(s.alias(i).is_some());
+                }
             }
+            let _ = r.active_alias();
         }
-        std::fs::write(files.join(format!("random-{i}")), b).unwrap();
     }
+    let randoms = randoms.len();
     let prefix = dir.path().join("prefix");
     install(&prefix);
     let exe = build(&prefix, false, &dir.path().join("t"));
