@@ -300,6 +300,8 @@ pub struct Reader {
     #[allow(clippy::vec_box)]
     generations: Mutex<Vec<Box<Generation>>>,
     last_recheck_ns: AtomicU64,
+    /// The generation whose supersession was last acted on.
+    reopen_tried: AtomicU64,
 }
 
 impl fmt::Debug for Reader {
@@ -320,6 +322,7 @@ impl Reader {
             current: AtomicPtr::new(ptr),
             generations: Mutex::new(vec![first]),
             last_recheck_ns: AtomicU64::new(0),
+            reopen_tried: AtomicU64::new(0),
         })
     }
 
@@ -362,8 +365,14 @@ impl Reader {
         now: u64,
     ) -> Result<(&'a Generation, RecordValues, u64), Error> {
         let superseded = v.flags & flags::SUPERSEDED != 0;
+        // The first reopen after a supersession is immediate (the new file is in
+        // place before the flag is set); any further attempt, as every check of a
+        // stale or stopped file, waits RECHECK_NS, so a file that cannot be opened
+        // costs one attempt per period, not one per read.
+        let first_try =
+            superseded && self.reopen_tried.swap(g.number, Ordering::Relaxed) != g.number;
         let last = self.last_recheck_ns.load(Ordering::Relaxed);
-        if !superseded && now.saturating_sub(last) < RECHECK_NS {
+        if !first_try && now.saturating_sub(last) < RECHECK_NS {
             return Ok((g, v, now));
         }
         self.last_recheck_ns.store(now, Ordering::Relaxed);

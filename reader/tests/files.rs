@@ -389,3 +389,30 @@ fn corrupt_header_fields_and_alias_table() {
         assert!(matches!(e, Error::Corrupt { .. }), "{what}: {e:?}");
     }
 }
+
+#[test]
+fn a_replacement_that_cannot_be_opened_is_retried_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let mut w = writer(&path, &["default"]);
+    w.publish(&active(0));
+    let r = Reader::open(&path).unwrap();
+    w.reconfigure(
+        &aliases(&["default", "failover1"]),
+        settings(5 * SECOND),
+        &active(0),
+    )
+    .unwrap();
+    // Something unopenable stands at the path when the reader notices.
+    let aside = dir.path().join("aside");
+    std::fs::rename(&path, &aside).unwrap();
+    std::fs::create_dir(&path).unwrap();
+    let s = r.snapshot().unwrap();
+    assert_eq!((s.generation, s.write_alias()), (1, Some("default")));
+    // Put back: picked up on a later read, at most one recheck period later.
+    std::fs::remove_dir(&path).unwrap();
+    std::fs::rename(&aside, &path).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let s = r.snapshot().unwrap();
+    assert_eq!((s.generation, s.endpoint_count()), (2, 2));
+}
