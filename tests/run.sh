@@ -2,7 +2,7 @@
 # The whole test suite, set-up included, on a fresh machine:  tests/run.sh
 #
 # Full-size variants of the sized-down checks (not run here):
-#   loom:   DBHA_LOOM_FULL=1 LOOM_MAX_PREEMPTIONS=3 RUSTFLAGS="--cfg loom" \
+#   loom:   LOOM_MAX_PREEMPTIONS=3 RUSTFLAGS="--cfg loom" \
 #             cargo test -p dbha-protocol --test loom --release
 #   stress: DBHA_STRESS_SECS=60 cargo test --release -p dbha-tests --test stress -- --nocapture
 set -euo pipefail
