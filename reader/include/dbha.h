@@ -166,6 +166,37 @@ int dbha_read(const struct dbha_reader *reader, struct dbha_snapshot *out);
 // `reader` is NULL or an open handle.
 const char *dbha_active_alias(const struct dbha_reader *reader);
 
+// The alias the app should use for reads now, or NULL: as `dbha_active_alias`.
+// Valid until `dbha_close`. Never blocks, no system call; thread-safe.
+//
+// # Safety
+// `reader` is NULL or an open handle.
+const char *dbha_read_alias(const struct dbha_reader *reader);
+
+// The active endpoint as one integer, for bindings that cache names: -1 when
+// `dbha_active_alias` would return NULL, else `generation * 64 + index`, where the
+// index is meaningful only with the names of that generation of the handle (the
+// generation changes when the agent replaced the file). Resolve a slot with
+// `dbha_slot_name`. Never blocks, no system call; thread-safe.
+//
+// # Safety
+// `reader` is NULL or an open handle.
+int64_t dbha_active_slot(const struct dbha_reader *reader);
+
+// The read endpoint as one integer: as `dbha_active_slot`.
+//
+// # Safety
+// `reader` is NULL or an open handle.
+int64_t dbha_read_slot(const struct dbha_reader *reader);
+
+// The alias a slot from `dbha_active_slot` or `dbha_read_slot` names, or NULL for
+// -1 or a slot this handle never produced. Valid until `dbha_close`. May wait
+// briefly while another thread maps a replaced file; thread-safe.
+//
+// # Safety
+// `reader` is NULL or an open handle.
+const char *dbha_slot_name(const struct dbha_reader *reader, int64_t slot);
+
 // The alias of endpoint `index` in the file the handle maps now, or NULL when the
 // index is out of range or `reader` is NULL. Valid until `dbha_close`. To pair an
 // index from a snapshot with its name, prefer the snapshot's write_alias/read_alias:

@@ -296,6 +296,77 @@ pub unsafe extern "C" fn dbha_active_alias(reader: *const dbha_reader) -> *const
     })
 }
 
+/// The alias the app should use for reads now, or NULL: as `dbha_active_alias`.
+/// Valid until `dbha_close`. Never blocks, no system call; thread-safe.
+///
+/// # Safety
+/// `reader` is NULL or an open handle.
+#[no_mangle]
+pub unsafe extern "C" fn dbha_read_alias(reader: *const dbha_reader) -> *const c_char {
+    guard(ptr::null(), || {
+        // SAFETY: NULL or an open handle per the contract.
+        let Some(r) = (unsafe { reader.as_ref() }) else {
+            return ptr::null();
+        };
+        r.0.read_slot()
+            .and_then(|(g, i)| r.0.alias_in_c(g, i))
+            .map_or(ptr::null(), CStr::as_ptr)
+    })
+}
+
+fn slot(s: Option<(u64, u32)>) -> i64 {
+    s.map_or(-1, |(g, i)| (g as i64) << 6 | i64::from(i))
+}
+
+/// The active endpoint as one integer, for bindings that cache names: -1 when
+/// `dbha_active_alias` would return NULL, else `generation * 64 + index`, where the
+/// index is meaningful only with the names of that generation of the handle (the
+/// generation changes when the agent replaced the file). Resolve a slot with
+/// `dbha_slot_name`. Never blocks, no system call; thread-safe.
+///
+/// # Safety
+/// `reader` is NULL or an open handle.
+#[no_mangle]
+pub unsafe extern "C" fn dbha_active_slot(reader: *const dbha_reader) -> i64 {
+    guard(-1, || {
+        // SAFETY: NULL or an open handle per the contract.
+        unsafe { reader.as_ref() }.map_or(-1, |r| slot(r.0.active_slot()))
+    })
+}
+
+/// The read endpoint as one integer: as `dbha_active_slot`.
+///
+/// # Safety
+/// `reader` is NULL or an open handle.
+#[no_mangle]
+pub unsafe extern "C" fn dbha_read_slot(reader: *const dbha_reader) -> i64 {
+    guard(-1, || {
+        // SAFETY: NULL or an open handle per the contract.
+        unsafe { reader.as_ref() }.map_or(-1, |r| slot(r.0.read_slot()))
+    })
+}
+
+/// The alias a slot from `dbha_active_slot` or `dbha_read_slot` names, or NULL for
+/// -1 or a slot this handle never produced. Valid until `dbha_close`. May wait
+/// briefly while another thread maps a replaced file; thread-safe.
+///
+/// # Safety
+/// `reader` is NULL or an open handle.
+#[no_mangle]
+pub unsafe extern "C" fn dbha_slot_name(reader: *const dbha_reader, slot: i64) -> *const c_char {
+    guard(ptr::null(), || {
+        // SAFETY: NULL or an open handle per the contract.
+        let Some(r) = (unsafe { reader.as_ref() }) else {
+            return ptr::null();
+        };
+        if slot < 0 {
+            return ptr::null();
+        }
+        r.0.alias_in_c((slot >> 6) as u64, (slot & 63) as u32)
+            .map_or(ptr::null(), CStr::as_ptr)
+    })
+}
+
 /// The alias of endpoint `index` in the file the handle maps now, or NULL when the
 /// index is out of range or `reader` is NULL. Valid until `dbha_close`. To pair an
 /// index from a snapshot with its name, prefer the snapshot's write_alias/read_alias:

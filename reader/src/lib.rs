@@ -441,6 +441,57 @@ impl Reader {
         g.alias(v.write_index).map(f)
     }
 
+    /// The alias the app should use for reads now (same rules as
+    /// [`Reader::active_alias`]).
+    #[inline]
+    pub fn read_alias(&self) -> Option<&str> {
+        self.read_slot().and_then(|(g, i)| self.alias_in(g, i))
+    }
+
+    /// The active (write) endpoint as (generation, index): the index is meaningful
+    /// with the names of that generation (see [`Reader::alias_in`]). No system call,
+    /// no allocation.
+    #[inline]
+    pub fn active_slot(&self) -> Option<(u64, u32)> {
+        let (g, v, now) = self.load().ok()?;
+        (v.status(now) == Status::Active && g.alias(v.write_index).is_some())
+            .then_some((g.number, v.write_index))
+    }
+
+    /// The read endpoint as (generation, index), as [`Reader::active_slot`].
+    #[inline]
+    pub fn read_slot(&self) -> Option<(u64, u32)> {
+        let (g, v, now) = self.load().ok()?;
+        (v.status(now) == Status::Active && g.alias(v.read_index).is_some())
+            .then_some((g.number, v.read_index))
+    }
+
+    fn generation_number(&self, number: u64) -> Option<&Generation> {
+        let current = self.generation();
+        if current.number == number {
+            return Some(current);
+        }
+        // Another generation: look it up (a short lock, never held while reading).
+        let gens = self.generations.lock().unwrap_or_else(|e| e.into_inner());
+        let g: &Generation = gens.iter().find(|g| g.number == number)?;
+        let p: *const Generation = g;
+        // SAFETY: as in `generation`: the Box lives as long as `self`.
+        Some(unsafe { &*p })
+    }
+
+    /// The name of endpoint `index` in generation `generation` of this reader.
+    pub fn alias_in(&self, generation: u64, index: u32) -> Option<&str> {
+        self.generation_number(generation)?
+            .alias(index)
+            .map(|a| &*a.s)
+    }
+
+    pub(crate) fn alias_in_c(&self, generation: u64, index: u32) -> Option<&CStr> {
+        self.generation_number(generation)?
+            .alias(index)
+            .map(|a| a.c.as_c_str())
+    }
+
     /// The name of endpoint `index` in the file mapped now.
     pub fn alias_name(&self, index: u32) -> Option<&str> {
         self.generation().alias(index).map(|a| &*a.s)

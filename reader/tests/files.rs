@@ -82,6 +82,11 @@ fn reads_what_the_writer_published() {
     assert_eq!(s.stale_after, Duration::from_secs(5));
     assert!(s.heartbeat_age < Duration::from_secs(1));
     assert_eq!(r.active_alias(), Some("failover1"));
+    assert_eq!(r.read_alias(), Some("failover2"));
+    assert_eq!(
+        (r.active_slot(), r.read_slot()),
+        (Some((1, 1)), Some((1, 2)))
+    );
     assert_eq!(r.alias_name(0), Some("default"));
     assert_eq!(r.alias_name(3), None);
 
@@ -98,6 +103,7 @@ fn reads_what_the_writer_published() {
     w.mark_stopped();
     let s = r.snapshot().unwrap();
     assert_eq!(s.status, Status::AgentStopped);
+    assert_eq!((r.active_slot(), r.read_alias()), (None, None));
     assert!(s.stopped());
     assert_eq!(r.active_alias(), None);
 }
@@ -202,6 +208,11 @@ fn changed_aliases_supersede_the_file_and_readers_follow_without_mixing_names() 
     assert!(after.epoch > before.epoch);
     assert_eq!(after.write_alias(), Some("default"));
     assert_eq!(after.alias(0), Some("replica"));
+    // Slots name their generation: the old index 1 still means failover1.
+    assert_eq!(r.active_slot(), Some((2, 1)));
+    assert_eq!(r.alias_in(2, 1), Some("default"));
+    assert_eq!(r.alias_in(1, 1), Some("failover1"));
+    assert_eq!(r.alias_in(3, 0), None);
     // Names handed out before the switch are still valid, and still say what they said.
     assert_eq!(old_name, "failover1");
     assert_eq!(before.write_alias(), Some("failover1"));

@@ -77,6 +77,17 @@ static int check(const char *dir, uint64_t epoch) {
     CHECK(strcmp(dbha_alias_name(r, 2), "failover2") == 0, "alias 2");
     CHECK(dbha_alias_name(r, 3) == NULL, "alias 3 out of range");
     CHECK(dbha_alias_name(r, DBHA_NONE) == NULL, "alias NONE");
+    const char *read = dbha_read_alias(r);
+    CHECK(read && strcmp(read, "failover2") == 0, "read alias %s", read ? read : "NULL");
+    /* Slots: generation 1, index 1 (write) and 2 (read). */
+    int64_t slot = dbha_active_slot(r);
+    CHECK(slot == 64 + 1, "active slot %lld", (long long)slot);
+    CHECK(dbha_read_slot(r) == 64 + 2, "read slot %lld", (long long)dbha_read_slot(r));
+    CHECK(dbha_slot_name(r, slot) == active, "slot name is the active alias string");
+    CHECK(dbha_slot_name(r, -1) == NULL, "slot -1");
+    CHECK(dbha_slot_name(r, 5 * 64 + 1) == NULL, "a generation never mapped");
+    CHECK(dbha_active_slot(NULL) == -1 && dbha_read_slot(NULL) == -1, "slots of NULL");
+    CHECK(dbha_read_alias(NULL) == NULL && dbha_slot_name(NULL, slot) == NULL, "NULL reader");
 
     /* NULL arguments get a code, never a crash. */
     CHECK(dbha_read(NULL, &s) == DBHA_E_INVALID_ARGUMENT, "read(NULL, s)");
@@ -97,6 +108,7 @@ static int check(const char *dir, uint64_t epoch) {
               "stopped status %d", s.status);
         CHECK((s.flags & DBHA_FLAG_STOPPED) != 0, "stopped flag");
         CHECK(s.write_alias == NULL && dbha_active_alias(r) == NULL, "no alias when stopped");
+        CHECK(dbha_active_slot(r) == -1 && dbha_read_alias(r) == NULL, "no slot when stopped");
         dbha_close(r);
     }
 
