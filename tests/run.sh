@@ -27,6 +27,9 @@ cargo build --workspace --all-targets
 step "tests"
 counted cargo test --workspace
 
+step "Python reader and Django router"
+counted .venv/bin/python -m pytest -q reader/python/tests
+
 step "loom model of the seqlock"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
     counted cargo test -p dbha-protocol --test loom --release
@@ -43,5 +46,9 @@ step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "all checks passed"
-sed -n 's/^test result: [a-z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\1 \2/p' "$results" |
-    awk '{ p += $1; f += $2 } END { printf "tests: %d passed, %d failed\n", p, f }'
+{
+    sed -n 's/^test result: [a-z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\1 \2/p' "$results"
+    # pytest: "14 passed in 0.53s" or "1 failed, 13 passed in ..."
+    grep -E '^[0-9]+ (passed|failed)|^[0-9]+ failed, [0-9]+ passed' "$results" |
+        sed -E 's/^([0-9]+) failed, ([0-9]+) passed.*/\2 \1/; s/^([0-9]+) passed.*/\1 0/' || true
+} | awk '{ p += $1; f += $2 } END { printf "tests: %d passed, %d failed\n", p, f }'

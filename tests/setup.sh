@@ -10,6 +10,7 @@ have strace || need_pkgs+=(strace)
 have pkg-config || need_pkgs+=(pkg-config)
 have cc || need_pkgs+=(gcc libc6-dev)
 have readelf || need_pkgs+=(binutils)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_pkgs+=(python3-venv)
 # The PostgreSQL server (initdb, pg_ctl, postgres) for the live-database tests and
 # the demo; the package also creates the `postgres` user the servers run as.
 pg_server() {
@@ -34,4 +35,15 @@ fi
 if ! cargo +nightly miri --version >/dev/null 2>&1; then
     echo "setup: installing the nightly toolchain with Miri (for the seqlock's Miri test)"
     rustup toolchain install nightly --profile minimal --component miri,rust-src
+fi
+
+# The Python package's tests and the Django end-to-end test run in .venv (ignored by
+# git), with Django, psycopg and pytest from PyPI.
+venv=.venv
+want=$(sha256sum tests/requirements.txt | cut -d' ' -f1)
+if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.requirements" 2>/dev/null)" != "$want" ]; then
+    echo "setup: creating the Python environment in $venv (Django, psycopg, pytest)"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check -r tests/requirements.txt
+    echo "$want" > "$venv/.requirements"
 fi

@@ -1,0 +1,263 @@
+"""Read the dbha agent's decision -- which database to use right now -- from its
+state file, through libdbha (the C ABI), with no system call per read.
+
+    import dbha
+    with dbha.Reader() as r:           # DBHA_STATE, else /run/dbha/state
+        alias = r.active_alias() or "default"
+
+A Reader is safe to share between threads, and one opened before a fork keeps
+working in every child (the mapping is read-only and shared). The Django router
+is ``dbha.django.FailoverRouter``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from dataclasses import dataclass
+from typing import Dict, Mapping, Optional
+
+from ._lib import LibraryNotFoundError, library, library_path
+from ._lib import Snapshot as _CSnapshot
+
+__all__ = [
+    "Reader",
+    "Snapshot",
+    "Error",
+    "StateFileError",
+    "StateFileNotFound",
+    "StateFilePermissionError",
+    "NotAStateFileError",
+    "UnsupportedVersionError",
+    "ContendedError",
+    "LibraryNotFoundError",
+    "library_path",
+    "version",
+    "DEFAULT_STATE_FILE",
+]
+
+DEFAULT_STATE_FILE = "/run/dbha/state"
+
+# Result codes of dbha.h.
+OK = 0
+E_INVALID_ARGUMENT = 1
+E_NOT_FOUND = 2
+E_PERMISSION = 3
+E_NOT_REGULAR_FILE = 4
+E_TRUNCATED = 5
+E_BAD_MAGIC = 6
+E_UNSUPPORTED_VERSION = 7
+E_CORRUPT = 8
+E_IO = 9
+E_CONTENDED = 10
+E_PANIC = 11
+
+_STATUS = {0: "active", 1: "no_healthy_database", 2: "stale", 3: "agent_stopped"}
+_FLAG_STOPPED, _FLAG_CONFLICT = 1, 2
+
+
+class Error(Exception):
+    """A libdbha error: ``code`` is the C result code, ``message`` says what and where."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class StateFileError(Error):
+    """The state file could not be opened or read."""
+
+    def __init__(self, code: int, message: str, path: str):
+        super().__init__(code, message)
+        self.path = path
+
+
+class StateFileNotFound(StateFileError):
+    """Nothing at the path: is dbha-agent running with this state_file?"""
+
+
+class StateFilePermissionError(StateFileError):
+    """This process may not read the state file."""
+
+
+class NotAStateFileError(StateFileError):
+    """Something other than a dbha state file is at the path (or it is truncated)."""
+
+
+class UnsupportedVersionError(StateFileError):
+    """The file's layout version is not the one this libdbha reads."""
+
+
+class ContendedError(StateFileError):
+    """The record stayed mid-update for every retry."""
+
+
+_ERRORS = {
+    E_NOT_FOUND: StateFileNotFound,
+    E_PERMISSION: StateFilePermissionError,
+    E_NOT_REGULAR_FILE: NotAStateFileError,
+    E_TRUNCATED: NotAStateFileError,
+    E_BAD_MAGIC: NotAStateFileError,
+    E_CORRUPT: NotAStateFileError,
+    E_UNSUPPORTED_VERSION: UnsupportedVersionError,
+    E_CONTENDED: ContendedError,
+}
+
+
+def _error(code: int, message: str, path: str) -> StateFileError:
+    return _ERRORS.get(code, StateFileError)(code, message, path)
+
+
+def version() -> str:
+    """The loaded libdbha's version."""
+    return library().dbha_version().decode()
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A consistent copy of what the agent published."""
+
+    status: str
+    """"active", "no_healthy_database", "stale" or "agent_stopped"."""
+    epoch: int
+    heartbeat_age: float
+    """Seconds since the agent's last heartbeat."""
+    stale_after: float
+    write_alias: Optional[str]
+    read_alias: Optional[str]
+    health: Mapping[str, bool]
+    """Alias -> healthy, in priority order."""
+    roles: Mapping[str, str]
+    """Alias -> "primary", "standby" or "unknown"."""
+    stopped: bool
+    conflict: bool
+    writer_pid: int
+    config_generation: int
+
+    @property
+    def active(self) -> bool:
+        return self.status == "active"
+
+    @property
+    def stale(self) -> bool:
+        return self.status == "stale"
+
+
+class _Names(dict):
+    """Slot (generation * 64 + index, or -1 for none) -> alias, filled on a miss.
+
+    Slots of a replaced file keep their names, so an entry never goes wrong."""
+
+    __slots__ = ("_resolve",)
+
+    def __init__(self, resolve):
+        super().__init__({-1: None})
+        self._resolve = resolve
+
+    def __missing__(self, slot: int) -> Optional[str]:
+        alias = self[slot] = self._resolve(slot)
+        return alias
+
+
+def _closed() -> int:
+    raise ValueError("the dbha Reader is closed")
+
+
+class Reader:
+    """An open state file. ``path``: the argument, else ``DBHA_STATE``, else
+    ``/run/dbha/state``. Raises a :class:`StateFileError` subclass when the file
+    cannot be used, :class:`LibraryNotFoundError` when libdbha cannot be loaded."""
+
+    __slots__ = ("path", "_lib", "_h", "_active", "_read", "_names", "_snap")
+
+    def __init__(self, path: Optional[str] = None):
+        self.path = os.fspath(path or os.environ.get("DBHA_STATE") or DEFAULT_STATE_FILE)
+        self._h: Optional[ctypes.c_void_p] = None
+        lib = library()
+        handle = ctypes.c_void_p()
+        msg = ctypes.create_string_buffer(1024)
+        code = lib.dbha_open_err(os.fsencode(self.path), ctypes.byref(handle), msg, len(msg))
+        if code != OK:
+            raise _error(code, msg.value.decode(errors="replace"), self.path)
+        self._lib = lib
+        self._h = handle
+        # The hot path: one foreign call returning a slot, one dict subscription.
+        self._active = functools.partial(lib.dbha_active_slot, handle)
+        self._read = functools.partial(lib.dbha_read_slot, handle)
+        self._names = _Names(self._slot_name)
+        self._snap = _CSnapshot()
+
+    def _slot_name(self, slot: int) -> Optional[str]:
+        name = self._lib.dbha_slot_name(self._h, slot)
+        return name.decode() if name is not None else None
+
+    def active_alias(self) -> Optional[str]:
+        """The alias to use for writes, or None: no healthy database, agent stopped,
+        or heartbeat stale (use your fallback then)."""
+        return self._names[self._active()]
+
+    def read_alias(self) -> Optional[str]:
+        """The alias to use for reads, or None (as :meth:`active_alias`)."""
+        return self._names[self._read()]
+
+    def snapshot(self) -> Snapshot:
+        """Everything the agent published, consistently."""
+        if self._h is None:
+            raise ValueError("the dbha Reader is closed")
+        s = self._snap
+        # PyDLL keeps the GIL during the call, so no other thread of this process
+        # fills the shared structure meanwhile.
+        code = self._lib.dbha_read(self._h, ctypes.byref(s))
+        if code != OK:
+            raise _error(code, self._lib.dbha_strerror(code).decode(), self.path)
+        names = []
+        for i in range(s.endpoint_count):
+            name = self._lib.dbha_slot_name(self._h, (s.generation << 6) | i)
+            names.append(name.decode() if name is not None else str(i))
+
+        def role(i: int) -> str:
+            if s.primary_mask >> i & 1:
+                return "primary"
+            if s.standby_mask >> i & 1:
+                return "standby"
+            return "unknown"
+
+        return Snapshot(
+            status=_STATUS.get(s.status, "unknown"),
+            epoch=s.epoch,
+            heartbeat_age=s.heartbeat_age_ns / 1e9,
+            stale_after=s.stale_after_ns / 1e9,
+            write_alias=s.write_alias.decode() if s.write_alias is not None else None,
+            read_alias=s.read_alias.decode() if s.read_alias is not None else None,
+            health={n: bool(s.health_mask >> i & 1) for i, n in enumerate(names)},
+            roles={n: role(i) for i, n in enumerate(names)},
+            stopped=bool(s.flags & _FLAG_STOPPED),
+            conflict=bool(s.flags & _FLAG_CONFLICT),
+            writer_pid=s.writer_pid,
+            config_generation=s.config_generation,
+        )
+
+    def close(self) -> None:
+        """Unmaps the file. Further calls raise ValueError. Not to be called while
+        another thread still uses the Reader."""
+        h, self._h = self._h, None
+        if h is not None:
+            self._active = self._read = _closed
+            self._lib.dbha_close(h)
+
+    def __enter__(self) -> "Reader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        return f"<dbha.Reader {self.path!r}{' closed' if self._h is None else ''}>"

@@ -1,0 +1,186 @@
+"""dbha.Reader over libdbha, against state files made by the Rust writer."""
+
+import ctypes
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import dbha
+from conftest import STATEFILE, TARGET, write_state
+
+ALIASES = ["default", "failover1", "failover2"]
+
+
+def test_active_state(tmp_path):
+    path = write_state(tmp_path / "state", ALIASES, "--write", 1, "--read", 2, "--health", "0b110",
+                       "--stale-after-ms", 600000)
+    with dbha.Reader(path) as r:
+        assert r.active_alias() == "failover1"
+        assert r.read_alias() == "failover2"
+        assert r.active_alias() == "failover1"  # the cached path
+        s = r.snapshot()
+        assert s.status == "active" and s.active and not s.stale
+        assert (s.write_alias, s.read_alias) == ("failover1", "failover2")
+        assert s.health == {"default": False, "failover1": True, "failover2": True}
+        assert list(s.health) == ALIASES
+        assert s.roles == {a: "unknown" for a in ALIASES}
+        assert s.stale_after == 600.0 and 0 <= s.heartbeat_age < 60
+        assert not s.stopped and not s.conflict and s.writer_pid > 0
+
+
+def test_no_healthy_database(holder):
+    h = holder(ALIASES)
+    h.say("none")
+    with dbha.Reader(h.path) as r:
+        assert r.active_alias() is None and r.read_alias() is None
+        assert r.snapshot().status == "no_healthy_database"
+
+
+def test_stale_heartbeat(holder):
+    h = holder(ALIASES, "--stale-after-ms", 100)
+    with dbha.Reader(h.path) as r:
+        assert r.active_alias() == "default"
+        h.say("pause")
+        time.sleep(0.3)
+        assert r.active_alias() is None
+        s = r.snapshot()
+        assert s.status == "stale" and s.stale and s.heartbeat_age > 0.1
+        h.say("resume")
+        assert r.active_alias() == "default"
+
+
+def test_agent_stopped(tmp_path):
+    path = write_state(tmp_path / "state", ALIASES, "--stopped")
+    with dbha.Reader(path) as r:
+        assert r.active_alias() is None
+        s = r.snapshot()
+        assert s.status == "agent_stopped" and s.stopped
+
+
+def test_switch_and_file_replacement_are_followed(holder):
+    h = holder(ALIASES)
+    with dbha.Reader(h.path) as r:
+        assert r.active_alias() == "default"
+        h.say("write 2")
+        assert r.active_alias() == "failover2"
+        e = r.snapshot().epoch
+        # The agent's aliases change: a new file; index 2 now means something else.
+        h.say("aliases replica,failover2,default")
+        assert r.active_alias() == "default"
+        s = r.snapshot()
+        assert list(s.health) == ["replica", "failover2", "default"] and s.epoch > e
+
+
+def test_env_dbha_state_names_the_file(tmp_path, monkeypatch):
+    path = write_state(tmp_path / "state", ALIASES, "--write", 2)
+    monkeypatch.setenv("DBHA_STATE", path)
+    with dbha.Reader() as r:
+        assert r.path == path and r.active_alias() == "failover2"
+
+
+def file_with(name, data):
+    def make(d):
+        (d / name).write_bytes(data)
+        return d / name
+    return make
+
+
+@pytest.mark.parametrize("make, exc, code, says", [
+    (lambda d: d / "missing", dbha.StateFileNotFound, dbha.E_NOT_FOUND, "does not exist"),
+    (lambda d: d, dbha.NotAStateFileError, dbha.E_NOT_REGULAR_FILE, "is a directory"),
+    (file_with("empty", b""), dbha.NotAStateFileError, dbha.E_TRUNCATED, "is empty"),
+    (file_with("junk", b"x" * 9000), dbha.NotAStateFileError, dbha.E_BAD_MAGIC, "bad magic"),
+])
+def test_errors_carry_code_path_and_message(tmp_path, make, exc, code, says):
+    path = make(tmp_path)
+    with pytest.raises(exc) as e:
+        dbha.Reader(str(path))
+    assert e.value.code == code
+    assert e.value.path == str(path)
+    assert str(path) in str(e.value) and says in str(e.value)
+    assert isinstance(e.value, dbha.StateFileError) and isinstance(e.value, dbha.Error)
+
+
+def test_newer_layout_version_is_its_own_error(tmp_path):
+    path = Path(write_state(tmp_path / "state", ALIASES))
+    data = bytearray(path.read_bytes())
+    data[8:12] = (3).to_bytes(4, sys.byteorder)
+    bad = tmp_path / "v3"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(dbha.UnsupportedVersionError) as e:
+        dbha.Reader(str(bad))
+    assert e.value.code == dbha.E_UNSUPPORTED_VERSION
+    assert "has layout version 3, this reader supports 1" in str(e.value)
+
+
+def test_closed_reader_raises(tmp_path):
+    r = dbha.Reader(write_state(tmp_path / "state", ALIASES))
+    r.close()
+    r.close()
+    for call in (r.active_alias, r.read_alias, r.snapshot):
+        with pytest.raises(ValueError):
+            call()
+
+
+def test_a_reader_opened_before_fork_works_in_the_child(holder):
+    h = holder(ALIASES)
+    r = dbha.Reader(h.path)
+    assert r.active_alias() == "default"
+    h.say("write 1")
+    pid = os.fork()
+    if pid == 0:
+        # The child: the same mapping, still live.
+        ok = r.active_alias() == "failover1" and r.snapshot().status == "active"
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    r.close()
+
+
+def run_python(code, env, cwd="/"):
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=cwd)
+    return out.returncode, out.stdout.strip(), out.stderr
+
+
+def test_library_search_order(tmp_path):
+    lib = Path(os.environ["DBHA_LIBRARY"])
+    pkg = Path(dbha.__file__).parent
+    # 1. DBHA_LIBRARY wins.
+    copy = tmp_path / "elsewhere" / "libdbha.so"
+    copy.parent.mkdir()
+    shutil.copy(lib, copy)
+    env = {**os.environ, "DBHA_LIBRARY": str(copy), "PYTHONPATH": str(pkg.parent)}
+    code = "import dbha; dbha.version(); print(dbha.library_path())"
+    rc, out, err = run_python(code, env)
+    assert (rc, out) == (0, str(copy)), err
+    # An explicit DBHA_LIBRARY that does not load is an error naming it.
+    env["DBHA_LIBRARY"] = str(tmp_path / "nope.so")
+    rc, out, err = run_python(code, env)
+    assert rc != 0 and "LibraryNotFoundError" in err and "nope.so" in err
+    # 2. A copy bundled in the package comes next.
+    bundled_pkg = tmp_path / "site" / "dbha"
+    shutil.copytree(pkg, bundled_pkg)
+    shutil.copy(lib, bundled_pkg / "libdbha.so")
+    env = {k: v for k, v in os.environ.items() if k != "DBHA_LIBRARY"}
+    env["PYTHONPATH"] = str(bundled_pkg.parent)
+    rc, out, err = run_python(code, env)
+    assert (rc, out) == (0, str(bundled_pkg / "libdbha.so")), err
+    # 3. Then the system loader path, by soname.
+    plain_pkg = tmp_path / "plain" / "dbha"
+    shutil.copytree(pkg, plain_pkg, ignore=shutil.ignore_patterns("libdbha.so*"))
+    sysdir = tmp_path / "syslib"
+    sysdir.mkdir()
+    shutil.copy(lib, sysdir / "libdbha.so.0")
+    env["PYTHONPATH"] = str(plain_pkg.parent)
+    env["LD_LIBRARY_PATH"] = str(sysdir)
+    rc, out, err = run_python(code, env)
+    assert (rc, out) == (0, "libdbha.so.0"), err
+    # Nowhere: an ImportError saying what was tried.
+    env.pop("LD_LIBRARY_PATH")
+    rc, out, err = run_python(code, env)
+    assert rc != 0 and "libdbha could not be loaded" in err and "DBHA_LIBRARY" in err
