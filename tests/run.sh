@@ -29,6 +29,7 @@ counted cargo test --workspace
 
 step "Python reader and Django router"
 counted .venv/bin/python -m pytest -q reader/python/tests
+counted .venv/bin/python -m pytest -q tests/django_app
 
 step "loom model of the seqlock"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \

@@ -87,14 +87,23 @@ fn main() {
             Ok(line) => {
                 let mut words = line.split_whitespace();
                 let reply = match (words.next(), words.next()) {
-                    (Some("write"), Some(i)) => i.parse().map(|i| p.write_index = i).map_err(|e| e.to_string()),
-                    (Some("read"), Some(i)) => i.parse().map(|i| p.read_index = i).map_err(|e| e.to_string()),
+                    (Some("write"), Some(i)) => i
+                        .parse()
+                        .map(|i| p.write_index = i)
+                        .map_err(|e| e.to_string()),
+                    (Some("read"), Some(i)) => i
+                        .parse()
+                        .map(|i| p.read_index = i)
+                        .map_err(|e| e.to_string()),
                     (Some("none"), None) => {
                         p.write_index = NONE;
                         p.read_index = NONE;
                         Ok(())
                     }
-                    (Some("health"), Some(m)) => m.parse().map(|m| p.health_mask = m).map_err(|e| e.to_string()),
+                    (Some("health"), Some(m)) => m
+                        .parse()
+                        .map(|m| p.health_mask = m)
+                        .map_err(|e| e.to_string()),
                     (Some("stop"), None) => {
                         w.mark_stopped();
                         beating = false;

@@ -35,14 +35,14 @@ class FailoverRouter:
 
     # -- the state ------------------------------------------------------------------
 
-    def _note(self, condition: str) -> None:
-        """Logs a change of condition, once."""
+    def _note(self, condition: str, detail: str = "") -> None:
+        """Logs a change of condition ("ok", "stale", "unreadable", ...), once."""
         if condition == self._condition:
             return
-        if condition == "ok":
-            logger.info("dbha: state usable again (%s), routing as the agent decides", self._reader.path if self._reader else "")
-        else:
-            logger.warning("dbha: %s; routing to the fallback %r", condition, self.fallback)
+        if condition != "ok":
+            logger.warning("dbha: %s; routing to the fallback %r", detail or condition, self.fallback)
+        elif self._condition is not None:
+            logger.info("dbha: the state is usable again, routing as the agent decides")
         self._condition = condition
 
     def _open(self) -> Optional[dbha.Reader]:
@@ -53,7 +53,7 @@ class FailoverRouter:
         try:
             self._reader = dbha.Reader(self.state_file)
         except Exception as e:  # StateFileError, LibraryNotFoundError: never into a request
-            self._note(f"cannot read the state file: {e}")
+            self._note("unreadable", f"cannot read the state file: {e}")
             return None
         self._routes = {}
         return self._reader
@@ -78,14 +78,15 @@ class FailoverRouter:
             try:
                 s = self._reader.snapshot()
                 self._note(
+                    s.status,
                     {
                         "stale": f"the agent's heartbeat is {s.heartbeat_age:.1f}s old (stale after {s.stale_after:.1f}s)",
                         "agent_stopped": "the agent stopped",
                         "no_healthy_database": "the agent finds no healthy database",
-                    }.get(s.status, s.status)
+                    }.get(s.status, s.status),
                 )
             except Exception as e:
-                self._note(f"cannot read the state: {e}")
+                self._note("unreadable", f"cannot read the state: {e}")
         return self.fallback
 
     def _for(self, read: bool) -> str:
@@ -95,7 +96,7 @@ class FailoverRouter:
         try:
             slot = reader._read() if read else reader._active()
         except Exception as e:  # a closed reader; never into a request
-            self._note(f"cannot read the state: {e}")
+            self._note("unreadable", f"cannot read the state: {e}")
             return self.fallback
         route = self._routes.get(slot)
         if route is not None and slot >= 0:
