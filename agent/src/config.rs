@@ -32,6 +32,44 @@ pub enum Check {
     Postgres,
 }
 
+/// Which endpoint may take writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Writes {
+    /// Any healthy endpoint (the check does not know roles).
+    Any,
+    /// Only an endpoint seen as primary (not in recovery, not read-only).
+    Primary,
+}
+
+/// Which endpoint reads go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reads {
+    /// The write endpoint.
+    Primary,
+    /// A healthy standby, else the write endpoint.
+    PreferStandby,
+    /// Any healthy endpoint, in priority order.
+    Any,
+}
+
+/// A password: never printed, never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
 /// One database endpoint, fully resolved (overrides applied).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Database {
@@ -47,6 +85,10 @@ pub struct Database {
     pub user: String,
     /// Database name sent in the PostgreSQL startup message.
     pub dbname: String,
+    /// Password for md5 or SCRAM-SHA-256, from `password_file` or `password_env`.
+    pub password: Option<Secret>,
+    /// Where the password came from, for messages.
+    pub password_source: Option<String>,
 }
 
 impl Database {
@@ -81,6 +123,8 @@ pub struct Config {
     pub rise: u32,
     pub fall: u32,
     pub failback: Failback,
+    pub writes: Writes,
+    pub reads: Reads,
     pub stale_after: Duration,
     /// Permission bits of the state file.
     pub state_mode: u32,
@@ -155,8 +199,16 @@ struct RawConfig {
     rise: Option<Spanned<u32>>,
     fall: Option<Spanned<u32>>,
     failback: Option<Failback>,
+    writes: Option<Spanned<Writes>>,
+    reads: Option<Spanned<Reads>>,
     stale_after: Option<Spanned<Dur>>,
     state_mode: Option<Spanned<String>>,
+    // Credential defaults for every database (not `#[serde(flatten)]`: it would
+    // lose the location of an unknown key).
+    user: Option<String>,
+    dbname: Option<String>,
+    password_file: Option<Spanned<PathBuf>>,
+    password_env: Option<Spanned<String>>,
     #[serde(default)]
     database: Vec<Spanned<RawDatabase>>,
 }
@@ -174,6 +226,38 @@ struct RawDatabase {
     fall: Option<Spanned<u32>>,
     user: Option<String>,
     dbname: Option<String>,
+    password_file: Option<Spanned<PathBuf>>,
+    password_env: Option<Spanned<String>>,
+}
+
+/// Credentials, at the top level (defaults) or per database.
+struct RawCredentials<'a> {
+    user: &'a Option<String>,
+    dbname: &'a Option<String>,
+    password_file: &'a Option<Spanned<PathBuf>>,
+    password_env: &'a Option<Spanned<String>>,
+}
+
+impl RawConfig {
+    fn credentials(&self) -> RawCredentials<'_> {
+        RawCredentials {
+            user: &self.user,
+            dbname: &self.dbname,
+            password_file: &self.password_file,
+            password_env: &self.password_env,
+        }
+    }
+}
+
+impl RawDatabase {
+    fn credentials(&self) -> RawCredentials<'_> {
+        RawCredentials {
+            user: &self.user,
+            dbname: &self.dbname,
+            password_file: &self.password_file,
+            password_env: &self.password_env,
+        }
+    }
 }
 
 const INTERVAL_RANGE: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(3600));
@@ -238,6 +322,66 @@ impl Locator<'_> {
             ));
         }
         Ok(n)
+    }
+}
+
+impl Locator<'_> {
+    /// The password from `password_file` (refused when others may read it, as libpq
+    /// refuses such a .pgpass) or from the environment variable `password_env`.
+    fn password(
+        &self,
+        own: &RawCredentials<'_>,
+        default: &RawCredentials<'_>,
+        key: &str,
+    ) -> Result<(Option<Secret>, Option<String>), ConfigError> {
+        use std::os::unix::fs::PermissionsExt;
+        let file = own
+            .password_file
+            .as_ref()
+            .or(default.password_file.as_ref());
+        let env = own.password_env.as_ref().or(default.password_env.as_ref());
+        match (file, env) {
+            (Some(f), Some(_)) => Err(self.at(
+                Some(f.span()),
+                &format!("{key}password_file"),
+                "give password_file or password_env, not both",
+            )),
+            (Some(f), None) => {
+                let path = f.get_ref();
+                let at = |m: String| self.at(Some(f.span()), &format!("{key}password_file"), m);
+                let meta = std::fs::metadata(path)
+                    .map_err(|e| at(format!("cannot read {}: {e}", path.display())))?;
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    return Err(at(format!(
+                        "{} has permissions {mode:04o}; expected 0600 or less (others must not read a password): chmod 600 it",
+                        path.display()
+                    )));
+                }
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| at(format!("cannot read {}: {e}", path.display())))?;
+                let pw = text.lines().next().unwrap_or("").to_owned();
+                if pw.is_empty() {
+                    return Err(at(format!(
+                        "{} holds no password on its first line",
+                        path.display()
+                    )));
+                }
+                Ok((Some(Secret(pw)), Some(format!("file {}", path.display()))))
+            }
+            (None, Some(v)) => {
+                let name = v.get_ref();
+                match std::env::var(name) {
+                    Ok(pw) if !pw.is_empty() => Ok((Some(Secret(pw)), Some(format!("environment variable {name}")))),
+                    _ => Err(self.at(
+                        Some(v.span()),
+                        &format!("{key}password_env"),
+                        format!("the environment variable {name} is not set (or empty) in the agent's environment"),
+                    )),
+                }
+            }
+            (None, None) => Ok((None, None)),
+        }
     }
 }
 
@@ -358,6 +502,13 @@ impl Config {
                     "expected a port from 1 to 65535, found 0",
                 ));
             }
+            let (own, defaults) = (db.credentials(), raw.credentials());
+            let (password, password_source) = loc.password(&own, &defaults, &key(""))?;
+            let credential = |own: &Option<String>, default: &Option<String>| {
+                own.clone()
+                    .or_else(|| default.clone())
+                    .unwrap_or_else(|| "postgres".to_owned())
+            };
             databases.push(Database {
                 alias: alias.clone(),
                 host: db.host.get_ref().clone(),
@@ -367,9 +518,34 @@ impl Config {
                 timeout: loc.duration(&db.timeout, &key("timeout"), timeout, TIMEOUT_RANGE)?,
                 rise: loc.count(&db.rise, &key("rise"), rise)?,
                 fall: loc.count(&db.fall, &key("fall"), fall)?,
-                user: db.user.clone().unwrap_or_else(|| "postgres".to_owned()),
-                dbname: db.dbname.clone().unwrap_or_else(|| "postgres".to_owned()),
+                user: credential(own.user, defaults.user),
+                dbname: credential(own.dbname, defaults.dbname),
+                password,
+                password_source,
             });
+        }
+        let writes = raw.writes.as_ref().map_or(Writes::Any, |w| *w.get_ref());
+        let reads = raw.reads.as_ref().map_or(Reads::Primary, |r| *r.get_ref());
+        if writes != Writes::Any || reads != Reads::Primary {
+            if let Some((i, d)) = databases
+                .iter()
+                .enumerate()
+                .find(|(_, d)| d.check != Check::Postgres)
+            {
+                let span = raw
+                    .writes
+                    .as_ref()
+                    .map(Spanned::span)
+                    .or(raw.reads.as_ref().map(Spanned::span));
+                return Err(loc.at(
+                    span,
+                    if writes != Writes::Any { "writes" } else { "reads" },
+                    format!(
+                        "roles are needed, and database[{i}] ({}) has check = \"tcp\", which cannot see them: use check = \"postgres\" (with credentials)",
+                        d.alias
+                    ),
+                ));
+            }
         }
         Ok(Config {
             state_file: raw
@@ -380,6 +556,8 @@ impl Config {
             rise,
             fall,
             failback: raw.failback.unwrap_or(Failback::Sticky),
+            writes,
+            reads,
             stale_after,
             state_mode,
             databases,
@@ -419,6 +597,8 @@ impl fmt::Display for Config {
         writeln!(f, "timeout     = {:?}", self.timeout)?;
         writeln!(f, "rise, fall  = {}, {}", self.rise, self.fall)?;
         writeln!(f, "failback    = {:?}", self.failback)?;
+        writeln!(f, "writes      = {:?}", self.writes)?;
+        writeln!(f, "reads       = {:?}", self.reads)?;
         writeln!(f, "stale_after = {:?}", self.stale_after)?;
         writeln!(f, "databases, in priority order:")?;
         for (i, d) in self.databases.iter().enumerate() {
@@ -434,7 +614,12 @@ impl fmt::Display for Config {
                 d.rise,
                 d.fall,
                 if d.check == Check::Postgres {
-                    format!(" user={} dbname={}", d.user, d.dbname)
+                    format!(
+                        " user={} dbname={} password={}",
+                        d.user,
+                        d.dbname,
+                        d.password_source.as_deref().unwrap_or("none")
+                    )
                 } else {
                     String::new()
                 }

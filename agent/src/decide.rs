@@ -2,7 +2,8 @@
 //! the active database. Pure functions of probe results and previous state, so the
 //! table-driven tests below need no sockets.
 
-use crate::config::Failback;
+use crate::config::{Failback, Reads, Writes};
+use crate::probe::Role;
 
 /// What the agent believes about an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +94,112 @@ pub fn choose(
             _ => Some(c),
         },
         None => first_up.filter(|&u| !(settling && health[..u].contains(&Health::Unknown))),
+    }
+}
+
+/// What the agent knows of one endpoint when it decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    pub health: Health,
+    /// From the last successful probe that could log in.
+    pub role: Option<Role>,
+    pub read_only: bool,
+}
+
+impl Seen {
+    fn up_as(&self, role: Role) -> bool {
+        self.health == Health::Up && self.role == Some(role)
+    }
+
+    fn writable(&self) -> bool {
+        self.up_as(Role::Primary) && !self.read_only
+    }
+}
+
+/// The write and read choice, and what was noticed on the way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub write: Option<usize>,
+    pub read: Option<usize>,
+    /// Up endpoints that claim to be primary (more than one: split brain).
+    pub primaries: Vec<usize>,
+    /// The write endpoint was lost while several others claim primary: NONE was
+    /// chosen rather than a guess.
+    pub ambiguous: bool,
+}
+
+/// Decides the write and read endpoints (index = priority order).
+///
+/// `writes = Any` is [`choose`] on health alone. `writes = Primary` only ever
+/// chooses an endpoint seen as a writable primary: the current one is kept while
+/// it is not known to be down and nothing shows it is no longer primary; a new one
+/// is chosen only when exactly one endpoint is a writable primary (two means a
+/// split brain, and guessing could send writes to the wrong side); auto failback
+/// never moves writes, since moving would mean two primaries.
+pub fn decide(
+    seen: &[Seen],
+    current: (Option<usize>, Option<usize>),
+    failback: Failback,
+    settling: bool,
+    writes: Writes,
+    reads: Reads,
+) -> Decision {
+    let primaries: Vec<usize> = (0..seen.len())
+        .filter(|&i| seen[i].up_as(Role::Primary))
+        .collect();
+    let mut ambiguous = false;
+    let write = match writes {
+        Writes::Any => {
+            let health: Vec<Health> = seen.iter().map(|s| s.health).collect();
+            choose(&health, current.0, failback, settling)
+        }
+        Writes::Primary => {
+            let keep = current.0.filter(|&c| {
+                seen.get(c).is_some_and(|s| {
+                    s.health != Health::Down && s.role != Some(Role::Standby) && !s.read_only
+                })
+            });
+            keep.or_else(|| {
+                let writable: Vec<usize> =
+                    (0..seen.len()).filter(|&i| seen[i].writable()).collect();
+                match writable[..] {
+                    [only]
+                        if !(settling
+                            && seen[..only].iter().any(|s| s.health == Health::Unknown)) =>
+                    {
+                        Some(only)
+                    }
+                    [_, _, ..] => {
+                        ambiguous = true;
+                        None
+                    }
+                    _ => None,
+                }
+            })
+        }
+    };
+    let fit = |i: usize, want: Option<Role>| {
+        seen.get(i)
+            .is_some_and(|s| s.health == Health::Up && want.is_none_or(|r| s.role == Some(r)))
+    };
+    let read = match reads {
+        Reads::Primary => write,
+        Reads::PreferStandby => current
+            .1
+            .filter(|&r| fit(r, Some(Role::Standby)))
+            .or_else(|| (0..seen.len()).find(|&i| fit(i, Some(Role::Standby))))
+            .or(write),
+        Reads::Any => current
+            .1
+            .filter(|&r| fit(r, None))
+            .or_else(|| (0..seen.len()).find(|&i| fit(i, None)))
+            .or(write),
+    };
+    Decision {
+        write,
+        read,
+        primaries,
+        ambiguous,
     }
 }
 
@@ -311,5 +418,201 @@ mod tests {
             assert_eq!(sim.step([true; 3]), Some(1), "one success is not rise");
             assert_eq!(sim.step([true; 3]), want_final, "{failback:?}");
         }
+    }
+
+    fn seen(spec: &str) -> Vec<Seen> {
+        // One letter per endpoint: P primary, S standby, R read-only primary,
+        // D down, U unknown, ? up with no role known.
+        spec.chars()
+            .map(|c| {
+                let (health, role, read_only) = match c {
+                    'P' => (Up, Some(Role::Primary), false),
+                    'S' => (Up, Some(Role::Standby), false),
+                    'R' => (Up, Some(Role::Primary), true),
+                    'D' => (Down, None, false),
+                    'U' => (Unknown, None, false),
+                    _ => (Up, None, false),
+                };
+                Seen {
+                    health,
+                    role,
+                    read_only,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn writes_primary_tables() {
+        use Failback::{Auto, Sticky};
+        // (endpoints, current write, failback, expected write, ambiguous, what)
+        type Case<'a> = (
+            &'a str,
+            Option<usize>,
+            Failback,
+            Option<usize>,
+            bool,
+            &'a str,
+        );
+        let cases: &[Case] = &[
+            ("PSS", None, Sticky, Some(0), false, "the primary"),
+            (
+                "SPS",
+                None,
+                Sticky,
+                Some(1),
+                false,
+                "a standby listed first is never the write alias",
+            ),
+            (
+                "DSS",
+                Some(0),
+                Sticky,
+                None,
+                false,
+                "primary lost, standbys are not writable",
+            ),
+            (
+                "DPS",
+                Some(0),
+                Sticky,
+                Some(1),
+                false,
+                "the promoted standby",
+            ),
+            (
+                "PPS",
+                Some(1),
+                Auto,
+                Some(1),
+                false,
+                "split brain: writes stay, even with auto failback",
+            ),
+            (
+                "PPS",
+                Some(1),
+                Sticky,
+                Some(1),
+                false,
+                "split brain, sticky",
+            ),
+            (
+                "DPP",
+                Some(0),
+                Sticky,
+                None,
+                true,
+                "lost, two others claim primary: NONE, no guess",
+            ),
+            (
+                "RSS",
+                None,
+                Sticky,
+                None,
+                false,
+                "a read-only primary takes no writes",
+            ),
+            (
+                "?SS",
+                None,
+                Sticky,
+                None,
+                false,
+                "a role never seen is not writable",
+            ),
+            (
+                "SSS",
+                Some(0),
+                Sticky,
+                None,
+                false,
+                "the written-to server became a standby",
+            ),
+            (
+                "USP",
+                Some(0),
+                Sticky,
+                Some(0),
+                false,
+                "restart: keep the published choice until a verdict",
+            ),
+        ];
+        for (spec, current, failback, want, ambiguous, what) in cases {
+            let d = decide(
+                &seen(spec),
+                (*current, None),
+                *failback,
+                false,
+                Writes::Primary,
+                Reads::Primary,
+            );
+            assert_eq!((d.write, d.ambiguous), (*want, *ambiguous), "{what}");
+            assert_eq!(d.read, d.write, "{what}: reads = primary follows writes");
+        }
+    }
+
+    #[test]
+    fn split_brain_is_noticed() {
+        let d = decide(
+            &seen("PPS"),
+            (Some(1), None),
+            Failback::Sticky,
+            false,
+            Writes::Primary,
+            Reads::Primary,
+        );
+        assert_eq!(d.primaries, [0, 1]);
+        let d = decide(
+            &seen("PSS"),
+            (Some(0), None),
+            Failback::Sticky,
+            false,
+            Writes::Primary,
+            Reads::Primary,
+        );
+        assert_eq!(d.primaries, [0]);
+    }
+
+    #[test]
+    fn read_policies() {
+        let read = |spec: &str, current: Option<usize>, reads: Reads| {
+            decide(
+                &seen(spec),
+                (Some(0), current),
+                Failback::Sticky,
+                false,
+                Writes::Primary,
+                reads,
+            )
+            .read
+        };
+        assert_eq!(read("PSS", None, Reads::PreferStandby), Some(1));
+        assert_eq!(
+            read("PSS", Some(2), Reads::PreferStandby),
+            Some(2),
+            "sticky while fit"
+        );
+        assert_eq!(read("PDS", Some(1), Reads::PreferStandby), Some(2));
+        assert_eq!(
+            read("PDD", None, Reads::PreferStandby),
+            Some(0),
+            "no standby: the primary"
+        );
+        assert_eq!(read("PSS", None, Reads::Any), Some(0));
+        assert_eq!(read("DSS", Some(2), Reads::Any), Some(2));
+        assert_eq!(read("PSS", Some(2), Reads::Primary), Some(0));
+    }
+
+    #[test]
+    fn writes_any_ignores_roles() {
+        let d = decide(
+            &seen("SPS"),
+            (None, None),
+            Failback::Sticky,
+            false,
+            Writes::Any,
+            Reads::Primary,
+        );
+        assert_eq!(d.write, Some(0));
     }
 }

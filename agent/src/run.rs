@@ -3,9 +3,8 @@
 //! with a heartbeat every `interval` whatever the probes are doing.
 
 use crate::config::{Config, Database};
-use crate::decide::Tracker;
-use crate::decide::{choose, Health};
-use crate::probe::{self, Outcome, Report};
+use crate::decide::{decide, Decision, Health, Seen, Tracker};
+use crate::probe::{self, Outcome, Report, Role};
 use crate::signals;
 use dbha_protocol::writer::{Opened, Publication, Settings, StateFile};
 use dbha_protocol::NONE;
@@ -44,6 +43,19 @@ struct Endpoint {
     db: Database,
     tracker: Tracker,
     last: Option<Outcome>,
+    /// Role and read-only flag from the last probe that could log in; kept through
+    /// a lost probe, forgotten when the endpoint goes down.
+    role: Option<(Role, bool)>,
+}
+
+impl Endpoint {
+    fn seen(&self) -> Seen {
+        Seen {
+            health: self.tracker.health,
+            role: self.role.map(|(r, _)| r),
+            read_only: self.role.is_some_and(|(_, ro)| ro),
+        }
+    }
 }
 
 const NONE_LOG_EVERY: Duration = Duration::from_secs(60);
@@ -53,14 +65,15 @@ struct Agent {
     config: Config,
     endpoints: Vec<Endpoint>,
     state: StateFile,
-    /// The active endpoint, an index into `endpoints`.
-    active: Option<usize>,
+    /// The write (active) and read endpoints, indexes into `endpoints`.
+    choice: (Option<usize>, Option<usize>),
     /// Dropping these stops the probe threads.
     probes: Vec<Sender<()>>,
     generation: u64,
     tx: Sender<Event>,
     last_none_log: Option<Instant>,
-    /// Until then, first verdicts may still be pending (see [`choose`]).
+    last_conflict_log: Option<Instant>,
+    /// Until then, first verdicts may still be pending (see [`crate::decide::choose`]).
     settle_until: Instant,
 }
 
@@ -91,6 +104,7 @@ fn endpoints(config: &Config) -> Vec<Endpoint> {
             db: db.clone(),
             tracker: Tracker::new(db.rise, db.fall),
             last: None,
+            role: None,
         })
         .collect()
 }
@@ -130,11 +144,13 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
     .map_err(|e| StartError(e.to_string()))?;
     let endpoints = endpoints(&config);
     // A reused file keeps its published decision until the probes have a verdict.
-    let active = match opened {
-        Opened::Reused => {
-            Some(state.values().write_index as usize).filter(|&i| i < endpoints.len())
-        }
-        _ => None,
+    let index = |i: u32| Some(i as usize).filter(|&i| i < endpoints.len());
+    let choice = match opened {
+        Opened::Reused => (
+            index(state.values().write_index),
+            index(state.values().read_index),
+        ),
+        _ => (None, None),
     };
     info!(
         "state file {} {} (epoch {}, config generation {}), {} databases, interval {:?}, failback {:?}",
@@ -156,11 +172,12 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
         config,
         endpoints,
         state,
-        active,
+        choice,
         probes: Vec::new(),
         generation: 0,
         tx,
         last_none_log: None,
+        last_conflict_log: None,
         settle_until,
     };
     agent.start_probes();
@@ -238,6 +255,11 @@ impl Agent {
                 _ => {}
             }
         }
+        match (&r.outcome, e.tracker.health) {
+            (Ok(up), _) => e.role = up.role.map(|role| (role, up.read_only)),
+            (Err(_), Health::Down) => e.role = None,
+            _ => {}
+        }
         e.last = Some(r.outcome);
     }
 
@@ -246,41 +268,77 @@ impl Agent {
             .map_or("NONE", |e| e.db.alias.as_str())
     }
 
-    fn publication(&self) -> Publication {
-        let health_mask = self
-            .endpoints
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| e.tracker.health == Health::Up)
-            .fold(0u64, |m, (i, _)| m | 1 << i);
-        let index = self.active.map_or(NONE, |i| i as u32);
+    fn publication(&self, conflict: bool) -> Publication {
+        let mask = |f: &dyn Fn(&Endpoint) -> bool| {
+            self.endpoints
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.tracker.health == Health::Up && f(e))
+                .fold(0u64, |m, (i, _)| m | 1 << i)
+        };
+        let index = |i: Option<usize>| i.map_or(NONE, |i| i as u32);
         Publication {
-            write_index: index,
-            read_index: index,
-            health_mask,
-            ..Publication::NOTHING
+            write_index: index(self.choice.0),
+            read_index: index(self.choice.1),
+            health_mask: mask(&|_| true),
+            primary_mask: mask(&|e| e.seen().role == Some(Role::Primary)),
+            standby_mask: mask(&|e| e.seen().role == Some(Role::Standby)),
+            conflict,
         }
+    }
+
+    fn decide(
+        &self,
+        config: &Config,
+        endpoints: &[Endpoint],
+        current: (Option<usize>, Option<usize>),
+        settling: bool,
+    ) -> Decision {
+        let seen: Vec<Seen> = endpoints.iter().map(Endpoint::seen).collect();
+        decide(
+            &seen,
+            current,
+            config.failback,
+            settling,
+            config.writes,
+            config.reads,
+        )
     }
 
     /// Decides, and publishes the decision with a fresh heartbeat.
     fn publish(&mut self) {
-        let health: Vec<Health> = self.endpoints.iter().map(|e| e.tracker.health).collect();
-        let before = self.active;
+        let before = self.choice;
         let settling = Instant::now() < self.settle_until;
-        self.active = choose(&health, before, self.config.failback, settling);
-        if let Some(epoch) = self.state.publish(&self.publication()) {
-            info!(
-                "active: {} -> {} (epoch {epoch})",
-                self.alias(before),
-                self.alias(self.active)
-            );
+        let d = self.decide(&self.config, &self.endpoints, before, settling);
+        self.choice = (d.write, d.read);
+        let conflict = d.primaries.len() > 1;
+        if let Some(epoch) = self.state.publish(&self.publication(conflict)) {
+            if d.write != before.0 {
+                info!(
+                    "active: {} -> {} (epoch {epoch})",
+                    self.alias(before.0),
+                    self.alias(d.write)
+                );
+            }
+            if d.read != before.1 && d.read != d.write {
+                info!(
+                    "read: {} -> {} (epoch {epoch})",
+                    self.alias(before.1),
+                    self.alias(d.read)
+                );
+            }
         }
+        self.log_conflict(&d);
         // Only once every endpoint has a verdict: a fresh agent is not in trouble.
-        if self.active.is_none() && health.iter().all(|h| *h == Health::Down) {
-            let due = self
+        let all_down = self
+            .endpoints
+            .iter()
+            .all(|e| e.tracker.health == Health::Down);
+        if d.write.is_none() && all_down {
+            if self
                 .last_none_log
-                .is_none_or(|t| t.elapsed() >= NONE_LOG_EVERY);
-            if due {
+                .is_none_or(|t| t.elapsed() >= NONE_LOG_EVERY)
+            {
                 let why: Vec<String> = self
                     .endpoints
                     .iter()
@@ -292,9 +350,37 @@ impl Agent {
                 error!("no healthy database, publishing NONE ({})", why.join("; "));
                 self.last_none_log = Some(Instant::now());
             }
-        } else if self.active.is_some() {
+        } else if d.write.is_some() {
             self.last_none_log = None;
         }
+    }
+
+    /// Split brain and refused guesses: an error at most once a minute.
+    fn log_conflict(&mut self, d: &Decision) {
+        if d.primaries.len() < 2 && !d.ambiguous {
+            self.last_conflict_log = None;
+            return;
+        }
+        if self
+            .last_conflict_log
+            .is_some_and(|t| t.elapsed() < NONE_LOG_EVERY)
+        {
+            return;
+        }
+        let names: Vec<&str> = d.primaries.iter().map(|&i| self.alias(Some(i))).collect();
+        if d.ambiguous {
+            error!(
+                "the write database is lost and {} all claim to be primary: publishing NONE for writes rather than guess",
+                names.join(", ")
+            );
+        } else {
+            error!(
+                "split brain: {} all claim to be primary; writes stay on {} (conflict flag set)",
+                names.join(", "),
+                self.alias(d.write)
+            );
+        }
+        self.last_conflict_log = Some(Instant::now());
     }
 
     fn reload(&mut self) {
@@ -327,20 +413,27 @@ impl Agent {
                 e.last = old.last.clone();
             }
         }
-        let before = self.alias(self.active).to_owned();
-        let kept = self.active.and_then(|i| {
-            endpoints
-                .iter()
-                .position(|e| e.db.alias == self.endpoints[i].db.alias)
-        });
-        let health: Vec<Health> = endpoints.iter().map(|e| e.tracker.health).collect();
-        let active = choose(&health, kept, new.failback, true);
+        let before = self.alias(self.choice.0).to_owned();
+        let kept = |i: Option<usize>| {
+            i.and_then(|i| {
+                endpoints
+                    .iter()
+                    .position(|e| e.db.alias == self.endpoints[i].db.alias)
+            })
+        };
+        let d = self.decide(
+            &new,
+            &endpoints,
+            (kept(self.choice.0), kept(self.choice.1)),
+            true,
+        );
         let old_endpoints = std::mem::replace(&mut self.endpoints, endpoints);
-        let old_active = std::mem::replace(&mut self.active, active);
-        match self
-            .state
-            .reconfigure(&new.aliases(), settings(&new), &self.publication())
-        {
+        let old_choice = std::mem::replace(&mut self.choice, (d.write, d.read));
+        match self.state.reconfigure(
+            &new.aliases(),
+            settings(&new),
+            &self.publication(d.primaries.len() > 1),
+        ) {
             Ok(opened) => {
                 info!(
                     "configuration reloaded from {path}: {} databases, state file {} (config generation {})",
@@ -351,7 +444,7 @@ impl Agent {
                 self.settle_until = Instant::now() + settle_time(&new);
                 self.config = new;
                 self.start_probes();
-                let after = self.alias(self.active).to_owned();
+                let after = self.alias(self.choice.0).to_owned();
                 if opened == Opened::Replaced && before != after {
                     info!(
                         "active: {before} -> {after} (epoch {})",
@@ -362,7 +455,7 @@ impl Agent {
             }
             Err(e) => {
                 self.endpoints = old_endpoints;
-                self.active = old_active;
+                self.choice = old_choice;
                 error!("reload rejected, keeping the running configuration: {e}");
             }
         }

@@ -14,8 +14,11 @@ use std::time::{Duration, Instant};
 pub enum Reply {
     /// AuthenticationMD5Password: a live server asking for a password.
     AuthMd5,
-    /// AuthenticationOk (trust), then waits for Terminate.
+    /// AuthenticationOk (trust), `in_hot_standby` = off, ReadyForQuery; then waits
+    /// for Terminate: a primary.
     AuthOk,
+    /// As AuthOk with `in_hot_standby` = on: a standby.
+    AuthOkStandby,
     /// FATAL ErrorResponse with this SQLSTATE (57P03: not ready; 28000: no such role).
     Error(&'static str),
     /// Bytes that are not PostgreSQL.
@@ -34,7 +37,22 @@ fn message(tag: u8, body: &[u8]) -> Vec<u8> {
 fn reply_bytes(r: Reply) -> Vec<u8> {
     match r {
         Reply::AuthMd5 => message(b'R', &[0, 0, 0, 5, 0x11, 0x22, 0x33, 0x44]),
-        Reply::AuthOk => message(b'R', &[0, 0, 0, 0]),
+        Reply::AuthOk | Reply::AuthOkStandby => {
+            let standby = if r == Reply::AuthOkStandby {
+                "on"
+            } else {
+                "off"
+            };
+            let mut m = message(b'R', &[0, 0, 0, 0]);
+            for (k, v) in [
+                ("in_hot_standby", standby),
+                ("default_transaction_read_only", "off"),
+            ] {
+                m.extend(message(b'S', format!("{k}\0{v}\0").as_bytes()));
+            }
+            m.extend(message(b'Z', b"I"));
+            m
+        }
         Reply::Error(code) => {
             let mut body = Vec::new();
             for (t, v) in [(b'S', "FATAL"), (b'C', code), (b'M', "fake server refuses")] {

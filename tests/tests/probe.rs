@@ -2,7 +2,7 @@
 //! and plain listeners.
 
 use dbha_agent::config::{Check, Database};
-use dbha_agent::probe::{probe, Failure};
+use dbha_agent::probe::{probe, Failure, Role, Up};
 use dbha_tests::fakepg::{FakePg, Reply};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -19,6 +19,8 @@ fn db(port: u16, check: Check, timeout_ms: u64) -> Database {
         fall: 1,
         user: "postgres".into(),
         dbname: "postgres".into(),
+        password: None,
+        password_source: None,
     }
 }
 
@@ -57,7 +59,11 @@ fn postgres_replies_are_classified_as_pg_isready_does() {
 #[test]
 fn a_session_opened_by_trust_is_closed_with_terminate() {
     let server = FakePg::start(Reply::AuthOk);
-    assert_eq!(probe(&db(server.port, Check::Postgres, 500)), Ok(()));
+    let primary = Up {
+        role: Some(Role::Primary),
+        read_only: false,
+    };
+    assert_eq!(probe(&db(server.port, Check::Postgres, 500)), Ok(primary));
     let deadline = Instant::now() + Duration::from_secs(5);
     while server.terminates.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
@@ -66,9 +72,22 @@ fn a_session_opened_by_trust_is_closed_with_terminate() {
 }
 
 #[test]
+fn a_trust_session_reads_the_standby_role() {
+    let server = FakePg::start(Reply::AuthOkStandby);
+    let up = probe(&db(server.port, Check::Postgres, 500)).unwrap();
+    assert_eq!(up.role, Some(Role::Standby));
+}
+
+#[test]
 fn tcp_check_accepts_any_listener_and_sees_a_refusal() {
     let server = FakePg::start(Reply::Silent);
-    assert_eq!(probe(&db(server.port, Check::Tcp, 300)), Ok(()));
+    assert_eq!(
+        probe(&db(server.port, Check::Tcp, 300)),
+        Ok(Up {
+            role: None,
+            read_only: false
+        })
+    );
     assert_eq!(
         probe(&db(free_port(), Check::Tcp, 300)),
         Err(Failure::Refused)

@@ -25,6 +25,10 @@ pub enum Failure {
     NotReady(String),
     /// Something answered that is not PostgreSQL.
     NotPostgres(String),
+    /// The server rejected the configured credentials (28P01, 28000).
+    AuthFailed(String),
+    /// The server refused the session for another reason (unknown database, ...).
+    Rejected(String),
     /// Another network error.
     Io(String),
 }
@@ -38,13 +42,33 @@ impl fmt::Display for Failure {
             Failure::Closed => f.write_str("connection closed before any answer"),
             Failure::NotReady(m) => write!(f, "not ready (57P03: {m})"),
             Failure::NotPostgres(m) => write!(f, "not a PostgreSQL server ({m})"),
+            Failure::AuthFailed(m) => write!(f, "authentication failed: {m}"),
+            Failure::Rejected(m) => write!(f, "session refused: {m}"),
             Failure::Io(e) => f.write_str(e),
         }
     }
 }
 
+/// A server's role, as seen by a probe that could log in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Not in recovery: accepts writes (unless read_only).
+    Primary,
+    /// In recovery (a streaming or archive standby).
+    Standby,
+}
+
+/// What a successful probe learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Up {
+    /// None when the check could not log in (tcp check, or no credentials).
+    pub role: Option<Role>,
+    /// `default_transaction_read_only` is on.
+    pub read_only: bool,
+}
+
 /// The result of one probe.
-pub type Outcome = Result<(), Failure>;
+pub type Outcome = Result<Up, Failure>;
 
 /// One probe result, as sent to the decision loop.
 #[derive(Debug)]
@@ -60,8 +84,11 @@ pub fn probe(db: &Database) -> Outcome {
     let deadline = Instant::now() + db.timeout;
     let stream = tcp::connect(&db.host, db.port, deadline, db.timeout)?;
     match db.check {
-        Check::Tcp => Ok(()),
-        Check::Postgres => postgres::check(stream, deadline, db.timeout, &db.user, &db.dbname),
+        Check::Tcp => Ok(Up {
+            role: None,
+            read_only: false,
+        }),
+        Check::Postgres => postgres::check(stream, deadline, db.timeout, db),
     }
 }
 

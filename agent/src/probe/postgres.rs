@@ -1,12 +1,18 @@
-//! The `postgres` check, as `pg_isready` does it: a startup message without
-//! credentials, and a verdict from the first reply. An authentication request or an
-//! ordinary error means the server accepts connections; SQLSTATE 57P03 (starting up,
-//! shutting down, in recovery without hot standby) means not ready; anything else,
-//! or silence until the deadline, means down. Messages are encoded and decoded with
-//! `postgres-protocol`.
+//! The `postgres` check. Without credentials it is `pg_isready`: a startup message
+//! and a verdict from the first reply (an authentication request or an ordinary
+//! error means the server accepts connections; SQLSTATE 57P03 means not ready;
+//! anything else, or silence, means down). When the server opens a session (trust,
+//! or a password from the configuration: md5 or SCRAM-SHA-256), the check also reads
+//! the server's role: `in_hot_standby` from the startup ParameterStatus messages
+//! (PostgreSQL 14+), else `SELECT pg_is_in_recovery()`; and
+//! `default_transaction_read_only`. Messages and authentication go through
+//! `postgres-protocol`; no hand-written crypto.
 
-use super::{Failure, Outcome};
+use super::{Failure, Outcome, Role, Up};
+use crate::config::Database;
 use bytes::BytesMut;
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::authentication::{md5_hash, sasl};
 use postgres_protocol::message::backend::{ErrorFields, Message};
 use postgres_protocol::message::frontend;
 use std::io::{self, Read, Write};
@@ -16,73 +22,75 @@ use std::time::{Duration, Instant};
 /// Replies longer than this are not a startup reply: not PostgreSQL.
 const MAX_REPLY: usize = 64 * 1024;
 
-pub fn check(
-    mut stream: TcpStream,
+struct Session {
+    stream: TcpStream,
+    buf: BytesMut,
     deadline: Instant,
     timeout: Duration,
-    user: &str,
-    dbname: &str,
-) -> Outcome {
-    let io_failure = |e: io::Error| match e.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Failure::Timeout(timeout),
-        io::ErrorKind::UnexpectedEof => Failure::Closed,
-        _ => Failure::Io(format!("PostgreSQL handshake: {e}")),
-    };
-    let mut out = BytesMut::new();
-    frontend::startup_message(
-        [
-            ("user", user),
-            ("database", dbname),
-            ("application_name", "dbha-agent"),
-        ],
-        &mut out,
-    )
-    .map_err(|e| Failure::Io(format!("encoding the startup message: {e}")))?;
-    stream
-        .set_write_timeout(Some(left(deadline, timeout)?))
-        .map_err(io_failure)?;
-    stream.write_all(&out).map_err(io_failure)?;
+    /// Whether a message other than the first has been read (the early "is this
+    /// PostgreSQL at all" judgement applies to the first reply only).
+    started: bool,
+}
 
-    let mut buf = BytesMut::new();
-    let mut chunk = [0u8; 4096];
-    let verdict = loop {
-        match Message::parse(&mut buf) {
-            Ok(Some(msg)) => break classify(msg),
-            Ok(None) => {}
-            Err(e) => break Err(Failure::NotPostgres(e.to_string())),
+impl Session {
+    fn io_failure(&self, e: io::Error) -> Failure {
+        match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Failure::Timeout(self.timeout),
+            io::ErrorKind::UnexpectedEof => Failure::Closed,
+            _ => Failure::Io(format!("PostgreSQL handshake: {e}")),
         }
-        if let Some(f) = implausible(&buf) {
-            break Err(f);
-        }
-        let wait = match left(deadline, timeout) {
-            Ok(w) => w,
-            Err(f) => break Err(f),
-        };
-        if let Err(e) = stream.set_read_timeout(Some(wait)) {
-            break Err(io_failure(e));
-        }
-        match stream.read(&mut chunk) {
-            Ok(0) if buf.is_empty() => break Err(Failure::Closed),
-            Ok(0) => {
-                break Err(Failure::NotPostgres(
-                    "closed in the middle of a message".into(),
-                ))
-            }
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => break Err(io_failure(e)),
-        }
-    };
-    // Politely: after AuthenticationOk a session exists, so say goodbye; otherwise
-    // just close, which the server takes silently during authentication, exactly as
-    // it does for pg_isready.
-    if verdict.as_ref().is_ok_and(|authenticated| *authenticated) {
-        let mut bye = BytesMut::new();
-        frontend::terminate(&mut bye);
-        let _ = stream.write_all(&bye);
     }
-    let _ = stream.shutdown(Shutdown::Both);
-    verdict.map(|_| ())
+
+    fn left(&self) -> Result<Duration, Failure> {
+        let d = self.deadline.saturating_duration_since(Instant::now());
+        if d.is_zero() {
+            Err(Failure::Timeout(self.timeout))
+        } else {
+            Ok(d)
+        }
+    }
+
+    fn send(&mut self, msg: &BytesMut) -> Result<(), Failure> {
+        let wait = self.left()?;
+        self.stream
+            .set_write_timeout(Some(wait))
+            .map_err(|e| self.io_failure(e))?;
+        self.stream.write_all(msg).map_err(|e| self.io_failure(e))
+    }
+
+    fn recv(&mut self) -> Result<Message, Failure> {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match Message::parse(&mut self.buf) {
+                Ok(Some(msg)) => {
+                    self.started = true;
+                    return Ok(msg);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(Failure::NotPostgres(e.to_string())),
+            }
+            if !self.started {
+                if let Some(f) = implausible(&self.buf) {
+                    return Err(f);
+                }
+            }
+            let wait = self.left()?;
+            self.stream
+                .set_read_timeout(Some(wait))
+                .map_err(|e| self.io_failure(e))?;
+            match self.stream.read(&mut chunk) {
+                Ok(0) if self.buf.is_empty() => return Err(Failure::Closed),
+                Ok(0) => {
+                    return Err(Failure::NotPostgres(
+                        "closed in the middle of a message".into(),
+                    ))
+                }
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.io_failure(e)),
+            }
+        }
+    }
 }
 
 /// A server's first reply to a startup message is an authentication request ('R'),
@@ -100,50 +108,187 @@ fn implausible(buf: &[u8]) -> Option<Failure> {
     (!(4..=MAX_REPLY).contains(&len)).then(|| Failure::NotPostgres(format!("reply length {len}")))
 }
 
-fn left(deadline: Instant, timeout: Duration) -> Result<Duration, Failure> {
-    let d = deadline.saturating_duration_since(Instant::now());
-    if d.is_zero() {
-        Err(Failure::Timeout(timeout))
-    } else {
-        Ok(d)
-    }
+fn encode(f: impl FnOnce(&mut BytesMut) -> io::Result<()>) -> Result<BytesMut, Failure> {
+    let mut buf = BytesMut::new();
+    f(&mut buf).map_err(|e| Failure::Io(format!("encoding a message: {e}")))?;
+    Ok(buf)
 }
 
-/// The verdict on the first reply: Ok(true) when a session was opened (trust
-/// authentication), Ok(false) when the server asked for credentials or refused with
-/// an ordinary error.
-fn classify(msg: Message) -> Result<bool, Failure> {
-    match msg {
-        Message::AuthenticationOk => Ok(true),
-        Message::AuthenticationCleartextPassword
-        | Message::AuthenticationMd5Password(_)
-        | Message::AuthenticationSasl(_)
-        | Message::AuthenticationGss
+pub fn check(stream: TcpStream, deadline: Instant, timeout: Duration, db: &Database) -> Outcome {
+    let mut s = Session {
+        stream,
+        buf: BytesMut::new(),
+        deadline,
+        timeout,
+        started: false,
+    };
+    let verdict = converse(&mut s, db);
+    // Politely: a session that exists gets Terminate; otherwise just close, which
+    // the server takes silently during authentication, as it does for pg_isready.
+    if verdict.as_ref().is_ok_and(|(_, session)| *session) {
+        if let Ok(bye) = encode(|b| {
+            frontend::terminate(b);
+            Ok(())
+        }) {
+            let _ = s.stream.write_all(&bye);
+        }
+    }
+    let _ = s.stream.shutdown(Shutdown::Both);
+    verdict.map(|(up, _)| up)
+}
+
+/// The verdict, and whether a session was opened.
+fn converse(s: &mut Session, db: &Database) -> Result<(Up, bool), Failure> {
+    let startup = encode(|b| {
+        frontend::startup_message(
+            [
+                ("user", db.user.as_str()),
+                ("database", db.dbname.as_str()),
+                ("application_name", "dbha-agent"),
+            ],
+            b,
+        )
+    })?;
+    s.send(&startup)?;
+    let unknown = Up {
+        role: None,
+        read_only: false,
+    };
+    let password = db.password.as_ref().map(|p| p.expose().as_bytes());
+    match s.recv()? {
+        Message::AuthenticationOk => {}
+        Message::AuthenticationMd5Password(body) => {
+            let Some(pw) = password else {
+                return Ok((unknown, false));
+            };
+            let hash = md5_hash(db.user.as_bytes(), pw, body.salt());
+            s.send(&encode(|b| frontend::password_message(hash.as_bytes(), b))?)?;
+            expect_auth_ok(s, db)?;
+        }
+        Message::AuthenticationCleartextPassword => {
+            let Some(pw) = password else {
+                return Ok((unknown, false));
+            };
+            s.send(&encode(|b| frontend::password_message(pw, b))?)?;
+            expect_auth_ok(s, db)?;
+        }
+        Message::AuthenticationSasl(body) => {
+            let Some(pw) = password else {
+                return Ok((unknown, false));
+            };
+            let mut mechanisms = body.mechanisms();
+            let mut scram = false;
+            while let Ok(Some(m)) = mechanisms.next() {
+                scram |= m == sasl::SCRAM_SHA_256;
+            }
+            if !scram {
+                return Err(Failure::Rejected(
+                    "the server offers no SCRAM-SHA-256 authentication".into(),
+                ));
+            }
+            let mut client = sasl::ScramSha256::new(pw, sasl::ChannelBinding::unsupported());
+            s.send(&encode(|b| {
+                frontend::sasl_initial_response(sasl::SCRAM_SHA_256, client.message(), b)
+            })?)?;
+            match s.recv()? {
+                Message::AuthenticationSaslContinue(body) => client
+                    .update(body.data())
+                    .map_err(|e| Failure::Rejected(format!("SCRAM exchange: {e}")))?,
+                Message::ErrorResponse(body) => return Err(server_error(body.fields(), db)),
+                _ => return Err(Failure::NotPostgres("unexpected reply during SCRAM".into())),
+            }
+            s.send(&encode(|b| frontend::sasl_response(client.message(), b))?)?;
+            match s.recv()? {
+                Message::AuthenticationSaslFinal(body) => client
+                    .finish(body.data())
+                    .map_err(|e| Failure::Rejected(format!("SCRAM server signature: {e}")))?,
+                Message::ErrorResponse(body) => return Err(server_error(body.fields(), db)),
+                _ => return Err(Failure::NotPostgres("unexpected reply during SCRAM".into())),
+            }
+            expect_auth_ok(s, db)?;
+        }
+        Message::ErrorResponse(body) => {
+            let f = server_error(body.fields(), db);
+            // Without credentials an ordinary refusal still shows a live server,
+            // which is all pg_isready asks; with them, the refusal is the verdict.
+            return match f {
+                Failure::NotReady(_) => Err(f),
+                _ if db.password.is_none() => Ok((unknown, false)),
+                _ => Err(f),
+            };
+        }
+        // Kerberos, GSS, SSPI: alive, but dbha cannot log in to learn the role.
+        Message::AuthenticationGss
         | Message::AuthenticationSspi
         | Message::AuthenticationKerberosV5
-        | Message::AuthenticationScmCredential
-        | Message::AuthenticationGssContinue(_)
-        | Message::AuthenticationSaslContinue(_)
-        | Message::AuthenticationSaslFinal(_) => Ok(false),
-        Message::ErrorResponse(body) => {
-            let (code, message) = error_fields(body.fields());
-            if code == "57P03" {
-                Err(Failure::NotReady(message))
-            } else {
-                // Wrong role, unknown database, pg_hba rejection: the server is up
-                // and answering, which is all this check asks.
-                Ok(false)
-            }
+        | Message::AuthenticationScmCredential => return Ok((unknown, false)),
+        _ => return Err(Failure::NotPostgres("unexpected first reply".into())),
+    }
+    // A session: collect the parameters up to ReadyForQuery.
+    let (mut hot_standby, mut read_only) = (None, false);
+    loop {
+        match s.recv()? {
+            Message::ParameterStatus(p) => match (p.name(), p.value()) {
+                (Ok("in_hot_standby"), Ok(v)) => hot_standby = Some(v == "on"),
+                (Ok("default_transaction_read_only"), Ok(v)) => read_only = v == "on",
+                _ => {}
+            },
+            Message::ReadyForQuery(_) => break,
+            Message::ErrorResponse(body) => return Err(server_error(body.fields(), db)),
+            _ => {}
         }
-        other => Err(Failure::NotPostgres(format!(
-            "unexpected first reply {}",
-            message_name(&other)
-        ))),
+    }
+    let in_recovery = match hot_standby {
+        Some(v) => v,
+        // Before PostgreSQL 14 the server does not report it: ask.
+        None => query_bool(s, db, "SELECT pg_is_in_recovery()")?,
+    };
+    let role = if in_recovery {
+        Role::Standby
+    } else {
+        Role::Primary
+    };
+    Ok((
+        Up {
+            role: Some(role),
+            read_only,
+        },
+        true,
+    ))
+}
+
+fn expect_auth_ok(s: &mut Session, db: &Database) -> Result<(), Failure> {
+    match s.recv()? {
+        Message::AuthenticationOk => Ok(()),
+        Message::ErrorResponse(body) => Err(server_error(body.fields(), db)),
+        _ => Err(Failure::NotPostgres(
+            "unexpected reply to the password".into(),
+        )),
     }
 }
 
-fn error_fields(mut fields: ErrorFields<'_>) -> (String, String) {
-    use fallible_iterator::FallibleIterator;
+fn query_bool(s: &mut Session, db: &Database, sql: &str) -> Result<bool, Failure> {
+    s.send(&encode(|b| frontend::query(sql, b))?)?;
+    let mut value = None;
+    loop {
+        match s.recv()? {
+            Message::DataRow(row) => {
+                let mut ranges = row.ranges();
+                if let Ok(Some(Some(r))) = ranges.next() {
+                    value = row.buffer().get(r).map(|v| v == b"t");
+                }
+            }
+            Message::ReadyForQuery(_) => break,
+            Message::ErrorResponse(body) => return Err(server_error(body.fields(), db)),
+            _ => {}
+        }
+    }
+    value.ok_or_else(|| Failure::Rejected(format!("{sql} returned no value")))
+}
+
+/// An ErrorResponse as a probe failure: 57P03 is "not ready"; invalid password or
+/// authorization is an authentication failure; anything else a refusal.
+fn server_error(mut fields: ErrorFields<'_>, db: &Database) -> Failure {
     let (mut code, mut message) = (String::new(), String::new());
     while let Ok(Some(f)) = fields.next() {
         let value = String::from_utf8_lossy(f.value_bytes()).into_owned();
@@ -153,15 +298,9 @@ fn error_fields(mut fields: ErrorFields<'_>) -> (String, String) {
             _ => {}
         }
     }
-    (code, message)
-}
-
-fn message_name(m: &Message) -> &'static str {
-    match m {
-        Message::ParameterStatus(_) => "ParameterStatus",
-        Message::ReadyForQuery(_) => "ReadyForQuery",
-        Message::NoticeResponse(_) => "NoticeResponse",
-        Message::BackendKeyData(_) => "BackendKeyData",
-        _ => "message",
+    match code.as_str() {
+        "57P03" => Failure::NotReady(message),
+        "28P01" | "28000" => Failure::AuthFailed(format!("{message} (user {:?})", db.user)),
+        _ => Failure::Rejected(format!("{code}: {message}")),
     }
 }
