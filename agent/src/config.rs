@@ -59,6 +59,12 @@ pub enum Reads {
 pub struct Secret(String);
 
 impl Secret {
+    /// A password given in code (tests, tools); configurations read it from a file
+    /// or the environment.
+    pub fn new(password: &str) -> Option<Secret> {
+        (!password.is_empty()).then(|| Secret(password.to_owned()))
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }

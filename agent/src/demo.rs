@@ -360,9 +360,9 @@ fn start_endpoints(
                     let pg_root = pg_root.clone();
                     std::thread::spawn(move || -> Result<Cluster, String> {
                         let port = pg::free_port("127.0.0.1").map_err(|e| e.to_string())?;
-                        let c = Cluster::init(&install, &pg_root, alias, "127.0.0.1", port)
+                        let mut c = Cluster::init(&install, &pg_root, alias, "127.0.0.1", port)
                             .map_err(|e| e.to_string())?;
-                        c.start().map_err(|e| e.to_string())?;
+                        c.start_on_free_port().map_err(|e| e.to_string())?;
                         Ok(c)
                     })
                 })

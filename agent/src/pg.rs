@@ -126,9 +126,28 @@ fn check(what: &str, out: io::Result<Output>) -> io::Result<Output> {
     }
 }
 
-/// A free TCP port on `host` (bound and released: good enough on loopback).
+/// A free TCP port on `host`, below the kernel's ephemeral range: ports handed out
+/// by `bind(0)` come from that range, where any outgoing connection (the agent's
+/// probes among them) may take the port before the server binds it.
 pub fn free_port(host: &str) -> io::Result<u16> {
-    Ok(TcpListener::bind((host, 0))?.local_addr()?.port())
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (lo, hi) = (10_000u32, ephemeral_start.max(10_100));
+    let span = hi - lo;
+    let seed = std::process::id().wrapping_mul(2_654_435_761) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (lo + (seed + n.wrapping_mul(7919)) % span) as u16;
+        if TcpListener::bind((host, port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(io::Error::other(format!(
+        "no free port on {host} between {lo} and {hi}"
+    )))
 }
 
 /// A scratch directory removed (with everything in it) when dropped.
@@ -194,6 +213,20 @@ impl Cluster {
         host: &str,
         port: u16,
     ) -> io::Result<Cluster> {
+        Cluster::init_with_auth(install, root, name, host, port, "trust")
+    }
+
+    /// As [`Cluster::init`], with `auth` ("trust", "md5" or "scram-sha-256") for TCP
+    /// connections; passwords are stored with the same method. Local (Unix socket)
+    /// connections, which the harness uses for administration, stay trusted.
+    pub fn init_with_auth(
+        install: &Install,
+        root: &Path,
+        name: &str,
+        host: &str,
+        port: u16,
+        auth: &str,
+    ) -> io::Result<Cluster> {
         install.own_dir(root)?;
         let dir = root.join(name);
         install.own_dir(&dir)?;
@@ -204,14 +237,71 @@ impl Cluster {
                 .command("initdb")
                 .current_dir(&dir)
                 .args([
-                    "--auth=trust",
+                    "--auth-local=trust",
                     "--username=postgres",
                     "--encoding=UTF8",
                     "--locale=C",
                     "--no-sync",
                     "--no-instructions",
-                    "-D",
                 ])
+                .arg(format!("--auth-host={auth}"))
+                .arg("-D")
+                .arg(&data_dir)
+                .output(),
+        )?;
+        let mut settings = Cluster::default_settings();
+        if auth != "trust" {
+            settings.push(format!("password_encryption={auth}"));
+        }
+        Ok(Cluster {
+            name: name.to_owned(),
+            host: host.to_owned(),
+            port,
+            log_file: dir.join("server.log"),
+            socket_dir: dir,
+            data_dir,
+            install: install.clone(),
+            settings,
+        })
+    }
+
+    fn default_settings() -> Vec<String> {
+        // fsync=off is safe against the crashes tests cause (a server killed, not the
+        // machine: the page cache survives). synchronous_commit stays on: with it off
+        // an immediate stop loses acknowledged commits.
+        [
+            "fsync=off",
+            "full_page_writes=off",
+            "shared_buffers=16MB",
+            "max_connections=30",
+            "log_connections=off",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    /// A streaming standby of `primary` (`pg_basebackup -R`) in `root/name`, not
+    /// started yet.
+    pub fn standby_of(
+        primary: &Cluster,
+        root: &Path,
+        name: &str,
+        host: &str,
+        port: u16,
+    ) -> io::Result<Cluster> {
+        let install = &primary.install;
+        install.own_dir(root)?;
+        let dir = root.join(name);
+        install.own_dir(&dir)?;
+        let data_dir = dir.join("data");
+        check(
+            &format!("pg_basebackup for {name}"),
+            install
+                .command("pg_basebackup")
+                .current_dir(&dir)
+                .args(["-R", "-X", "stream", "--no-sync", "-U", "postgres", "-h"])
+                .arg(&primary.socket_dir)
+                .args(["-p", &primary.port.to_string(), "-D"])
                 .arg(&data_dir)
                 .output(),
         )?;
@@ -223,17 +313,22 @@ impl Cluster {
             socket_dir: dir,
             data_dir,
             install: install.clone(),
-            // fsync=off is safe against the crashes tests cause (a server killed,
-            // not the machine: the page cache survives). synchronous_commit stays on:
-            // with it off an immediate stop loses acknowledged commits.
-            settings: vec![
-                "fsync=off".into(),
-                "full_page_writes=off".into(),
-                "shared_buffers=16MB".into(),
-                "max_connections=30".into(),
-                "log_connections=off".into(),
-            ],
+            settings: primary.settings.clone(),
         })
+    }
+
+    /// Promotes a standby to primary and waits until it is done.
+    pub fn promote(&self) -> io::Result<()> {
+        check(
+            &format!("pg_ctl promote for {}", self.name),
+            self.install
+                .command("pg_ctl")
+                .current_dir(&self.socket_dir)
+                .args(["promote", "-w", "-t", "60", "-D"])
+                .arg(&self.data_dir)
+                .output(),
+        )
+        .map(drop)
     }
 
     /// Starts the server and waits until it accepts connections.
@@ -263,6 +358,25 @@ impl Cluster {
                 .output(),
         )
         .map(drop)
+    }
+
+    /// Starts the server; if its port was taken meanwhile (the log says so), moves
+    /// it to another free port and tries again, a few times.
+    pub fn start_on_free_port(&mut self) -> io::Result<()> {
+        let mut tries = 0;
+        loop {
+            match self.start() {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    let log = std::fs::read_to_string(&self.log_file).unwrap_or_default();
+                    tries += 1;
+                    if tries == 5 || !log.contains("Address already in use") {
+                        return Err(io::Error::other(format!("{e}\nserver log:\n{log}")));
+                    }
+                    self.port = free_port(&self.host)?;
+                }
+            }
+        }
     }
 
     /// Stops the server and waits until it is gone (no-op if it is not running).
@@ -364,16 +478,21 @@ impl Cluster {
     /// `psql` connected to this server as `postgres`, running `sql`.
     fn psql_command(&self, flags: &[&str], sql: &str) -> Command {
         let mut c = self.install.command("psql");
-        c.arg("-X").args(flags).arg("-h").arg(&self.host).args([
-            "-p",
-            &self.port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-c",
-            sql,
-        ]);
+        // The Unix socket: trusted whatever the TCP authentication is.
+        c.arg("-X")
+            .args(flags)
+            .arg("-h")
+            .arg(&self.socket_dir)
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-c",
+                sql,
+            ]);
         c
     }
 

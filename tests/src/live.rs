@@ -34,9 +34,9 @@ impl Live {
                 let (install, root, name) = (install.clone(), root.clone(), name.to_string());
                 std::thread::spawn(move || -> Result<Cluster, String> {
                     let port = pg::free_port("127.0.0.1").map_err(|e| e.to_string())?;
-                    let c = Cluster::init(&install, &root, &name, "127.0.0.1", port)
+                    let mut c = Cluster::init(&install, &root, &name, "127.0.0.1", port)
                         .map_err(|e| e.to_string())?;
-                    c.start().map_err(|e| e.to_string())?;
+                    c.start_on_free_port().map_err(|e| e.to_string())?;
                     Ok(c)
                 })
             })
@@ -53,6 +53,50 @@ impl Live {
         if let Some(e) = failure {
             // `live` drops here: whatever did start is stopped and removed.
             panic!("starting the clusters: {e}");
+        }
+        Some(live)
+    }
+
+    /// A primary and streaming standbys of it (`pg_basebackup -R`), all started.
+    /// `auth` is the TCP authentication ("trust", "md5", "scram-sha-256"); with a
+    /// `password`, the `postgres` role gets it.
+    pub fn replicated(
+        primary: &str,
+        standbys: &[&str],
+        auth: &str,
+        password: Option<&str>,
+    ) -> Option<Live> {
+        let install = match pg::find() {
+            Ok(i) => i,
+            Err(why) => {
+                assert!(
+                    !in_ci(),
+                    "PostgreSQL is required under CI: {why} (tests/setup.sh installs it)"
+                );
+                eprintln!("SKIPPED: {why}");
+                return None;
+            }
+        };
+        let dir = Scratch::new("replicated").expect("scratch directory");
+        let mut live = Live {
+            clusters: Vec::new(),
+            dir,
+        };
+        let root = live.dir.path().to_owned();
+        let port = || pg::free_port("127.0.0.1").expect("a free port");
+        let mut p = Cluster::init_with_auth(&install, &root, primary, "127.0.0.1", port(), auth)
+            .expect("initdb");
+        p.start_on_free_port().expect("start the primary");
+        if let Some(pw) = password {
+            p.psql(&format!("ALTER ROLE postgres PASSWORD '{pw}'"))
+                .expect("set the password");
+        }
+        live.clusters.push(p);
+        for name in standbys {
+            let mut s = Cluster::standby_of(&live.clusters[0], &root, name, "127.0.0.1", port())
+                .expect("pg_basebackup");
+            s.start_on_free_port().expect("start a standby");
+            live.clusters.push(s);
         }
         Some(live)
     }
