@@ -235,6 +235,14 @@ impl Agent {
     }
 
     fn observe(&mut self, r: Report) {
+        if r.index >= self.endpoints.len() {
+            return;
+        }
+        let kind = r
+            .outcome
+            .as_ref()
+            .map_or_else(|f| f.kind(), |_| dbha_protocol::probe_result::OK);
+        self.state.set_probe_result(r.index, kind);
         let Some(e) = self.endpoints.get_mut(r.index) else {
             return;
         };

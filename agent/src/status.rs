@@ -32,6 +32,7 @@ pub fn to_json(path: &Path, s: &Snapshot<'_>) -> serde_json::Value {
                 "alias": s.alias(i),
                 "healthy": s.is_healthy(i),
                 "role": role_name(s.role(i)),
+                "last_probe": s.last_probe_name(i),
             })
         })
         .collect();

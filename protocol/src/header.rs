@@ -3,8 +3,8 @@
 //! ordinary reads at open time and never touch them through the mapping.
 
 use crate::{
-    ALIASES_OFFSET, ALIAS_WIDTH, FILE_SIZE, HEADER_SIZE, LAYOUT_VERSION, MAGIC, MAX_ALIAS_LEN,
-    MAX_ENDPOINTS, RECORD_OFFSET, RECORD_SIZE,
+    ALIASES_OFFSET, ALIAS_WIDTH, DETAILS_OFFSET, DETAILS_SIZE, FILE_SIZE, HEADER_SIZE,
+    LAYOUT_VERSION, MAGIC, MAX_ALIAS_LEN, MAX_ENDPOINTS, RECORD_OFFSET, RECORD_SIZE,
 };
 use std::fmt;
 
@@ -27,6 +27,8 @@ pub struct Header {
     pub alias_width: u32,
     /// Number of endpoints, 0 to [`MAX_ENDPOINTS`].
     pub endpoint_count: u32,
+    /// Where the per-endpoint probe results are; 0 when the file has none.
+    pub details_offset: u32,
     /// Wall-clock time the file was created, nanoseconds since the Unix epoch.
     pub created_wall_ns: u64,
 }
@@ -82,6 +84,7 @@ impl Header {
             aliases_offset: ALIASES_OFFSET,
             alias_width: ALIAS_WIDTH,
             endpoint_count,
+            details_offset: DETAILS_OFFSET,
             created_wall_ns,
         }
     }
@@ -98,6 +101,7 @@ impl Header {
         b[32..36].copy_from_slice(&self.aliases_offset.to_ne_bytes());
         b[36..40].copy_from_slice(&self.alias_width.to_ne_bytes());
         b[40..44].copy_from_slice(&self.endpoint_count.to_ne_bytes());
+        b[44..48].copy_from_slice(&self.details_offset.to_ne_bytes());
         b[48..56].copy_from_slice(&self.created_wall_ns.to_ne_bytes());
         b
     }
@@ -136,6 +140,7 @@ impl Header {
             aliases_offset: u32_at(bytes, 32),
             alias_width: u32_at(bytes, 36),
             endpoint_count: u32_at(bytes, 40),
+            details_offset: u32_at(bytes, 44),
             created_wall_ns: u64_at(bytes, 48),
         };
         h.validate()?;
@@ -173,6 +178,16 @@ impl Header {
             return corrupt(format!(
                 "alias table at {} overlaps the record",
                 self.aliases_offset
+            ));
+        }
+        if self.details_offset != 0
+            && (!self.details_offset.is_multiple_of(8)
+                || u64::from(self.details_offset) < self.aliases_end()
+                || u64::from(self.details_offset) + u64::from(DETAILS_SIZE) > self.file_size)
+        {
+            return corrupt(format!(
+                "probe results at {} are not an aligned area after the alias table inside the file",
+                self.details_offset
             ));
         }
         if self.file_size < self.aliases_end() {

@@ -33,6 +33,10 @@ pub const ALIAS_WIDTH: u32 = 64;
 pub const MAX_ENDPOINTS: u32 = 64;
 /// The longest alias, in bytes.
 pub const MAX_ALIAS_LEN: usize = ALIAS_WIDTH as usize - 1;
+/// Offset of the probe results: one byte per endpoint after the full alias table.
+pub const DETAILS_OFFSET: u32 = ALIASES_OFFSET + MAX_ENDPOINTS * ALIAS_WIDTH;
+/// Size of the probe results (one byte per possible endpoint).
+pub const DETAILS_SIZE: u32 = MAX_ENDPOINTS;
 /// Size of a version 1 file: header, record and a full alias table, rounded up to
 /// whole pages of 4 KiB so that the mapping never ends inside a partial page.
 pub const FILE_SIZE: u64 = 8192;
@@ -43,6 +47,42 @@ pub const NONE: u32 = u32::MAX;
 pub const RECORD_WORDS: usize = (RECORD_SIZE / 8) as usize;
 /// Number of data words (every word after the sequence word).
 pub const DATA_WORDS: usize = RECORD_WORDS - 1;
+
+/// The kind of an endpoint's last probe result, one byte each in the details area.
+pub mod probe_result {
+    /// Not probed yet (or a writer that does not report it).
+    pub const UNKNOWN: u8 = 0;
+    pub const OK: u8 = 1;
+    pub const REFUSED: u8 = 2;
+    pub const TIMEOUT: u8 = 3;
+    /// SQLSTATE 57P03: starting up, shutting down, in recovery.
+    pub const NOT_READY: u8 = 4;
+    pub const NOT_POSTGRES: u8 = 5;
+    /// The configured credentials were rejected.
+    pub const AUTH_FAILED: u8 = 6;
+    /// The server refused the session for another reason.
+    pub const REJECTED: u8 = 7;
+    pub const RESOLVE: u8 = 8;
+    pub const CLOSED: u8 = 9;
+    pub const IO: u8 = 10;
+
+    /// The stable name of a kind (as `dbha-agent status` prints it).
+    pub fn name(kind: u8) -> &'static str {
+        match kind {
+            OK => "ok",
+            REFUSED => "refused",
+            TIMEOUT => "timeout",
+            NOT_READY => "not_ready",
+            NOT_POSTGRES => "not_postgres",
+            AUTH_FAILED => "auth_failed",
+            REJECTED => "rejected",
+            RESOLVE => "resolve",
+            CLOSED => "closed",
+            IO => "io",
+            _ => "unknown",
+        }
+    }
+}
 
 /// Bits of the record's `flags` word.
 pub mod flags {

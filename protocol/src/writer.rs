@@ -150,6 +150,8 @@ pub struct StateFile {
     map: MmapRaw,
     aliases: Vec<String>,
     values: RecordValues,
+    /// Offset of the probe results, when the file has them.
+    details: Option<usize>,
     _lock: Flock<File>,
 }
 
@@ -231,7 +233,11 @@ fn check_aliases(aliases: &[String]) -> Result<Vec<u8>, WriterError> {
 /// What is at the path now.
 enum Existing {
     Nothing,
-    Valid { file: File, aliases: Vec<String> },
+    Valid {
+        file: File,
+        aliases: Vec<String>,
+        details: Option<usize>,
+    },
 }
 
 fn inspect(path: &Path) -> Result<Existing, WriterError> {
@@ -279,7 +285,12 @@ fn inspect(path: &Path) -> Result<Existing, WriterError> {
     file.read_exact_at(&mut table, u64::from(header.aliases_offset))
         .map_err(io_err(path, "read"))?;
     let aliases = decode_aliases(&table, header.endpoint_count).map_err(not_ours)?;
-    Ok(Existing::Valid { file, aliases })
+    let details = (header.details_offset != 0).then_some(header.details_offset as usize);
+    Ok(Existing::Valid {
+        file,
+        aliases,
+        details,
+    })
 }
 
 fn map(file: &File, path: &Path) -> Result<MmapRaw, WriterError> {
@@ -372,6 +383,7 @@ impl StateFile {
             Existing::Valid {
                 file,
                 aliases: old_aliases,
+                details,
             } => {
                 let old_map = map(&file, path)?;
                 let mut old = StateFile {
@@ -379,6 +391,7 @@ impl StateFile {
                     values: read_own(&old_map),
                     map: old_map,
                     aliases: old_aliases,
+                    details,
                     _lock: lock,
                 };
                 if old.aliases == aliases {
@@ -417,6 +430,7 @@ impl StateFile {
                 map,
                 aliases: aliases.to_vec(),
                 values,
+                details: Some(crate::DETAILS_OFFSET as usize),
                 _lock: lock,
             },
             opened,
@@ -474,6 +488,7 @@ impl StateFile {
         self.map = new_map;
         self.values = read_own(&self.map);
         self.aliases = aliases.to_vec();
+        self.details = Some(crate::DETAILS_OFFSET as usize);
         Ok(())
     }
 
@@ -500,6 +515,30 @@ impl StateFile {
         let mut v = self.values;
         v.flags |= flags::STOPPED;
         self.store(v);
+    }
+
+    /// Records the kind of endpoint `index`'s last probe result (a
+    /// [`crate::probe_result`] constant). Outside the seqlock: each byte stands alone,
+    /// for display. A no-op for a reused file made before probe results existed.
+    pub fn set_probe_result(&mut self, index: usize, kind: u8) {
+        let Some(offset) = self.details else { return };
+        if index >= crate::DETAILS_SIZE as usize {
+            return;
+        }
+        // SAFETY: the mapping is FILE_SIZE bytes; the header check guarantees the
+        // 64-byte area at `offset` is inside it and 8-byte aligned. Its bytes are only
+        // ever accessed as atomic 64-bit words.
+        let word: &AtomicU64 =
+            unsafe { &*(self.map.as_ptr().add(offset + index / 8 * 8) as *const AtomicU64) };
+        // The single writer is the only one to store: a relaxed read-modify-write.
+        let mut bytes = word
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .to_ne_bytes();
+        bytes[index % 8] = kind;
+        word.store(
+            u64::from_ne_bytes(bytes),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// What was last published.

@@ -70,6 +70,39 @@
 // Flag: the file was replaced (the reader moves to the new one by itself).
 #define DBHA_FLAG_SUPERSEDED 4
 
+// Last probe result: not reported (yet).
+#define DBHA_PROBE_UNKNOWN 0
+
+// Last probe result: healthy answer.
+#define DBHA_PROBE_OK 1
+
+// Last probe result: connection refused.
+#define DBHA_PROBE_REFUSED 2
+
+// Last probe result: no answer within the timeout.
+#define DBHA_PROBE_TIMEOUT 3
+
+// Last probe result: the server is starting up, shutting down or in recovery.
+#define DBHA_PROBE_NOT_READY 4
+
+// Last probe result: not a PostgreSQL server.
+#define DBHA_PROBE_NOT_POSTGRES 5
+
+// Last probe result: the configured credentials were rejected.
+#define DBHA_PROBE_AUTH_FAILED 6
+
+// Last probe result: the server refused the session for another reason.
+#define DBHA_PROBE_REJECTED 7
+
+// Last probe result: the host name did not resolve.
+#define DBHA_PROBE_RESOLVE 8
+
+// Last probe result: the server closed the connection before answering.
+#define DBHA_PROBE_CLOSED 9
+
+// Last probe result: another network error.
+#define DBHA_PROBE_IO 10
+
 // An open state file. Opaque: created by `dbha_open`, freed by `dbha_close`.
 typedef struct dbha_reader dbha_reader;
 
@@ -113,6 +146,8 @@ typedef struct dbha_snapshot {
   uint32_t writer_pid;
   // One of DBHA_STATUS_*.
   int status;
+  // The kind of endpoint i's last probe result: one of DBHA_PROBE_*.
+  uint8_t last_probe[64];
 } dbha_snapshot;
 
 #ifdef __cplusplus

@@ -59,6 +59,29 @@ pub const DBHA_FLAG_CONFLICT: u64 = 2;
 /// Flag: the file was replaced (the reader moves to the new one by itself).
 pub const DBHA_FLAG_SUPERSEDED: u64 = 4;
 
+/// Last probe result: not reported (yet).
+pub const DBHA_PROBE_UNKNOWN: u8 = 0;
+/// Last probe result: healthy answer.
+pub const DBHA_PROBE_OK: u8 = 1;
+/// Last probe result: connection refused.
+pub const DBHA_PROBE_REFUSED: u8 = 2;
+/// Last probe result: no answer within the timeout.
+pub const DBHA_PROBE_TIMEOUT: u8 = 3;
+/// Last probe result: the server is starting up, shutting down or in recovery.
+pub const DBHA_PROBE_NOT_READY: u8 = 4;
+/// Last probe result: not a PostgreSQL server.
+pub const DBHA_PROBE_NOT_POSTGRES: u8 = 5;
+/// Last probe result: the configured credentials were rejected.
+pub const DBHA_PROBE_AUTH_FAILED: u8 = 6;
+/// Last probe result: the server refused the session for another reason.
+pub const DBHA_PROBE_REJECTED: u8 = 7;
+/// Last probe result: the host name did not resolve.
+pub const DBHA_PROBE_RESOLVE: u8 = 8;
+/// Last probe result: the server closed the connection before answering.
+pub const DBHA_PROBE_CLOSED: u8 = 9;
+/// Last probe result: another network error.
+pub const DBHA_PROBE_IO: u8 = 10;
+
 /// An open state file. Opaque: created by `dbha_open`, freed by `dbha_close`.
 pub struct dbha_reader(Reader);
 
@@ -103,6 +126,8 @@ pub struct dbha_snapshot {
     pub writer_pid: u32,
     /// One of DBHA_STATUS_*.
     pub status: c_int,
+    /// The kind of endpoint i's last probe result: one of DBHA_PROBE_*.
+    pub last_probe: [u8; 64],
 }
 
 fn code(e: &Error) -> c_int {
@@ -275,6 +300,7 @@ fn to_c(s: &Snapshot<'_>) -> dbha_snapshot {
         endpoint_count: s.endpoint_count(),
         writer_pid: s.writer_pid,
         status: status_code(s.status),
+        last_probe: s.last_probe,
     }
 }
 
@@ -438,6 +464,35 @@ mod tests {
         );
         assert_eq!(DBHA_STATUS_STALE, Status::Stale as c_int);
         assert_eq!(DBHA_STATUS_AGENT_STOPPED, Status::AgentStopped as c_int);
+        use dbha_protocol::probe_result as p;
+        assert_eq!(
+            [
+                DBHA_PROBE_UNKNOWN,
+                DBHA_PROBE_OK,
+                DBHA_PROBE_REFUSED,
+                DBHA_PROBE_TIMEOUT,
+                DBHA_PROBE_NOT_READY,
+                DBHA_PROBE_NOT_POSTGRES
+            ],
+            [
+                p::UNKNOWN,
+                p::OK,
+                p::REFUSED,
+                p::TIMEOUT,
+                p::NOT_READY,
+                p::NOT_POSTGRES
+            ]
+        );
+        assert_eq!(
+            [
+                DBHA_PROBE_AUTH_FAILED,
+                DBHA_PROBE_REJECTED,
+                DBHA_PROBE_RESOLVE,
+                DBHA_PROBE_CLOSED,
+                DBHA_PROBE_IO
+            ],
+            [p::AUTH_FAILED, p::REJECTED, p::RESOLVE, p::CLOSED, p::IO]
+        );
     }
 
     #[test]

@@ -177,6 +177,8 @@ struct Generation {
     number: u64,
     map: MmapRaw,
     record_offset: usize,
+    /// Where the probe results are in the mapping, when the file has them.
+    details_offset: Option<usize>,
     aliases: Vec<Alias>,
     dev: u64,
     ino: u64,
@@ -222,15 +224,20 @@ impl Generation {
             .map(Alias::new)
             .collect();
         let record_end = u64::from(header.record_offset) + u64::from(header.record_size);
+        let details_offset = (header.details_offset != 0).then_some(header.details_offset as usize);
+        // The header check keeps the details inside file_size, which the file has.
+        let details_end =
+            details_offset.map_or(0, |o| o as u64 + u64::from(dbha_protocol::DETAILS_SIZE));
         let map = MmapOptions::new()
             .offset(0)
-            .len(record_end as usize)
+            .len(record_end.max(details_end) as usize)
             .map_raw_read_only(&file)
             .map_err(|e| Error::from_io(path, "mmap", e))?;
         Ok(Generation {
             number,
             map,
             record_offset: header.record_offset as usize,
+            details_offset,
             aliases,
             dev: meta.dev(),
             ino: meta.ino(),
@@ -264,6 +271,25 @@ impl Generation {
 
     fn alias(&self, index: u32) -> Option<&Alias> {
         self.aliases.get(index as usize)
+    }
+
+    /// The kind of each endpoint's last probe result (all UNKNOWN when the file
+    /// has none). Each byte stands alone: no seqlock.
+    fn probe_results(&self) -> [u8; 64] {
+        let Some(offset) = self.details_offset else {
+            return [0; 64];
+        };
+        // SAFETY: the mapping covers offset..offset+64 (mapped that far above), the
+        // offset is 8-byte aligned (checked in the header), and the area is only
+        // loaded from, atomically, relaxed, 8 bytes at a time: defined on read-only
+        // memory on the supported targets.
+        let words: &[AtomicU64; 8] =
+            unsafe { &*(self.map.as_ptr().add(offset) as *const [AtomicU64; 8]) };
+        let mut out = [0u8; 64];
+        for (chunk, w) in out.chunks_exact_mut(8).zip(words) {
+            chunk.copy_from_slice(&w.load(Ordering::Relaxed).to_ne_bytes());
+        }
+        out
     }
 }
 
@@ -527,6 +553,8 @@ pub struct Snapshot<'r> {
     /// reader moved to a replacement file.
     pub generation: u64,
     pub status: Status,
+    /// The kind of each endpoint's last probe result (`dbha_protocol::probe_result`).
+    pub last_probe: [u8; 64],
     aliases: &'r [Alias],
 }
 
@@ -549,6 +577,7 @@ impl<'r> Snapshot<'r> {
             config_generation: v.config_generation,
             generation: g.number,
             status: v.status(now),
+            last_probe: g.probe_results(),
             aliases: &g.aliases,
         }
     }
@@ -600,6 +629,12 @@ impl<'r> Snapshot<'r> {
         } else {
             Role::Unknown
         }
+    }
+
+    /// The name of endpoint `index`'s last probe result ("ok", "refused",
+    /// "auth_failed", ...; "unknown" when not reported).
+    pub fn last_probe_name(&self, index: u32) -> &'static str {
+        dbha_protocol::probe_result::name(self.last_probe.get(index as usize).copied().unwrap_or(0))
     }
 
     pub fn stopped(&self) -> bool {

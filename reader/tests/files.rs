@@ -427,3 +427,26 @@ fn a_replacement_that_cannot_be_opened_is_retried_later() {
     let s = r.snapshot().unwrap();
     assert_eq!((s.generation, s.endpoint_count()), (2, 2));
 }
+
+#[test]
+fn probe_results_are_published_per_endpoint() {
+    use dbha_protocol::probe_result;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let mut w = writer(&path, &["default", "failover1", "failover2"]);
+    let r = Reader::open(&path).unwrap();
+    assert_eq!(r.snapshot().unwrap().last_probe_name(1), "unknown");
+    w.set_probe_result(0, probe_result::AUTH_FAILED);
+    w.set_probe_result(1, probe_result::OK);
+    w.set_probe_result(2, probe_result::NOT_READY);
+    let s = r.snapshot().unwrap();
+    assert_eq!(
+        [
+            s.last_probe_name(0),
+            s.last_probe_name(1),
+            s.last_probe_name(2),
+            s.last_probe_name(3)
+        ],
+        ["auth_failed", "ok", "not_ready", "unknown"]
+    );
+}

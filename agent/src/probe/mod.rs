@@ -33,6 +33,24 @@ pub enum Failure {
     Io(String),
 }
 
+impl Failure {
+    /// The kind published in the state file (`dbha_protocol::probe_result`).
+    pub fn kind(&self) -> u8 {
+        use dbha_protocol::probe_result as k;
+        match self {
+            Failure::Resolve(_) => k::RESOLVE,
+            Failure::Refused => k::REFUSED,
+            Failure::Timeout(_) => k::TIMEOUT,
+            Failure::Closed => k::CLOSED,
+            Failure::NotReady(_) => k::NOT_READY,
+            Failure::NotPostgres(_) => k::NOT_POSTGRES,
+            Failure::AuthFailed(_) => k::AUTH_FAILED,
+            Failure::Rejected(_) => k::REJECTED,
+            Failure::Io(_) => k::IO,
+        }
+    }
+}
+
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

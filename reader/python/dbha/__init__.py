@@ -54,6 +54,8 @@ E_CONTENDED = 10
 E_PANIC = 11
 
 _STATUS = {0: "active", 1: "no_healthy_database", 2: "stale", 3: "agent_stopped"}
+_PROBE = ["unknown", "ok", "refused", "timeout", "not_ready", "not_postgres", "auth_failed",
+          "rejected", "resolve", "closed", "io"]
 _FLAG_STOPPED, _FLAG_CONFLICT = 1, 2
 
 
@@ -131,6 +133,9 @@ class Snapshot:
     """Alias -> healthy, in priority order."""
     roles: Mapping[str, str]
     """Alias -> "primary", "standby" or "unknown"."""
+    last_probe: Mapping[str, str]
+    """Alias -> the kind of its last probe result: "ok", "refused", "timeout",
+    "not_ready", "auth_failed", ... ("unknown" when not reported)."""
     stopped: bool
     conflict: bool
     writer_pid: int
@@ -233,6 +238,8 @@ class Reader:
             read_alias=s.read_alias.decode() if s.read_alias is not None else None,
             health={n: bool(s.health_mask >> i & 1) for i, n in enumerate(names)},
             roles={n: role(i) for i, n in enumerate(names)},
+            last_probe={n: _PROBE[k] if k < len(_PROBE) else "unknown"
+                        for n, k in zip(names, s.last_probe)},
             stopped=bool(s.flags & _FLAG_STOPPED),
             conflict=bool(s.flags & _FLAG_CONFLICT),
             writer_pid=s.writer_pid,

@@ -49,6 +49,7 @@ class Snapshot(ctypes.Structure):
         ("endpoint_count", ctypes.c_uint32),
         ("writer_pid", ctypes.c_uint32),
         ("status", ctypes.c_int),
+        ("last_probe", ctypes.c_uint8 * 64),
     ]
 
 

@@ -29,6 +29,7 @@ def test_active_state(tmp_path):
         assert s.health == {"default": False, "failover1": True, "failover2": True}
         assert list(s.health) == ALIASES
         assert s.roles == {a: "unknown" for a in ALIASES}
+        assert s.last_probe == {a: "unknown" for a in ALIASES}
         assert s.stale_after == 600.0 and 0 <= s.heartbeat_age < 60
         assert not s.stopped and not s.conflict and s.writer_pid > 0
 
