@@ -29,7 +29,9 @@ counted cargo test --workspace
 
 step "Python reader and Django router"
 counted .venv/bin/python -m pytest -q reader/python/tests
-counted .venv/bin/python -m pytest -q tests/django_app
+# One process per Django project configuration (settings are per process).
+counted .venv/bin/python -m pytest -q tests/django_app/test_failover.py
+counted .venv/bin/python -m pytest -q tests/django_app/test_replication.py
 
 step "loom model of the seqlock"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \

@@ -317,6 +317,11 @@ impl Cluster {
         })
     }
 
+    /// Adds a `-c name=value` setting for the next starts.
+    pub fn set(&mut self, setting: &str) {
+        self.settings.push(setting.to_owned());
+    }
+
     /// Promotes a standby to primary and waits until it is done.
     pub fn promote(&self) -> io::Result<()> {
         check(

@@ -10,3 +10,60 @@ TARGET = Path(os.environ.get("DBHA_TARGET_DIR", ROOT / "target" / "debug"))
 
 sys.path[:0] = [str(HERE), str(ROOT / "reader" / "python")]
 os.environ.setdefault("DBHA_LIBRARY", str(TARGET / "libdbha.so"))
+
+import json  # noqa: E402
+import subprocess  # noqa: E402
+
+import pytest  # noqa: E402
+
+LIVE = TARGET / "dbha-live"
+
+
+class Live:
+    """Live PostgreSQL clusters and a real agent (the dbha-live helper): their
+    addresses in `info`, commands with `say`."""
+
+    def __init__(self, names, *options):
+        assert LIVE.exists(), f"{LIVE} is missing: run `cargo build --workspace` first (tests/run.sh does)"
+        self.proc = subprocess.Popen([str(LIVE), *names, *options], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            if os.environ.get("CI") in ("true", "1"):
+                pytest.fail("dbha-live could not start PostgreSQL (required under CI)")
+            pytest.skip("PostgreSQL is not installed")
+        self.info = json.loads(line)
+
+    def say(self, command):
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        reply = self.proc.stdout.readline().strip()
+        assert reply == "ok", f"{command}: {reply}"
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=120)
+
+
+def start_django(live, migrate_on):
+    """Configures the test project for `live` and migrates `migrate_on`."""
+    os.environ["DBHA_TEST_LIVE"] = json.dumps(live.info)
+    os.environ["DJANGO_SETTINGS_MODULE"] = "dbhatest.settings"
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    for alias in migrate_on:
+        call_command("migrate", database=alias, verbosity=0)
+
+
+def drop_broken_connections():
+    """What Django does at the end of a request."""
+    from django.db import close_old_connections, connections
+
+    for conn in connections.all():
+        conn.close_if_unusable_or_obsolete()
+    close_old_connections()

@@ -4,55 +4,19 @@ writes continue on `failover1`; the writes that failed are those in flight
 during detection, and every write Django acknowledged is found afterwards in
 exactly one database."""
 
-import json
-import os
-import subprocess
 import time
 
 import pytest
 
-from conftest import TARGET
+from conftest import Live, drop_broken_connections, start_django
 
-LIVE = TARGET / "dbha-live"
 NAMES = ["default", "failover1", "failover2"]
-
-
-class Live:
-    def __init__(self):
-        assert LIVE.exists(), f"{LIVE} is missing: run `cargo build --workspace` first (tests/run.sh does)"
-        self.proc = subprocess.Popen([str(LIVE), *NAMES], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()
-        if not line:
-            self.proc.wait()
-            if os.environ.get("CI") in ("true", "1"):
-                pytest.fail("dbha-live could not start PostgreSQL (required under CI)")
-            pytest.skip("PostgreSQL is not installed")
-        self.info = json.loads(line)
-
-    def say(self, command):
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-        reply = self.proc.stdout.readline().strip()
-        assert reply == "ok", f"{command}: {reply}"
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            self.proc.wait(timeout=120)
 
 
 @pytest.fixture(scope="module")
 def live():
-    lv = Live()
-    os.environ["DBHA_TEST_LIVE"] = json.dumps(lv.info)
-    os.environ["DJANGO_SETTINGS_MODULE"] = "dbhatest.settings"
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    for alias in NAMES:
-        call_command("migrate", database=alias, verbosity=0)
+    lv = Live(NAMES)
+    start_django(lv, NAMES)
     yield lv
     from django.db import connections
 
@@ -61,7 +25,6 @@ def live():
 
 
 def write_loop(stop_default_at, total, live):
-    from django.db import close_old_connections, connections
     from django.db.utils import DatabaseError, InterfaceError
 
     from items.models import Item
@@ -78,10 +41,7 @@ def write_loop(stop_default_at, total, live):
             routed.append(Item.objects.db_manager().db)  # where the router sent it
         except (DatabaseError, InterfaceError):
             failed.append(seq)
-            # What Django does at the end of a request: drop broken connections.
-            for conn in connections.all():
-                conn.close_if_unusable_or_obsolete()
-            close_old_connections()
+            drop_broken_connections()
         time.sleep(0.005)
     return acknowledged, failed, routed, stopped_at
 

@@ -95,6 +95,9 @@ impl Live {
         for name in standbys {
             let mut s = Cluster::standby_of(&live.clusters[0], &root, name, "127.0.0.1", port())
                 .expect("pg_basebackup");
+            // The walreceiver reports cluster_name to the primary, which
+            // synchronous_standby_names can then name.
+            s.set(&format!("cluster_name={name}"));
             s.start_on_free_port().expect("start a standby");
             live.clusters.push(s);
         }

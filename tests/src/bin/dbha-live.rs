@@ -2,12 +2,16 @@
 //! Django end-to-end test):
 //!
 //!     dbha-live NAME... [--interval-ms N] [--timeout-ms N] [--fall N] [--rise N]
+//!               [--replicated]
 //!
 //! Starts one cluster per NAME (priority order) and an agent with the postgres
-//! check, then prints one JSON line: {"state": PATH, "log": PATH, "databases":
+//! check. With `--replicated`, the first is a primary and the others its streaming
+//! standbys; commits wait for the second (synchronous replication, so a promoted
+//! second has every acknowledged write); the agent runs with writes = "primary"
+//! and reads = "prefer-standby". Then it prints one JSON line: {"state": PATH, "log": PATH, "databases":
 //! {NAME: {"host": H, "port": P}, ...}}. Commands on standard input, one per line,
 //! answered `ok` or `error: ...`: `stop NAME` (immediate), `start NAME`, `freeze
-//! NAME`, `thaw NAME`. At end of input everything is stopped and removed.
+//! NAME`, `thaw NAME`, `promote NAME`. At end of input everything is stopped and removed.
 
 use dbha_agent::pg::StopMode;
 use dbha_tests::agentproc::{config, AgentProc, Timing};
@@ -16,6 +20,7 @@ use std::io::BufRead;
 
 fn main() {
     let mut names = Vec::new();
+    let mut replicated = false;
     let mut t = Timing {
         interval_ms: 100,
         timeout_ms: 300,
@@ -36,16 +41,34 @@ fn main() {
             "--timeout-ms" => t.timeout_ms = value(),
             "--fall" => t.fall = value() as u32,
             "--rise" => t.rise = value() as u32,
+            "--replicated" => replicated = true,
             _ => names.push(a),
         }
     }
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let Some(live) = Live::start(&names) else {
+    let live = if replicated {
+        Live::replicated(names[0], &names[1..], "trust", None)
+    } else {
+        Live::start(&names)
+    };
+    let Some(live) = live else {
         eprintln!("dbha-live: PostgreSQL is not installed");
         std::process::exit(1);
     };
+    let mut extra = "";
+    if replicated {
+        let primary = &live.clusters[0];
+        let sync = format!(
+            "ALTER SYSTEM SET synchronous_standby_names = 'FIRST 1 ({})'",
+            names[1]
+        );
+        for sql in [sync.as_str(), "SELECT pg_reload_conf()"] {
+            primary.psql(sql).expect("synchronous replication");
+        }
+        extra = "writes = \"primary\"\nreads = \"prefer-standby\"";
+    }
     let agent = AgentProc::start(live.dir.path(), "agent", |s| {
-        config(s, &t, &live.dbs("postgres"), "")
+        config(s, &t, &live.dbs("postgres"), extra)
     });
     agent.reader();
     let databases: serde_json::Map<String, serde_json::Value> = live
@@ -82,6 +105,7 @@ fn main() {
                         c.thaw();
                         Ok(())
                     }
+                    "promote" => c.promote().map_err(|e| e.to_string()),
                     _ => Err(format!("unknown command {cmd:?}")),
                 }
             }
