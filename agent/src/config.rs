@@ -782,4 +782,76 @@ timeout = "2s"
             "{w:?}"
         );
     }
+
+    fn with_password(line: &str) -> String {
+        THREE.replace(
+            "check = \"postgres\"\n",
+            &format!("check = \"postgres\"\n{line}\n"),
+        )
+    }
+
+    #[test]
+    fn a_password_file_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "s3cret\nignored\n").unwrap();
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let text = with_password(&format!("password_file = \"{}\"", pw.display()));
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.key, "database[0].password_file");
+        assert!(
+            e.message
+                .contains("permissions 0644; expected 0600 or less"),
+            "{e}"
+        );
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = parse(&text).unwrap();
+        assert_eq!(
+            c.databases[0].password.as_ref().map(Secret::expose),
+            Some("s3cret")
+        );
+        assert_eq!(
+            format!("{:?}", c.databases[0].password),
+            "Some(Secret(***))"
+        );
+        assert!(!c.to_string().contains("s3cret"));
+    }
+
+    #[test]
+    fn password_env_and_both_sources() {
+        std::env::set_var("DBHA_TEST_PW_CONFIG", "from-env");
+        let c = parse(&format!("password_env = \"DBHA_TEST_PW_CONFIG\"\n{THREE}")).unwrap();
+        // A top-level default applies to every database.
+        assert!(c
+            .databases
+            .iter()
+            .all(|d| d.password.as_ref().map(Secret::expose) == Some("from-env")));
+        let e = parse(&with_password("password_env = \"DBHA_TEST_PW_UNSET\"")).unwrap_err();
+        assert!(e.message.contains("DBHA_TEST_PW_UNSET is not set"), "{e}");
+        let e = parse(&with_password(
+            "password_env = \"X\"\npassword_file = \"/etc/x\"",
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("not both"), "{e}");
+    }
+
+    #[test]
+    fn roles_need_the_postgres_check() {
+        let e = parse(&format!("writes = \"primary\"\n{THREE}")).unwrap_err();
+        assert_eq!(e.key, "writes");
+        assert!(
+            e.message
+                .contains("database[1] (failover1) has check = \"tcp\""),
+            "{e}"
+        );
+        let all_pg = THREE.replace("check = \"tcp\"", "check = \"postgres\"");
+        let c = parse(&format!(
+            "writes = \"primary\"\nreads = \"prefer-standby\"\n{all_pg}"
+        ))
+        .unwrap();
+        assert_eq!((c.writes, c.reads), (Writes::Primary, Reads::PreferStandby));
+        let e = parse(&format!("reads = \"standby\"\n{all_pg}")).unwrap_err();
+        assert!(e.message.contains("unknown variant `standby`"), "{e}");
+    }
 }
