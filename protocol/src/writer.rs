@@ -395,13 +395,18 @@ impl StateFile {
                     _lock: lock,
                 };
                 if old.aliases == aliases {
-                    // Same inode, same decision, same epoch: readers carry on.
+                    // Same inode, same decision, same epoch: readers carry on. What
+                    // the previous writer saw of health and roles is not known to
+                    // this one: those start empty and fill as its probes conclude.
                     let mut v = old.values;
                     v.heartbeat_mono_ns = mono;
                     v.heartbeat_wall_ns = wall;
                     v.stale_after_ns = settings.stale_after_ns;
                     v.writer_pid = std::process::id();
-                    v.flags &= flags::CONFLICT;
+                    v.flags = 0;
+                    v.health_mask = 0;
+                    v.primary_mask = 0;
+                    v.standby_mask = 0;
                     v.config_generation += 1;
                     old.store(v);
                     return Ok((old, Opened::Reused));

@@ -149,6 +149,8 @@ fn restarted_writer_reuses_the_file_and_the_epoch_continues() {
     )
     .unwrap();
     assert_eq!(opened, Opened::Reused);
+    // Health is what the new writer has verified: nothing yet.
+    assert_eq!(r.snapshot().unwrap().health_mask, 0);
     // The decision survived the restart, on the same mapping.
     let s = r.snapshot().unwrap();
     assert_eq!(

@@ -345,6 +345,11 @@ fn s7_killed_agent_goes_stale_and_a_restarted_one_continues_on_the_same_mapping(
         (s.generation, s.write_alias(), s.epoch),
         (1, Some("default"), e0)
     );
+    // Let the new agent reach a verdict on every endpoint first: a fault before it
+    // knows failover1 is up would, rightly, publish NONE on the way.
+    wait_for("verdicts of the restarted agent", || {
+        (r.snapshot().ok()?.health_mask == 0b111).then_some(())
+    });
     live.cluster("default").stop(StopMode::Immediate).unwrap();
     let e1 = wait_active(&r, "failover1");
     assert_eq!(e1, e0 + 1, "the epoch continues across the restart");
