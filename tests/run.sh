@@ -44,6 +44,7 @@ step "benchmarks, quick mode (shows they run; figures are not judged)"
 cargo run -q -p dbha-bench -- --quick switch
 cargo run -q -p dbha-bench -- --quick footprint
 cargo run -q -p dbha-bench -- --quick live
+cargo run -q -p dbha-bench -- --quick scaling
 DBHA_TARGET_DIR=target/debug .venv/bin/python bench/python_bench.py --quick
 
 step "clippy"
