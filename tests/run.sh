@@ -45,6 +45,7 @@ cargo run -q -p dbha-bench -- --quick switch
 cargo run -q -p dbha-bench -- --quick footprint
 cargo run -q -p dbha-bench -- --quick live
 cargo run -q -p dbha-bench -- --quick scaling
+PATH="$PATH:/usr/sbin" cargo run -q -p dbha-bench -- --quick haproxy
 DBHA_TARGET_DIR=target/debug .venv/bin/python bench/python_bench.py --quick
 
 step "clippy"

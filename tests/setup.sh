@@ -20,6 +20,8 @@ pg_server() {
     return 1
 }
 pg_server && id postgres >/dev/null 2>&1 || need_pkgs+=(postgresql)
+# HAProxy, for the failover comparison (dbha-bench haproxy).
+have haproxy || [ -x /usr/sbin/haproxy ] || need_pkgs+=(haproxy)
 
 if ((${#need_pkgs[@]})); then
     echo "setup: installing Debian packages: ${need_pkgs[*]}"
