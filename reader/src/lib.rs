@@ -16,6 +16,12 @@
 mod clock;
 pub mod ffi;
 
+// Readers load atomics from memory mapped read-only. Rust defines that only for
+// relaxed loads of up to the target's limit (8 bytes on these); on other targets
+// the reader would need another design, so refuse to build.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+compile_error!("dbha-reader supports x86_64 and aarch64 (relaxed 8-byte loads from read-only memory)");
+
 use dbha_protocol::header::{decode_aliases, Header, HeaderError};
 pub use dbha_protocol::Status;
 use dbha_protocol::{flags, seqlock, RecordValues, DATA_WORDS, NONE, RECORD_WORDS};
@@ -247,8 +253,8 @@ impl Generation {
     /// The record's sequence word and data words.
     #[inline(always)]
     fn record(&self) -> (&AtomicU64, &[AtomicU64; DATA_WORDS]) {
-        // SAFETY: the mapping covers record_offset + record_size bytes (we mapped
-        // exactly that far, and the header check guarantees record_size >= 128), the
+        // SAFETY: the mapping covers record_offset + record_size bytes (we mapped at
+        // least that far, and the header check guarantees record_size >= 128), the
         // offset is a multiple of 128 in a page-aligned mapping, so the 16 words are
         // in bounds and 8-byte aligned. The memory is mapped PROT_READ: only relaxed
         // loads of 8 bytes are made through these references, which Rust defines on
