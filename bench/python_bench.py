@@ -3,6 +3,8 @@
     cargo build --release --workspace
     .venv/bin/python bench/python_bench.py [--quick]
 
+(`cargo run --release -p dbha-bench -- all` runs it with the others.)
+
 1. Cost per call, medians of 31 interleaved samples: a no-argument ctypes call
    (floors: ctypes.CDLL, and ctypes.PyDLL as dbha loads libdbha),
    dbha.Reader.active_alias(), dbha.django.FailoverRouter.db_for_write(), and the

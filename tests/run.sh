@@ -41,12 +41,7 @@ step "the seqlock thread test under Miri"
 counted cargo +nightly miri test -p dbha-protocol --lib seqlock
 
 step "benchmarks, quick mode (shows they run; figures are not judged)"
-cargo run -q -p dbha-bench -- --quick switch
-cargo run -q -p dbha-bench -- --quick footprint
-cargo run -q -p dbha-bench -- --quick live
-cargo run -q -p dbha-bench -- --quick scaling
-PATH="$PATH:/usr/sbin" cargo run -q -p dbha-bench -- --quick haproxy
-DBHA_TARGET_DIR=target/debug .venv/bin/python bench/python_bench.py --quick
+PATH="$PATH:/usr/sbin" cargo run -q -p dbha-bench -- --quick all
 
 step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings

@@ -1,11 +1,14 @@
-//! dbha's benchmarks. Each prints a Markdown table for BENCHMARKS.md, with ratios
-//! computed from figures of the same run.
+//! dbha's benchmarks. Each prints Markdown tables for BENCHMARKS.md, with ratios
+//! computed from figures of the same run. `all` runs every one (and the Python
+//! benchmark) and rewrites the generated parts of BENCHMARKS.md:
 //!
-//!     cargo build --release --workspace
-//!     cargo run --release -p dbha-bench -- switch      # refused connection -> reader switch
-//!     cargo run --release -p dbha-bench -- footprint   # agent RSS and CPU per hour
+//!     tests/setup.sh && cargo build --release --workspace
+//!     cargo run --release -p dbha-bench -- all
 //!
-//! `--quick` runs each briefly, only to show that it works (CI does this).
+//! `--quick` runs each briefly, only to show that it works (CI does this), and
+//! rewrites nothing.
+
+mod reader;
 
 use clap::{Parser, Subcommand};
 use dbha::Reader;
@@ -31,6 +34,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum What {
+    /// Every benchmark below and the Python one; rewrites BENCHMARKS.md.
+    All,
+    /// Reader cost: Rust and C readers against the floors.
+    Reader,
     /// Time from a refused connection to the switch a reader sees (interval=100ms, fall=2).
     Switch {
         #[arg(long, default_value_t = 40)]
@@ -59,7 +66,7 @@ enum What {
     },
     /// Agent resident memory and CPU per hour at 3 and 64 endpoints, interval 1s.
     Footprint {
-        #[arg(long, default_value_t = 120)]
+        #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
 }
@@ -129,9 +136,10 @@ fn summary_row(what: &str, times: &mut [f64], expected: &str) {
     );
 }
 
-fn live(trials: usize) {
+/// Three live clusters and the settings the failover comparisons share.
+fn live_setup(bench: &str) -> (Live, Timing) {
     let Some(live) = Live::start(&["default", "failover1", "failover2"]) else {
-        eprintln!("dbha-bench live needs the PostgreSQL server (apt-get install postgresql)");
+        eprintln!("dbha-bench {bench} needs the PostgreSQL server (apt-get install postgresql)");
         std::process::exit(1);
     };
     let t = Timing {
@@ -142,6 +150,11 @@ fn live(trials: usize) {
         stale_after_ms: 1000,
         failback: "auto",
     };
+    (live, t)
+}
+
+fn live(trials: usize) {
+    let (live, t) = live_setup("live");
     let agent = AgentProc::start(live.dir.path(), "agent", |s| {
         config(s, &t, &live.dbs("postgres"), "")
     });
@@ -293,7 +306,7 @@ fn footprint(seconds: u64) {
             open_reader(&state);
             let pid = children.0[0].id();
             // Let it settle, then measure over the window.
-            std::thread::sleep(Duration::from_secs(2));
+            std::thread::sleep(Duration::from_secs(seconds.min(2)));
             let (_, cpu0) = usage(pid);
             let t0 = Instant::now();
             std::thread::sleep(Duration::from_secs(seconds));
@@ -423,6 +436,51 @@ fn haproxy_down(socket: &Path, name: &str) -> Option<bool> {
         .and_then(|f| f.get(5).map(|state| *state == "0"))
 }
 
+/// Drops every packet to one TCP port on this host (a nftables table of its own),
+/// as a blackholed host does; the table is removed when this is dropped.
+struct Blackhole {
+    nft: PathBuf,
+    port: u16,
+    on: std::cell::Cell<bool>,
+}
+
+impl Blackhole {
+    const TABLE: &'static str = "dbha_bench_blackhole";
+
+    fn nft(&self, args: &[&str]) -> bool {
+        Command::new(&self.nft)
+            .args(args)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn on(&self) {
+        let chain = "{ type filter hook input priority 0; }";
+        let rule = format!("tcp dport {} drop", self.port);
+        let ok = self.nft(&["add", "table", "inet", Self::TABLE])
+            && self.nft(&["add", "chain", "inet", Self::TABLE, "input", chain])
+            && self.nft(&["add", "rule", "inet", Self::TABLE, "input", &rule]);
+        assert!(
+            ok,
+            "nft could not add the blackhole rule (root and nftables are needed)"
+        );
+        self.on.set(true);
+    }
+
+    fn off(&self) {
+        if self.on.replace(false) {
+            self.nft(&["delete", "table", "inet", Self::TABLE]);
+        }
+    }
+}
+
+impl Drop for Blackhole {
+    fn drop(&mut self) {
+        self.off();
+    }
+}
+
 /// Polls `done` every millisecond from now; the time it took.
 fn until(what: &str, mut done: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
@@ -444,18 +502,7 @@ fn haproxy(trials: usize) {
         eprintln!("dbha-bench haproxy: install haproxy first (apt-get install haproxy); tests/setup.sh does");
         std::process::exit(1);
     };
-    let Some(live) = Live::start(&["default", "failover1", "failover2"]) else {
-        eprintln!("dbha-bench haproxy needs the PostgreSQL server (apt-get install postgresql)");
-        std::process::exit(1);
-    };
-    let t = Timing {
-        interval_ms: 100,
-        timeout_ms: 200,
-        rise: 2,
-        fall: 2,
-        stale_after_ms: 1000,
-        failback: "auto",
-    };
+    let (live, t) = live_setup("haproxy");
     let dir = live.dir.path();
     let socket = dir.join("haproxy.sock");
     let port = |n: &str| live.cluster(n).port;
@@ -535,6 +582,27 @@ fn haproxy(trials: usize) {
             Box::new(|| default.thaw()),
         ),
     ];
+    // A blackholed host: every packet to its port dropped (nftables, as root).
+    let nft = dbha_tests::require(
+        "nft",
+        "to blackhole a server for the comparison (apt-get install nftables)",
+    );
+    let blackhole = nft.map(|nft| Blackhole {
+        nft,
+        port: port("default"),
+        on: std::cell::Cell::new(false),
+    });
+    let mut faults = faults;
+    match &blackhole {
+        Some(b) => faults.push((
+            "blackholed (packets to its port dropped)",
+            Box::new(|| b.on()),
+            Box::new(|| b.off()),
+        )),
+        None => {
+            eprintln!("dbha-bench haproxy: nft is not installed: the blackholed row is left out")
+        }
+    }
     println!("| fault (interval=100ms, timeout=200ms, fall=2, rise=2; {trials} trials) | dbha p50 | dbha p99 | HAProxy p50 | HAProxy p99 | dbha / HAProxy (p50) | libpq p50 | libpq p99 |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for (name, fault, repair) in &faults {
@@ -587,14 +655,120 @@ fn haproxy(trials: usize) {
     drop(children);
 }
 
+/// The sections `all` fills, in order: (marker name, arguments).
+const SECTIONS: [(&str, &[&str]); 7] = [
+    ("reader", &["reader"]),
+    ("scaling", &["scaling"]),
+    ("switch", &["switch"]),
+    ("footprint", &["footprint"]),
+    ("live", &["live"]),
+    ("haproxy", &["haproxy"]),
+    ("python", &[]),
+];
+
+fn machine() -> String {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mem_kib: u64 = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("MemTotal:")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0);
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let date = dbha_agent::status::utc(std::time::SystemTime::now());
+    format!(
+        "Machine: {cores} cores ({cpu}, {}), {} GiB, Linux {}. Run: {}.",
+        std::env::consts::ARCH,
+        (mem_kib + (1 << 19)) >> 20,
+        read("/proc/sys/kernel/osrelease").trim(),
+        &date[..10]
+    )
+}
+
+fn all(quick: bool) {
+    let exe = std::env::current_exe().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut outputs = Vec::new();
+    for (name, args) in SECTIONS {
+        eprintln!("== {name}");
+        let mut cmd = if name == "python" {
+            let python = root.join(".venv/bin/python");
+            if !python.exists() {
+                eprintln!(
+                    "skipping the Python benchmark: {} is missing (tests/setup.sh makes it)",
+                    python.display()
+                );
+                continue;
+            }
+            let mut c = Command::new(python);
+            c.arg(root.join("bench/python_bench.py"))
+                .env("DBHA_TARGET_DIR", dbha_tests::target_dir());
+            c
+        } else {
+            let mut c = Command::new(&exe);
+            c.args(args);
+            c
+        };
+        if quick {
+            cmd.arg("--quick");
+        }
+        let out = cmd
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run a benchmark");
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        println!("{text}\n");
+        assert!(out.status.success(), "the {name} benchmark failed");
+        outputs.push((name, text));
+    }
+    if quick {
+        return;
+    }
+    let path = root.join("BENCHMARKS.md");
+    let mut doc = std::fs::read_to_string(&path).expect("BENCHMARKS.md");
+    for (name, text) in std::iter::once(("machine", machine())).chain(outputs) {
+        let (open, close) = (
+            format!("<!-- bench:{name} -->"),
+            format!("<!-- /bench:{name} -->"),
+        );
+        match (doc.find(&open), doc.find(&close)) {
+            (Some(a), Some(b)) if a < b => {
+                doc.replace_range(a + open.len()..b, &format!("\n{text}\n"));
+            }
+            _ => eprintln!("BENCHMARKS.md has no {open} ... {close} block: not rewritten"),
+        }
+    }
+    std::fs::write(&path, doc).expect("write BENCHMARKS.md");
+    eprintln!("rewrote {}", path.display());
+}
+
 fn main() {
     let cli = Cli::parse();
     match cli.what {
+        What::All => all(cli.quick),
+        What::Reader => {
+            if cli.quick {
+                reader::run(3, 100_000)
+            } else {
+                reader::run(31, 2_000_000)
+            }
+        }
         What::Switch { trials } => switch(if cli.quick { 3 } else { trials.max(20) }),
         What::Live { trials } => live(if cli.quick { 2 } else { trials.max(20) }),
         What::Scaling { seconds } => scaling(if cli.quick { 0.5 } else { seconds }),
         What::ReadLoop { state, seconds } => read_loop(&state, seconds),
         What::Haproxy { trials } => haproxy(if cli.quick { 2 } else { trials.max(20) }),
-        What::Footprint { seconds } => footprint(if cli.quick { 2 } else { seconds }),
+        What::Footprint { seconds } => footprint(if cli.quick { 1 } else { seconds }),
     }
 }

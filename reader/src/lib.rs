@@ -20,7 +20,9 @@ pub mod ffi;
 // relaxed loads of up to the target's limit (8 bytes on these); on other targets
 // the reader would need another design, so refuse to build.
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-compile_error!("dbha-reader supports x86_64 and aarch64 (relaxed 8-byte loads from read-only memory)");
+compile_error!(
+    "dbha-reader supports x86_64 and aarch64 (relaxed 8-byte loads from read-only memory)"
+);
 
 use dbha_protocol::header::{decode_aliases, Header, HeaderError};
 pub use dbha_protocol::Status;

@@ -1,16 +1,8 @@
 //! Reader cost, in one run: Rust `snapshot()` and `active_alias()`, the C ABI's
-//! `dbha_read()` and `dbha_active_alias()` (a C program compiled against libdbha and
-//! run by this bench), and the floors: a bare relaxed load from a mapped page and
-//! `clock_gettime` through the vDSO.
-//!
-//!     cargo build --release -p dbha-reader && cargo bench -p dbha-reader --bench read
-//!
-//! (`cargo bench` builds the crate as an rlib only; the C side needs the libdbha.so
-//! that `cargo build --release` makes.)
-//!
-//! Each figure is the median of 31 samples; within a sample every case runs N calls,
-//! and the cases take turns, so that drift on a shared machine hits all alike. The
-//! ratios compare figures of the same run.
+//! `dbha_read()` and `dbha_active_alias()` (`bench/c_bench.c`, compiled against
+//! libdbha and run from here), and the floors: a bare relaxed load from a mapped
+//! page and `clock_gettime` through the vDSO. Each figure is the median of
+//! interleaved samples, so that drift on a shared machine hits all cases alike.
 
 use dbha::Reader;
 use dbha_protocol::writer::{Publication, Settings, StateFile};
@@ -19,9 +11,6 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
-
-const SAMPLES: usize = 31;
-const N: u64 = 2_000_000;
 
 fn clock(id: nix::time::ClockId) -> u64 {
     let t = nix::time::clock_gettime(id).unwrap();
@@ -34,21 +23,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Runs the C side; returns (name, ns) pairs, or why it could not.
-fn c_side(state: &Path, dir: &Path) -> Result<Vec<(String, f64)>, String> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    // The bench binary is target/release/deps/read-*; libdbha.so is in target/release.
-    let lib_dir = std::env::current_exe()
-        .map_err(|e| e.to_string())?
-        .parent()
-        .and_then(|d| d.parent())
-        .ok_or("no target dir")?
-        .to_owned();
-    if !lib_dir.join("libdbha.so").exists() {
-        return Err(format!(
-            "{} has no libdbha.so: run `cargo build --release -p dbha-reader` first",
-            lib_dir.display()
-        ));
-    }
+fn c_side(state: &Path, dir: &Path, n: u64) -> Result<Vec<(String, f64)>, String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let lib_dir = dbha_tests::libdbha_dir();
     // The soname is libdbha.so.0: give the loader that name.
     let link_dir = dir.join("lib");
     std::fs::create_dir_all(&link_dir).map_err(|e| e.to_string())?;
@@ -59,9 +36,9 @@ fn c_side(state: &Path, dir: &Path) -> Result<Vec<(String, f64)>, String> {
     let exe = dir.join("c_bench");
     let out = Command::new("cc")
         .args(["-O2", "-std=c11"])
-        .arg(root.join("benches/c_bench.c"))
+        .arg(root.join("bench/c_bench.c"))
         .arg("-I")
-        .arg(root.join("include"))
+        .arg(root.join("reader/include"))
         .arg("-L")
         .arg(&lib_dir)
         .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
@@ -78,7 +55,7 @@ fn c_side(state: &Path, dir: &Path) -> Result<Vec<(String, f64)>, String> {
     }
     let out = Command::new(&exe)
         .arg(state)
-        .arg(N.to_string())
+        .arg(n.to_string())
         .output()
         .map_err(|e| e.to_string())?;
     if !out.status.success() {
@@ -91,13 +68,11 @@ fn c_side(state: &Path, dir: &Path) -> Result<Vec<(String, f64)>, String> {
         .collect())
 }
 
-fn main() {
-    // `cargo test --benches` runs bench binaries with --bench absent: do nothing then.
-    if !std::env::args().any(|a| a == "--bench") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
+/// Runs the comparison: `samples` interleaved samples of `n` calls per case.
+pub fn run(samples: usize, n: u64) {
+    let scratch = dbha_agent::pg::Scratch::new("bench-reader").unwrap();
+    let dir = scratch.path();
+    let state = dir.join("state");
     let aliases: Vec<String> = ["default", "failover1", "failover2"]
         .map(String::from)
         .to_vec();
@@ -162,22 +137,22 @@ fn main() {
             }),
         ),
     ];
-    let mut samples = vec![Vec::with_capacity(SAMPLES); cases.len()];
-    for _ in 0..SAMPLES {
+    let mut per_case = vec![Vec::with_capacity(samples); cases.len()];
+    for _ in 0..samples {
         for (i, (_, f)) in cases.iter().enumerate() {
             let t = Instant::now();
-            for _ in 0..N {
+            for _ in 0..n {
                 f();
             }
-            samples[i].push(t.elapsed().as_nanos() as f64 / N as f64);
+            per_case[i].push(t.elapsed().as_nanos() as f64 / n as f64);
         }
     }
     let mut results: Vec<(String, f64)> = cases
         .iter()
-        .zip(samples)
+        .zip(per_case)
         .map(|((name, _), s)| (name.to_string(), median(s)))
         .collect();
-    match c_side(&state, dir.path()) {
+    match c_side(&state, dir, n) {
         Ok(c) => results.extend(c),
         Err(e) => eprintln!("C side could not run: {e}"),
     }
