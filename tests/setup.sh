@@ -20,6 +20,8 @@ pg_server() {
     return 1
 }
 pg_server && id postgres >/dev/null 2>&1 || need_pkgs+=(postgresql)
+# systemd-analyze, to verify the unit in packaging/.
+have systemd-analyze || need_pkgs+=(systemd)
 # HAProxy, for the failover comparison (dbha-bench haproxy).
 have haproxy || [ -x /usr/sbin/haproxy ] || need_pkgs+=(haproxy)
 

@@ -4,6 +4,7 @@
 
 use crate::config::{Config, Database};
 use crate::decide::{decide, Decision, Health, Seen, Tracker};
+use crate::notify::Notifier;
 use crate::probe::{self, Outcome, Report, Role};
 use crate::signals;
 use dbha_protocol::writer::{Opened, Publication, Settings, StateFile};
@@ -75,6 +76,13 @@ struct Agent {
     last_conflict_log: Option<Instant>,
     /// Until then, first verdicts may still be pending (see [`crate::decide::choose`]).
     settle_until: Instant,
+    notifier: Notifier,
+    /// READY=1 was sent (after the first complete probe cycle and publication).
+    ready: bool,
+    /// Which endpoints have reported a probe since the probes (re)started.
+    reported: Vec<bool>,
+    /// When the last probe report arrived: the watchdog is fed only while they do.
+    last_report: Instant,
 }
 
 /// How long, from a start or reload, until every endpoint has had the chance of a
@@ -179,6 +187,10 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
         last_none_log: None,
         last_conflict_log: None,
         settle_until,
+        notifier: Notifier::from_env(),
+        ready: false,
+        reported: Vec::new(),
+        last_report: Instant::now(),
     };
     agent.start_probes();
     agent.run(rx);
@@ -189,6 +201,7 @@ impl Agent {
     fn start_probes(&mut self) {
         self.generation += 1;
         self.probes.clear();
+        self.reported = vec![false; self.endpoints.len()];
         for (i, e) in self.endpoints.iter().enumerate() {
             match probe::spawn(self.generation, i, e.db.clone(), self.tx.clone()) {
                 Ok(stop) => self.probes.push(stop),
@@ -211,14 +224,26 @@ impl Agent {
                     next_beat = now + self.config.interval;
                 }
             }
-            match rx.recv_timeout(next_beat.saturating_duration_since(Instant::now())) {
+            if self.probes_alive() {
+                self.notifier.ping_if_due();
+            }
+            let wake = self
+                .notifier
+                .ping_due()
+                .map_or(next_beat, |p| p.min(next_beat));
+            match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
                 Ok(Event::Probe(r)) if r.generation == self.generation => {
                     self.observe(r);
                     self.publish();
                 }
                 Ok(Event::Probe(_)) => {}
-                Ok(Event::Reload) => self.reload(),
+                Ok(Event::Reload) => {
+                    self.notifier.reloading();
+                    self.reload();
+                    self.notifier.ready(&self.status_line());
+                }
                 Ok(Event::Stop) => {
+                    self.notifier.stopping();
                     self.probes.clear();
                     self.state.mark_stopped();
                     info!("stopping: state file marked \"agent stopped\"");
@@ -234,10 +259,42 @@ impl Agent {
         }
     }
 
+    /// Probe reports keep arriving: each endpoint probes at least every
+    /// max(interval, timeout), so three of the longest such periods without any
+    /// report means the probing is wedged, and systemd's watchdog should act.
+    fn probes_alive(&self) -> bool {
+        let period = self
+            .config
+            .databases
+            .iter()
+            .map(|d| d.interval.max(d.timeout))
+            .max()
+            .unwrap_or(self.config.interval);
+        self.last_report.elapsed() < period * 3 + self.config.interval
+    }
+
+    /// What `systemctl status` shows.
+    fn status_line(&self) -> String {
+        let up = self
+            .endpoints
+            .iter()
+            .filter(|e| e.tracker.health == Health::Up)
+            .count();
+        format!(
+            "active: {}, read: {} (epoch {}); {up}/{} databases up",
+            self.alias(self.choice.0),
+            self.alias(self.choice.1),
+            self.state.values().epoch,
+            self.endpoints.len()
+        )
+    }
+
     fn observe(&mut self, r: Report) {
         if r.index >= self.endpoints.len() {
             return;
         }
+        self.reported[r.index] = true;
+        self.last_report = Instant::now();
         let kind = r
             .outcome
             .as_ref()
@@ -335,6 +392,18 @@ impl Agent {
                     self.alias(d.read)
                 );
             }
+        }
+        let verdicts = self
+            .endpoints
+            .iter()
+            .all(|e| e.tracker.health != Health::Unknown);
+        if !self.ready && self.reported.iter().all(|r| *r) && (verdicts || !settling) {
+            // A complete probe cycle with a verdict on every endpoint (or as many
+            // as the settling time allows) is published: a real decision.
+            self.notifier.ready(&self.status_line());
+            self.ready = true;
+        } else if self.ready && (d.write, d.read) != before {
+            self.notifier.status(&self.status_line());
         }
         self.log_conflict(&d);
         // Only once every endpoint has a verdict: a fresh agent is not in trouble.

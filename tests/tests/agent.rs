@@ -444,3 +444,79 @@ fn watch_prints_one_line_per_change_with_its_reason() {
     );
     drop(b);
 }
+
+#[test]
+fn systemd_hears_ready_after_the_first_cycle_status_watchdog_reload_and_stop() {
+    use std::os::unix::net::UnixDatagram;
+    let (a, b) = (listener(), listener());
+    let (pa, pb) = (port(&a), port(&b));
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let cfg = dir.path().join("dbha.toml");
+    std::fs::write(
+        &cfg,
+        config(
+            &state,
+            &[("default", pa, "tcp"), ("failover1", pb, "tcp")],
+            "",
+        ),
+    )
+    .unwrap();
+    let sock_path = dir.path().join("notify");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(agentproc::PATIENCE)).unwrap();
+    let mut children = dbha_tests::Children::default();
+    let child = children.push(
+        agent_cmd()
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("NOTIFY_SOCKET", &sock_path)
+            .env("WATCHDOG_USEC", "200000")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let mut buf = [0u8; 512];
+    let mut next = || {
+        let n = sock.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut first = next();
+    while first == "WATCHDOG=1" {
+        first = next();
+    }
+    assert!(
+        first.starts_with("READY=1\nSTATUS=active: default"),
+        "{first:?}"
+    );
+    // Ready means the first complete probe cycle is published.
+    let r = Reader::open(&state).unwrap();
+    let s = r.snapshot().unwrap();
+    assert_eq!((s.last_probe_name(0), s.last_probe_name(1)), ("ok", "ok"));
+    let pings = (0..20)
+        .map(|_| next())
+        .filter(|m| m == "WATCHDOG=1")
+        .count();
+    assert!(pings >= 15, "watchdog pings: {pings} of 20 messages");
+    nix::sys::signal::kill(pid, Signal::SIGHUP).unwrap();
+    let after_hup: Vec<String> = (0..12)
+        .map(|_| next())
+        .filter(|m| m != "WATCHDOG=1")
+        .collect();
+    assert_eq!(
+        after_hup.first().map(String::as_str),
+        Some("RELOADING=1"),
+        "{after_hup:?}"
+    );
+    assert!(
+        after_hup
+            .get(1)
+            .is_some_and(|m| m.starts_with("READY=1\nSTATUS=active: default")),
+        "{after_hup:?}"
+    );
+    nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
+    let stop = (0..12).map(|_| next()).find(|m| m != "WATCHDOG=1");
+    assert_eq!(stop.as_deref(), Some("STOPPING=1"));
+    drop((a, b));
+}
