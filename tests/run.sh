@@ -33,6 +33,16 @@ counted .venv/bin/python -m pytest -q reader/python/tests
 counted .venv/bin/python -m pytest -q tests/django_app/test_failover.py
 counted .venv/bin/python -m pytest -q tests/django_app/test_replication.py
 
+step "the Python wheel: built with libdbha bundled, installed in a fresh virtualenv, tested"
+reader/python/build_wheel.sh target/debug/libdbha.so target/wheels
+rm -rf target/wheel-venv
+python3 -m venv target/wheel-venv
+target/wheel-venv/bin/pip install -q --disable-pip-version-check target/wheels/dbha-*.whl "pytest>=7,<9"
+# From another directory, so that the source tree is not importable.
+(cd /tmp && DBHA_TEST_INSTALLED=1 DBHA_TARGET_DIR="$OLDPWD/target/debug" \
+    "$OLDPWD/target/wheel-venv/bin/python" -m pytest -q "$OLDPWD/reader/python/tests/test_reader.py") 2>&1 |
+    tee -a "$results"
+
 step "loom model of the seqlock"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
     counted cargo test -p dbha-protocol --test loom --release

@@ -13,8 +13,12 @@ ROOT = Path(__file__).resolve().parents[3]
 TARGET = Path(os.environ.get("DBHA_TARGET_DIR", ROOT / "target" / "debug"))
 STATEFILE = TARGET / "dbha-statefile"
 
-os.environ.setdefault("DBHA_LIBRARY", str(TARGET / "libdbha.so"))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# DBHA_TEST_INSTALLED=1: test the installed package (a wheel) with the library it
+# bundles, not the source tree with the workspace's build.
+INSTALLED = os.environ.get("DBHA_TEST_INSTALLED") == "1"
+if not INSTALLED:
+    os.environ.setdefault("DBHA_LIBRARY", str(TARGET / "libdbha.so"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def write_state(path, aliases, *args):
@@ -62,5 +66,6 @@ def holder(tmp_path):
 
 @pytest.fixture(scope="session", autouse=True)
 def built():
-    for f in (STATEFILE, Path(os.environ["DBHA_LIBRARY"])):
+    needed = [STATEFILE] + ([] if INSTALLED else [Path(os.environ["DBHA_LIBRARY"])])
+    for f in needed:
         assert f.exists(), f"{f} is missing: run `cargo build --workspace` first (tests/run.sh does)"

@@ -1,6 +1,5 @@
 """dbha.Reader over libdbha, against state files made by the Rust writer."""
 
-import ctypes
 import os
 import shutil
 import subprocess
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import dbha
-from conftest import STATEFILE, TARGET, write_state
+from conftest import INSTALLED, write_state
 
 ALIASES = ["default", "failover1", "failover2"]
 
@@ -149,7 +148,7 @@ def run_python(code, env, cwd="/"):
 
 
 def test_library_search_order(tmp_path):
-    lib = Path(os.environ["DBHA_LIBRARY"])
+    lib = Path(dbha.library_path())
     pkg = Path(dbha.__file__).parent
     # 1. DBHA_LIBRARY wins.
     copy = tmp_path / "elsewhere" / "libdbha.so"
@@ -169,6 +168,7 @@ def test_library_search_order(tmp_path):
     shutil.copy(lib, bundled_pkg / "libdbha.so")
     env = {k: v for k, v in os.environ.items() if k != "DBHA_LIBRARY"}
     env["PYTHONPATH"] = str(bundled_pkg.parent)
+    shutil.rmtree(bundled_pkg / "__pycache__", ignore_errors=True)
     rc, out, err = run_python(code, env)
     assert (rc, out) == (0, str(bundled_pkg / "libdbha.so")), err
     # 3. Then the system loader path, by soname.
@@ -185,3 +185,11 @@ def test_library_search_order(tmp_path):
     env.pop("LD_LIBRARY_PATH")
     rc, out, err = run_python(code, env)
     assert rc != 0 and "libdbha could not be loaded" in err and "DBHA_LIBRARY" in err
+
+
+@pytest.mark.skipif(not INSTALLED, reason="checks an installed wheel (DBHA_TEST_INSTALLED=1, tests/run.sh)")
+def test_an_installed_wheel_loads_the_library_it_bundles():
+    assert "DBHA_LIBRARY" not in os.environ
+    assert dbha.library_path() == str(Path(dbha.__file__).parent / "libdbha.so")
+    assert "site-packages" in dbha.library_path()
+    assert dbha.version() == "0.1.0"
