@@ -134,6 +134,8 @@ pub struct Config {
     pub stale_after: Duration,
     /// Permission bits of the state file.
     pub state_mode: u32,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// In priority order.
     pub databases: Vec<Database>,
 }
@@ -209,6 +211,7 @@ struct RawConfig {
     reads: Option<Spanned<Reads>>,
     stale_after: Option<Spanned<Dur>>,
     state_mode: Option<Spanned<String>>,
+    metrics_listen: Option<Spanned<String>>,
     // Credential defaults for every database (not `#[serde(flatten)]`: it would
     // lose the location of an unknown key).
     user: Option<String>,
@@ -454,6 +457,19 @@ impl Config {
                     )
                 })?,
         };
+        let metrics_listen = match &raw.metrics_listen {
+            None => None,
+            Some(m) => Some(m.get_ref().parse().map_err(|_| {
+                loc.at(
+                    Some(m.span()),
+                    "metrics_listen",
+                    format!(
+                        "expected an address and port such as \"127.0.0.1:9187\", found {:?}",
+                        m.get_ref()
+                    ),
+                )
+            })?),
+        };
         if raw.database.is_empty() {
             return Err(loc.at(
                 None,
@@ -566,6 +582,7 @@ impl Config {
             reads,
             stale_after,
             state_mode,
+            metrics_listen,
             databases,
         })
     }
@@ -599,6 +616,9 @@ impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "state_file  = {}", self.state_file.display())?;
         writeln!(f, "state_mode  = {:04o}", self.state_mode)?;
+        if let Some(m) = self.metrics_listen {
+            writeln!(f, "metrics     = http://{m}/metrics")?;
+        }
         writeln!(f, "interval    = {:?}", self.interval)?;
         writeln!(f, "timeout     = {:?}", self.timeout)?;
         writeln!(f, "rise, fall  = {}, {}", self.rise, self.fall)?;

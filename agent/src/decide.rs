@@ -45,6 +45,11 @@ impl Tracker {
         }
     }
 
+    /// Consecutive failed probes so far (0 after a success).
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
     /// Records one probe result; returns the transition it caused, if any.
     pub fn observe(&mut self, ok: bool) -> Option<Transition> {
         let from = self.health;

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod decide;
 pub mod demo;
+pub mod metrics;
 pub mod notify;
 pub mod pg;
 pub mod probe;

@@ -4,14 +4,17 @@
 
 use crate::config::{Config, Database};
 use crate::decide::{decide, Decision, Health, Seen, Tracker};
+use crate::metrics::{self, Metrics};
 use crate::notify::Notifier;
 use crate::probe::{self, Outcome, Report, Role};
 use crate::signals;
 use dbha_protocol::writer::{Opened, Publication, Settings, StateFile};
 use dbha_protocol::NONE;
 use log::{error, info, warn};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// What the loop reacts to.
@@ -47,6 +50,8 @@ struct Endpoint {
     /// Role and read-only flag from the last probe that could log in; kept through
     /// a lost probe, forgotten when the endpoint goes down.
     role: Option<(Role, bool)>,
+    /// How long the last probe took.
+    took: Duration,
 }
 
 impl Endpoint {
@@ -83,6 +88,11 @@ struct Agent {
     reported: Vec<bool>,
     /// When the last probe report arrived: the watchdog is fed only while they do.
     last_report: Instant,
+    /// What `metrics_listen` serves, when configured.
+    metrics: Option<Arc<Mutex<Metrics>>>,
+    switches_total: u64,
+    /// Failed probes by alias and kind, since the agent started.
+    errors: BTreeMap<String, BTreeMap<&'static str, u64>>,
 }
 
 /// How long, from a start or reload, until every endpoint has had the chance of a
@@ -113,6 +123,7 @@ fn endpoints(config: &Config) -> Vec<Endpoint> {
             tracker: Tracker::new(db.rise, db.fall),
             last: None,
             role: None,
+            took: Duration::ZERO,
         })
         .collect()
 }
@@ -174,6 +185,19 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
         config.interval,
         config.failback,
     );
+    let metrics = match config.metrics_listen {
+        Some(addr) => {
+            let shared = Arc::new(Mutex::new(Metrics::default()));
+            let bound = metrics::serve(addr, shared.clone()).map_err(|e| {
+                StartError(format!(
+                    "cannot serve metrics on {addr} (metrics_listen): {e}"
+                ))
+            })?;
+            info!("metrics on http://{bound}/metrics");
+            Some(shared)
+        }
+        None => None,
+    };
     let settle_until = Instant::now() + settle_time(&config);
     let mut agent = Agent {
         config_path: config_path.to_owned(),
@@ -191,6 +215,9 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
         ready: false,
         reported: Vec::new(),
         last_report: Instant::now(),
+        metrics,
+        switches_total: 0,
+        errors: BTreeMap::new(),
     };
     agent.start_probes();
     agent.run(rx);
@@ -273,6 +300,39 @@ impl Agent {
         self.last_report.elapsed() < period * 3 + self.config.interval
     }
 
+    /// Replaces the snapshot the metrics endpoint serves.
+    fn update_metrics(&self) {
+        let Some(shared) = &self.metrics else { return };
+        let endpoints = self
+            .endpoints
+            .iter()
+            .map(|e| metrics::Endpoint {
+                alias: e.db.alias.clone(),
+                up: e.tracker.health == Health::Up,
+                role: match e.seen().role {
+                    Some(Role::Primary) => "primary",
+                    Some(Role::Standby) => "standby",
+                    None => "unknown",
+                },
+                last_probe: e.took,
+                consecutive_failures: e.tracker.failures(),
+                errors: self.errors.get(&e.db.alias).cloned().unwrap_or_default(),
+            })
+            .collect();
+        let name = |i: Option<usize>| i.map(|i| self.endpoints[i].db.alias.clone());
+        let m = Metrics {
+            endpoints,
+            active: name(self.choice.0),
+            read: name(self.choice.1),
+            epoch: self.state.values().epoch,
+            switches_total: self.switches_total,
+            last_heartbeat: Some(Instant::now()),
+        };
+        if let Ok(mut slot) = shared.lock() {
+            *slot = m;
+        }
+    }
+
     /// What `systemctl status` shows.
     fn status_line(&self) -> String {
         let up = self
@@ -295,6 +355,17 @@ impl Agent {
         }
         self.reported[r.index] = true;
         self.last_report = Instant::now();
+        if let Err(f) = &r.outcome {
+            let alias = self.endpoints[r.index].db.alias.clone();
+            let kind = dbha_protocol::probe_result::name(f.kind());
+            *self
+                .errors
+                .entry(alias)
+                .or_default()
+                .entry(kind)
+                .or_insert(0) += 1;
+        }
+        self.endpoints[r.index].took = r.took;
         let kind = r
             .outcome
             .as_ref()
@@ -377,7 +448,12 @@ impl Agent {
         let d = self.decide(&self.config, &self.endpoints, before, settling);
         self.choice = (d.write, d.read);
         let conflict = d.primaries.len() > 1;
-        if let Some(epoch) = self.state.publish(&self.publication(conflict)) {
+        let published = self.state.publish(&self.publication(conflict));
+        if published.is_some() {
+            self.switches_total += 1;
+        }
+        self.update_metrics();
+        if let Some(epoch) = published {
             if d.write != before.0 {
                 info!(
                     "active: {} -> {} (epoch {epoch})",
@@ -476,6 +552,9 @@ impl Agent {
                 new.state_file.display()
             );
             return;
+        }
+        if new.metrics_listen != self.config.metrics_listen {
+            warn!("metrics_listen changed: it takes effect when the agent restarts");
         }
         for w in new.unresolvable_hosts() {
             warn!("{w}");

@@ -520,3 +520,114 @@ fn systemd_hears_ready_after_the_first_cycle_status_watchdog_reload_and_stop() {
     assert_eq!(stop.as_deref(), Some("STOPPING=1"));
     drop((a, b));
 }
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name_and_labels} in:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn metrics_report_the_known_state() {
+    let a = listener();
+    let pa = port(&a);
+    let mport = dbha_agent::pg::free_port("127.0.0.1").unwrap();
+    let addr = format!("127.0.0.1:{mport}");
+    // failover1 on a port nobody listens on: refused, every time.
+    let closed = dbha_agent::pg::free_port("127.0.0.1").unwrap();
+    let agent = Agent::new(|d| {
+        config(
+            d,
+            &[("default", pa, "tcp"), ("failover1", closed, "tcp")],
+            &format!("metrics_listen = \"{addr}\""),
+        )
+    });
+    let r = agent.reader();
+    wait_active(&r, "default");
+    wait_for("failover1 down", || {
+        let s = r.snapshot().ok()?;
+        (s.last_probe_name(1) == "refused" && !s.is_healthy(1)).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let reply = http_get(&addr, "/metrics");
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+    assert!(
+        reply.contains("Content-Type: text/plain; version=0.0.4"),
+        "{reply}"
+    );
+    let text = reply.split("\r\n\r\n").nth(1).unwrap();
+    let s = r.snapshot().unwrap();
+    assert_eq!(metric(text, "dbha_endpoint_up{alias=\"default\"}"), 1.0);
+    assert_eq!(metric(text, "dbha_endpoint_up{alias=\"failover1\"}"), 0.0);
+    assert_eq!(metric(text, "dbha_active{alias=\"default\"}"), 1.0);
+    assert_eq!(metric(text, "dbha_active{alias=\"failover1\"}"), 0.0);
+    assert_eq!(metric(text, "dbha_epoch"), s.epoch as f64);
+    assert_eq!(
+        metric(text, "dbha_switches_total"),
+        1.0,
+        "NONE -> default, once"
+    );
+    assert!(
+        metric(
+            text,
+            "dbha_endpoint_consecutive_failures{alias=\"failover1\"}"
+        ) >= 2.0
+    );
+    assert!(
+        metric(
+            text,
+            "dbha_probe_errors_total{alias=\"failover1\",kind=\"refused\"}"
+        ) >= 2.0
+    );
+    assert_eq!(
+        metric(
+            text,
+            "dbha_endpoint_role{alias=\"default\",role=\"unknown\"}"
+        ),
+        1.0
+    );
+    assert!(metric(text, "dbha_heartbeat_age_seconds") < 5.0);
+    assert!(
+        text.contains("# TYPE dbha_probe_errors_total counter"),
+        "{text}"
+    );
+    assert!(http_get(&addr, "/").starts_with("HTTP/1.1 404"));
+    drop(a);
+}
+
+#[test]
+fn a_bad_metrics_address_is_a_located_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        config(
+            &dir.path().join("state"),
+            &[("default", 5432, "tcp")],
+            "metrics_listen = \"localhost\"",
+        ),
+    )
+    .unwrap();
+    let out = agent_cmd()
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("metrics_listen: expected an address and port such as \"127.0.0.1:9187\""),
+        "{err}"
+    );
+}

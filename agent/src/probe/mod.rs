@@ -95,6 +95,8 @@ pub struct Report {
     pub generation: u64,
     pub index: usize,
     pub outcome: Outcome,
+    /// How long the probe took.
+    pub took: Duration,
 }
 
 /// Probes `db` once, within its timeout.
@@ -129,6 +131,7 @@ pub fn spawn<E: From<Report> + Send + 'static>(
                 generation,
                 index,
                 outcome,
+                took: start.elapsed(),
             };
             if tx.send(report.into()).is_err() {
                 return;

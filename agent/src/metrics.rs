@@ -1,0 +1,180 @@
+//! Prometheus metrics in the text exposition format, served over plain HTTP from
+//! the standard library (one small thread; `metrics_listen`, loopback by default in
+//! the example configuration). The agent's loop replaces the snapshot after every
+//! publication; a scrape only formats it.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// One endpoint as the metrics show it.
+#[derive(Debug, Clone, Default)]
+pub struct Endpoint {
+    pub alias: String,
+    pub up: bool,
+    /// "primary", "standby" or "unknown".
+    pub role: &'static str,
+    pub last_probe: Duration,
+    pub consecutive_failures: u32,
+    /// Failed probes by kind ("refused", "timeout", ...), since the agent started.
+    pub errors: BTreeMap<&'static str, u64>,
+}
+
+/// What a scrape reports.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    pub endpoints: Vec<Endpoint>,
+    pub active: Option<String>,
+    pub read: Option<String>,
+    pub epoch: u64,
+    pub switches_total: u64,
+    pub last_heartbeat: Option<Instant>,
+}
+
+/// A label value, escaped as the exposition format requires.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Metrics {
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let mut family = |name: &str, kind: &str, help: &str, lines: Vec<(String, String)>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in lines {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+        let per = |f: &dyn Fn(&Endpoint) -> String| -> Vec<(String, String)> {
+            self.endpoints
+                .iter()
+                .map(|e| (format!("{{alias=\"{}\"}}", label(&e.alias)), f(e)))
+                .collect()
+        };
+        family(
+            "dbha_endpoint_up",
+            "gauge",
+            "1 when the endpoint passed its rise probes and not its fall probes since.",
+            per(&|e| u8::from(e.up).to_string()),
+        );
+        family(
+            "dbha_endpoint_role",
+            "gauge",
+            "The endpoint's role as last seen (label role), always 1.",
+            self.endpoints
+                .iter()
+                .map(|e| {
+                    (
+                        format!("{{alias=\"{}\",role=\"{}\"}}", label(&e.alias), e.role),
+                        "1".into(),
+                    )
+                })
+                .collect(),
+        );
+        family(
+            "dbha_endpoint_last_probe_duration_seconds",
+            "gauge",
+            "How long the last probe took.",
+            per(&|e| format!("{:.6}", e.last_probe.as_secs_f64())),
+        );
+        family(
+            "dbha_endpoint_consecutive_failures",
+            "gauge",
+            "Failed probes in a row.",
+            per(&|e| e.consecutive_failures.to_string()),
+        );
+        family(
+            "dbha_probe_errors_total",
+            "counter",
+            "Failed probes by endpoint and kind since the agent started.",
+            self.endpoints
+                .iter()
+                .flat_map(|e| {
+                    e.errors.iter().map(|(kind, n)| {
+                        (
+                            format!("{{alias=\"{}\",kind=\"{kind}\"}}", label(&e.alias)),
+                            n.to_string(),
+                        )
+                    })
+                })
+                .collect(),
+        );
+        let chosen = |which: &Option<String>| {
+            per(&|e| u8::from(which.as_deref() == Some(&e.alias)).to_string())
+        };
+        family(
+            "dbha_active",
+            "gauge",
+            "1 for the endpoint writes go to now (none when no endpoint is usable).",
+            chosen(&self.active),
+        );
+        family(
+            "dbha_read",
+            "gauge",
+            "1 for the endpoint reads go to now.",
+            chosen(&self.read),
+        );
+        family(
+            "dbha_epoch",
+            "gauge",
+            "The published decision's epoch.",
+            vec![(String::new(), self.epoch.to_string())],
+        );
+        family(
+            "dbha_switches_total",
+            "counter",
+            "Decision changes published since the agent started.",
+            vec![(String::new(), self.switches_total.to_string())],
+        );
+        let age = self
+            .last_heartbeat
+            .map_or(f64::NAN, |t| t.elapsed().as_secs_f64());
+        family(
+            "dbha_heartbeat_age_seconds",
+            "gauge",
+            "Time since the agent's last publication.",
+            vec![(String::new(), format!("{age:.3}"))],
+        );
+        out
+    }
+}
+
+/// Serves `GET /metrics` on `addr` from a thread; returns the bound address.
+pub fn serve(addr: SocketAddr, shared: Arc<Mutex<Metrics>>) -> io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let bound = listener.local_addr()?;
+    std::thread::Builder::new().name("metrics".into()).spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
+            // The request line is all that matters; read until the end of the headers.
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 16 * 1024 {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let line = String::from_utf8_lossy(&req);
+            let (status, body) = if line.starts_with("GET /metrics ") || line.starts_with("GET /metrics?") {
+                let text = shared.lock().map(|m| m.render()).unwrap_or_default();
+                ("200 OK", text)
+            } else {
+                ("404 Not Found", "only /metrics is served here\n".to_owned())
+            };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    })?;
+    Ok(bound)
+}
