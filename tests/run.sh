@@ -33,6 +33,9 @@ counted .venv/bin/python -m pytest -q reader/python/tests
 counted .venv/bin/python -m pytest -q tests/django_app/test_failover.py
 counted .venv/bin/python -m pytest -q tests/django_app/test_replication.py
 
+step "the Kubernetes example"
+counted .venv/bin/python -m pytest -q tests/packaging
+
 step "the Python wheel: built with libdbha bundled, installed in a fresh virtualenv, tested"
 reader/python/build_wheel.sh target/debug/libdbha.so target/wheels
 rm -rf target/wheel-venv

@@ -1,0 +1,41 @@
+"""The Kubernetes sidecar example parses, wires the agent and the application to
+one in-memory volume, gates readiness on `dbha-agent status`, and carries a
+configuration the agent accepts (`dbha-agent check`)."""
+
+import os
+import subprocess
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+TARGET = Path(os.environ.get("DBHA_TARGET_DIR", ROOT / "target" / "debug"))
+
+
+def documents():
+    with open(ROOT / "packaging" / "kubernetes" / "sidecar.yaml") as f:
+        return {d["kind"]: d for d in yaml.safe_load_all(f)}
+
+
+def test_the_agent_and_the_app_share_an_in_memory_state_volume():
+    pod = documents()["Deployment"]["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["dbha-state"]["emptyDir"]["medium"] == "Memory"
+    containers = {c["name"]: c for c in pod["containers"]}
+    agent, app = containers["dbha-agent"], containers["app"]
+    mounts = lambda c: {m["name"]: m for m in c["volumeMounts"]}  # noqa: E731
+    assert mounts(agent)["dbha-state"]["mountPath"] == "/run/dbha"
+    assert mounts(app)["dbha-state"] == {"name": "dbha-state", "mountPath": "/run/dbha", "readOnly": True}
+    assert {"name": "DBHA_STATE", "value": "/run/dbha/state"} in app["env"]
+    probe = agent["readinessProbe"]["exec"]["command"]
+    assert probe[1:] == ["status", "--state", "/run/dbha/state"]
+
+
+def test_the_configmap_holds_a_valid_agent_configuration(tmp_path):
+    text = documents()["ConfigMap"]["data"]["dbha.toml"]
+    cfg = tmp_path / "dbha.toml"
+    cfg.write_text(text)
+    out = subprocess.run([str(TARGET / "dbha-agent"), "check", "--config", str(cfg)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "state_file  = /run/dbha/state" in out.stdout
