@@ -32,6 +32,17 @@ def test_writes_to_the_primary_reads_to_a_standby_and_promotion_keeps_every_writ
     from items.models import Item
 
     deadline = time.monotonic() + 30
+    # The schema reaches the standbys by replay, which synchronous commit (a flush
+    # on failover1) does not wait for: wait until both can see the table.
+    for standby in ("failover1", "failover2"):
+        while True:
+            try:
+                Item.objects.using(standby).exists()
+                break
+            except DatabaseError:
+                drop_broken_connections()
+                assert time.monotonic() < deadline, f"the schema never reached {standby}"
+                time.sleep(0.05)
     while router.db_for_write(Item) != "default" or router.db_for_read(Item) not in ("failover1", "failover2"):
         assert time.monotonic() < deadline, (router.db_for_write(Item), router.db_for_read(Item))
         time.sleep(0.05)
