@@ -227,10 +227,7 @@ impl Cluster {
         port: u16,
         auth: &str,
     ) -> io::Result<Cluster> {
-        install.own_dir(root)?;
-        let dir = root.join(name);
-        install.own_dir(&dir)?;
-        let data_dir = dir.join("data");
+        let (dir, data_dir) = Cluster::dirs(install, root, name)?;
         check(
             &format!("initdb for {name}"),
             install
@@ -253,7 +250,30 @@ impl Cluster {
         if auth != "trust" {
             settings.push(format!("password_encryption={auth}"));
         }
-        Ok(Cluster {
+        Ok(Cluster::at(
+            install, name, host, port, dir, data_dir, settings,
+        ))
+    }
+
+    /// `root/name`, owned by the servers' user, and the data directory in it.
+    fn dirs(install: &Install, root: &Path, name: &str) -> io::Result<(PathBuf, PathBuf)> {
+        install.own_dir(root)?;
+        let dir = root.join(name);
+        install.own_dir(&dir)?;
+        let data = dir.join("data");
+        Ok((dir, data))
+    }
+
+    fn at(
+        install: &Install,
+        name: &str,
+        host: &str,
+        port: u16,
+        dir: PathBuf,
+        data_dir: PathBuf,
+        settings: Vec<String>,
+    ) -> Cluster {
+        Cluster {
             name: name.to_owned(),
             host: host.to_owned(),
             port,
@@ -262,7 +282,7 @@ impl Cluster {
             data_dir,
             install: install.clone(),
             settings,
-        })
+        }
     }
 
     fn default_settings() -> Vec<String> {
@@ -290,10 +310,7 @@ impl Cluster {
         port: u16,
     ) -> io::Result<Cluster> {
         let install = &primary.install;
-        install.own_dir(root)?;
-        let dir = root.join(name);
-        install.own_dir(&dir)?;
-        let data_dir = dir.join("data");
+        let (dir, data_dir) = Cluster::dirs(install, root, name)?;
         check(
             &format!("pg_basebackup for {name}"),
             install
@@ -305,16 +322,15 @@ impl Cluster {
                 .arg(&data_dir)
                 .output(),
         )?;
-        Ok(Cluster {
-            name: name.to_owned(),
-            host: host.to_owned(),
+        Ok(Cluster::at(
+            install,
+            name,
+            host,
             port,
-            log_file: dir.join("server.log"),
-            socket_dir: dir,
+            dir,
             data_dir,
-            install: install.clone(),
-            settings: primary.settings.clone(),
-        })
+            primary.settings.clone(),
+        ))
     }
 
     /// Adds a `-c name=value` setting for the next starts.

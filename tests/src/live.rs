@@ -12,20 +12,26 @@ pub struct Live {
     pub dir: Scratch,
 }
 
+/// The PostgreSQL installation, or None (the test is skipped, saying why); under
+/// CI a missing PostgreSQL fails the test instead.
+fn install() -> Option<pg::Install> {
+    match pg::find() {
+        Ok(i) => Some(i),
+        Err(why) => {
+            assert!(
+                !in_ci(),
+                "PostgreSQL is required under CI: {why} (tests/setup.sh installs it)"
+            );
+            eprintln!("SKIPPED: {why}");
+            None
+        }
+    }
+}
+
 impl Live {
     /// Starts one cluster per name. `None`: PostgreSQL is not installed (not CI).
     pub fn start(names: &[&str]) -> Option<Live> {
-        let install = match pg::find() {
-            Ok(i) => i,
-            Err(why) => {
-                assert!(
-                    !in_ci(),
-                    "PostgreSQL is required under CI: {why} (tests/setup.sh installs it)"
-                );
-                eprintln!("SKIPPED: {why}");
-                return None;
-            }
-        };
+        let install = install()?;
         let dir = Scratch::new("live").expect("scratch directory");
         let root = dir.path().to_owned();
         let handles: Vec<_> = names
@@ -66,17 +72,7 @@ impl Live {
         auth: &str,
         password: Option<&str>,
     ) -> Option<Live> {
-        let install = match pg::find() {
-            Ok(i) => i,
-            Err(why) => {
-                assert!(
-                    !in_ci(),
-                    "PostgreSQL is required under CI: {why} (tests/setup.sh installs it)"
-                );
-                eprintln!("SKIPPED: {why}");
-                return None;
-            }
-        };
+        let install = install()?;
         let dir = Scratch::new("replicated").expect("scratch directory");
         let mut live = Live {
             clusters: Vec::new(),
