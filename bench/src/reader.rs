@@ -5,7 +5,7 @@
 //! interleaved samples, so that drift on a shared machine hits all cases alike.
 
 use dbha::Reader;
-use dbha_protocol::writer::{Publication, Settings, StateFile};
+use dbha_protocol::writer::Publication;
 use std::hint::black_box;
 use std::path::Path;
 use std::process::Command;
@@ -73,25 +73,18 @@ pub fn run(samples: usize, n: u64) {
     let scratch = dbha_agent::pg::Scratch::new("bench-reader").unwrap();
     let dir = scratch.path();
     let state = dir.join("state");
-    let aliases: Vec<String> = ["default", "failover1", "failover2"]
-        .map(String::from)
-        .to_vec();
-    let (mut w, _) = StateFile::open(
-        &state,
-        &aliases,
-        Settings {
-            stale_after_ns: 3_600_000_000_000,
-            mode: 0o644,
-        },
-        &Publication::NOTHING,
-    )
-    .unwrap();
-    w.publish(&Publication {
+    let active = Publication {
         write_index: 0,
         read_index: 0,
         health_mask: 0b111,
         ..Publication::NOTHING
-    });
+    };
+    let _w = dbha_tests::write_state(
+        &state,
+        &["default", "failover1", "failover2"],
+        3_600_000_000_000,
+        &active,
+    );
     let reader = Reader::open(&state).unwrap();
     assert_eq!(reader.active_alias(), Some("default"));
 

@@ -130,6 +130,19 @@ impl Default for Timing {
 }
 
 impl Timing {
+    /// The settings of the live PostgreSQL tests: probes every 100 ms, a 300 ms
+    /// timeout, rise and fall 2, stale after 1 s.
+    pub fn live(failback: &'static str) -> Timing {
+        Timing {
+            interval_ms: 100,
+            timeout_ms: 300,
+            rise: 2,
+            fall: 2,
+            stale_after_ms: 1000,
+            failback,
+        }
+    }
+
     /// The longest a fault may take to be published: `fall` probes, each taking at
     /// most the longer of interval and timeout, plus one interval of phase.
     pub fn detection_bound(&self) -> Duration {

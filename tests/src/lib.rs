@@ -31,6 +31,27 @@ pub fn require(tool: &str, why: &str) -> Option<PathBuf> {
     found
 }
 
+/// A state file at `path` made by the real writer, with `aliases`, a staleness
+/// threshold, and `p` published. Keep the writer alive as long as the file must
+/// stay live.
+pub fn write_state(
+    path: &std::path::Path,
+    aliases: &[&str],
+    stale_after_ns: u64,
+    p: &dbha_protocol::writer::Publication,
+) -> dbha_protocol::writer::StateFile {
+    use dbha_protocol::writer::{Publication, Settings, StateFile};
+    let aliases: Vec<String> = aliases.iter().map(|a| a.to_string()).collect();
+    let settings = Settings {
+        stale_after_ns,
+        mode: 0o644,
+    };
+    let (mut w, _) = StateFile::open(path, &aliases, settings, &Publication::NOTHING)
+        .unwrap_or_else(|e| panic!("{e}"));
+    w.publish(p);
+    w
+}
+
 /// Child processes killed and reaped when dropped, also when a test panics.
 #[derive(Default)]
 pub struct Children(pub Vec<Child>);

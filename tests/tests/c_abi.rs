@@ -3,7 +3,7 @@
 //! compiler using `pkg-config --cflags --libs dbha` (shared, and `--static`), and
 //! run against files made by the real writer.
 
-use dbha_protocol::writer::{Publication, Settings, StateFile};
+use dbha_protocol::writer::{Publication, StateFile};
 use dbha_tests::{libdbha_dir, require};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,21 +11,12 @@ use std::process::Command;
 const SECOND: u64 = 1_000_000_000;
 
 fn write_state(path: &Path, stale_after_ns: u64, p: &Publication) -> StateFile {
-    let aliases: Vec<String> = ["default", "failover1", "failover2"]
-        .map(String::from)
-        .to_vec();
-    let (mut w, _) = StateFile::open(
+    dbha_tests::write_state(
         path,
-        &aliases,
-        Settings {
-            stale_after_ns,
-            mode: 0o644,
-        },
-        &Publication::NOTHING,
+        &["default", "failover1", "failover2"],
+        stale_after_ns,
+        p,
     )
-    .unwrap();
-    w.publish(p);
-    w
 }
 
 /// The files `reader_test check` expects in `dir`; returns the live file's epoch.

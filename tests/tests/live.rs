@@ -18,14 +18,7 @@ use std::time::{Duration, Instant};
 const NAMES: [&str; 3] = ["default", "failover1", "failover2"];
 
 fn timing() -> Timing {
-    Timing {
-        interval_ms: 100,
-        timeout_ms: 300,
-        rise: 2,
-        fall: 2,
-        stale_after_ms: 1000,
-        failback: "sticky",
-    }
+    Timing::live("sticky")
 }
 
 /// Three clusters and one agent with the postgres check.

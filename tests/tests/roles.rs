@@ -11,14 +11,7 @@ use dbha_tests::live::Live;
 use std::time::{Duration, Instant};
 
 fn timing(failback: &'static str) -> Timing {
-    Timing {
-        interval_ms: 100,
-        timeout_ms: 300,
-        rise: 2,
-        fall: 2,
-        stale_after_ms: 1000,
-        failback,
-    }
+    Timing::live(failback)
 }
 
 const ROLES: &str = "writes = \"primary\"\nreads = \"prefer-standby\"";
