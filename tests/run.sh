@@ -33,7 +33,8 @@ counted .venv/bin/python -m pytest -q reader/python/tests
 counted .venv/bin/python -m pytest -q tests/django_app/test_failover.py
 counted .venv/bin/python -m pytest -q tests/django_app/test_replication.py
 
-step "the Kubernetes example"
+step "packaging: the Kubernetes example; the .deb built, installed with dpkg, used, purged"
+packaging/deb/build.sh
 counted .venv/bin/python -m pytest -q tests/packaging
 
 step "the Python wheel: built with libdbha bundled, installed in a fresh virtualenv, tested"

@@ -22,6 +22,11 @@ pg_server() {
 pg_server && id postgres >/dev/null 2>&1 || need_pkgs+=(postgresql)
 # systemd-analyze, to verify the unit in packaging/.
 have systemd-analyze || need_pkgs+=(systemd)
+# The Debian package: dpkg-architecture and dpkg-shlibdeps (dpkg-dev) and xz, which
+# cargo-deb uses; adduser, which the package's postinst runs.
+have dpkg-architecture && have dpkg-shlibdeps || need_pkgs+=(dpkg-dev)
+have xz || need_pkgs+=(xz-utils)
+have adduser || [ -x /usr/sbin/adduser ] || need_pkgs+=(adduser)
 # HAProxy, for the failover comparison (dbha-bench haproxy).
 have haproxy || [ -x /usr/sbin/haproxy ] || need_pkgs+=(haproxy)
 
@@ -39,6 +44,14 @@ fi
 if ! cargo +nightly miri --version >/dev/null 2>&1; then
     echo "setup: installing the nightly toolchain with Miri (for the seqlock's Miri test)"
     rustup toolchain install nightly --profile minimal --component miri,rust-src
+fi
+
+# cargo-deb builds the Debian package (packaging/deb/build.sh). Pinned, so that
+# every machine builds the same package; it compresses with the xz program.
+cargo_deb=3.8.0
+if [ "$(cargo deb --version 2>/dev/null)" != "cargo-deb $cargo_deb" ]; then
+    echo "setup: installing cargo-deb $cargo_deb (builds the .deb)"
+    cargo install --quiet --locked --no-default-features cargo-deb --version "$cargo_deb"
 fi
 
 # The Python package's tests and the Django end-to-end test run in .venv (ignored by
