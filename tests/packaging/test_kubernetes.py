@@ -1,11 +1,15 @@
-"""The Kubernetes sidecar example parses, wires the agent and the application to
-one in-memory volume, gates readiness on `dbha-agent status`, and carries a
-configuration the agent accepts (`dbha-agent check`)."""
+"""The Kubernetes sidecar example validates against the Kubernetes API schemas
+(kubernetes-validate, strict: unknown fields are errors), wires the agent and the
+application to one in-memory volume, gates readiness on `dbha-agent status`, and
+carries a configuration the agent accepts (`dbha-agent check`)."""
 
+import copy
 import os
 import subprocess
 from pathlib import Path
 
+import kubernetes_validate
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -15,6 +19,32 @@ TARGET = Path(os.environ.get("DBHA_TARGET_DIR", ROOT / "target" / "debug"))
 def documents():
     with open(ROOT / "packaging" / "kubernetes" / "sidecar.yaml") as f:
         return {d["kind"]: d for d in yaml.safe_load_all(f)}
+
+
+# The oldest Kubernetes release the example is checked against, and the newest
+# whose schemas kubernetes-validate carries.
+VERSIONS = ["1.25", kubernetes_validate.latest_version()]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_every_document_validates_against_the_kubernetes_schemas(version):
+    docs = documents()
+    assert set(docs) == {"ConfigMap", "Deployment"}
+    for doc in docs.values():
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_the_schema_check_rejects_a_misspelt_field_and_a_wrong_type():
+    deployment = documents()["Deployment"]
+    misspelt = copy.deepcopy(deployment)
+    agent = misspelt["spec"]["template"]["spec"]["containers"][0]
+    agent["readinessProbe"]["exec"]["comand"] = agent["readinessProbe"]["exec"].pop("command")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(misspelt, VERSIONS[-1], strict=True)
+    wrong_type = copy.deepcopy(deployment)
+    wrong_type["spec"]["replicas"] = "two"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(wrong_type, VERSIONS[-1], strict=True)
 
 
 def test_the_agent_and_the_app_share_an_in_memory_state_volume():
