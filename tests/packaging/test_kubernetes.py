@@ -4,6 +4,7 @@ application to one in-memory volume, gates readiness on `dbha-agent status`, and
 carries a configuration the agent accepts (`dbha-agent check`)."""
 
 import copy
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -69,3 +70,19 @@ def test_the_configmap_holds_a_valid_agent_configuration(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "state_file  = /run/dbha/state" in out.stdout
+
+
+def test_the_dockerfile_builds_the_image_the_manifest_runs():
+    text = (ROOT / "packaging" / "kubernetes" / "Dockerfile").read_text()
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    final = lines[max(i for i, line in enumerate(lines) if line.startswith("FROM "))]
+    assert "distroless" in final
+    assert "RUN cargo build --release --locked -p dbha-agent" in lines
+    agent = documents()["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    # The probe runs the binary the image installs; the container's args are its CMD.
+    assert 'ENTRYPOINT ["/usr/bin/dbha-agent"]' in lines
+    assert agent["readinessProbe"]["exec"]["command"][0] == "/usr/bin/dbha-agent"
+    assert f"CMD {json.dumps(agent['args'])}" in lines
+    assert "USER nonroot" in lines
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert "target/" in ignored and ".venv/" in ignored
