@@ -29,6 +29,8 @@ have xz || need_pkgs+=(xz-utils)
 have adduser || [ -x /usr/sbin/adduser ] || need_pkgs+=(adduser)
 # HAProxy, for the failover comparison (dbha-bench haproxy).
 have haproxy || [ -x /usr/sbin/haproxy ] || need_pkgs+=(haproxy)
+# nft, which blackholes a server's port for that comparison (dbha-bench haproxy).
+have nft || [ -x /usr/sbin/nft ] || need_pkgs+=(nftables)
 
 if ((${#need_pkgs[@]})); then
     echo "setup: installing Debian packages: ${need_pkgs[*]}"
