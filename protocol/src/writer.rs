@@ -128,7 +128,8 @@ impl Publication {
 pub struct Settings {
     /// Readers report Stale when the heartbeat is older than this.
     pub stale_after_ns: u64,
-    /// Permission bits of a newly created file (e.g. 0o644, or 0o640 with a group).
+    /// Permission bits of the file (e.g. 0o644, or 0o640 with a group), applied to a
+    /// new file and to one that is reused or reconfigured.
     pub mode: u32,
 }
 
@@ -152,6 +153,8 @@ pub struct StateFile {
     values: RecordValues,
     /// Offset of the probe results, when the file has them.
     details: Option<usize>,
+    /// The mapped file, for its permissions.
+    file: File,
     _lock: Flock<File>,
 }
 
@@ -300,6 +303,20 @@ fn map(file: &File, path: &Path) -> Result<MmapRaw, WriterError> {
         .map_err(io_err(path, "mmap"))
 }
 
+/// Gives the file `mode` and this process's group, whether it is new or reused: after
+/// the operator changes `state_mode` or the service's group, a restart or reload
+/// must not leave the old access in place (readers that have it open keep reading).
+fn set_access(file: &File, path: &Path, mode: u32) -> Result<(), WriterError> {
+    let gid = nix::unistd::getegid().as_raw();
+    if std::os::unix::fs::MetadataExt::gid(&file.metadata().map_err(io_err(path, "fstat"))?) != gid
+    {
+        std::os::unix::fs::fchown(file, None, Some(gid)).map_err(io_err(path, "chown"))?;
+    }
+    // Explicitly: the umask may have cleared bits the operator asked for.
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(io_err(path, "chmod"))
+}
+
 /// Builds a complete new file under a temporary name next to `path` and renames it
 /// into place. Returns the open file.
 fn create(
@@ -332,9 +349,7 @@ fn create(
         .open(&tmp)
         .map_err(io_err(&tmp, "create"))?;
     let result = (|| {
-        // The umask may have cleared bits the operator asked for.
-        file.set_permissions(std::fs::Permissions::from_mode(mode))
-            .map_err(io_err(&tmp, "chmod"))?;
+        set_access(&file, &tmp, mode)?;
         nix::fcntl::posix_fallocate(&file, 0, FILE_SIZE as i64)
             .map_err(|e| io_err(&tmp, "posix_fallocate")(e.into()))?;
         let (_, wall) = now_ns();
@@ -392,10 +407,12 @@ impl StateFile {
                     map: old_map,
                     aliases: old_aliases,
                     details,
+                    file,
                     _lock: lock,
                 };
                 if old.aliases == aliases {
-                    // Same inode, same decision, same epoch: readers carry on. What
+                    // Same inode, same decision, same epoch: readers carry on. The
+                    // access is the configured one, as for a new file. What
                     // the previous writer saw of health and roles is not known to
                     // this one: those start empty and fill as its probes conclude.
                     let mut v = old.values;
@@ -408,6 +425,7 @@ impl StateFile {
                     v.primary_mask = 0;
                     v.standby_mask = 0;
                     v.config_generation += 1;
+                    set_access(&old.file, path, settings.mode)?;
                     old.store(v);
                     return Ok((old, Opened::Reused));
                 }
@@ -436,6 +454,7 @@ impl StateFile {
                 aliases: aliases.to_vec(),
                 values,
                 details: Some(crate::DETAILS_OFFSET as usize),
+                file,
                 _lock: lock,
             },
             opened,
@@ -453,6 +472,7 @@ impl StateFile {
     ) -> Result<Opened, WriterError> {
         let table = check_aliases(aliases)?;
         if self.aliases == aliases {
+            set_access(&self.file, &self.path, settings.mode)?;
             let mut v = self.values;
             v.stale_after_ns = settings.stale_after_ns;
             v.config_generation += 1;
@@ -491,6 +511,7 @@ impl StateFile {
         old.flags |= flags::SUPERSEDED;
         self.store(old);
         self.map = new_map;
+        self.file = file;
         self.values = read_own(&self.map);
         self.aliases = aliases.to_vec();
         self.details = Some(crate::DETAILS_OFFSET as usize);

@@ -263,6 +263,51 @@ fn new_files_are_fully_sized_and_carry_the_requested_mode() {
     assert_eq!(names.len(), 2, "{names:?}");
 }
 
+#[test]
+fn a_reused_or_reconfigured_file_takes_the_configured_mode_and_the_writers_group() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let names = aliases(&["default", "failover1"]);
+    let with_mode = |mode| Settings {
+        stale_after_ns: 5 * SECOND,
+        mode,
+    };
+    let mode_and_gid = || {
+        let m = std::fs::metadata(&path).unwrap();
+        (m.permissions().mode() & 0o777, m.gid())
+    };
+    // This process's group: what a file it creates gets.
+    std::fs::write(dir.path().join("probe"), b"").unwrap();
+    let own_gid = std::fs::metadata(dir.path().join("probe")).unwrap().gid();
+
+    let (mut w, _) = StateFile::open(&path, &names, with_mode(0o644), &active(0)).unwrap();
+    w.publish(&active(1));
+    let epoch = w.values().epoch;
+    drop(w);
+    let reader = Reader::open(&path).unwrap();
+    // As root, give the file another group, as a previous run under another
+    // service group would have left it.
+    let other_gid = own_gid + 1000;
+    let regrouped = std::os::unix::fs::chown(&path, None, Some(other_gid)).is_ok();
+
+    // The operator changed state_mode (and the group): a restart applies both.
+    let (mut w, opened) = StateFile::open(&path, &names, with_mode(0o640), &active(0)).unwrap();
+    assert_eq!(opened, Opened::Reused);
+    assert_eq!(w.values().epoch, epoch, "a reuse keeps the epoch");
+    assert_eq!(
+        mode_and_gid(),
+        (0o640, own_gid),
+        "regrouped first: {regrouped}"
+    );
+    // A reload with the same aliases applies a new mode too.
+    let opened = w.reconfigure(&names, with_mode(0o600), &active(0)).unwrap();
+    assert_eq!(opened, Opened::Reused);
+    assert_eq!(mode_and_gid().0, 0o600);
+    // A reader that had the file open keeps reading it.
+    assert_eq!(reader.snapshot().unwrap().write_alias(), Some("failover1"));
+}
+
 fn open_err(path: &Path) -> Error {
     Reader::open(path).unwrap_err()
 }
