@@ -20,8 +20,11 @@ pg_server() {
     return 1
 }
 pg_server && id postgres >/dev/null 2>&1 || need_pkgs+=(postgresql)
-# systemd-analyze, to verify the unit in packaging/.
+# systemd-analyze, to verify the unit in packaging/; systemd-nspawn and debootstrap,
+# to run it under a real systemd in a container (tests/packaging/test_systemd.py).
 have systemd-analyze || need_pkgs+=(systemd)
+have systemd-nspawn || need_pkgs+=(systemd-container)
+have debootstrap || [ -x /usr/sbin/debootstrap ] || need_pkgs+=(debootstrap)
 # The Debian package: dpkg-architecture and dpkg-shlibdeps (dpkg-dev) and xz, which
 # cargo-deb uses; adduser, which the package's postinst runs.
 have dpkg-architecture && have dpkg-shlibdeps || need_pkgs+=(dpkg-dev)

@@ -9,44 +9,20 @@ at the end (and the user removed, if the tests created it), also on failure.
 Needs root, dpkg and the built package (DBHA_DEB, or target/debian/dbha_*.deb):
 missing, they fail the run under CI and skip these tests otherwise."""
 
-import glob
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import pytest
+from helpers import ROOT, Listener, agent_config, built_package, closed_port, missing, sh, version
 
-ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 AGENT = "/usr/bin/dbha-agent"
 CONFIG = Path("/etc/dbha/dbha.toml")
-IN_CI = os.environ.get("CI") in ("true", "1")
-
-
-def missing(reason):
-    if IN_CI:
-        pytest.fail(f"{reason} (required under CI)")
-    pytest.skip(reason)
-
-
-def sh(*args, check=True, **kw):
-    out = subprocess.run([str(a) for a in args], capture_output=True, text=True, **kw)
-    if check and out.returncode != 0:
-        pytest.fail(f"{' '.join(map(str, args))} exited {out.returncode}:\n{out.stdout}{out.stderr}")
-    return out
-
-
-def package_file():
-    if os.environ.get("DBHA_DEB"):
-        return Path(os.environ["DBHA_DEB"])
-    debs = sorted(glob.glob(str(ROOT / "target" / "debian" / "dbha_*.deb")), key=os.path.getmtime)
-    return Path(debs[-1]) if debs else None
 
 
 def installed():
@@ -65,9 +41,7 @@ def package():
     for tool in ("dpkg", "dpkg-query", "cc", "pkg-config"):
         if shutil.which(tool) is None:
             missing(f"{tool} is not installed")
-    deb = package_file()
-    if deb is None or not deb.is_file():
-        missing("no package built: run packaging/deb/build.sh")
+    deb = built_package()
     if installed():
         missing("the dbha package is installed on this machine already; these tests "
                 "install and purge their own (dpkg --purge dbha to let them)")
@@ -81,13 +55,6 @@ def package():
             sh("userdel", "dbha", check=False)
         if not group_existed and known("group", "dbha"):
             sh("groupdel", "dbha", check=False)
-
-
-def version():
-    for line in (ROOT / "Cargo.toml").read_text().splitlines():
-        if line.startswith("version = "):
-            return line.split('"')[1]
-    raise AssertionError("no version in Cargo.toml")
 
 
 def test_the_package_installs_the_agent_the_library_and_the_unit(package):
@@ -139,36 +106,6 @@ def test_the_installed_unit_verifies(package):
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-class Listener:
-    """A TCP listener that accepts and closes: a healthy endpoint for check = "tcp"."""
-
-    def __init__(self):
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.sock.settimeout(0.2)
-        self.done = False
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-        self.thread.start()
-
-    def serve(self):
-        while not self.done:
-            try:
-                conn, _ = self.sock.accept()
-                conn.close()
-            except OSError:
-                pass
-
-    def close(self):
-        self.done = True
-        self.thread.join()
-        self.sock.close()
-
-
-def closed_port():
-    with socket.create_server(("127.0.0.1", 0)) as s:
-        return s.getsockname()[1]
-
-
 def compile_reader(out, static):
     args = ["pkg-config", "--cflags", "--libs"] + (["--static"] if static else []) + ["dbha"]
     flags = sh(*args).stdout.split()
@@ -199,26 +136,7 @@ def test_a_c_program_built_with_pkg_config_reads_the_installed_agents_decision(p
         run.mkdir()
         shutil.chown(run, "dbha", "dbha")
         config = work / "dbha.toml"
-        config.write_text(f"""
-state_file = "{run}/state"
-interval = "100ms"
-timeout = "500ms"
-rise = 1
-fall = 2
-stale_after = "5s"
-
-[[database]]
-alias = "default"
-host = "127.0.0.1"
-port = {closed_port()}
-check = "tcp"
-
-[[database]]
-alias = "failover1"
-host = "127.0.0.1"
-port = {listener.port}
-check = "tcp"
-""")
+        config.write_text(agent_config(run / "state", closed_port(), listener.port))
         log = open(work / "agent.log", "w")
         agent = subprocess.Popen([AGENT, "run", "--config", str(config)], user="dbha", group="dbha",
                                  stdout=log, stderr=subprocess.STDOUT)

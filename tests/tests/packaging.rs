@@ -43,6 +43,7 @@ fn the_systemd_unit_verifies_and_keeps_what_dbha_relies_on() {
         "WatchdogSec=",
         "RuntimeDirectory=dbha",
         "RuntimeDirectoryPreserve=yes",
+        "ExecReload=/usr/bin/dbha-agent check --config /etc/dbha/dbha.toml",
         "ExecReload=/bin/kill -HUP $MAINPID",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
