@@ -21,7 +21,7 @@ use nix::fcntl::{Flock, FlockArg};
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -308,8 +308,7 @@ fn map(file: &File, path: &Path) -> Result<MmapRaw, WriterError> {
 /// must not leave the old access in place (readers that have it open keep reading).
 fn set_access(file: &File, path: &Path, mode: u32) -> Result<(), WriterError> {
     let gid = nix::unistd::getegid().as_raw();
-    if std::os::unix::fs::MetadataExt::gid(&file.metadata().map_err(io_err(path, "fstat"))?) != gid
-    {
+    if file.metadata().map_err(io_err(path, "fstat"))?.gid() != gid {
         std::os::unix::fs::fchown(file, None, Some(gid)).map_err(io_err(path, "chown"))?;
     }
     // Explicitly: the umask may have cleared bits the operator asked for.
