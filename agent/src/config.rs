@@ -517,6 +517,17 @@ impl Config {
                     "expected a host name or address, found an empty string",
                 ));
             }
+            // The host is published to applications, which connect to it as written.
+            if dbha_protocol::header::encode_address(db.host.get_ref(), 1).is_none() {
+                return Err(loc.at(
+                    Some(db.host.span()),
+                    &key("host"),
+                    format!(
+                        "expected a host name or address of at most {} bytes with no NUL",
+                        dbha_protocol::MAX_HOST_LEN
+                    ),
+                ));
+            }
             if db.port == 0 {
                 return Err(loc.at(
                     None,
@@ -606,8 +617,12 @@ impl Config {
             .collect()
     }
 
-    pub fn aliases(&self) -> Vec<String> {
-        self.databases.iter().map(|d| d.alias.clone()).collect()
+    /// What the state file publishes of each database: alias, host and port.
+    pub fn published_endpoints(&self) -> Vec<dbha_protocol::Endpoint> {
+        self.databases
+            .iter()
+            .map(|d| dbha_protocol::Endpoint::new(&d.alias, &d.host, d.port))
+            .collect()
     }
 }
 
@@ -696,7 +711,12 @@ timeout = "2s"
             (5, Duration::from_secs(2))
         );
         assert_eq!(c.databases[1].rise, 2);
-        assert_eq!(c.aliases(), ["default", "failover1"]);
+        let aliases: Vec<String> = c
+            .published_endpoints()
+            .into_iter()
+            .map(|e| e.alias)
+            .collect();
+        assert_eq!(aliases, ["default", "failover1"]);
     }
 
     #[test]

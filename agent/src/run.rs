@@ -156,7 +156,7 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
     }
     let (state, opened) = StateFile::open(
         &config.state_file,
-        &config.aliases(),
+        &config.published_endpoints(),
         settings(&config),
         &Publication::NOTHING,
     )
@@ -177,7 +177,7 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
         match opened {
             Opened::Created => "created",
             Opened::Reused => "reused",
-            Opened::Replaced => "replaced (aliases changed)",
+            Opened::Replaced => "replaced (endpoints or layout changed)",
         },
         state.values().epoch,
         state.values().config_generation,
@@ -586,7 +586,7 @@ impl Agent {
         let old_endpoints = std::mem::replace(&mut self.endpoints, endpoints);
         let old_choice = std::mem::replace(&mut self.choice, (d.write, d.read));
         match self.state.reconfigure(
-            &new.aliases(),
+            &new.published_endpoints(),
             settings(&new),
             &self.publication(d.primaries.len() > 1),
         ) {
@@ -594,7 +594,7 @@ impl Agent {
                 info!(
                     "configuration reloaded from {path}: {} databases, state file {} (config generation {})",
                     new.databases.len(),
-                    if opened == Opened::Replaced { "replaced, aliases changed" } else { "kept" },
+                    if opened == Opened::Replaced { "replaced, an alias or address changed" } else { "kept" },
                     self.state.values().config_generation
                 );
                 self.settle_until = Instant::now() + settle_time(&new);

@@ -351,12 +351,15 @@ fn scaling(seconds: f64) {
     use dbha_protocol::writer::{Publication, Settings, StateFile};
     let scratch = Scratch::new("bench-scaling").unwrap();
     let state = scratch.path().join("state");
-    let aliases: Vec<String> = ["default", "failover1"].map(String::from).to_vec();
+    let endpoints = [
+        dbha_protocol::Endpoint::new("default", "127.0.0.1", 5432),
+        dbha_protocol::Endpoint::new("failover1", "127.0.0.1", 5433),
+    ];
     let settings = Settings {
         stale_after_ns: 60_000_000_000,
         mode: 0o644,
     };
-    let (mut w, _) = StateFile::open(&state, &aliases, settings, &Publication::NOTHING).unwrap();
+    let (mut w, _) = StateFile::open(&state, &endpoints, settings, &Publication::NOTHING).unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let writer = {

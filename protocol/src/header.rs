@@ -1,10 +1,12 @@
-//! The fixed header and the alias table: written once before the file becomes
-//! visible under its name, never changed afterwards, so readers copy them out with
-//! ordinary reads at open time and never touch them through the mapping.
+//! The fixed header, the alias table and the address table: written once before the
+//! file becomes visible under its name, never changed afterwards, so readers copy
+//! them out with ordinary reads at open time and never touch them through the
+//! mapping.
 
 use crate::{
-    ALIASES_OFFSET, ALIAS_WIDTH, DETAILS_OFFSET, DETAILS_SIZE, FILE_SIZE, HEADER_SIZE,
-    LAYOUT_VERSION, MAGIC, MAX_ALIAS_LEN, MAX_ENDPOINTS, RECORD_OFFSET, RECORD_SIZE,
+    ADDRESSES_OFFSET, ADDRESS_WIDTH, ALIASES_OFFSET, ALIAS_WIDTH, DETAILS_OFFSET, DETAILS_SIZE,
+    FILE_SIZE, HEADER_SIZE, LAYOUT_VERSION, MAGIC, MAX_ALIAS_LEN, MAX_ENDPOINTS, MAX_HOST_LEN,
+    RECORD_OFFSET, RECORD_SIZE,
 };
 use std::fmt;
 
@@ -31,6 +33,10 @@ pub struct Header {
     pub details_offset: u32,
     /// Wall-clock time the file was created, nanoseconds since the Unix epoch.
     pub created_wall_ns: u64,
+    /// Where the address table is; 0 when the file has none.
+    pub addresses_offset: u32,
+    /// Bytes per address slot ([`ADDRESS_WIDTH`] when there is a table, else 0).
+    pub address_width: u32,
 }
 
 /// Why a byte buffer is not a header this version understands.
@@ -86,6 +92,8 @@ impl Header {
             endpoint_count,
             details_offset: DETAILS_OFFSET,
             created_wall_ns,
+            addresses_offset: ADDRESSES_OFFSET,
+            address_width: ADDRESS_WIDTH,
         }
     }
 
@@ -103,6 +111,8 @@ impl Header {
         b[40..44].copy_from_slice(&self.endpoint_count.to_ne_bytes());
         b[44..48].copy_from_slice(&self.details_offset.to_ne_bytes());
         b[48..56].copy_from_slice(&self.created_wall_ns.to_ne_bytes());
+        b[56..60].copy_from_slice(&self.addresses_offset.to_ne_bytes());
+        b[60..64].copy_from_slice(&self.address_width.to_ne_bytes());
         b
     }
 
@@ -142,6 +152,8 @@ impl Header {
             endpoint_count: u32_at(bytes, 40),
             details_offset: u32_at(bytes, 44),
             created_wall_ns: u64_at(bytes, 48),
+            addresses_offset: u32_at(bytes, 56),
+            address_width: u32_at(bytes, 60),
         };
         h.validate()?;
         Ok(h)
@@ -197,7 +209,51 @@ impl Header {
                 self.aliases_end()
             ));
         }
+        if self.addresses_offset != 0 {
+            if self.address_width != ADDRESS_WIDTH {
+                return corrupt(format!(
+                    "address width {} (expected {ADDRESS_WIDTH})",
+                    self.address_width
+                ));
+            }
+            let details_end = if self.details_offset == 0 {
+                0
+            } else {
+                u64::from(self.details_offset) + u64::from(DETAILS_SIZE)
+            };
+            if !self.addresses_offset.is_multiple_of(8)
+                || u64::from(self.addresses_offset) < self.aliases_end().max(details_end)
+                || self.addresses_end() > self.file_size
+            {
+                return corrupt(format!(
+                    "address table at {} is not an aligned area after the alias table and probe results inside the file",
+                    self.addresses_offset
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// Offset one past the last address slot (0 when the file has no address table).
+    pub fn addresses_end(&self) -> u64 {
+        if self.addresses_offset == 0 {
+            return 0;
+        }
+        u64::from(self.addresses_offset)
+            + u64::from(self.endpoint_count) * u64::from(self.address_width)
+    }
+
+    /// True when `self` describes the same layout as `other`: every field but the
+    /// creation time. A writer reuses a file in place only when its header is the
+    /// one the writer would write.
+    pub fn same_layout(&self, other: &Header) -> bool {
+        Header {
+            created_wall_ns: 0,
+            ..self.clone()
+        } == Header {
+            created_wall_ns: 0,
+            ..other.clone()
+        }
     }
 
     /// Offset one past the last alias slot.
@@ -216,6 +272,66 @@ pub fn encode_alias(alias: &str) -> Option<[u8; ALIAS_WIDTH as usize]> {
     let mut slot = [0u8; ALIAS_WIDTH as usize];
     slot[..alias.len()].copy_from_slice(alias.as_bytes());
     Some(slot)
+}
+
+/// What the file says about one endpoint: the name the application uses for it and
+/// the address (host and port from the agent's configuration) it connects to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub alias: String,
+    /// A host name or an IP address, as configured; the application resolves it.
+    pub host: String,
+    pub port: u16,
+}
+
+impl Endpoint {
+    pub fn new(alias: impl Into<String>, host: impl Into<String>, port: u16) -> Endpoint {
+        Endpoint {
+            alias: alias.into(),
+            host: host.into(),
+            port,
+        }
+    }
+}
+
+/// Encodes an address into its fixed-width slot: the port (u16, native endian), then
+/// the host, NUL-terminated and NUL-padded. `None` when the host is empty, longer
+/// than [`MAX_HOST_LEN`] or contains a NUL byte, or the port is 0.
+pub fn encode_address(host: &str, port: u16) -> Option<[u8; ADDRESS_WIDTH as usize]> {
+    if host.is_empty() || host.len() > MAX_HOST_LEN || host.as_bytes().contains(&0) || port == 0 {
+        return None;
+    }
+    let mut slot = [0u8; ADDRESS_WIDTH as usize];
+    slot[0..2].copy_from_slice(&port.to_ne_bytes());
+    slot[2..2 + host.len()].copy_from_slice(host.as_bytes());
+    Some(slot)
+}
+
+/// Decodes the address table (`table` holds `count` slots of [`ADDRESS_WIDTH`]
+/// bytes) into (host, port) pairs.
+pub fn decode_addresses(table: &[u8], count: u32) -> Result<Vec<(String, u16)>, HeaderError> {
+    let width = ADDRESS_WIDTH as usize;
+    let mut out = Vec::with_capacity(count as usize);
+    for i in 0..count as usize {
+        let slot = table
+            .get(i * width..(i + 1) * width)
+            .ok_or_else(|| HeaderError::Corrupt(format!("address table ends before slot {i}")))?;
+        let port = u16::from_ne_bytes([slot[0], slot[1]]);
+        let host = &slot[2..];
+        let len = host
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or_else(|| HeaderError::Corrupt(format!("host {i} is not NUL-terminated")))?;
+        if len == 0 || port == 0 {
+            return Err(HeaderError::Corrupt(format!(
+                "address {i} has an empty host or port 0"
+            )));
+        }
+        let host = std::str::from_utf8(&host[..len])
+            .map_err(|_| HeaderError::Corrupt(format!("host {i} is not UTF-8")))?;
+        out.push((host.to_owned(), port));
+    }
+    Ok(out)
 }
 
 /// Decodes the alias table (`table` holds `count` slots of [`ALIAS_WIDTH`] bytes).
@@ -281,6 +397,73 @@ mod tests {
             Header::decode(&bytes),
             Err(HeaderError::Corrupt(_))
         ));
+    }
+
+    #[test]
+    fn a_header_without_addresses_is_valid_and_a_misplaced_table_is_corrupt() {
+        // Files written before the address table existed have zeros there.
+        let mut bytes = Header::new(3, 42).encode();
+        bytes[56..64].fill(0);
+        let h = Header::decode(&bytes).unwrap();
+        assert_eq!((h.addresses_offset, h.addresses_end()), (0, 0));
+        for (offset, width) in [
+            (4096u32, 256u32),
+            (8196, 256),
+            (8192, 255),
+            (FILE_SIZE as u32, 256),
+        ] {
+            let mut bytes = Header::new(3, 42).encode();
+            bytes[56..60].copy_from_slice(&offset.to_ne_bytes());
+            bytes[60..64].copy_from_slice(&width.to_ne_bytes());
+            assert!(
+                matches!(Header::decode(&bytes), Err(HeaderError::Corrupt(_))),
+                "addresses at {offset} width {width}"
+            );
+        }
+    }
+
+    #[test]
+    fn same_layout_ignores_only_the_creation_time() {
+        let h = Header::new(3, 42);
+        assert!(h.same_layout(&Header::new(3, 7)));
+        assert!(!h.same_layout(&Header::new(2, 42)));
+        let old = Header {
+            addresses_offset: 0,
+            address_width: 0,
+            ..Header::new(3, 42)
+        };
+        assert!(!h.same_layout(&old));
+    }
+
+    #[test]
+    fn addresses_round_trip_and_bad_slots_are_rejected() {
+        let mut table = Vec::new();
+        for (h, p) in [("db1.example.com", 5432u16), ("::1", 6543)] {
+            table.extend_from_slice(&encode_address(h, p).unwrap());
+        }
+        assert_eq!(
+            decode_addresses(&table, 2).unwrap(),
+            [
+                ("db1.example.com".to_string(), 5432),
+                ("::1".to_string(), 6543)
+            ]
+        );
+        assert!(encode_address("", 5432).is_none());
+        assert!(encode_address("db", 0).is_none());
+        assert!(encode_address("a\0b", 1).is_none());
+        assert!(encode_address(&"h".repeat(MAX_HOST_LEN + 1), 1).is_none());
+        let longest = encode_address(&"h".repeat(MAX_HOST_LEN), 1).unwrap();
+        assert_eq!(
+            decode_addresses(&longest, 1).unwrap()[0].0.len(),
+            MAX_HOST_LEN
+        );
+        let mut unterminated = [b'h'; ADDRESS_WIDTH as usize];
+        unterminated[0..2].copy_from_slice(&1u16.to_ne_bytes());
+        assert!(decode_addresses(&unterminated, 1).is_err());
+        let mut port0 = encode_address("db", 1).unwrap();
+        port0[0..2].fill(0);
+        assert!(decode_addresses(&port0, 1).is_err());
+        assert!(decode_addresses(&table, 3).is_err());
     }
 
     #[test]

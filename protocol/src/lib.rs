@@ -12,7 +12,7 @@ pub mod seqlock;
 #[cfg(feature = "writer")]
 pub mod writer;
 
-pub use header::{Header, HeaderError};
+pub use header::{Endpoint, Header, HeaderError};
 pub use record::{RecordValues, Status};
 
 /// The first eight bytes of every state file.
@@ -37,9 +37,17 @@ pub const MAX_ALIAS_LEN: usize = ALIAS_WIDTH as usize - 1;
 pub const DETAILS_OFFSET: u32 = ALIASES_OFFSET + MAX_ENDPOINTS * ALIAS_WIDTH;
 /// Size of the probe results (one byte per possible endpoint).
 pub const DETAILS_SIZE: u32 = MAX_ENDPOINTS;
-/// Size of a version 1 file: header, record and a full alias table, rounded up to
-/// whole pages of 4 KiB so that the mapping never ends inside a partial page.
-pub const FILE_SIZE: u64 = 8192;
+/// Offset of the address table, after the first two pages (header, record, alias
+/// table, probe results). Files written before addresses existed end there.
+pub const ADDRESSES_OFFSET: u32 = 8192;
+/// Bytes per address slot: a 16-bit port, then the host, NUL-terminated.
+pub const ADDRESS_WIDTH: u32 = 256;
+/// The longest host, in bytes: a full DNS name (253), which also holds any IP literal.
+pub const MAX_HOST_LEN: usize = ADDRESS_WIDTH as usize - 3;
+/// Size of a version 1 file as this crate writes it: header, record, a full alias
+/// table, the probe results and a full address table, in whole pages of 4 KiB so
+/// that a mapping never ends inside a partial page.
+pub const FILE_SIZE: u64 = ADDRESSES_OFFSET as u64 + (MAX_ENDPOINTS * ADDRESS_WIDTH) as u64;
 /// The endpoint index meaning "no endpoint".
 pub const NONE: u32 = u32::MAX;
 

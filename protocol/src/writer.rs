@@ -5,16 +5,19 @@
 //! - A new file is built under a temporary name in the same directory, reserved with
 //!   `posix_fallocate` (a full tmpfs fails here, not later as SIGBUS in a reader),
 //!   fully initialised, and only then renamed into place.
-//! - A valid file with the same aliases is reused in place (same inode, readers keep
-//!   their mapping, the epoch continues). A file with other aliases is replaced by a
-//!   new one, and the old one is then flagged SUPERSEDED so its readers reopen.
+//! - A valid file with the layout this writer writes and the same endpoints (aliases
+//!   and addresses) is reused in place (same inode, readers keep their mapping, the
+//!   epoch continues). Any other valid file is replaced by a new one, and the old one
+//!   is then flagged SUPERSEDED so its readers reopen.
 //! - A file is never truncated or shrunk.
 
-use crate::header::{decode_aliases, encode_alias, Header, HeaderError};
+use crate::header::{
+    decode_addresses, decode_aliases, encode_address, encode_alias, Endpoint, Header, HeaderError,
+};
 use crate::record::RecordValues;
 use crate::{
-    flags, seqlock, DATA_WORDS, FILE_SIZE, HEADER_SIZE, MAX_ENDPOINTS, NONE, RECORD_OFFSET,
-    RECORD_WORDS,
+    flags, seqlock, DATA_WORDS, DETAILS_OFFSET, FILE_SIZE, HEADER_SIZE, MAX_ENDPOINTS, NONE,
+    RECORD_OFFSET, RECORD_SIZE, RECORD_WORDS,
 };
 use memmap2::{MmapOptions, MmapRaw};
 use nix::fcntl::{Flock, FlockArg};
@@ -43,6 +46,12 @@ pub enum WriterError {
     NotRegular { path: PathBuf, kind: &'static str },
     /// An alias that does not fit the layout.
     InvalidAlias { index: usize, alias: String },
+    /// A host or port that does not fit the layout.
+    InvalidAddress {
+        index: usize,
+        host: String,
+        port: u16,
+    },
     /// More endpoints than the masks hold.
     TooManyEndpoints(usize),
 }
@@ -74,6 +83,11 @@ impl fmt::Display for WriterError {
                 f,
                 "alias {index} ({alias:?}) must be 1 to {} bytes with no NUL",
                 crate::MAX_ALIAS_LEN
+            ),
+            WriterError::InvalidAddress { index, host, port } => write!(
+                f,
+                "endpoint {index}: host {host:?} must be 1 to {} bytes with no NUL and port {port} 1 to 65535",
+                crate::MAX_HOST_LEN
             ),
             WriterError::TooManyEndpoints(n) => {
                 write!(f, "{n} endpoints, at most {MAX_ENDPOINTS} are supported")
@@ -138,10 +152,11 @@ pub struct Settings {
 pub enum Opened {
     /// Nothing was at the path: a new file.
     Created,
-    /// A valid file with the same aliases: reused in place, epoch and decision kept.
+    /// A valid file of this writer's layout with the same endpoints: reused in
+    /// place, epoch and decision kept.
     Reused,
-    /// A file with other aliases: a new file replaced it and the old one is flagged
-    /// superseded.
+    /// A file with other endpoints (aliases or addresses), or of an older layout: a
+    /// new file replaced it and the old one is flagged superseded.
     Replaced,
 }
 
@@ -149,9 +164,12 @@ pub enum Opened {
 pub struct StateFile {
     path: PathBuf,
     map: MmapRaw,
-    aliases: Vec<String>,
+    endpoints: Vec<Endpoint>,
     values: RecordValues,
-    /// Offset of the probe results, when the file has them.
+    /// Offset of the record in the mapping (another writer's file, about to be
+    /// replaced, may have it elsewhere than [`RECORD_OFFSET`]).
+    record_offset: usize,
+    /// Offset of the probe results, when this writer may write them.
     details: Option<usize>,
     /// The mapped file, for its permissions.
     file: File,
@@ -162,7 +180,7 @@ impl fmt::Debug for StateFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StateFile")
             .field("path", &self.path)
-            .field("aliases", &self.aliases)
+            .field("endpoints", &self.endpoints)
             .field("values", &self.values)
             .finish()
     }
@@ -218,28 +236,47 @@ fn take_lock(path: &Path) -> Result<Flock<File>, WriterError> {
     Ok(locked)
 }
 
-fn check_aliases(aliases: &[String]) -> Result<Vec<u8>, WriterError> {
-    if aliases.len() > MAX_ENDPOINTS as usize {
-        return Err(WriterError::TooManyEndpoints(aliases.len()));
+/// The immutable tables of a new file, encoded.
+struct Tables {
+    aliases: Vec<u8>,
+    addresses: Vec<u8>,
+}
+
+fn encode_tables(endpoints: &[Endpoint]) -> Result<Tables, WriterError> {
+    if endpoints.len() > MAX_ENDPOINTS as usize {
+        return Err(WriterError::TooManyEndpoints(endpoints.len()));
     }
-    let mut table = Vec::with_capacity(aliases.len() * crate::ALIAS_WIDTH as usize);
-    for (index, alias) in aliases.iter().enumerate() {
-        let slot = encode_alias(alias).ok_or_else(|| WriterError::InvalidAlias {
+    let mut t = Tables {
+        aliases: Vec::with_capacity(endpoints.len() * crate::ALIAS_WIDTH as usize),
+        addresses: Vec::with_capacity(endpoints.len() * crate::ADDRESS_WIDTH as usize),
+    };
+    for (index, e) in endpoints.iter().enumerate() {
+        let alias = encode_alias(&e.alias).ok_or_else(|| WriterError::InvalidAlias {
             index,
-            alias: alias.clone(),
+            alias: e.alias.clone(),
         })?;
-        table.extend_from_slice(&slot);
+        let address =
+            encode_address(&e.host, e.port).ok_or_else(|| WriterError::InvalidAddress {
+                index,
+                host: e.host.clone(),
+                port: e.port,
+            })?;
+        t.aliases.extend_from_slice(&alias);
+        t.addresses.extend_from_slice(&address);
     }
-    Ok(table)
+    Ok(t)
 }
 
 /// What is at the path now.
 enum Existing {
     Nothing,
+    /// A valid version 1 file, perhaps of another layout than this writer's.
     Valid {
         file: File,
-        aliases: Vec<String>,
-        details: Option<usize>,
+        header: Header,
+        /// Its endpoints; a file without an address table has empty hosts and port
+        /// 0, which no configuration has, so it is never reused.
+        endpoints: Vec<Endpoint>,
     },
 }
 
@@ -278,27 +315,48 @@ fn inspect(path: &Path) -> Result<Existing, WriterError> {
     file.read_exact_at(&mut head, 0)
         .map_err(io_err(path, "read"))?;
     let header = Header::decode(&head).map_err(not_ours)?;
-    if len < header.file_size || header.file_size < FILE_SIZE {
+    if len < header.file_size {
         return Err(not_ours(HeaderError::Truncated {
-            needed: header.file_size.max(FILE_SIZE),
+            needed: header.file_size,
             have: len,
         }));
     }
-    let mut table = vec![0u8; (header.aliases_end() - u64::from(header.aliases_offset)) as usize];
-    file.read_exact_at(&mut table, u64::from(header.aliases_offset))
-        .map_err(io_err(path, "read"))?;
-    let aliases = decode_aliases(&table, header.endpoint_count).map_err(not_ours)?;
-    let details = (header.details_offset != 0).then_some(header.details_offset as usize);
+    let read_table = |offset: u32, end: u64| -> Result<Vec<u8>, WriterError> {
+        let mut table = vec![0u8; (end - u64::from(offset)) as usize];
+        file.read_exact_at(&mut table, u64::from(offset))
+            .map_err(io_err(path, "read"))?;
+        Ok(table)
+    };
+    let aliases = decode_aliases(
+        &read_table(header.aliases_offset, header.aliases_end())?,
+        header.endpoint_count,
+    )
+    .map_err(not_ours)?;
+    let addresses = if header.addresses_offset == 0 {
+        vec![(String::new(), 0); aliases.len()]
+    } else {
+        decode_addresses(
+            &read_table(header.addresses_offset, header.addresses_end())?,
+            header.endpoint_count,
+        )
+        .map_err(not_ours)?
+    };
+    let endpoints = aliases
+        .into_iter()
+        .zip(addresses)
+        .map(|(alias, (host, port))| Endpoint { alias, host, port })
+        .collect();
     Ok(Existing::Valid {
         file,
-        aliases,
-        details,
+        header,
+        endpoints,
     })
 }
 
-fn map(file: &File, path: &Path) -> Result<MmapRaw, WriterError> {
+/// Maps the first `len` bytes of `file` read-write.
+fn map(file: &File, path: &Path, len: u64) -> Result<MmapRaw, WriterError> {
     MmapOptions::new()
-        .len(FILE_SIZE as usize)
+        .len(len as usize)
         .map_raw(file)
         .map_err(io_err(path, "mmap"))
 }
@@ -320,7 +378,7 @@ fn set_access(file: &File, path: &Path, mode: u32) -> Result<(), WriterError> {
 /// into place. Returns the open file.
 fn create(
     path: &Path,
-    table: &[u8],
+    tables: &Tables,
     count: usize,
     initial: &RecordValues,
     mode: u32,
@@ -362,7 +420,9 @@ fn create(
         }
         file.write_all_at(&record, u64::from(RECORD_OFFSET))
             .map_err(io_err(&tmp, "write"))?;
-        file.write_all_at(table, u64::from(header.aliases_offset))
+        file.write_all_at(&tables.aliases, u64::from(header.aliases_offset))
+            .map_err(io_err(&tmp, "write"))?;
+        file.write_all_at(&tables.addresses, u64::from(header.addresses_offset))
             .map_err(io_err(&tmp, "write"))?;
         std::fs::rename(&tmp, path).map_err(io_err(path, "rename"))
     })();
@@ -374,16 +434,16 @@ fn create(
 
 impl StateFile {
     /// Takes the writer's lock on `path` and opens the state file there: reuses a
-    /// valid file with the same aliases, replaces one with other aliases, creates
-    /// one where there is none. `initial` is what a new file starts with; a reused
-    /// file keeps the decision it holds.
+    /// valid file of this layout with the same endpoints, replaces any other valid
+    /// one, creates one where there is none. `initial` is what a new file starts
+    /// with; a reused file keeps the decision it holds.
     pub fn open(
         path: &Path,
-        aliases: &[String],
+        endpoints: &[Endpoint],
         settings: Settings,
         initial: &Publication,
     ) -> Result<(StateFile, Opened), WriterError> {
-        let table = check_aliases(aliases)?;
+        let tables = encode_tables(endpoints)?;
         let lock = take_lock(path)?;
         let (mono, wall) = now_ns();
         let base = RecordValues {
@@ -396,20 +456,31 @@ impl StateFile {
         let (file, opened) = match inspect(path)? {
             Existing::Valid {
                 file,
-                aliases: old_aliases,
-                details,
+                header,
+                endpoints: old_endpoints,
             } => {
-                let old_map = map(&file, path)?;
+                // Only a file whose header is the one this writer writes is used with
+                // this writer's offsets; of any other, only its own record is touched
+                // (to flag it superseded), where its own header says it is.
+                let ours = header.same_layout(&Header::new(endpoints.len() as u32, 0));
+                let (len, record_offset, details) = if ours {
+                    (FILE_SIZE, RECORD_OFFSET, Some(DETAILS_OFFSET as usize))
+                } else {
+                    let end = u64::from(header.record_offset) + u64::from(RECORD_SIZE);
+                    (end, header.record_offset, None)
+                };
+                let old_map = map(&file, path, len)?;
                 let mut old = StateFile {
                     path: path.to_owned(),
-                    values: read_own(&old_map),
+                    values: read_own(&old_map, record_offset as usize),
                     map: old_map,
-                    aliases: old_aliases,
+                    endpoints: old_endpoints,
+                    record_offset: record_offset as usize,
                     details,
                     file,
                     _lock: lock,
                 };
-                if old.aliases == aliases {
+                if ours && old.endpoints == endpoints {
                     // Same inode, same decision, same epoch: readers carry on. The
                     // access is the configured one, as for a new file. What
                     // the previous writer saw of health and roles is not known to
@@ -428,7 +499,7 @@ impl StateFile {
                     old.store(v);
                     return Ok((old, Opened::Reused));
                 }
-                old.replace(aliases, &table, settings, initial)?;
+                old.replace(endpoints, &tables, settings, initial)?;
                 return Ok((old, Opened::Replaced));
             }
             Existing::Nothing => {
@@ -440,19 +511,20 @@ impl StateFile {
                     },
                     initial,
                 );
-                let file = create(path, &table, aliases.len(), &values, settings.mode)?;
+                let file = create(path, &tables, endpoints.len(), &values, settings.mode)?;
                 (file, Opened::Created)
             }
         };
-        let map = map(&file, path)?;
-        let values = read_own(&map);
+        let map = map(&file, path, FILE_SIZE)?;
+        let values = read_own(&map, RECORD_OFFSET as usize);
         Ok((
             StateFile {
                 path: path.to_owned(),
                 map,
-                aliases: aliases.to_vec(),
+                endpoints: endpoints.to_vec(),
                 values,
-                details: Some(crate::DETAILS_OFFSET as usize),
+                record_offset: RECORD_OFFSET as usize,
+                details: Some(DETAILS_OFFSET as usize),
                 file,
                 _lock: lock,
             },
@@ -460,17 +532,18 @@ impl StateFile {
         ))
     }
 
-    /// Applies a new configuration. Same aliases: the settings change in place and
-    /// the config generation goes up. Other aliases: a new file replaces this one
-    /// (see [`Opened::Replaced`]), starting from `initial`.
+    /// Applies a new configuration. Same endpoints: the settings change in place
+    /// and the config generation goes up. Other endpoints (an alias or an address
+    /// changed): a new file replaces this one (see [`Opened::Replaced`]), starting
+    /// from `initial`.
     pub fn reconfigure(
         &mut self,
-        aliases: &[String],
+        endpoints: &[Endpoint],
         settings: Settings,
         initial: &Publication,
     ) -> Result<Opened, WriterError> {
-        let table = check_aliases(aliases)?;
-        if self.aliases == aliases {
+        let tables = encode_tables(endpoints)?;
+        if self.endpoints == endpoints {
             set_access(&self.file, &self.path, settings.mode)?;
             let mut v = self.values;
             v.stale_after_ns = settings.stale_after_ns;
@@ -478,14 +551,14 @@ impl StateFile {
             self.store(v);
             return Ok(Opened::Reused);
         }
-        self.replace(aliases, &table, settings, initial)?;
+        self.replace(endpoints, &tables, settings, initial)?;
         Ok(Opened::Replaced)
     }
 
     fn replace(
         &mut self,
-        aliases: &[String],
-        table: &[u8],
+        endpoints: &[Endpoint],
+        tables: &Tables,
         settings: Settings,
         initial: &Publication,
     ) -> Result<(), WriterError> {
@@ -503,17 +576,18 @@ impl StateFile {
             },
             initial,
         );
-        let file = create(&self.path, table, aliases.len(), &values, settings.mode)?;
-        let new_map = map(&file, &self.path)?;
+        let file = create(&self.path, tables, endpoints.len(), &values, settings.mode)?;
+        let new_map = map(&file, &self.path, FILE_SIZE)?;
         // Only now that the new file is in place: tell readers of the old one.
         let mut old = self.values;
         old.flags |= flags::SUPERSEDED;
         self.store(old);
         self.map = new_map;
         self.file = file;
-        self.values = read_own(&self.map);
-        self.aliases = aliases.to_vec();
-        self.details = Some(crate::DETAILS_OFFSET as usize);
+        self.record_offset = RECORD_OFFSET as usize;
+        self.values = read_own(&self.map, self.record_offset);
+        self.endpoints = endpoints.to_vec();
+        self.details = Some(DETAILS_OFFSET as usize);
         Ok(())
     }
 
@@ -544,15 +618,16 @@ impl StateFile {
 
     /// Records the kind of endpoint `index`'s last probe result (a
     /// [`crate::probe_result`] constant). Outside the seqlock: each byte stands alone,
-    /// for display. A no-op for a reused file made before probe results existed.
+    /// for display.
     pub fn set_probe_result(&mut self, index: usize, kind: u8) {
         let Some(offset) = self.details else { return };
         if index >= crate::DETAILS_SIZE as usize {
             return;
         }
-        // SAFETY: the mapping is FILE_SIZE bytes; the header check guarantees the
-        // 64-byte area at `offset` is inside it and 8-byte aligned. Its bytes are only
-        // ever accessed as atomic 64-bit words.
+        // SAFETY: `details` is only set for a file of this writer's own layout, mapped
+        // FILE_SIZE bytes: the 64-byte area at DETAILS_OFFSET is inside it and 8-byte
+        // aligned (index < 64 checked above). Its bytes are only ever accessed as
+        // atomic 64-bit words.
         let word: &AtomicU64 =
             unsafe { &*(self.map.as_ptr().add(offset + index / 8 * 8) as *const AtomicU64) };
         // The single writer is the only one to store: a relaxed read-modify-write.
@@ -571,9 +646,9 @@ impl StateFile {
         &self.values
     }
 
-    /// The aliases of the current file, in index order.
-    pub fn aliases(&self) -> &[String] {
-        &self.aliases
+    /// The endpoints of the current file, in index order.
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
     }
 
     pub fn path(&self) -> &Path {
@@ -581,7 +656,7 @@ impl StateFile {
     }
 
     fn store(&mut self, values: RecordValues) {
-        let (seq, data) = record(&self.map);
+        let (seq, data) = record(&self.map, self.record_offset);
         seqlock::write(seq, data, &values.to_words());
         self.values = values;
     }
@@ -597,21 +672,25 @@ fn with_publication(mut v: RecordValues, p: &Publication) -> RecordValues {
     v
 }
 
-/// The record inside a read-write mapping.
-fn record(map: &MmapRaw) -> (&AtomicU64, &[AtomicU64; DATA_WORDS]) {
-    // SAFETY: the mapping is FILE_SIZE bytes (checked or created by us), page
-    // aligned, so RECORD_OFFSET..RECORD_OFFSET+128 is in bounds and 8-byte aligned.
-    // Every process only ever accesses these bytes atomically, and the references
-    // live no longer than `map`.
+/// The record at `offset` inside a read-write mapping.
+fn record(map: &MmapRaw, offset: usize) -> (&AtomicU64, &[AtomicU64; DATA_WORDS]) {
+    assert!(
+        offset.is_multiple_of(128) && offset + RECORD_SIZE as usize <= map.len(),
+        "record at {offset} outside a {}-byte mapping",
+        map.len()
+    );
+    // SAFETY: checked just above: the 128 bytes at `offset` are inside the mapping,
+    // which is page aligned, so they are 8-byte aligned. Every process only ever
+    // accesses these bytes atomically, and the references live no longer than `map`.
     let words: &[AtomicU64; RECORD_WORDS] =
-        unsafe { &*(map.as_ptr().add(RECORD_OFFSET as usize) as *const [AtomicU64; RECORD_WORDS]) };
+        unsafe { &*(map.as_ptr().add(offset) as *const [AtomicU64; RECORD_WORDS]) };
     let (seq, data) = words.split_first().expect("record has words");
     (seq, data.try_into().expect("DATA_WORDS data words"))
 }
 
 /// Reads the record of a mapping this process is about to own as the writer.
-fn read_own(map: &MmapRaw) -> RecordValues {
+fn read_own(map: &MmapRaw, offset: usize) -> RecordValues {
     use std::sync::atomic::Ordering;
-    let (_, data) = record(map);
+    let (_, data) = record(map, offset);
     RecordValues::from_words(&std::array::from_fn(|i| data[i].load(Ordering::Relaxed)))
 }

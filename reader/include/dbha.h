@@ -46,6 +46,9 @@
 // An internal error was caught at the boundary; the library's state is unchanged.
 #define DBHA_E_PANIC 11
 
+// The state file has no endpoint addresses (an agent from before they were published wrote it).
+#define DBHA_E_NO_ADDRESS 12
+
 // The agent is alive and names a database.
 #define DBHA_STATUS_ACTIVE 0
 
@@ -231,6 +234,26 @@ int64_t dbha_read_slot(const struct dbha_reader *reader);
 // # Safety
 // `reader` is NULL or an open handle.
 const char *dbha_slot_name(const struct dbha_reader *reader, int64_t slot);
+
+// The address of the endpoint a slot from `dbha_active_slot` or `dbha_read_slot`
+// names: its host (a name or an IP address, as in the agent's configuration) in
+// `*host` and its port in `*port`. Either out-parameter may be NULL. The host is
+// always the one of the file the slot was read from, never another file's, and
+// stays valid until `dbha_close`. Pair it with `dbha_slot_name` for the alias.
+//
+// Returns DBHA_OK; DBHA_E_INVALID_ARGUMENT for a NULL `reader`, or a slot that is
+// -1 or that this handle never produced; DBHA_E_NO_ADDRESS when the file has no
+// addresses (an older agent wrote it). On error the out-parameters are left
+// untouched. May wait briefly while another thread maps a replaced file;
+// thread-safe; no system call.
+//
+// # Safety
+// `reader` is NULL or an open handle; `host` and `port` are NULL or valid for a
+// write.
+int dbha_slot_address(const struct dbha_reader *reader,
+                      int64_t slot,
+                      const char **host,
+                      uint16_t *port);
 
 // The alias of endpoint `index` in the file the handle maps now, or NULL when the
 // index is out of range or `reader` is NULL. Valid until `dbha_close`. To pair an

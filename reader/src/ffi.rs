@@ -40,6 +40,8 @@ pub const DBHA_E_IO: c_int = 9;
 pub const DBHA_E_CONTENDED: c_int = 10;
 /// An internal error was caught at the boundary; the library's state is unchanged.
 pub const DBHA_E_PANIC: c_int = 11;
+/// The state file has no endpoint addresses (an agent from before they were published wrote it).
+pub const DBHA_E_NO_ADDRESS: c_int = 12;
 
 /// The agent is alive and names a database.
 pub const DBHA_STATUS_ACTIVE: c_int = 0;
@@ -393,6 +395,56 @@ pub unsafe extern "C" fn dbha_slot_name(reader: *const dbha_reader, slot: i64) -
     })
 }
 
+/// The address of the endpoint a slot from `dbha_active_slot` or `dbha_read_slot`
+/// names: its host (a name or an IP address, as in the agent's configuration) in
+/// `*host` and its port in `*port`. Either out-parameter may be NULL. The host is
+/// always the one of the file the slot was read from, never another file's, and
+/// stays valid until `dbha_close`. Pair it with `dbha_slot_name` for the alias.
+///
+/// Returns DBHA_OK; DBHA_E_INVALID_ARGUMENT for a NULL `reader`, or a slot that is
+/// -1 or that this handle never produced; DBHA_E_NO_ADDRESS when the file has no
+/// addresses (an older agent wrote it). On error the out-parameters are left
+/// untouched. May wait briefly while another thread maps a replaced file;
+/// thread-safe; no system call.
+///
+/// # Safety
+/// `reader` is NULL or an open handle; `host` and `port` are NULL or valid for a
+/// write.
+#[no_mangle]
+pub unsafe extern "C" fn dbha_slot_address(
+    reader: *const dbha_reader,
+    slot: i64,
+    host: *mut *const c_char,
+    port: *mut u16,
+) -> c_int {
+    guard(DBHA_E_PANIC, || {
+        // SAFETY: NULL or an open handle per the contract.
+        let Some(r) = (unsafe { reader.as_ref() }) else {
+            return DBHA_E_INVALID_ARGUMENT;
+        };
+        if slot < 0 {
+            return DBHA_E_INVALID_ARGUMENT;
+        }
+        let (generation, index) = ((slot >> 6) as u64, (slot & 63) as u32);
+        if r.0.alias_in_c(generation, index).is_none() {
+            return DBHA_E_INVALID_ARGUMENT;
+        }
+        let Some((h, p)) = r.0.host_in_c(generation, index) else {
+            return DBHA_E_NO_ADDRESS;
+        };
+        // SAFETY: each is NULL or valid for a write per the contract.
+        unsafe {
+            if !host.is_null() {
+                *host = h.as_ptr();
+            }
+            if !port.is_null() {
+                *port = p;
+            }
+        }
+        DBHA_OK
+    })
+}
+
 /// The alias of endpoint `index` in the file the handle maps now, or NULL when the
 /// index is out of range or `reader` is NULL. Valid until `dbha_close`. To pair an
 /// index from a snapshot with its name, prefer the snapshot's write_alias/read_alias:
@@ -429,6 +481,7 @@ pub extern "C" fn dbha_strerror(code: c_int) -> *const c_char {
         DBHA_E_IO => c"I/O error on the state file",
         DBHA_E_CONTENDED => c"state record stayed mid-update (writer died while publishing?)",
         DBHA_E_PANIC => c"internal error in libdbha",
+        DBHA_E_NO_ADDRESS => c"the state file has no endpoint addresses (upgrade dbha-agent)",
         _ => c"unknown error code",
     };
     s.as_ptr()
@@ -497,7 +550,7 @@ mod tests {
 
     #[test]
     fn strerror_knows_every_code() {
-        for c in DBHA_OK..=DBHA_E_PANIC {
+        for c in DBHA_OK..=DBHA_E_NO_ADDRESS {
             // SAFETY: dbha_strerror returns a static NUL-terminated string.
             let s = unsafe { CStr::from_ptr(dbha_strerror(c)) };
             assert_ne!(s.to_str().unwrap(), "unknown error code", "code {c}");

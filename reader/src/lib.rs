@@ -10,6 +10,9 @@
 //! ```no_run
 //! let reader = dbha::Reader::open("/run/dbha/state")?;
 //! let db = reader.active_alias().unwrap_or("default");
+//! if let Some(e) = reader.write_endpoint() {
+//!     println!("writes go to {} at {}:{}", e.alias, e.host, e.port);
+//! }
 //! # Ok::<(), dbha::Error>(())
 //! ```
 
@@ -24,7 +27,7 @@ compile_error!(
     "dbha-reader supports x86_64 and aarch64 (relaxed 8-byte loads from read-only memory)"
 );
 
-use dbha_protocol::header::{decode_aliases, Header, HeaderError};
+use dbha_protocol::header::{decode_addresses, decode_aliases, Header, HeaderError};
 pub use dbha_protocol::Status;
 use dbha_protocol::{flags, seqlock, RecordValues, DATA_WORDS, NONE, RECORD_WORDS};
 use memmap2::{MmapOptions, MmapRaw};
@@ -187,7 +190,10 @@ struct Generation {
     record_offset: usize,
     /// Where the probe results are in the mapping, when the file has them.
     details_offset: Option<usize>,
-    aliases: Vec<Alias>,
+    aliases: Vec<Name>,
+    /// One per alias; empty when the file has no address table (an agent from
+    /// before addresses were published).
+    addresses: Vec<Address>,
     dev: u64,
     ino: u64,
 }
@@ -222,15 +228,36 @@ impl Generation {
                 needed: header.file_size,
             });
         }
-        let mut table =
-            vec![0u8; (header.aliases_end() - u64::from(header.aliases_offset)) as usize];
-        file.read_exact_at(&mut table, u64::from(header.aliases_offset))
-            .map_err(|e| Error::from_io(path, "read", e))?;
-        let aliases = decode_aliases(&table, header.endpoint_count)
+        // Both tables are bounded by the header check (64 slots of fixed width).
+        let read_table = |offset: u32, end: u64| -> Result<Vec<u8>, Error> {
+            let mut table = vec![0u8; (end - u64::from(offset)) as usize];
+            file.read_exact_at(&mut table, u64::from(offset))
+                .map_err(|e| Error::from_io(path, "read", e))?;
+            Ok(table)
+        };
+        let aliases = decode_aliases(
+            &read_table(header.aliases_offset, header.aliases_end())?,
+            header.endpoint_count,
+        )
+        .map_err(|e| Error::from_header(path, e))?
+        .into_iter()
+        .map(Name::new)
+        .collect();
+        let addresses = if header.addresses_offset == 0 {
+            Vec::new()
+        } else {
+            decode_addresses(
+                &read_table(header.addresses_offset, header.addresses_end())?,
+                header.endpoint_count,
+            )
             .map_err(|e| Error::from_header(path, e))?
             .into_iter()
-            .map(Alias::new)
-            .collect();
+            .map(|(host, port)| Address {
+                host: Name::new(host),
+                port,
+            })
+            .collect()
+        };
         let record_end = u64::from(header.record_offset) + u64::from(header.record_size);
         let details_offset = (header.details_offset != 0).then_some(header.details_offset as usize);
         // The header check keeps the details inside file_size, which the file has.
@@ -247,6 +274,7 @@ impl Generation {
             record_offset: header.record_offset as usize,
             details_offset,
             aliases,
+            addresses,
             dev: meta.dev(),
             ino: meta.ino(),
         })
@@ -277,8 +305,12 @@ impl Generation {
             .map(|(w, _)| RecordValues::from_words(&w))
     }
 
-    fn alias(&self, index: u32) -> Option<&Alias> {
+    fn alias(&self, index: u32) -> Option<&Name> {
         self.aliases.get(index as usize)
+    }
+
+    fn endpoint(&self, index: u32) -> Option<Endpoint<'_>> {
+        endpoint(&self.aliases, &self.addresses, index)
     }
 
     /// The kind of each endpoint's last probe result (all UNKNOWN when the file
@@ -301,21 +333,48 @@ impl Generation {
     }
 }
 
-/// An alias, kept both ways so that neither Rust nor C callers pay a conversion.
+/// An alias or a host, kept both ways so that neither Rust nor C callers pay a
+/// conversion.
 #[derive(Debug)]
-struct Alias {
+struct Name {
     c: CString,
     s: Box<str>,
 }
 
-impl Alias {
-    fn new(name: String) -> Alias {
-        Alias {
-            // decode_aliases stops at the first NUL, so there is none inside.
-            c: CString::new(name.as_bytes()).expect("alias without interior NUL"),
+impl Name {
+    fn new(name: String) -> Name {
+        Name {
+            // The table decoders stop at the first NUL, so there is none inside.
+            c: CString::new(name.as_bytes()).expect("name without interior NUL"),
             s: name.into_boxed_str(),
         }
     }
+}
+
+/// An endpoint's address, from the file's address table.
+#[derive(Debug)]
+struct Address {
+    host: Name,
+    port: u16,
+}
+
+/// Where the application connects for one endpoint, as the agent's configuration
+/// names it: the alias, and the host (a name or an IP address, resolved by the
+/// application) and port. Taken from the same file as the index that chose it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint<'r> {
+    pub alias: &'r str,
+    pub host: &'r str,
+    pub port: u16,
+}
+
+fn endpoint<'r>(aliases: &'r [Name], addresses: &'r [Address], index: u32) -> Option<Endpoint<'r>> {
+    let address = addresses.get(index as usize)?;
+    Some(Endpoint {
+        alias: &aliases.get(index as usize)?.s,
+        host: &address.host.s,
+        port: address.port,
+    })
 }
 
 /// An open state file. Cheap to read from any number of threads at once
@@ -467,7 +526,7 @@ impl Reader {
     }
 
     #[inline(always)]
-    fn active<'a, T: ?Sized>(&'a self, f: impl FnOnce(&'a Alias) -> &'a T) -> Option<&'a T> {
+    fn active<'a, T: ?Sized>(&'a self, f: impl FnOnce(&'a Name) -> &'a T) -> Option<&'a T> {
         let (g, v, now) = self.load().ok()?;
         if v.status(now) != Status::Active {
             return None;
@@ -511,6 +570,36 @@ impl Reader {
         let p: *const Generation = g;
         // SAFETY: as in `generation`: the Box lives as long as `self`.
         Some(unsafe { &*p })
+    }
+
+    /// Where writes go now: the write endpoint's alias, host and port, or `None`
+    /// when there is none (as [`Reader::active_alias`]) or the file has no
+    /// addresses (written by an agent from before they were published). No system
+    /// call, no allocation.
+    #[inline]
+    pub fn write_endpoint(&self) -> Option<Endpoint<'_>> {
+        self.active_slot().and_then(|(g, i)| self.endpoint_in(g, i))
+    }
+
+    /// Where reads go now, as [`Reader::write_endpoint`].
+    #[inline]
+    pub fn read_endpoint(&self) -> Option<Endpoint<'_>> {
+        self.read_slot().and_then(|(g, i)| self.endpoint_in(g, i))
+    }
+
+    /// Endpoint `index` of generation `generation` of this reader (see
+    /// [`Reader::active_slot`]): its alias and address always come from the file
+    /// the index was read from.
+    pub fn endpoint_in(&self, generation: u64, index: u32) -> Option<Endpoint<'_>> {
+        self.generation_number(generation)?.endpoint(index)
+    }
+
+    pub(crate) fn host_in_c(&self, generation: u64, index: u32) -> Option<(&CStr, u16)> {
+        let a = self
+            .generation_number(generation)?
+            .addresses
+            .get(index as usize)?;
+        Some((a.host.c.as_c_str(), a.port))
     }
 
     /// The name of endpoint `index` in generation `generation` of this reader.
@@ -563,7 +652,8 @@ pub struct Snapshot<'r> {
     pub status: Status,
     /// The kind of each endpoint's last probe result (`dbha_protocol::probe_result`).
     pub last_probe: [u8; 64],
-    aliases: &'r [Alias],
+    aliases: &'r [Name],
+    addresses: &'r [Address],
 }
 
 impl<'r> Snapshot<'r> {
@@ -587,6 +677,7 @@ impl<'r> Snapshot<'r> {
             status: v.status(now),
             last_probe: g.probe_results(),
             aliases: &g.aliases,
+            addresses: &g.addresses,
         }
     }
 
@@ -607,6 +698,26 @@ impl<'r> Snapshot<'r> {
     /// All aliases, in priority (index) order.
     pub fn aliases(&self) -> impl Iterator<Item = &'r str> + 'r {
         self.aliases.iter().map(|a| &*a.s)
+    }
+
+    /// Endpoint `index` of this snapshot's file, with its address; `None` when out
+    /// of range or the file has no addresses.
+    pub fn endpoint(&self, index: u32) -> Option<Endpoint<'r>> {
+        endpoint(self.aliases, self.addresses, index)
+    }
+
+    /// The write endpoint when the status is Active (and the file has addresses).
+    pub fn write_endpoint(&self) -> Option<Endpoint<'r>> {
+        (self.status == Status::Active)
+            .then(|| self.write_index.and_then(|i| self.endpoint(i)))
+            .flatten()
+    }
+
+    /// The read endpoint when the status is Active (and the file has addresses).
+    pub fn read_endpoint(&self) -> Option<Endpoint<'r>> {
+        (self.status == Status::Active)
+            .then(|| self.read_index.and_then(|i| self.endpoint(i)))
+            .flatten()
     }
 
     /// The write alias when the status is Active.

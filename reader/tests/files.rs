@@ -3,14 +3,19 @@
 
 use dbha::{Error, Reader, Role, Status};
 use dbha_protocol::writer::{Opened, Publication, Settings, StateFile};
-use dbha_protocol::{Header, FILE_SIZE};
+use dbha_protocol::{Endpoint, Header, FILE_SIZE};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const SECOND: u64 = 1_000_000_000;
 
-fn aliases(names: &[&str]) -> Vec<String> {
-    names.iter().map(|s| s.to_string()).collect()
+/// Endpoint i at 10.0.0.(i+1), port 5432 + i.
+fn aliases(names: &[&str]) -> Vec<Endpoint> {
+    names
+        .iter()
+        .zip(0u16..)
+        .map(|(s, i)| Endpoint::new(*s, format!("10.0.0.{}", i + 1), 5432 + i))
+        .collect()
 }
 
 fn settings(stale_after_ns: u64) -> Settings {
@@ -496,4 +501,102 @@ fn probe_results_are_published_per_endpoint() {
         ],
         ["auth_failed", "ok", "not_ready", "unknown"]
     );
+}
+
+#[test]
+fn endpoints_carry_the_configured_address_of_the_chosen_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let mut w = writer(&path, &["default", "failover1"]);
+    let r = Reader::open(&path).unwrap();
+    assert_eq!(r.write_endpoint(), None, "nothing published yet");
+    w.publish(&Publication {
+        write_index: 1,
+        read_index: 0,
+        health_mask: 0b11,
+        ..Publication::NOTHING
+    });
+    let e = r.write_endpoint().unwrap();
+    assert_eq!((e.alias, e.host, e.port), ("failover1", "10.0.0.2", 5433));
+    let e = r.read_endpoint().unwrap();
+    assert_eq!((e.alias, e.host, e.port), ("default", "10.0.0.1", 5432));
+    let s = r.snapshot().unwrap();
+    assert_eq!(s.write_endpoint().map(|e| e.host), Some("10.0.0.2"));
+    assert_eq!(s.endpoint(0).map(|e| e.port), Some(5432));
+    assert_eq!(s.endpoint(2), None);
+    w.publish(&Publication::NOTHING);
+    assert_eq!((r.write_endpoint(), r.read_endpoint()), (None, None));
+    assert_eq!(r.snapshot().unwrap().write_endpoint(), None);
+}
+
+#[test]
+fn a_changed_address_supersedes_the_file_and_slots_keep_their_own_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let mut w = writer(&path, &["default", "failover1"]);
+    w.publish(&active(0));
+    let r = Reader::open(&path).unwrap();
+    let before = r.write_endpoint().unwrap();
+    assert_eq!(before.host, "10.0.0.1");
+
+    // Same aliases, `default` moved to another host: a new file, never a rewrite.
+    let mut moved = aliases(&["default", "failover1"]);
+    moved[0].host = "db-new.example.com".into();
+    let opened = w
+        .reconfigure(&moved, settings(5 * SECOND), &active(0))
+        .unwrap();
+    assert_eq!(opened, Opened::Replaced);
+    let after = r.write_endpoint().unwrap();
+    assert_eq!((after.alias, after.host), ("default", "db-new.example.com"));
+    assert_eq!(r.active_slot(), Some((2, 0)));
+    assert_eq!(r.endpoint_in(1, 0).unwrap().host, "10.0.0.1");
+    assert_eq!(before.host, "10.0.0.1", "handed-out hosts stay valid");
+
+    // The same configuration again keeps the file.
+    let opened = w
+        .reconfigure(&moved, settings(5 * SECOND), &active(0))
+        .unwrap();
+    assert_eq!(opened, Opened::Reused);
+    assert_eq!(r.active_slot(), Some((2, 0)));
+}
+
+/// Rewrites a writer's file as an agent from before the address table wrote it:
+/// the two header words zero, the table's bytes zero, the file 8192 bytes long.
+fn strip_addresses(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[16..24].copy_from_slice(&8192u64.to_ne_bytes());
+    bytes[56..64].fill(0);
+    bytes.truncate(8192);
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_file_of_the_layout_without_addresses_is_read_and_replaced_not_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let mut w = writer(&path, &["default", "failover1"]);
+    let epoch = w.publish(&active(1)).unwrap();
+    drop(w);
+    strip_addresses(&path);
+
+    let r = Reader::open(&path).unwrap();
+    assert_eq!(r.active_alias(), Some("failover1"));
+    assert_eq!(r.write_endpoint(), None, "no addresses to hand out");
+    assert_eq!(r.snapshot().unwrap().endpoint(0), None);
+
+    // The current writer never uses another layout's file in place.
+    let (w, opened) = StateFile::open(
+        &path,
+        &aliases(&["default", "failover1"]),
+        settings(5 * SECOND),
+        &Publication::NOTHING,
+    )
+    .unwrap();
+    assert_eq!(opened, Opened::Replaced);
+    assert!(w.values().epoch > epoch);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), FILE_SIZE);
+    // The old file's readers were told, and moved to the new file.
+    let s = r.snapshot().unwrap();
+    assert_eq!(s.generation, 2);
+    assert_eq!(s.endpoint(1).map(|e| e.host), Some("10.0.0.2"));
 }

@@ -89,6 +89,28 @@ static int check(const char *dir, uint64_t epoch) {
     CHECK(dbha_active_slot(NULL) == -1 && dbha_read_slot(NULL) == -1, "slots of NULL");
     CHECK(dbha_read_alias(NULL) == NULL && dbha_slot_name(NULL, slot) == NULL, "NULL reader");
 
+    /* Addresses: the configured host and port of the slot's own file. */
+    const char *host = NULL;
+    uint16_t port = 0;
+    rc = dbha_slot_address(r, slot, &host, &port);
+    CHECK(rc == DBHA_OK && host && strcmp(host, "127.0.0.1") == 0 && port == 5433,
+          "write address %d %s:%u", rc, host ? host : "NULL", port);
+    const char *first = host;
+    rc = dbha_slot_address(r, dbha_read_slot(r), &host, &port);
+    CHECK(rc == DBHA_OK && port == 5434, "read address %d port %u", rc, port);
+    CHECK(dbha_slot_address(r, slot, &host, NULL) == DBHA_OK && host == first,
+          "the same string every time, port may be NULL");
+    CHECK(dbha_slot_address(r, slot, NULL, &port) == DBHA_OK && port == 5433, "host may be NULL");
+    host = "untouched";
+    CHECK(dbha_slot_address(r, -1, &host, &port) == DBHA_E_INVALID_ARGUMENT, "address of -1");
+    CHECK(dbha_slot_address(r, 5 * 64 + 1, &host, &port) == DBHA_E_INVALID_ARGUMENT,
+          "address of a generation never mapped");
+    CHECK(dbha_slot_address(r, 64 + 3, &host, &port) == DBHA_E_INVALID_ARGUMENT,
+          "address of an index past the endpoints");
+    CHECK(dbha_slot_address(NULL, slot, &host, &port) == DBHA_E_INVALID_ARGUMENT,
+          "address with a NULL reader");
+    CHECK(strcmp(host, "untouched") == 0, "out-parameters untouched on error");
+
     /* NULL arguments get a code, never a crash. */
     CHECK(dbha_read(NULL, &s) == DBHA_E_INVALID_ARGUMENT, "read(NULL, s)");
     CHECK(dbha_read(r, NULL) == DBHA_E_INVALID_ARGUMENT, "read(r, NULL)");
@@ -98,6 +120,19 @@ static int check(const char *dir, uint64_t epoch) {
     CHECK(dbha_alias_name(NULL, 0) == NULL, "alias_name(NULL)");
     dbha_close(NULL);
     /* r was reset by the failed open above; reopen for the stopped file. */
+
+    /* A file from an agent that published no addresses: names yes, addresses no. */
+    path_in(path, sizeof path, dir, "noaddr");
+    rc = dbha_open(path, &r);
+    CHECK(rc == DBHA_OK, "open noaddr: %s", dbha_strerror(rc));
+    if (r) {
+        int64_t old_slot = dbha_active_slot(r);
+        CHECK(old_slot == 64 + 1 && strcmp(dbha_slot_name(r, old_slot), "failover1") == 0,
+              "noaddr slot %lld", (long long)old_slot);
+        CHECK(dbha_slot_address(r, old_slot, &host, &port) == DBHA_E_NO_ADDRESS,
+              "noaddr: DBHA_E_NO_ADDRESS");
+        dbha_close(r);
+    }
 
     /* An agent that stopped: status says so, no active alias. */
     path_in(path, sizeof path, dir, "stopped");

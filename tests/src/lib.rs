@@ -31,8 +31,8 @@ pub fn require(tool: &str, why: &str) -> Option<PathBuf> {
     found
 }
 
-/// A state file at `path` made by the real writer, with `aliases`, a staleness
-/// threshold, and `p` published. Keep the writer alive as long as the file must
+/// A state file at `path` made by the real writer, with `aliases` (endpoint i at
+/// 127.0.0.1, port 5432 + i), a staleness threshold, and `p` published. Keep the writer alive as long as the file must
 /// stay live.
 pub fn write_state(
     path: &std::path::Path,
@@ -41,12 +41,16 @@ pub fn write_state(
     p: &dbha_protocol::writer::Publication,
 ) -> dbha_protocol::writer::StateFile {
     use dbha_protocol::writer::{Publication, Settings, StateFile};
-    let aliases: Vec<String> = aliases.iter().map(|a| a.to_string()).collect();
+    let endpoints: Vec<dbha_protocol::Endpoint> = aliases
+        .iter()
+        .zip(5432..)
+        .map(|(a, port)| dbha_protocol::Endpoint::new(*a, "127.0.0.1", port))
+        .collect();
     let settings = Settings {
         stale_after_ns,
         mode: 0o644,
     };
-    let (mut w, _) = StateFile::open(path, &aliases, settings, &Publication::NOTHING)
+    let (mut w, _) = StateFile::open(path, &endpoints, settings, &Publication::NOTHING)
         .unwrap_or_else(|e| panic!("{e}"));
     w.publish(p);
     w

@@ -57,6 +57,11 @@ fn prepare(dir: &Path) -> u64 {
     patched("badmagic", 0, b"NOTDBHA!");
     patched("v3", 8, &3u32.to_ne_bytes());
     patched("corrupt", 40, &99u32.to_ne_bytes());
+    // As an agent from before the address table wrote it: 8192 bytes, no table.
+    let mut old = good[..8192].to_vec();
+    old[16..24].copy_from_slice(&8192u64.to_ne_bytes());
+    old[56..64].fill(0);
+    std::fs::write(dir.join("noaddr"), old).unwrap();
     epoch
 }
 
@@ -159,9 +164,12 @@ fn rust_and_c_get_truncated_for_every_cut_and_survive_random_files() {
         let _w = write_state(&files.join("state"), 600 * SECOND, &Publication::NOTHING);
         std::fs::read(files.join("state")).unwrap()
     };
-    // Every offset of the header and alias table, and one short of the full size.
+    // Every offset of the header and alias table, a cut in every 61 bytes of the
+    // address table, and one short of the full size.
     let header = dbha_protocol::Header::decode(&good).unwrap();
     let mut lengths: Vec<usize> = (0..=header.aliases_end() as usize).collect();
+    lengths
+        .extend((header.addresses_offset as usize..=header.addresses_end() as usize).step_by(61));
     lengths.push(good.len() - 1);
     // (The Rust reader's view of the same cuts: reader/tests/files.rs.)
     for (i, n) in lengths.iter().enumerate() {
@@ -179,7 +187,7 @@ fn rust_and_c_get_truncated_for_every_cut_and_survive_random_files() {
                     assert!(s.alias(i).is_some());
                 }
             }
-            let _ = r.active_alias();
+            let _ = (r.active_alias(), r.write_endpoint(), r.read_endpoint());
         }
     }
     let randoms = randoms.len();

@@ -60,6 +60,8 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         "dbha_close": (None, [p]),
         "dbha_read": (ctypes.c_int, [p, ctypes.POINTER(Snapshot)]),
         "dbha_slot_name": (ctypes.c_char_p, [p, ctypes.c_int64]),
+        "dbha_slot_address": (ctypes.c_int, [p, ctypes.c_int64, ctypes.POINTER(ctypes.c_char_p),
+                                             ctypes.POINTER(ctypes.c_uint16)]),
         "dbha_strerror": (ctypes.c_char_p, [ctypes.c_int]),
         "dbha_version": (ctypes.c_char_p, []),
         # The hot path: no argtypes (a c_void_p instance is passed as it is, with no

@@ -193,3 +193,58 @@ def test_an_installed_wheel_loads_the_library_it_bundles():
     assert dbha.library_path() == str(Path(dbha.__file__).parent / "libdbha.so")
     assert "site-packages" in dbha.library_path()
     assert dbha.version() == "0.1.0"
+
+
+ADDRESSED = ["default@db1.example.com:5432", "failover1@10.1.2.3:6432", "failover2@[::1]:5433"]
+
+
+def test_endpoints_and_conninfo_follow_the_choice(holder):
+    h = holder(ADDRESSED)
+    with dbha.Reader(h.path) as r:
+        assert r.write_endpoint() == dbha.Endpoint("default", "db1.example.com", 5432)
+        assert r.conninfo() == "host=db1.example.com port=5432"
+        h.say("write 1")
+        h.say("read 2")
+        e = r.write_endpoint()
+        assert (e.alias, e.host, e.port) == ("failover1", "10.1.2.3", 6432)
+        assert r.read_endpoint() == dbha.Endpoint("failover2", "::1", 5433)
+        assert r.conninfo("read") == "host=::1 port=5433"
+        assert r.endpoint(r.write_slot()) == e
+        assert r.slot_alias(r.read_slot()) == "failover2"
+        assert r.endpoint(-1) is None
+        with pytest.raises(ValueError):
+            r.conninfo("primary")
+
+
+def test_conninfo_says_why_there_is_no_database(holder):
+    h = holder(ADDRESSED, "--stale-after-ms", 200)
+    with dbha.Reader(h.path) as r:
+        h.say("none")
+        assert r.write_endpoint() is None and r.read_endpoint() is None
+        with pytest.raises(dbha.NoDatabaseError) as e:
+            r.conninfo()
+        assert e.value.role == "write" and e.value.status == "no_healthy_database"
+        assert "no healthy database" in str(e.value) and h.path in str(e.value)
+        h.say("write 0")
+        h.say("pause")
+        time.sleep(0.4)
+        with pytest.raises(dbha.NoDatabaseError) as e:
+            r.conninfo("read")
+        assert e.value.status == "stale" and "heartbeat" in str(e.value)
+
+
+def test_a_changed_address_is_followed_and_old_slots_keep_their_address(holder):
+    h = holder(ADDRESSED)
+    with dbha.Reader(h.path) as r:
+        old = r.write_slot()
+        h.say("aliases default@db2.example.com:5432,failover1@10.1.2.3:6432")
+        assert r.conninfo() == "host=db2.example.com port=5432"
+        assert r.write_slot() != old
+        assert r.endpoint(old) == dbha.Endpoint("default", "db1.example.com", 5432)
+
+
+def test_conninfo_quotes_what_libpq_would_misread():
+    assert dbha._conninfo_value("db1") == "db1"
+    assert dbha._conninfo_value("a b") == "'a b'"
+    assert dbha._conninfo_value("it's\\") == "'it\\'s\\\\'"
+    assert dbha._conninfo_value("") == "''"

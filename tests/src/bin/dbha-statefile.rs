@@ -4,14 +4,16 @@
 //!     dbha-statefile PATH ALIASES [--write I] [--read I] [--health MASK]
 //!                    [--stale-after-ms N] [--stopped] [--hold]
 //!
-//! ALIASES is comma-separated. With `--hold` it stays alive, publishing a heartbeat
+//! ALIASES is comma-separated; each is `alias` or `alias@host:port` (an IPv6 host in
+//! brackets), and endpoint i without an address gets 127.0.0.1 and port 5432 + i.
+//! With `--hold` it stays alive, publishing a heartbeat
 //! every 50 ms, and takes commands on standard input, one per line, answering `ok`
 //! or `error: ...`: `write I`, `read I`, `none`, `health MASK`, `stop` (mark the
-//! agent stopped), `pause` / `resume` (heartbeats), `aliases A,B,...` (replace the
-//! file). It exits at end of input.
+//! agent stopped), `pause` / `resume` (heartbeats), `aliases A,B,...` (the endpoints
+//! change, as ALIASES: the file is replaced). It exits at end of input.
 
 use dbha_protocol::writer::{Publication, Settings, StateFile};
-use dbha_protocol::NONE;
+use dbha_protocol::{Endpoint, NONE};
 use std::io::BufRead;
 use std::path::Path;
 use std::sync::mpsc;
@@ -22,8 +24,21 @@ fn usage() -> ! {
     std::process::exit(2)
 }
 
-fn aliases(list: &str) -> Vec<String> {
-    list.split(',').map(str::to_owned).collect()
+fn endpoints(list: &str) -> Vec<Endpoint> {
+    list.split(',')
+        .enumerate()
+        .map(|(i, item)| {
+            let (alias, host, port) = match item.split_once('@') {
+                Some((alias, address)) => {
+                    let (host, port) = address.rsplit_once(':').unwrap_or_else(|| usage());
+                    let host = host.trim_start_matches('[').trim_end_matches(']');
+                    (alias, host, port.parse().unwrap_or_else(|_| usage()))
+                }
+                None => (item, "127.0.0.1", 5432 + i as u16),
+            };
+            Endpoint::new(alias, host, port)
+        })
+        .collect()
 }
 
 fn main() {
@@ -32,7 +47,7 @@ fn main() {
         usage();
     }
     let path = Path::new(&args[0]);
-    let names = aliases(&args[1]);
+    let names = endpoints(&args[1]);
     let mut p = Publication {
         write_index: 0,
         read_index: 0,
@@ -118,7 +133,7 @@ fn main() {
                         Ok(())
                     }
                     (Some("aliases"), Some(list)) => w
-                        .reconfigure(&aliases(list), settings, &p)
+                        .reconfigure(&endpoints(list), settings, &p)
                         .map(drop)
                         .map_err(|e| e.to_string()),
                     _ => Err(format!("unknown command {line:?}")),

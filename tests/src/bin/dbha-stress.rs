@@ -44,12 +44,15 @@ fn consistent(v: &RecordValues) -> bool {
 }
 
 fn writer(path: &Path, run: Duration) {
-    let aliases = vec!["a".to_string(), "b".to_string()];
+    let endpoints = [
+        dbha_protocol::Endpoint::new("a", "127.0.0.1", 5432),
+        dbha_protocol::Endpoint::new("b", "127.0.0.1", 5433),
+    ];
     let settings = Settings {
         stale_after_ns: 60_000_000_000,
         mode: 0o644,
     };
-    let (mut w, _) = StateFile::open(path, &aliases, settings, &expected(1)).expect("open");
+    let (mut w, _) = StateFile::open(path, &endpoints, settings, &expected(1)).expect("open");
     let start = Instant::now();
     let mut writes = 0u64;
     while start.elapsed() < run {

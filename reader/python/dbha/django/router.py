@@ -63,7 +63,7 @@ class FailoverRouter:
         reader = self._reader
         if slot < 0 or reader is None:
             return self._degraded()
-        alias = reader._names[slot]
+        alias = reader.slot_alias(slot)
         route = self._routes[slot] = self.alias_map.get(alias, alias) if alias else self.fallback
         self._note("ok")
         return route
@@ -77,14 +77,7 @@ class FailoverRouter:
             self._retry_at = now + RETRY_SECONDS
             try:
                 s = self._reader.snapshot()
-                self._note(
-                    s.status,
-                    {
-                        "stale": f"the agent's heartbeat is {s.heartbeat_age:.1f}s old (stale after {s.stale_after:.1f}s)",
-                        "agent_stopped": "the agent stopped",
-                        "no_healthy_database": "the agent finds no healthy database",
-                    }.get(s.status, s.status),
-                )
+                self._note(s.status, s.reason)
             except Exception as e:
                 self._note("unreadable", f"cannot read the state: {e}")
         return self.fallback
@@ -94,7 +87,7 @@ class FailoverRouter:
         if reader is None:
             return self.fallback
         try:
-            slot = reader._read() if read else reader._active()
+            slot = reader.read_slot() if read else reader.write_slot()
         except Exception as e:  # a closed reader; never into a request
             self._note("unreadable", f"cannot read the state: {e}")
             return self.fallback
@@ -132,3 +125,4 @@ class FailoverRouter:
         if self.migrate_database is None or db not in self.group():
             return None
         return db == self.migrate_database
+
