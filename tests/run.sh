@@ -32,6 +32,7 @@ counted .venv/bin/python -m pytest -q reader/python/tests
 # One process per Django project configuration (settings are per process).
 counted .venv/bin/python -m pytest -q tests/django_app/test_failover.py
 counted .venv/bin/python -m pytest -q tests/django_app/test_replication.py
+counted .venv/bin/python -m pytest -q tests/django_app/test_backend.py
 
 step "packaging: the Kubernetes example; the .deb built, installed with dpkg, used, purged"
 packaging/deb/build.sh

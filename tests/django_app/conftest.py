@@ -47,10 +47,10 @@ class Live:
             self.proc.wait(timeout=120)
 
 
-def start_django(live, migrate_on):
-    """Configures the test project for `live` and migrates `migrate_on`."""
+def start_django(live, migrate_on, settings="dbhatest.settings"):
+    """Configures the test project (`settings`) for `live` and migrates `migrate_on`."""
     os.environ["DBHA_TEST_LIVE"] = json.dumps(live.info)
-    os.environ["DJANGO_SETTINGS_MODULE"] = "dbhatest.settings"
+    os.environ["DJANGO_SETTINGS_MODULE"] = settings
     import django
 
     django.setup()

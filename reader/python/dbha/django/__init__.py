@@ -1,7 +1,17 @@
-"""Django integration: ``FailoverRouter`` for ``DATABASE_ROUTERS``, and system
-checks (add ``"dbha.django"`` to ``INSTALLED_APPS`` to have them run).
+"""Django integration. Add ``"dbha.django"`` to ``INSTALLED_APPS`` for its
+system checks.
 
-Settings, all optional:
+- ``dbha.django.backends.postgresql``: a database backend; one ``DATABASES``
+  alias follows the agent, whatever code uses it (see its module). Its settings
+  are the entry's ``DBHA`` dict: ``ROLE`` ("write" or "read"), ``STATE_FILE``,
+  ``WHEN_NONE`` ("error" or "last").
+- ``ReplicaRouter``: with the backend, reads to the read alias and writes to the
+  write alias.
+- ``FailoverRouter``: routes each query to the ``DATABASES`` key named after the
+  agent's choice (the original recipe's shape; it cannot move
+  ``transaction.atomic()`` or raw cursors, which act on ``default``).
+
+``FailoverRouter``'s settings, all optional:
 
 - ``DBHA_STATE_FILE``: the state file (else ``DBHA_STATE``, else /run/dbha/state).
 - ``DBHA_ALIAS_MAP``: agent alias -> ``DATABASES`` key (identity by default).
@@ -12,6 +22,6 @@ Settings, all optional:
   router has no opinion on migrations.
 """
 
-from .router import FailoverRouter
+from .router import FailoverRouter, ReplicaRouter
 
-__all__ = ["FailoverRouter"]
+__all__ = ["FailoverRouter", "ReplicaRouter"]

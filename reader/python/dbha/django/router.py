@@ -126,3 +126,48 @@ class FailoverRouter:
             return None
         return db == self.migrate_database
 
+
+class ReplicaRouter:
+    """For the dbha backend: reads to the ``DATABASES`` alias whose ``DBHA`` role
+    is "read", writes to the one whose role is "write" (each alias follows the
+    agent by itself). Inside a transaction on the write alias, reads go there too,
+    so a block sees its own writes. Relations between the two are allowed;
+    migrations run on the write alias only (the read alias is a replica of it)."""
+
+    def __init__(self) -> None:
+        from .conf import ENGINE, backend_options
+
+        self.write: Optional[str] = None
+        self.read: Optional[str] = None
+        for alias, settings_dict in settings.DATABASES.items():
+            if settings_dict.get("ENGINE") != ENGINE:
+                continue
+            role = backend_options(alias, settings_dict)[0].role
+            if role == "write" and self.write is None:
+                self.write = alias
+            elif role == "read" and self.read is None:
+                self.read = alias
+
+    def db_for_read(self, model, **hints) -> Optional[str]:
+        if self.read is None:
+            return None
+        if self.write is not None:
+            from django.db import connections
+
+            if connections[self.write].in_atomic_block:
+                return self.write
+        return self.read
+
+    def db_for_write(self, model, **hints) -> Optional[str]:
+        return self.write
+
+    def allow_relation(self, obj1, obj2, **hints) -> Optional[bool]:
+        pair = {self.write, self.read} - {None}
+        if obj1._state.db in pair and obj2._state.db in pair:
+            return True
+        return None
+
+    def allow_migrate(self, db, app_label, model_name=None, **hints) -> Optional[bool]:
+        if db == self.read and self.read is not None:
+            return False
+        return None

@@ -1,0 +1,228 @@
+"""Django's PostgreSQL backend (psycopg 3 or psycopg2), connecting wherever the
+dbha agent says. One ``DATABASES`` alias follows the agent, so every idiom that
+acts on that alias -- ``transaction.atomic()`` without ``using=``,
+``ATOMIC_REQUESTS``, raw cursors, ``select_for_update``, third-party apps --
+goes to the database the agent chose::
+
+    DATABASES = {
+        "default": {"ENGINE": "dbha.django.backends.postgresql", "NAME": "app",
+                    "USER": "app", "PASSWORD": "...", "DBHA": {"ROLE": "write"}},
+    }
+
+- A new connection goes to the endpoint the agent chose for the alias's role
+  (``DBHA["ROLE"]``). A write connection also asks libpq for
+  ``target_session_attrs=read-write``, so even a stale view never writes to a
+  standby.
+- Outside a transaction, before each use of an open connection, the backend
+  compares the endpoint it is on with the agent's choice (one read of the state
+  file's record, no system call). When the choice moved, it closes the connection
+  and the query goes to the new endpoint. Inside ``atomic()`` it never switches:
+  the block commits on one database or fails as a whole.
+- While the agent names no database, ``WHEN_NONE="error"`` (the default) raises
+  ``OperationalError`` at once, saying why; ``"last"`` keeps the last endpoint
+  the agent chose in this process.
+- With Django's connection pool (``OPTIONS["pool"]``, psycopg 3), there is one
+  pool per endpoint; the pool of an endpoint the agent left is closed, so its
+  connections are never handed out again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from typing import Dict, Optional, Tuple
+
+from django.core.exceptions import ImproperlyConfigured
+from django.db import DEFAULT_DB_ALIAS
+from django.db.backends.postgresql import base as postgresql
+from django.db.backends.postgresql.creation import DatabaseCreation as PostgresCreation
+from django.db.utils import OperationalError
+
+import dbha
+
+from ...conf import backend_options
+from .client import DatabaseClient
+
+logger = logging.getLogger(__name__)
+
+# After the state file could not be opened, how long to wait before trying again
+# (opening is a few system calls; a query must not pay them every time).
+REOPEN_SECONDS = 0.5
+
+
+class _States:
+    """The process's readers, one per state file, shared by every connection
+    (and thread), and the last endpoint the agent chose per (file, role)."""
+
+    def __init__(self) -> None:
+        self.readers: Dict[str, dbha.Reader] = {}
+        self.failed: Dict[str, Tuple[float, Exception]] = {}
+        self.last: Dict[Tuple[str, str], dbha.Endpoint] = {}
+        self.lock = threading.Lock()
+
+    def reader(self, path: str) -> dbha.Reader:
+        """The reader for ``path``; raises the last opening error for
+        REOPEN_SECONDS after a failure."""
+        r = self.readers.get(path)
+        if r is not None:
+            return r
+        with self.lock:
+            r = self.readers.get(path)
+            if r is not None:
+                return r
+            failed = self.failed.get(path)
+            if failed is not None and time.monotonic() < failed[0]:
+                raise failed[1]
+            try:
+                r = self.readers[path] = dbha.Reader(path)
+            except (dbha.StateFileError, dbha.LibraryNotFoundError) as e:
+                self.failed[path] = (time.monotonic() + REOPEN_SECONDS, e)
+                raise
+            self.failed.pop(path, None)
+            return r
+
+
+_states = _States()
+
+
+class DatabaseCreation(PostgresCreation):
+    def set_as_test_mirror(self, primary_settings_dict):
+        # Under the test runner a mirror (a read alias's TEST MIRROR) uses the test
+        # database of the alias it mirrors: it must then also connect where that
+        # alias does, not to a standby the test database has not reached.
+        super().set_as_test_mirror(primary_settings_dict)
+        if primary_settings_dict.get("ENGINE") == self.connection.settings_dict.get("ENGINE"):
+            mirrored, _ = backend_options("TEST MIRROR", primary_settings_dict)
+            self.connection.dbha = dataclasses.replace(self.connection.dbha, role=mirrored.role)
+            self.connection._dbha_slot_of = None
+
+
+class DatabaseWrapper(postgresql.DatabaseWrapper):
+    client_class = DatabaseClient
+    creation_class = DatabaseCreation
+
+    def __init__(self, settings_dict, alias=DEFAULT_DB_ALIAS):
+        super().__init__(settings_dict, alias)
+        options, problems = backend_options(alias, settings_dict)
+        errors = [p for p in problems if p.is_error]
+        if errors:
+            raise ImproperlyConfigured(" ".join(f"{p.message} {p.hint}" for p in errors))
+        self.dbha = options
+        # The endpoint the open connection is on, and the slot it was chosen by.
+        self.dbha_endpoint: Optional[dbha.Endpoint] = None
+        self._dbha_slot = -2
+        self._dbha_slot_of = None  # the reader's write_slot or read_slot, once open
+        self._dbha_params: Optional[dict] = None
+
+    # -- the agent's choice ------------------------------------------------------
+
+    def _dbha_reader(self) -> dbha.Reader:
+        reader = _states.reader(self.dbha.state_file)
+        self._dbha_slot_of = reader.write_slot if self.dbha.role == "write" else reader.read_slot
+        return reader
+
+    def _dbha_error(self, why: str) -> OperationalError:
+        return OperationalError(f"{why} (DATABASES[{self.alias!r}], dbha role {self.dbha.role!r})")
+
+    def dbha_choose(self) -> Tuple[int, dbha.Endpoint]:
+        """The slot and endpoint to connect to now; raises ``OperationalError``
+        saying why when the agent names none (and ``WHEN_NONE`` is "error")."""
+        key = (self.dbha.state_file, self.dbha.role)
+        try:
+            reader = self._dbha_reader()
+        except (dbha.StateFileError, dbha.LibraryNotFoundError) as e:
+            last = _states.last.get(key)
+            if self.dbha.when_none == "last" and last is not None:
+                return -1, last
+            raise self._dbha_error(f"dbha: cannot read the agent's state: {e}") from e
+        slot = self._dbha_slot_of()
+        endpoint = reader.endpoint(slot)
+        if endpoint is not None:
+            _states.last[key] = endpoint
+            return slot, endpoint
+        last = _states.last.get(key)
+        if self.dbha.when_none == "last" and last is not None and slot < 0:
+            return slot, last
+        raise self._dbha_error(str(reader.no_database(self.dbha.role, slot)))
+
+    def get_connection_params(self):
+        params = super().get_connection_params()
+        slot, endpoint = self.dbha_choose()
+        params["host"], params["port"] = endpoint.host, endpoint.port
+        if self.dbha.role == "write":
+            params.setdefault("target_session_attrs", "read-write")
+        self._dbha_slot, self.dbha_endpoint, self._dbha_params = slot, endpoint, params
+        return params
+
+    def ensure_connection(self):
+        # Outside a transaction only: a block commits on one database or fails whole.
+        if self.connection is not None and self.autocommit and not self.in_atomic_block:
+            slot_of = self._dbha_slot_of
+            if slot_of is None or slot_of() != self._dbha_slot:
+                self._dbha_follow()
+        super().ensure_connection()
+
+    def _dbha_follow(self) -> None:
+        """The agent's choice differs from the one the open connection was made
+        for: close the connection if the endpoint moved (the caller reconnects)."""
+        # While the agent names no database this raises, and the open connection is
+        # not used (WHEN_NONE="last" returns the last endpoint instead).
+        slot, endpoint = self.dbha_choose()
+        current = self.dbha_endpoint
+        if current is not None and (endpoint.host, endpoint.port) == (current.host, current.port):
+            # Same place (the agent replaced its file, or WHEN_NONE="last"): keep it.
+            self._dbha_slot, self.dbha_endpoint = slot, endpoint
+            return
+        logger.info("dbha: %s: the agent moved %ss from %s to %s:%s (%s); reconnecting",
+                    self.alias, self.dbha.role,
+                    f"{current.host}:{current.port}" if current else "nowhere",
+                    endpoint.host, endpoint.port, endpoint.alias)
+        self.close()
+
+    # -- Django's connection pool: one per endpoint --------------------------------
+
+    @property
+    def pool(self):
+        pool_options = self.settings_dict["OPTIONS"].get("pool")
+        endpoint, params = self.dbha_endpoint, self._dbha_params
+        if self.alias == postgresql.NO_DB_ALIAS or not pool_options or endpoint is None:
+            return None
+        key = (self.alias, endpoint.host, endpoint.port)
+        pools = self._connection_pools
+        pool = pools.get(key)
+        if pool is not None:
+            return pool
+        if self.settings_dict.get("CONN_MAX_AGE", 0) != 0:
+            raise ImproperlyConfigured("Pooling doesn't support persistent connections.")
+        try:
+            from psycopg_pool import ConnectionPool
+        except ImportError as err:
+            raise ImproperlyConfigured(
+                "Error loading psycopg_pool module.\nDid you install psycopg[pool]?") from err
+        enable_checks = self.settings_dict["CONN_HEALTH_CHECKS"]
+        pool = ConnectionPool(
+            kwargs={**params, "autocommit": True},
+            open=False,
+            configure=self._configure_connection,
+            check=ConnectionPool.check_connection if enable_checks else None,
+            **({} if pool_options is True else pool_options),
+        )
+        pool = pools.setdefault(key, pool)
+        # The pools of endpoints the agent left: closed, so that none of their
+        # connections is handed out again (one checked out now is closed when it
+        # is returned).
+        for other in [k for k in list(pools) if isinstance(k, tuple) and k[0] == self.alias and k != key]:
+            left = pools.pop(other, None)
+            if left is not None:
+                logger.info("dbha: %s: closing the pool for %s:%s", self.alias, other[1], other[2])
+                left.close(timeout=0)
+        return pool
+
+    def close_pool(self):
+        for key in [k for k in list(self._connection_pools)
+                    if isinstance(k, tuple) and k[0] == self.alias]:
+            pool = self._connection_pools.pop(key, None)
+            if pool is not None:
+                pool.close()

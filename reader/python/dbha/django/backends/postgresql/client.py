@@ -1,0 +1,26 @@
+"""``manage.py dbshell`` for the dbha backend: psql to the endpoint the agent
+chose for the alias's role (a write alias also asks libpq for a read-write
+session)."""
+
+import os
+import signal
+import subprocess
+
+from django.db.backends.postgresql.client import DatabaseClient as PostgresClient
+
+
+class DatabaseClient(PostgresClient):
+    def runshell(self, parameters):
+        _, endpoint = self.connection.dbha_choose()
+        settings_dict = {**self.connection.settings_dict, "HOST": endpoint.host, "PORT": endpoint.port}
+        args, env = self.settings_to_cmd_args_env(settings_dict, parameters)
+        env = {**os.environ, **(env or {})}
+        if self.connection.dbha.role == "write":
+            env.setdefault("PGTARGETSESSIONATTRS", "read-write")
+        sigint_handler = signal.getsignal(signal.SIGINT)
+        try:
+            # As Django's: SIGINT goes to psql, to cancel a query.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            subprocess.run(args, env=env, check=True)
+        finally:
+            signal.signal(signal.SIGINT, sigint_handler)
