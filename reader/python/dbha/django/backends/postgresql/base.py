@@ -186,14 +186,8 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
     @property
     def pool(self):
         pool_options = self.settings_dict["OPTIONS"].get("pool")
-        endpoint, params = self.dbha_endpoint, self._dbha_params
-        if self.alias == postgresql.NO_DB_ALIAS or not pool_options or endpoint is None:
+        if self.alias == postgresql.NO_DB_ALIAS or not pool_options:
             return None
-        key = (self.alias, endpoint.host, endpoint.port)
-        pools = self._connection_pools
-        pool = pools.get(key)
-        if pool is not None:
-            return pool
         if self.settings_dict.get("CONN_MAX_AGE", 0) != 0:
             raise ImproperlyConfigured("Pooling doesn't support persistent connections.")
         try:
@@ -201,6 +195,18 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         except ImportError as err:
             raise ImproperlyConfigured(
                 "Error loading psycopg_pool module.\nDid you install psycopg[pool]?") from err
+        if self.dbha_endpoint is None:
+            # Asked before any connection: the pool of the endpoint chosen now.
+            try:
+                self.get_connection_params()
+            except OperationalError:
+                return None  # no database: connecting raises, saying why
+        endpoint, params = self.dbha_endpoint, self._dbha_params
+        key = (self.alias, endpoint.host, endpoint.port)
+        pools = self._connection_pools
+        pool = pools.get(key)
+        if pool is not None:
+            return pool
         enable_checks = self.settings_dict["CONN_HEALTH_CHECKS"]
         pool = ConnectionPool(
             kwargs={**params, "autocommit": True},
