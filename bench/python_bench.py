@@ -14,9 +14,8 @@
    blackholed (a listener whose accept queue is full drops SYNs, as a blackholed
    host does), a real dbha-agent watching the same three endpoints.
 
-The recipe as published opens its status file for writing and never writes to
-it (it only builds the text), which empties the file so that the next call
-fails; this re-implementation writes the text, as the recipe evidently meant.
+The recipe is bench/recipe.py: its logic unchanged, with the status-file write
+it evidently meant.
 """
 
 import ctypes
@@ -29,7 +28,6 @@ import tempfile
 import threading
 import time
 import timeit
-from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,43 +37,7 @@ os.environ.setdefault("DBHA_LIBRARY", str(TARGET / "libdbha.so"))
 sys.path.insert(0, str(ROOT / "reader" / "python"))
 
 
-# -- the original recipe (shared/origin), its logic unchanged --------------------------
-
-def make_recipe(settings, status_dir):
-    def test_connection_to_db(database_name):
-        try:
-            db_definition = getattr(settings, "DATABASES")[database_name]
-            socket.create_connection((db_definition["HOST"], db_definition["PORT"]), 5)
-            return True
-        except Exception:
-            return False
-
-    def available_db():
-        with open(status_dir + "/dbha_last_check.txt", "r") as f:
-            f = f.read().splitlines()
-            dbha_last_check = datetime.strptime(f[0], "%Y-%m-%d %H:%M:%S")
-            last_db = f[1]
-        if (datetime.now() - dbha_last_check).seconds > 10:
-            if test_connection_to_db("default"):
-                db = "default"
-            elif test_connection_to_db("failover1"):
-                db = "failover1"
-            elif test_connection_to_db("failover2"):
-                db = "failover2"
-            with open(status_dir + "/dbha_last_check.txt", "w") as status_file:
-                lines_of_text = datetime.now().strftime("%Y-%m-%d %H:%M:%S") + "\n" + db
-                status_file.write(lines_of_text)  # missing in the published recipe
-            return db
-        return last_db
-
-    class ModelDatabaseRouter(object):
-        def db_for_read(self, model, **hints):
-            return available_db()
-
-        def db_for_write(self, model, **hints):
-            return available_db()
-
-    return available_db, ModelDatabaseRouter()
+from recipe import make_recipe, write_status  # noqa: E402  (bench/ is on sys.path)
 
 
 # -- endpoints ---------------------------------------------------------------------------
@@ -161,8 +123,7 @@ def run(state, ports, work):
     router = FailoverRouter()
     assert router.db_for_write(None) == "failover1"
     available_db, recipe_router = make_recipe(settings, work)
-    with open(f"{work}/dbha_last_check.txt", "w") as f:
-        f.write(datetime.now().strftime("%Y-%m-%d %H:%M:%S") + "\nfailover1")
+    write_status(work, "failover1")
     assert available_db() == "failover1"
 
     lib = os.environ["DBHA_LIBRARY"]
@@ -182,8 +143,7 @@ def run(state, ports, work):
             calls = n // 50 if name.startswith("recipe") else n
             samples[name].append(timeit.timeit(f, number=calls) / calls * 1e9)
         # Keep the recipe on its cached path: refresh the file's timestamp.
-        with open(f"{work}/dbha_last_check.txt", "w") as f:
-            f.write(datetime.now().strftime("%Y-%m-%d %H:%M:%S") + "\nfailover1")
+        write_status(work, "failover1")
     med = {k: statistics.median(v) for k, v in samples.items()}
     print(f"| case (Python {sys.version.split()[0]}, median of {rounds} samples) | ns/call | recipe / this |")
     print("|---|---:|---:|")

@@ -8,6 +8,8 @@
 //! `--quick` runs each briefly, only to show that it works (CI does this), and
 //! rewrites nothing.
 
+mod django;
+mod netfault;
 mod reader;
 
 use clap::{Parser, Subcommand};
@@ -68,6 +70,14 @@ enum What {
     Footprint {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+    },
+    /// Django under gunicorn and 32 HTTP clients through a failover (stop,
+    /// blackhole, freeze of the primary, a standby promoted 1 s later): the
+    /// original recipe, libpq multi-host, FailoverRouter and the dbha backend; then
+    /// the backend's cost per query against Django's.
+    Django {
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
     },
 }
 
@@ -439,51 +449,6 @@ fn haproxy_down(socket: &Path, name: &str) -> Option<bool> {
         .and_then(|f| f.get(5).map(|state| *state == "0"))
 }
 
-/// Drops every packet to one TCP port on this host (a nftables table of its own),
-/// as a blackholed host does; the table is removed when this is dropped.
-struct Blackhole {
-    nft: PathBuf,
-    port: u16,
-    on: std::cell::Cell<bool>,
-}
-
-impl Blackhole {
-    const TABLE: &'static str = "dbha_bench_blackhole";
-
-    fn nft(&self, args: &[&str]) -> bool {
-        Command::new(&self.nft)
-            .args(args)
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    }
-
-    fn on(&self) {
-        let chain = "{ type filter hook input priority 0; }";
-        let rule = format!("tcp dport {} drop", self.port);
-        let ok = self.nft(&["add", "table", "inet", Self::TABLE])
-            && self.nft(&["add", "chain", "inet", Self::TABLE, "input", chain])
-            && self.nft(&["add", "rule", "inet", Self::TABLE, "input", &rule]);
-        assert!(
-            ok,
-            "nft could not add the blackhole rule (root and nftables are needed)"
-        );
-        self.on.set(true);
-    }
-
-    fn off(&self) {
-        if self.on.replace(false) {
-            self.nft(&["delete", "table", "inet", Self::TABLE]);
-        }
-    }
-}
-
-impl Drop for Blackhole {
-    fn drop(&mut self) {
-        self.off();
-    }
-}
-
 /// Polls `done` every millisecond from now; the time it took.
 fn until(what: &str, mut done: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
@@ -586,15 +551,7 @@ fn haproxy(trials: usize) {
         ),
     ];
     // A blackholed host: every packet to its port dropped (nftables, as root).
-    let nft = dbha_tests::require(
-        "nft",
-        "to blackhole a server for the comparison (apt-get install nftables)",
-    );
-    let blackhole = nft.map(|nft| Blackhole {
-        nft,
-        port: port("default"),
-        on: std::cell::Cell::new(false),
-    });
+    let blackhole = netfault::Blackhole::for_port(port("default"));
     let mut faults = faults;
     match &blackhole {
         Some(b) => faults.push((
@@ -659,13 +616,14 @@ fn haproxy(trials: usize) {
 }
 
 /// The sections `all` fills, in order: (marker name, arguments).
-const SECTIONS: [(&str, &[&str]); 7] = [
+const SECTIONS: [(&str, &[&str]); 8] = [
     ("reader", &["reader"]),
     ("scaling", &["scaling"]),
     ("switch", &["switch"]),
     ("footprint", &["footprint"]),
     ("live", &["live"]),
     ("haproxy", &["haproxy"]),
+    ("django", &["django"]),
     ("python", &[]),
 ];
 
@@ -772,6 +730,7 @@ fn main() {
         What::Scaling { seconds } => scaling(if cli.quick { 0.5 } else { seconds }),
         What::ReadLoop { state, seconds } => read_loop(&state, seconds),
         What::Haproxy { trials } => haproxy(if cli.quick { 2 } else { trials.max(20) }),
+        What::Django { repeats } => django::run(cli.quick, repeats),
         What::Footprint { seconds } => footprint(if cli.quick { 1 } else { seconds }),
     }
 }

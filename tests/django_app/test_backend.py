@@ -208,3 +208,43 @@ def test_django_test_runner_creates_its_database_where_the_agent_says(live):
     assert run.returncode == 0, run.stderr[-4000:]
     assert "Ran 2 tests" in run.stderr and "OK" in run.stderr, run.stderr[-4000:]
 
+
+
+def test_a_query_blocked_on_a_frozen_server_fails_once_the_agent_leaves_it(live, agent):
+    import threading
+
+    from django.db import DatabaseError, connections
+
+    name = next(n for n in NAMES if port(n, live) == agent.write_endpoint().port)
+    ready, outcome = threading.Event(), {}
+
+    def blocked():
+        try:
+            connections["default"].ensure_connection()
+            ready.set()
+            start = time.monotonic()
+            try:
+                with connections["default"].cursor() as c:
+                    c.execute("SELECT pg_sleep(1)")
+                outcome["result"] = "answered"
+            except DatabaseError as e:
+                outcome["result"] = f"{type(e).__name__}: {e}"
+            outcome["seconds"] = time.monotonic() - start
+        finally:
+            ready.set()
+            connections["default"].close()
+
+    t = threading.Thread(target=blocked)
+    t.start()
+    ready.wait(30)
+    time.sleep(0.2)  # the query is on its way
+    live.say(f"freeze {name}")
+    try:
+        t.join(20)
+        assert not t.is_alive(), "the query is still waiting on the frozen server"
+    finally:
+        live.say(f"thaw {name}")
+        t.join(30)
+    assert outcome["result"] != "answered", outcome
+    assert outcome["seconds"] < 10, outcome
+    wait_for("a write endpoint again", lambda: agent.write_endpoint() is not None)

@@ -100,6 +100,16 @@ impl Live {
         Some(live)
     }
 
+    /// Commits on the primary (the first cluster) wait for `standby`
+    /// (synchronous replication): a promoted `standby` has every acknowledged write.
+    pub fn synchronous_to(&self, standby: &str) {
+        let primary = &self.clusters[0];
+        let sync = format!("ALTER SYSTEM SET synchronous_standby_names = 'FIRST 1 ({standby})'");
+        for sql in [sync.as_str(), "SELECT pg_reload_conf()"] {
+            primary.psql(sql).expect("synchronous replication");
+        }
+    }
+
     pub fn cluster(&self, name: &str) -> &Cluster {
         self.clusters
             .iter()

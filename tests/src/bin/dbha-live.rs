@@ -57,14 +57,7 @@ fn main() {
     };
     let mut extra = "";
     if replicated {
-        let primary = &live.clusters[0];
-        let sync = format!(
-            "ALTER SYSTEM SET synchronous_standby_names = 'FIRST 1 ({})'",
-            names[1]
-        );
-        for sql in [sync.as_str(), "SELECT pg_reload_conf()"] {
-            primary.psql(sql).expect("synchronous replication");
-        }
+        live.synchronous_to(names[1]);
         extra = "writes = \"primary\"\nreads = \"prefer-standby\"";
     }
     let agent = AgentProc::start(live.dir.path(), "agent", |s| {

@@ -21,6 +21,12 @@ goes to the database the agent chose::
 - While the agent names no database, ``WHEN_NONE="error"`` (the default) raises
   ``OperationalError`` at once, saying why; ``"last"`` keeps the last endpoint
   the agent chose in this process.
+- A query already waiting on an endpoint the agent left (moved elsewhere, or
+  judged unhealthy while alive) is not left hanging on a blackholed or frozen
+  server: a watcher thread in each process shuts that connection's socket down
+  within WATCH_SECONDS of the publication, so the query fails at once and the
+  worker is free (HAProxy's ``on-marked-down shutdown-sessions``). A stale or
+  stopped agent aborts nothing.
 - With Django's connection pool (``OPTIONS["pool"]``, psycopg 3), there is one
   pool per endpoint; the pool of an endpoint the agent left is closed, so its
   connections are never handed out again.
@@ -29,9 +35,13 @@ goes to the database the agent chose::
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
+import os
+import socket
 import threading
 import time
+import weakref
 from typing import Dict, Optional, Tuple
 
 from django.core.exceptions import ImproperlyConfigured
@@ -50,6 +60,8 @@ logger = logging.getLogger(__name__)
 # After the state file could not be opened, how long to wait before trying again
 # (opening is a few system calls; a query must not pay them every time).
 REOPEN_SECONDS = 0.5
+# How often the watcher compares open connections with the agent's choice.
+WATCH_SECONDS = 0.01
 
 
 class _States:
@@ -87,6 +99,53 @@ class _States:
 _states = _States()
 
 
+def _same_peer(sock: socket.socket, endpoint: dbha.Endpoint) -> bool:
+    """Whether `sock` is connected to `endpoint` (its port, and its address when
+    the endpoint's host is an IP literal)."""
+    try:
+        peer = sock.getpeername()
+    except OSError:
+        return False
+    if not isinstance(peer, tuple) or peer[1] != endpoint.port:
+        return False
+    try:
+        return ipaddress.ip_address(peer[0]) == ipaddress.ip_address(endpoint.host)
+    except ValueError:
+        return True  # a host name: the port is all there is to compare
+
+
+class _Watcher:
+    """One thread per process (started in the process that uses it, so after a
+    fork too) that aborts the connections of this process whose endpoint the
+    agent left, so that a query blocked on a dead server fails now rather than
+    after TCP gives up."""
+
+    def __init__(self) -> None:
+        self.pid = 0
+        self.wrappers: "weakref.WeakSet[DatabaseWrapper]" = weakref.WeakSet()
+        self.lock = threading.Lock()
+
+    def watch(self, wrapper: "DatabaseWrapper") -> None:
+        with self.lock:
+            if self.pid != os.getpid():
+                self.pid = os.getpid()
+                self.wrappers = weakref.WeakSet()
+                threading.Thread(target=self.run, name="dbha-watcher", daemon=True).start()
+            self.wrappers.add(wrapper)
+
+    def run(self) -> None:
+        while True:
+            time.sleep(WATCH_SECONDS)
+            for w in list(self.wrappers):
+                try:
+                    w._dbha_abort_if_left()
+                except Exception:  # never let the watcher die
+                    logger.exception("dbha: watcher")
+
+
+_watcher = _Watcher()
+
+
 class DatabaseCreation(PostgresCreation):
     def set_as_test_mirror(self, primary_settings_dict):
         # Under the test runner a mirror (a read alias's TEST MIRROR) uses the test
@@ -115,6 +174,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         self._dbha_slot = -2
         self._dbha_slot_of = None  # the reader's write_slot or read_slot, once open
         self._dbha_params: Optional[dict] = None
+        self._dbha_aborted_at: Optional[int] = None
 
     # -- the agent's choice ------------------------------------------------------
 
@@ -154,13 +214,16 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         if self.dbha.role == "write":
             params.setdefault("target_session_attrs", "read-write")
         self._dbha_slot, self.dbha_endpoint, self._dbha_params = slot, endpoint, params
+        self._dbha_aborted_at = None
+        _watcher.watch(self)
         return params
 
     def ensure_connection(self):
-        # Outside a transaction only: a block commits on one database or fails whole.
-        if self.connection is not None and self.autocommit and not self.in_atomic_block:
-            slot_of = self._dbha_slot_of
-            if slot_of is None or slot_of() != self._dbha_slot:
+        # The common case costs one slot read and a comparison.
+        slot_of = self._dbha_slot_of
+        if slot_of is None or slot_of() != self._dbha_slot:
+            # Outside a transaction only: a block commits on one database or fails whole.
+            if self.connection is not None and self.autocommit and not self.in_atomic_block:
                 self._dbha_follow()
         super().ensure_connection()
 
@@ -180,6 +243,45 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
                     f"{current.host}:{current.port}" if current else "nowhere",
                     endpoint.host, endpoint.port, endpoint.alias)
         self.close()
+
+    def _dbha_abort_if_left(self) -> None:
+        """(The watcher thread.) Shuts the socket of the open connection down when
+        the agent, alive, no longer chooses its endpoint. Never closes anything:
+        the owning thread's next use closes and replaces the connection."""
+        connection, slot_of, endpoint = self.connection, self._dbha_slot_of, self.dbha_endpoint
+        if connection is None or slot_of is None or endpoint is None:
+            return
+        slot = slot_of()
+        if slot == self._dbha_slot or slot == self._dbha_aborted_at:
+            return
+        reader = _states.readers.get(self.dbha.state_file)
+        if reader is None:
+            return
+        chosen = reader.endpoint(slot)
+        if chosen is not None and (chosen.host, chosen.port) == (endpoint.host, endpoint.port):
+            return
+        if chosen is None:
+            if self.dbha.when_none == "last":
+                return
+            try:
+                if reader.snapshot().status != "no_healthy_database":
+                    return  # a stale or stopped agent: it judged nothing
+            except dbha.StateFileError:
+                return
+        self._dbha_aborted_at = slot
+        try:
+            # A duplicate of the descriptor (its family detected from it):
+            # shutdown acts on the socket, and the peer check makes sure the number
+            # was not reused by another socket meanwhile.
+            with socket.socket(fileno=os.dup(connection.fileno())) as sock:
+                if not _same_peer(sock, endpoint):
+                    return
+                sock.shutdown(socket.SHUT_RDWR)
+        except Exception:  # closed meanwhile (the driver raises its own errors)
+            return
+        logger.warning("dbha: %s: the agent left %s:%s (%s); aborted this process's connection to it",
+                       self.alias, endpoint.host, endpoint.port,
+                       f"now {chosen.alias} at {chosen.host}:{chosen.port}" if chosen else "no healthy database")
 
     # -- Django's connection pool: one per endpoint --------------------------------
 

@@ -1,0 +1,470 @@
+//! The failover benchmark a Django user would run: a real Django app under
+//! gunicorn (4 workers), 32 concurrent HTTP clients whose every request writes
+//! inside ATOMIC_REQUESTS and reads, a primary with two streaming standbys
+//! (commits synchronous to the first, so a promotion loses no acknowledged
+//! write), and a fault on the primary, the first standby promoted 1 s later as
+//! an HA manager would. The same load and faults for each strategy: the original
+//! recipe's router, libpq's multi-host list, dbha's FailoverRouter, dbha's backend.
+//! Then the backend's cost per query against Django's own backend.
+
+use crate::netfault::Blackhole;
+use crate::percentile;
+use dbha_agent::pg::StopMode;
+use dbha_tests::agentproc::{config, AgentProc, Timing};
+use dbha_tests::live::Live;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const STRATEGIES: [(&str, &str); 4] = [
+    ("recipe", "original recipe (router probing from requests)"),
+    (
+        "libpq",
+        "libpq multi-host, target_session_attrs=read-write, connect_timeout=2",
+    ),
+    ("router", "dbha FailoverRouter"),
+    ("backend", "dbha backend"),
+];
+const FAULTS: [(&str, &str); 3] = [
+    ("stop", "primary stopped (-m immediate)"),
+    ("blackhole", "primary blackholed (nftables drop)"),
+    ("freeze", "primary frozen (SIGSTOP)"),
+];
+const CLIENTS: usize = 32;
+/// Each client starts a request every PACE (or, when one took longer, as soon as
+/// it is answered): the same offered load whether a strategy fails fast or slowly.
+const PACE: Duration = Duration::from_millis(50);
+const WORKERS: usize = 4;
+/// A request still unanswered after this is a failure (gunicorn's own worker
+/// timeout is 30 s).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
+
+struct Plan {
+    repeats: usize,
+    before: Duration,
+    after: Duration,
+}
+
+/// One request as a client saw it: seconds since the load began.
+#[derive(Clone, Copy)]
+struct Sample {
+    start: f64,
+    end: f64,
+    ok: bool,
+    seq: i64,
+}
+
+/// What one trial measured.
+struct Outcome {
+    samples: Vec<Sample>,
+    fault_at: f64,
+    promoted_at: f64,
+    /// Requests the schedule called for: every client, every PACE, for the run.
+    offered: usize,
+    missing: usize,
+}
+
+impl Outcome {
+    fn failures(&self) -> impl Iterator<Item = &Sample> {
+        self.samples.iter().filter(|s| !s.ok)
+    }
+
+    /// Failures that began outside the detection-and-promotion window: before the
+    /// fault, or more than 1 s after the promotion.
+    fn failures_outside(&self) -> usize {
+        self.failures()
+            .filter(|s| s.start < self.fault_at || s.start > self.promoted_at + 1.0)
+            .count()
+    }
+
+    /// First failure's start to last failure's end, seconds (0 without failures).
+    fn failure_window(&self) -> f64 {
+        let first = self
+            .failures()
+            .map(|s| s.start)
+            .fold(f64::INFINITY, f64::min);
+        let last = self.failures().map(|s| s.end).fold(0.0, f64::max);
+        (last - first).max(0.0)
+    }
+
+    /// Latencies (ms) of the requests that began between the fault and the end of
+    /// the disturbance: the last failure, or 1 s after the promotion if later.
+    fn fault_window_latencies(&self) -> Vec<f64> {
+        let last_failure = self.failures().map(|s| s.end).fold(0.0, f64::max);
+        let end = last_failure.max(self.promoted_at + 1.0);
+        self.samples
+            .iter()
+            .filter(|s| s.start >= self.fault_at && s.start <= end)
+            .map(|s| (s.end - s.start) * 1e3)
+            .collect()
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn python() -> PathBuf {
+    let p = root().join(".venv/bin/python");
+    assert!(
+        p.exists(),
+        "{} is missing: tests/setup.sh makes it (Django, gunicorn, psycopg)",
+        p.display()
+    );
+    p
+}
+
+/// The environment the bench app and the overhead script run in.
+fn python_env(cmd: &mut Command, bench_json: &str) {
+    let root = root();
+    let path = [
+        root.join("bench/django_app"),
+        root.join("bench"),
+        root.join("reader/python"),
+    ]
+    .map(|p| p.display().to_string())
+    .join(":");
+    cmd.env("PYTHONPATH", path)
+        .env("DBHA_BENCH", bench_json)
+        .env("DJANGO_SETTINGS_MODULE", "benchapp.settings")
+        .env("DBHA_LIBRARY", dbha_tests::target_dir().join("libdbha.so"));
+}
+
+fn databases_json(live: &Live) -> String {
+    let dbs: Vec<String> = live
+        .clusters
+        .iter()
+        .map(|c| {
+            format!(
+                "\"{}\": {{\"host\": \"{}\", \"port\": {}}}",
+                c.name, c.host, c.port
+            )
+        })
+        .collect();
+    format!("{{{}}}", dbs.join(", "))
+}
+
+/// A replicated cluster and an agent choosing writes = primary, reads = standby.
+fn setup() -> (Live, AgentProc) {
+    let Some(live) = Live::replicated("default", &["failover1", "failover2"], "trust", None) else {
+        eprintln!("dbha-bench django needs the PostgreSQL server (apt-get install postgresql)");
+        std::process::exit(1);
+    };
+    live.synchronous_to("failover1");
+    let t = Timing {
+        interval_ms: 100,
+        timeout_ms: 200,
+        rise: 2,
+        fall: 2,
+        stale_after_ms: 1000,
+        failback: "sticky",
+    };
+    let agent = AgentProc::start(live.dir.path(), "agent", |s| {
+        config(
+            s,
+            &t,
+            &live.dbs("postgres"),
+            "writes = \"primary\"\nreads = \"prefer-standby\"",
+        )
+    });
+    let r = agent.reader();
+    crate::until("the agent to choose the primary", || {
+        r.active_alias() == Some("default")
+    });
+    (live, agent)
+}
+
+/// gunicorn in a process group of its own, so that its workers go with it.
+struct Gunicorn(Child);
+
+impl Drop for Gunicorn {
+    fn drop(&mut self) {
+        let pgid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.0.wait();
+    }
+}
+
+/// One HTTP request; Ok(true) for a 200.
+fn request(addr: SocketAddr, seq: i64) -> std::io::Result<bool> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    s.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+    write!(s, "GET /write?seq={seq} HTTP/1.0\r\nHost: bench\r\n\r\n")?;
+    let mut reply = Vec::with_capacity(512);
+    s.take(64 * 1024).read_to_end(&mut reply)?;
+    Ok(reply.starts_with(b"HTTP/1.1 200") || reply.starts_with(b"HTTP/1.0 200"))
+}
+
+fn trial(strategy: &str, fault: &str, plan: &Plan) -> Outcome {
+    let (live, agent) = setup();
+    let dir = live.dir.path();
+    let bench_json = format!(
+        "{{\"strategy\": \"{strategy}\", \"databases\": {}, \"state\": \"{}\", \"status_dir\": \"{}\"}}",
+        databases_json(&live),
+        agent.state.display(),
+        dir.display()
+    );
+    // The recipe's status file, as of now, naming default.
+    std::fs::write(
+        dir.join("dbha_last_check.txt"),
+        format!("{}\ndefault", local_time_now()),
+    )
+    .unwrap();
+    let mut migrate = Command::new(python());
+    python_env(&mut migrate, &bench_json);
+    let out = migrate
+        .args([
+            "-m",
+            "django",
+            "migrate",
+            "--database",
+            "default",
+            "-v",
+            "0",
+        ])
+        .output()
+        .expect("run migrate");
+    assert!(
+        out.status.success(),
+        "migrate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let port = dbha_agent::pg::free_port("127.0.0.1").unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut cmd = Command::new(root().join(".venv/bin/gunicorn"));
+    python_env(&mut cmd, &bench_json);
+    cmd.args([
+        "--workers",
+        &WORKERS.to_string(),
+        "--bind",
+        &addr.to_string(),
+        "--timeout",
+        "30",
+        "--graceful-timeout",
+        "1",
+        "--log-level",
+        "warning",
+        "benchapp.wsgi:application",
+    ])
+    .stdout(Stdio::null())
+    .stderr(
+        std::fs::File::create(dir.join("gunicorn.log"))
+            .map(Stdio::from)
+            .unwrap_or(Stdio::null()),
+    )
+    .process_group(0);
+    let _gunicorn = Gunicorn(
+        cmd.spawn()
+            .expect("start gunicorn (tests/setup.sh installs it)"),
+    );
+    crate::until("gunicorn to answer", || request(addr, 0).unwrap_or(false));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut samples = Vec::new();
+                let mut seq = (c as i64 + 1) * 1_000_000;
+                // Spread the clients' first requests over one PACE.
+                let mut due = Instant::now() + PACE * c as u32 / CLIENTS as u32;
+                while !stop.load(Ordering::Relaxed) {
+                    let now = Instant::now();
+                    if due > now {
+                        std::thread::sleep(due - now);
+                    }
+                    due = due.max(now) + PACE;
+                    seq += 1;
+                    let start = t0.elapsed().as_secs_f64();
+                    let ok = request(addr, seq).unwrap_or(false);
+                    let end = t0.elapsed().as_secs_f64();
+                    samples.push(Sample {
+                        start,
+                        end,
+                        ok,
+                        seq,
+                    });
+                }
+                samples
+            })
+        })
+        .collect();
+
+    std::thread::sleep(plan.before);
+    let default = live.cluster("default");
+    let blackhole = (fault == "blackhole")
+        .then(|| Blackhole::for_port(default.port).expect("nft, to blackhole the primary (root)"));
+    let fault_at = t0.elapsed().as_secs_f64();
+    match fault {
+        "stop" => default.stop(StopMode::Immediate).expect("stop the primary"),
+        "freeze" => default.freeze(),
+        _ => blackhole.as_ref().expect("a blackhole").on(),
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    live.cluster("failover1")
+        .promote()
+        .expect("promote failover1");
+    let promoted_at = t0.elapsed().as_secs_f64();
+    std::thread::sleep(plan.after);
+    stop.store(true, Ordering::Relaxed);
+    let offered = CLIENTS * (t0.elapsed().as_secs_f64() / PACE.as_secs_f64()) as usize;
+    let samples: Vec<Sample> = clients
+        .into_iter()
+        .flat_map(|c| c.join().expect("client thread"))
+        .collect();
+    // Undo the fault so that everything can be stopped.
+    match fault {
+        "freeze" => default.thaw(),
+        "blackhole" => blackhole.as_ref().expect("a blackhole").off(),
+        _ => {}
+    }
+
+    // Every acknowledged write must be on the promoted server.
+    let present: std::collections::HashSet<i64> = live
+        .cluster("failover1")
+        .psql("SELECT seq FROM benchapp_item")
+        .expect("read the promoted server")
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    let missing = samples
+        .iter()
+        .filter(|s| s.ok && !present.contains(&s.seq))
+        .count();
+    drop(agent);
+    Outcome {
+        samples,
+        fault_at,
+        promoted_at,
+        offered,
+        missing,
+    }
+}
+
+/// Local wall-clock time as the recipe writes it ("%Y-%m-%d %H:%M:%S").
+fn local_time_now() -> String {
+    let out = Command::new("date")
+        .arg("+%Y-%m-%d %H:%M:%S")
+        .output()
+        .expect("date");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn overhead(quick: bool) {
+    let (live, agent) = setup();
+    let bench_json = format!(
+        "{{\"databases\": {}, \"state\": \"{}\"}}",
+        databases_json(&live),
+        agent.state.display()
+    );
+    let mut cmd = Command::new(python());
+    python_env(&mut cmd, &bench_json);
+    cmd.arg(root().join("bench/django_overhead.py"));
+    if quick {
+        cmd.arg("--quick");
+    }
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run django_overhead.py");
+    assert!(out.status.success(), "django_overhead.py failed");
+    println!("{}", String::from_utf8_lossy(&out.stdout).trim());
+}
+
+pub fn run(quick: bool, repeats: usize) {
+    let plan = if quick {
+        Plan {
+            repeats: 1,
+            before: Duration::from_secs(1),
+            after: Duration::from_secs(4),
+        }
+    } else {
+        Plan {
+            repeats,
+            before: Duration::from_secs(3),
+            after: Duration::from_secs(12),
+        }
+    };
+    println!(
+        "| fault | strategy | offered | served | failed | not sent (client still waiting) | failures outside the fault window | failure window s (median) | p99 ms, fault window | max ms, fault window | acknowledged writes missing |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut unserved_by = std::collections::HashMap::new();
+    let mut max_by = std::collections::HashMap::new();
+    for (fault, fault_name) in FAULTS {
+        for (strategy, strategy_name) in STRATEGIES {
+            let outcomes: Vec<Outcome> = (0..plan.repeats)
+                .map(|i| {
+                    eprintln!("django: {fault} / {strategy} ({}/{})", i + 1, plan.repeats);
+                    trial(strategy, fault, &plan)
+                })
+                .collect();
+            let sent: usize = outcomes.iter().map(|o| o.samples.len()).sum();
+            let offered: usize = outcomes.iter().map(|o| o.offered).sum::<usize>().max(sent);
+            let failed: usize = outcomes.iter().map(|o| o.failures().count()).sum();
+            let outside: usize = outcomes.iter().map(Outcome::failures_outside).sum();
+            let missing: usize = outcomes.iter().map(|o| o.missing).sum();
+            let mut windows: Vec<f64> = outcomes.iter().map(Outcome::failure_window).collect();
+            windows.sort_by(f64::total_cmp);
+            let mut lat: Vec<f64> = outcomes
+                .iter()
+                .flat_map(Outcome::fault_window_latencies)
+                .collect();
+            lat.sort_by(f64::total_cmp);
+            let (p99, max) = if lat.is_empty() {
+                (0.0, 0.0)
+            } else {
+                (percentile(&lat, 0.99), lat[lat.len() - 1])
+            };
+            println!(
+                "| {fault_name} | {strategy_name} | {offered} | {} | {failed} | {} | {outside} | {:.2} | {p99:.0} | {max:.0} | {missing} |",
+                sent - failed,
+                offered - sent,
+                percentile(&windows, 0.5)
+            );
+            // Not served: failed, or never sent because the client was still waiting.
+            unserved_by.insert(
+                (fault, strategy),
+                (offered - (sent - failed)) as f64 / offered.max(1) as f64,
+            );
+            max_by.insert((fault, strategy), max);
+        }
+    }
+    println!(
+        "\n{} trial(s) per row: {CLIENTS} clients each starting a request every {PACE:?} ({} requests/s offered), gunicorn {WORKERS} sync workers, {:?} of load before the fault and {:?} after the promotion; the fault window runs from the fault to the last failure or 1 s after the promotion, whichever is later",
+        plan.repeats,
+        CLIENTS as u128 * 1000 / PACE.as_millis(),
+        plan.before,
+        plan.after
+    );
+    for (fault, fault_name) in FAULTS {
+        let ours = unserved_by[&(fault, "backend")];
+        let best_other = STRATEGIES
+            .iter()
+            .filter(|(s, _)| *s != "backend")
+            .map(|(s, _)| unserved_by[&(fault, *s)])
+            .fold(f64::INFINITY, f64::min);
+        let mut line = format!(
+            "{fault_name}: offered requests not served (failed or not sent): backend {:.1}%, best other strategy {:.1}% (target: backend <= every other)",
+            ours * 100.0,
+            best_other * 100.0
+        );
+        if fault != "stop" {
+            line += &format!(
+                "; max latency backend / libpq = {:.3} (target <= 0.2)",
+                max_by[&(fault, "backend")] / max_by[&(fault, "libpq")].max(1e-9)
+            );
+        }
+        println!("{line}");
+    }
+    println!();
+    overhead(quick);
+}
