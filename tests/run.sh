@@ -33,6 +33,7 @@ counted .venv/bin/python -m pytest -q reader/python/tests
 counted .venv/bin/python -m pytest -q tests/django_app/test_failover.py
 counted .venv/bin/python -m pytest -q tests/django_app/test_replication.py
 counted .venv/bin/python -m pytest -q tests/django_app/test_backend.py
+DBHA_TEST_PSYCOPG2=1 counted .venv/bin/python -m pytest -q tests/django_app/test_backend.py
 # Django's own tests of transactions, select_for_update, queries, backends and basic
 # on the dbha backend and on Django's (the whole suite: DBHA_DJANGO_SUITE=all).
 counted .venv/bin/python -m pytest -q tests/django_app/test_django_suite.py

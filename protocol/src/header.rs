@@ -307,53 +307,49 @@ pub fn encode_address(host: &str, port: u16) -> Option<[u8; ADDRESS_WIDTH as usi
     Some(slot)
 }
 
+/// Slot `i` of a table of `width`-byte slots.
+fn slot<'t>(table: &'t [u8], width: usize, i: usize, what: &str) -> Result<&'t [u8], HeaderError> {
+    table
+        .get(i * width..(i + 1) * width)
+        .ok_or_else(|| HeaderError::Corrupt(format!("{what} table ends before slot {i}")))
+}
+
+/// The non-empty UTF-8 string that `bytes` holds before its first NUL.
+fn nul_terminated<'b>(bytes: &'b [u8], what: &str, i: usize) -> Result<&'b str, HeaderError> {
+    let len = bytes
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or_else(|| HeaderError::Corrupt(format!("{what} {i} is not NUL-terminated")))?;
+    if len == 0 {
+        return Err(HeaderError::Corrupt(format!("{what} {i} is empty")));
+    }
+    std::str::from_utf8(&bytes[..len])
+        .map_err(|_| HeaderError::Corrupt(format!("{what} {i} is not UTF-8")))
+}
+
 /// Decodes the address table (`table` holds `count` slots of [`ADDRESS_WIDTH`]
 /// bytes) into (host, port) pairs.
 pub fn decode_addresses(table: &[u8], count: u32) -> Result<Vec<(String, u16)>, HeaderError> {
-    let width = ADDRESS_WIDTH as usize;
-    let mut out = Vec::with_capacity(count as usize);
-    for i in 0..count as usize {
-        let slot = table
-            .get(i * width..(i + 1) * width)
-            .ok_or_else(|| HeaderError::Corrupt(format!("address table ends before slot {i}")))?;
-        let port = u16::from_ne_bytes([slot[0], slot[1]]);
-        let host = &slot[2..];
-        let len = host
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or_else(|| HeaderError::Corrupt(format!("host {i} is not NUL-terminated")))?;
-        if len == 0 || port == 0 {
-            return Err(HeaderError::Corrupt(format!(
-                "address {i} has an empty host or port 0"
-            )));
-        }
-        let host = std::str::from_utf8(&host[..len])
-            .map_err(|_| HeaderError::Corrupt(format!("host {i} is not UTF-8")))?;
-        out.push((host.to_owned(), port));
-    }
-    Ok(out)
+    (0..count as usize)
+        .map(|i| {
+            let slot = slot(table, ADDRESS_WIDTH as usize, i, "address")?;
+            let port = u16::from_ne_bytes([slot[0], slot[1]]);
+            if port == 0 {
+                return Err(HeaderError::Corrupt(format!("address {i} has port 0")));
+            }
+            Ok((nul_terminated(&slot[2..], "host", i)?.to_owned(), port))
+        })
+        .collect()
 }
 
 /// Decodes the alias table (`table` holds `count` slots of [`ALIAS_WIDTH`] bytes).
 pub fn decode_aliases(table: &[u8], count: u32) -> Result<Vec<String>, HeaderError> {
-    let width = ALIAS_WIDTH as usize;
-    let mut out = Vec::with_capacity(count as usize);
-    for i in 0..count as usize {
-        let slot = table
-            .get(i * width..(i + 1) * width)
-            .ok_or_else(|| HeaderError::Corrupt(format!("alias table ends before slot {i}")))?;
-        let len = slot
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or_else(|| HeaderError::Corrupt(format!("alias {i} is not NUL-terminated")))?;
-        if len == 0 {
-            return Err(HeaderError::Corrupt(format!("alias {i} is empty")));
-        }
-        let name = std::str::from_utf8(&slot[..len])
-            .map_err(|_| HeaderError::Corrupt(format!("alias {i} is not UTF-8")))?;
-        out.push(name.to_owned());
-    }
-    Ok(out)
+    (0..count as usize)
+        .map(|i| {
+            let slot = slot(table, ALIAS_WIDTH as usize, i, "alias")?;
+            Ok(nul_terminated(slot, "alias", i)?.to_owned())
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -10,6 +10,11 @@ TARGET = Path(os.environ.get("DBHA_TARGET_DIR", ROOT / "target" / "debug"))
 
 sys.path[:0] = [str(HERE), str(ROOT / "reader" / "python")]
 os.environ.setdefault("DBHA_LIBRARY", str(TARGET / "libdbha.so"))
+if os.environ.get("DBHA_TEST_PSYCOPG2") == "1":
+    # Django picks psycopg 3 when it can import it: hide it, so that the same
+    # tests run on psycopg2 (Django's pool needs psycopg 3: none then).
+    sys.modules["psycopg"] = None
+    os.environ["DBHA_TEST_NO_POOL"] = "1"
 
 import json  # noqa: E402
 import subprocess  # noqa: E402

@@ -33,4 +33,7 @@ if not os.environ.get("DBHA_TEST_NO_POOL"):
     # runner, whose test database cannot be dropped while a pool holds connections.)
     DATABASES["pooled"] = _db("write", OPTIONS={"connect_timeout": 2, "pool": {"min_size": 2, "max_size": 4}})
 
+DATABASES["default"]["ATOMIC_REQUESTS"] = True
 DATABASE_ROUTERS = ["dbha.django.ReplicaRouter"]
+ROOT_URLCONF = "items.urls"
+ALLOWED_HOSTS = ["testserver"]

@@ -21,12 +21,13 @@ goes to the database the agent chose::
 - While the agent names no database, ``WHEN_NONE="error"`` (the default) raises
   ``OperationalError`` at once, saying why; ``"last"`` keeps the last endpoint
   the agent chose in this process.
-- A query already waiting on an endpoint the agent left (moved elsewhere, or
-  judged unhealthy while alive) is not left hanging on a blackholed or frozen
-  server: a watcher thread in each process shuts that connection's socket down
-  within WATCH_SECONDS of the publication, so the query fails at once and the
-  worker is free (HAProxy's ``on-marked-down shutdown-sessions``). A stale or
-  stopped agent aborts nothing.
+- A query already waiting on an endpoint the agent left because it failed (no
+  longer healthy, or a write endpoint no longer a primary) is not left hanging on
+  a blackholed or frozen server: a watcher thread in each process shuts that
+  connection's socket down within WATCH_SECONDS of the publication, so the query
+  fails at once and the worker is free (HAProxy's ``on-marked-down
+  shutdown-sessions``). A planned move from a healthy endpoint (failback) lets
+  queries under way finish; a stale or stopped agent aborts nothing.
 - With Django's connection pool (``OPTIONS["pool"]``, psycopg 3), there is one
   pool per endpoint; the pool of an endpoint the agent left is closed, so its
   connections are never handed out again.
@@ -246,8 +247,11 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
 
     def _dbha_abort_if_left(self) -> None:
         """(The watcher thread.) Shuts the socket of the open connection down when
-        the agent, alive, no longer chooses its endpoint. Never closes anything:
-        the owning thread's next use closes and replaces the connection."""
+        the agent, alive, moved away from its endpoint because that endpoint failed
+        (no longer healthy, or a write endpoint no longer a primary). A planned
+        move away from a healthy endpoint (a failback) lets queries under way
+        finish. Never closes anything: the owning thread's next use closes and
+        replaces the connection."""
         connection, slot_of, endpoint = self.connection, self._dbha_slot_of, self.dbha_endpoint
         if connection is None or slot_of is None or endpoint is None:
             return
@@ -260,14 +264,18 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         chosen = reader.endpoint(slot)
         if chosen is not None and (chosen.host, chosen.port) == (endpoint.host, endpoint.port):
             return
-        if chosen is None:
-            if self.dbha.when_none == "last":
-                return
-            try:
-                if reader.snapshot().status != "no_healthy_database":
-                    return  # a stale or stopped agent: it judged nothing
-            except dbha.StateFileError:
-                return
+        if chosen is None and self.dbha.when_none == "last":
+            return
+        try:
+            snap = reader.snapshot()
+        except dbha.StateFileError:
+            return
+        if snap.status in ("stale", "agent_stopped"):
+            return  # the agent judged nothing
+        failed = not snap.health.get(endpoint.alias, False) or (
+            self.dbha.role == "write" and snap.roles.get(endpoint.alias) == "standby")
+        if not failed:
+            return
         self._dbha_aborted_at = slot
         try:
             # A duplicate of the descriptor (its family detected from it):
