@@ -57,6 +57,18 @@ fn index_of(w: u64) -> u32 {
 }
 
 impl RecordValues {
+    /// These values with every index that is not below `endpoint_count` read as
+    /// [`NONE`], as LAYOUT.md prescribes: no index ever names an endpoint the
+    /// file does not have.
+    pub fn within(mut self, endpoint_count: usize) -> RecordValues {
+        for i in [&mut self.write_index, &mut self.read_index] {
+            if *i as usize >= endpoint_count {
+                *i = NONE;
+            }
+        }
+        self
+    }
+
     pub fn from_words(w: &[u64; DATA_WORDS]) -> RecordValues {
         RecordValues {
             epoch: w[word::EPOCH],
@@ -98,11 +110,16 @@ impl RecordValues {
     }
 
     /// The status rule of LAYOUT.md, in its order: stopped, then stale, then the
-    /// write index.
+    /// write index. A heartbeat more than `stale_after` ahead of `now` is stale too:
+    /// it was written before a reboot restarted the monotonic clock (a coarse clock
+    /// behind by a tick is far from that). Indexes are taken as they are: a reader
+    /// that knows the file's endpoint count applies [`RecordValues::within`] first.
     pub fn status(&self, now_mono_ns: u64) -> Status {
         if self.flags & flags::STOPPED != 0 {
             Status::AgentStopped
-        } else if self.heartbeat_age_ns(now_mono_ns) > self.stale_after_ns {
+        } else if self.heartbeat_age_ns(now_mono_ns) > self.stale_after_ns
+            || self.heartbeat_mono_ns.saturating_sub(now_mono_ns) > self.stale_after_ns
+        {
             Status::Stale
         } else if self.write_index == NONE {
             Status::NoHealthyDatabase
@@ -152,6 +169,26 @@ mod tests {
         assert_eq!(stopped.status(9_999), Status::AgentStopped);
         // A coarse clock slightly behind the heartbeat is not "in the future".
         assert_eq!(live(0).status(900), Status::Active);
+    }
+
+    #[test]
+    fn a_heartbeat_from_before_a_reboot_is_stale() {
+        // Written at 1,000 ns of the previous boot's clock; this boot's is at 400.
+        assert_eq!(live(0).status(500), Status::Active);
+        assert_eq!(live(0).status(499), Status::Stale);
+        assert_eq!(live(0).status(0), Status::Stale);
+    }
+
+    #[test]
+    fn an_index_past_the_endpoints_reads_as_none() {
+        let v = RecordValues {
+            read_index: 2,
+            ..live(3)
+        };
+        let w = v.within(3);
+        assert_eq!((w.write_index, w.read_index), (NONE, 2));
+        assert_eq!(w.status(1_000), Status::NoHealthyDatabase);
+        assert_eq!(v.within(4), v);
     }
 
     #[test]

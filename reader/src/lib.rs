@@ -302,7 +302,7 @@ impl Generation {
         let (seq, data) = self.record();
         seqlock::read(seq, data, MAX_RETRIES)
             .ok()
-            .map(|(w, _)| RecordValues::from_words(&w))
+            .map(|(w, _)| RecordValues::from_words(&w).within(self.aliases.len()))
     }
 
     fn alias(&self, index: u32) -> Option<&Name> {

@@ -600,3 +600,54 @@ fn a_file_of_the_layout_without_addresses_is_read_and_replaced_not_reused() {
     assert_eq!(s.generation, 2);
     assert_eq!(s.endpoint(1).map(|e| e.host), Some("10.0.0.2"));
 }
+
+#[test]
+fn an_index_past_the_endpoints_is_none_for_rust_and_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let mut w = writer(&path, &["default", "failover1"]);
+    w.publish(&Publication {
+        write_index: 7,
+        read_index: 1,
+        health_mask: 0b11,
+        ..Publication::NOTHING
+    });
+    let r = Reader::open(&path).unwrap();
+    let s = r.snapshot().unwrap();
+    assert_eq!(s.status, Status::NoHealthyDatabase);
+    assert_eq!((s.write_index, s.write_alias()), (None, None));
+    assert_eq!((r.active_alias(), r.active_slot()), (None, None));
+    // What a C caller gets: never ACTIVE with a NULL write alias.
+    let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    let mut handle = std::ptr::null_mut();
+    // SAFETY: a NUL-terminated path and a valid out-pointer; the handle is closed
+    // below and used only in between.
+    unsafe {
+        assert_eq!(dbha::ffi::dbha_open(c_path.as_ptr(), &mut handle), 0);
+        let mut snap = std::mem::zeroed::<dbha::ffi::dbha_snapshot>();
+        assert_eq!(dbha::ffi::dbha_read(handle, &mut snap), 0);
+        assert_eq!(snap.status, dbha::ffi::DBHA_STATUS_NO_HEALTHY_DATABASE);
+        assert!(snap.write_alias.is_null());
+        assert_eq!(snap.write_index, dbha_protocol::NONE);
+        assert!(dbha::ffi::dbha_active_alias(handle).is_null());
+        dbha::ffi::dbha_close(handle);
+    }
+}
+
+#[test]
+fn a_heartbeat_from_before_a_reboot_reads_as_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let mut w = writer(&path, &["default"]);
+    w.publish(&active(0));
+    drop(w);
+    // The monotonic clock starts again at boot: a kept file's heartbeat is then
+    // "in the future". Word 2 of the record (at 128) is heartbeat_mono_ns.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let hb = u64::from_ne_bytes(bytes[144..152].try_into().unwrap());
+    bytes[144..152].copy_from_slice(&(hb + 3600 * SECOND).to_ne_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    let r = Reader::open(&path).unwrap();
+    assert_eq!(r.snapshot().unwrap().status, Status::Stale);
+    assert_eq!(r.active_alias(), None);
+}

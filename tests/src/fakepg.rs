@@ -25,6 +25,12 @@ pub enum Reply {
     Garbage,
     /// Accepts and never answers (a hung server).
     Silent,
+    /// AuthenticationOk, then a ParameterStatus whose header claims 1 GiB, then
+    /// filler bytes for as long as the client reads (a hostile server).
+    HugeMessage,
+    /// AuthenticationOk, then an ErrorResponse whose message has a newline, a
+    /// terminal escape and 40 KiB of text (log injection).
+    HostileError,
 }
 
 fn message(tag: u8, body: &[u8]) -> Vec<u8> {
@@ -65,6 +71,28 @@ fn reply_bytes(r: Reply) -> Vec<u8> {
         }
         Reply::Garbage => b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n".to_vec(),
         Reply::Silent => Vec::new(),
+        Reply::HugeMessage => {
+            let mut m = message(b'R', &[0, 0, 0, 0]);
+            m.push(b'S');
+            m.extend_from_slice(&(1u32 << 30).to_be_bytes());
+            m
+        }
+        Reply::HostileError => {
+            let text = format!(
+                "line one\nFAKE LOG LINE \x1b[31mred{}",
+                "x".repeat(40 * 1024)
+            );
+            let mut body = Vec::new();
+            for (t, v) in [(b'S', "FATAL"), (b'C', "XX000"), (b'M', text.as_str())] {
+                body.push(t);
+                body.extend_from_slice(v.as_bytes());
+                body.push(0);
+            }
+            body.push(0);
+            let mut m = message(b'R', &[0, 0, 0, 0]);
+            m.extend(message(b'E', &body));
+            m
+        }
     }
 }
 
@@ -139,7 +167,20 @@ fn serve(
                 buf.drain(..len);
                 let _ = conn.write_all(&reply_bytes(reply));
                 replied = true;
-                if matches!(reply, Reply::Error(_) | Reply::Garbage) {
+                if matches!(
+                    reply,
+                    Reply::Error(_) | Reply::Garbage | Reply::HostileError
+                ) {
+                    return;
+                }
+                if reply == Reply::HugeMessage {
+                    // Filler, up to 64 MiB, until the client stops reading.
+                    let filler = [b'x'; 64 * 1024];
+                    for _ in 0..1024 {
+                        if conn.write_all(&filler).is_err() || stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                    }
                     return;
                 }
             }

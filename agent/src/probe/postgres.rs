@@ -19,8 +19,12 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
-/// Replies longer than this are not a startup reply: not PostgreSQL.
-const MAX_REPLY: usize = 64 * 1024;
+/// No message the probe reads (authentication, parameters, an error, one boolean
+/// row) comes near this; a longer one is refused before anything is buffered
+/// for it, so a hostile server cannot make the agent allocate.
+const MAX_MESSAGE: usize = 64 * 1024;
+/// How much of a server's error text reaches a verdict (and so the log).
+const MAX_SERVER_TEXT: usize = 256;
 
 struct Session {
     stream: TcpStream,
@@ -61,6 +65,11 @@ impl Session {
     fn recv(&mut self) -> Result<Message, Failure> {
         let mut chunk = [0u8; 4096];
         loop {
+            // The length is checked before the parser sees it: it would size its
+            // buffer by it.
+            if let Some(f) = too_long(&self.buf) {
+                return Err(f);
+            }
             match Message::parse(&mut self.buf) {
                 Ok(Some(msg)) => {
                     self.started = true;
@@ -104,8 +113,37 @@ fn implausible(buf: &[u8]) -> Option<Failure> {
             "first reply byte 0x{tag:02x}"
         )));
     }
+    too_long(buf)
+}
+
+/// A message header (tag, then a big-endian length that counts itself) whose length
+/// no PostgreSQL message the probe reads has.
+fn too_long(buf: &[u8]) -> Option<Failure> {
     let len = u32::from_be_bytes(buf.get(1..5)?.try_into().ok()?) as usize;
-    (!(4..=MAX_REPLY).contains(&len)).then(|| Failure::NotPostgres(format!("reply length {len}")))
+    (!(4..=MAX_MESSAGE).contains(&len)).then(|| {
+        Failure::NotPostgres(format!(
+            "a message of {len} bytes (at most {MAX_MESSAGE} expected)"
+        ))
+    })
+}
+
+/// Server text as a verdict may carry it into the log: control characters escaped
+/// (no forged log lines, no terminal escapes), at most MAX_SERVER_TEXT bytes.
+fn server_text(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    let mut out = String::new();
+    for c in text.chars() {
+        if out.len() >= MAX_SERVER_TEXT {
+            out.push_str(&format!("... ({} bytes in all)", raw.len()));
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn encode(f: impl FnOnce(&mut BytesMut) -> io::Result<()>) -> Result<BytesMut, Failure> {
@@ -291,7 +329,7 @@ fn query_bool(s: &mut Session, db: &Database, sql: &str) -> Result<bool, Failure
 fn server_error(mut fields: ErrorFields<'_>, db: &Database) -> Failure {
     let (mut code, mut message) = (String::new(), String::new());
     while let Ok(Some(f)) = fields.next() {
-        let value = String::from_utf8_lossy(f.value_bytes()).into_owned();
+        let value = server_text(f.value_bytes());
         match f.type_() {
             b'C' => code = value,
             b'M' => message = value,

@@ -243,3 +243,15 @@ def test_backend_refuses_a_misconfigured_dbha_dict():
     with pytest.raises(ImproperlyConfigured) as e:
         backend(ROLE="primary")
     assert "'ROLE'" in str(e.value) and "'write', 'read'" in str(e.value)
+
+
+def test_an_agent_alias_missing_from_databases_routes_to_the_fallback_once_logged(holder, caplog):
+    h = holder(ALIASES + ["reporting"], "--write", 3, "--read", 3)
+    r = router(DBHA_STATE_FILE=h.path, DBHA_FALLBACK="failover1")
+    caplog.set_level(logging.INFO, logger="dbha.django.router")
+    for _ in range(100):
+        assert r.db_for_write(None) == "failover1" and r.db_for_read(None) == "failover1"
+    warnings = [m for m in caplog.messages if "'reporting' is not in DATABASES" in m]
+    assert len(warnings) == 1, caplog.messages
+    h.say("write 2")
+    assert r.db_for_write(None) == "failover2"

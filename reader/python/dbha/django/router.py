@@ -64,8 +64,15 @@ class FailoverRouter:
         if slot < 0 or reader is None:
             return self._degraded()
         alias = reader.slot_alias(slot)
-        route = self._routes[slot] = self.alias_map.get(alias, alias) if alias else self.fallback
-        self._note("ok")
+        route = self.alias_map.get(alias, alias) if alias else self.fallback
+        if route not in settings.DATABASES:
+            # Django would raise inside the request: the fallback, said once
+            # (manage.py check reports it as dbha.E003).
+            self._note("unknown", f"the agent chose {alias!r}, and {route!r} is not in DATABASES")
+            route = self.fallback
+        else:
+            self._note("ok")
+        self._routes[slot] = route
         return route
 
     def _degraded(self) -> str:
