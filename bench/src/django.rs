@@ -57,6 +57,8 @@ struct Sample {
     end: f64,
     ok: bool,
     seq: i64,
+    /// The HTTP status, or 0 when there was no answer (refused, reset, timeout).
+    status: u16,
 }
 
 /// What one trial measured.
@@ -74,12 +76,16 @@ impl Outcome {
         self.samples.iter().filter(|s| !s.ok)
     }
 
-    /// Failures that began outside the detection-and-promotion window: before the
-    /// fault, or more than 1 s after the promotion.
+    /// Whether a request belongs to the detection-and-promotion window: still in
+    /// flight at the fault or begun after it, and begun no later than 1 s after
+    /// the promotion.
+    fn in_window(&self, s: &Sample) -> bool {
+        s.end >= self.fault_at && s.start <= self.promoted_at + 1.0
+    }
+
+    /// Failures outside the detection-and-promotion window.
     fn failures_outside(&self) -> usize {
-        self.failures()
-            .filter(|s| s.start < self.fault_at || s.start > self.promoted_at + 1.0)
-            .count()
+        self.failures().filter(|s| !self.in_window(s)).count()
     }
 
     /// First failure's start to last failure's end, seconds (0 without failures).
@@ -92,14 +98,15 @@ impl Outcome {
         (last - first).max(0.0)
     }
 
-    /// Latencies (ms) of the requests that began between the fault and the end of
-    /// the disturbance: the last failure, or 1 s after the promotion if later.
+    /// Latencies (ms) of the requests in flight at the fault or begun between it
+    /// and the end of the disturbance: the last failure, or 1 s after the
+    /// promotion if later.
     fn fault_window_latencies(&self) -> Vec<f64> {
         let last_failure = self.failures().map(|s| s.end).fold(0.0, f64::max);
         let end = last_failure.max(self.promoted_at + 1.0);
         self.samples
             .iter()
-            .filter(|s| s.start >= self.fault_at && s.start <= end)
+            .filter(|s| s.end >= self.fault_at && s.start <= end)
             .map(|s| (s.end - s.start) * 1e3)
             .collect()
     }
@@ -190,15 +197,20 @@ impl Drop for Gunicorn {
     }
 }
 
-/// One HTTP request; Ok(true) for a 200.
-fn request(addr: SocketAddr, seq: i64) -> std::io::Result<bool> {
+/// One HTTP request; its status code.
+fn request(addr: SocketAddr, seq: i64) -> std::io::Result<u16> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(CLIENT_TIMEOUT))?;
     s.set_write_timeout(Some(CLIENT_TIMEOUT))?;
     write!(s, "GET /write?seq={seq} HTTP/1.0\r\nHost: bench\r\n\r\n")?;
     let mut reply = Vec::with_capacity(512);
     s.take(64 * 1024).read_to_end(&mut reply)?;
-    Ok(reply.starts_with(b"HTTP/1.1 200") || reply.starts_with(b"HTTP/1.0 200"))
+    // "HTTP/1.x NNN ..."
+    Ok(reply
+        .get(9..12)
+        .and_then(|c| std::str::from_utf8(c).ok())
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0))
 }
 
 fn trial(strategy: &str, fault: &str, plan: &Plan) -> Outcome {
@@ -264,7 +276,9 @@ fn trial(strategy: &str, fault: &str, plan: &Plan) -> Outcome {
         cmd.spawn()
             .expect("start gunicorn (tests/setup.sh installs it)"),
     );
-    crate::until("gunicorn to answer", || request(addr, 0).unwrap_or(false));
+    crate::until("gunicorn to answer", || {
+        request(addr, 0).is_ok_and(|status| status == 200)
+    });
 
     let stop = Arc::new(AtomicBool::new(false));
     let t0 = Instant::now();
@@ -284,13 +298,14 @@ fn trial(strategy: &str, fault: &str, plan: &Plan) -> Outcome {
                     due = due.max(now) + PACE;
                     seq += 1;
                     let start = t0.elapsed().as_secs_f64();
-                    let ok = request(addr, seq).unwrap_or(false);
+                    let status = request(addr, seq).unwrap_or(0);
                     let end = t0.elapsed().as_secs_f64();
                     samples.push(Sample {
                         start,
                         end,
-                        ok,
+                        ok: status == 200,
                         seq,
+                        status,
                     });
                 }
                 samples
@@ -340,13 +355,31 @@ fn trial(strategy: &str, fault: &str, plan: &Plan) -> Outcome {
         .filter(|s| s.ok && !present.contains(&s.seq))
         .count();
     drop(agent);
-    Outcome {
+    let outcome = Outcome {
         samples,
         fault_at,
         promoted_at,
         offered,
         missing,
+    };
+    if outcome.failures_outside() > 0 && strategy == "backend" {
+        // Not expected of the backend: keep what explains it.
+        for s in outcome.failures() {
+            if !outcome.in_window(s) {
+                eprintln!(
+                    "django: {fault}/{strategy}: a failure outside the window: began {:+.3} s after the promotion, {:.3} s long, HTTP status {}",
+                    s.start - promoted_at,
+                    s.end - s.start,
+                    s.status
+                );
+            }
+        }
+        let keep = dbha_tests::target_dir().join(format!("django-bench-{fault}-{strategy}.log"));
+        let _ = std::fs::copy(dir.join("gunicorn.log"), &keep);
+        let _ = std::fs::copy(dir.join("agent.log"), keep.with_extension("agent.log"));
+        eprintln!("django: kept the logs in {}", keep.display());
     }
+    outcome
 }
 
 /// Local wall-clock time as the recipe writes it ("%Y-%m-%d %H:%M:%S").
@@ -379,7 +412,8 @@ fn overhead(quick: bool) {
     println!("{}", String::from_utf8_lossy(&out.stdout).trim());
 }
 
-pub fn run(quick: bool, repeats: usize) {
+/// `only_fault`, `only_strategy`: run just those rows (by their short names).
+pub fn run(quick: bool, repeats: usize, only_fault: Option<&str>, only_strategy: Option<&str>) {
     let plan = if quick {
         Plan {
             repeats: 1,
@@ -399,8 +433,20 @@ pub fn run(quick: bool, repeats: usize) {
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut unserved_by = std::collections::HashMap::new();
     let mut max_by = std::collections::HashMap::new();
-    for (fault, fault_name) in FAULTS {
-        for (strategy, strategy_name) in STRATEGIES {
+    let faults: Vec<_> = FAULTS
+        .into_iter()
+        .filter(|(f, _)| only_fault.is_none_or(|o| o == *f))
+        .collect();
+    let strategies: Vec<_> = STRATEGIES
+        .into_iter()
+        .filter(|(s, _)| only_strategy.is_none_or(|o| o == *s))
+        .collect();
+    assert!(
+        !faults.is_empty() && !strategies.is_empty(),
+        "faults are {FAULTS:?}, strategies {STRATEGIES:?}"
+    );
+    for &(fault, fault_name) in &faults {
+        for &(strategy, strategy_name) in &strategies {
             let outcomes: Vec<Outcome> = (0..plan.repeats)
                 .map(|i| {
                     eprintln!("django: {fault} / {strategy} ({}/{})", i + 1, plan.repeats);
@@ -439,15 +485,17 @@ pub fn run(quick: bool, repeats: usize) {
         }
     }
     println!(
-        "\n{} trial(s) per row: {CLIENTS} clients each starting a request every {PACE:?} ({} requests/s offered), gunicorn {WORKERS} sync workers, {:?} of load before the fault and {:?} after the promotion; the fault window runs from the fault to the last failure or 1 s after the promotion, whichever is later",
+        "\n{} trial(s) per row: {CLIENTS} clients each starting a request every {PACE:?} ({} requests/s offered), gunicorn {WORKERS} sync workers, {:?} of load before the fault and {:?} after the promotion; the fault window runs from the fault (requests in flight then included) to the last failure or 1 s after the promotion, whichever is later",
         plan.repeats,
         CLIENTS as u128 * 1000 / PACE.as_millis(),
         plan.before,
         plan.after
     );
-    for (fault, fault_name) in FAULTS {
+    let compared = strategies.iter().any(|(s, _)| *s == "backend")
+        && strategies.iter().any(|(s, _)| *s == "libpq");
+    for &(fault, fault_name) in faults.iter().filter(|_| compared) {
         let ours = unserved_by[&(fault, "backend")];
-        let best_other = STRATEGIES
+        let best_other = strategies
             .iter()
             .filter(|(s, _)| *s != "backend")
             .map(|(s, _)| unserved_by[&(fault, *s)])

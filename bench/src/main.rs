@@ -78,6 +78,12 @@ enum What {
     Django {
         #[arg(long, default_value_t = 3)]
         repeats: usize,
+        /// Only this fault: stop, blackhole or freeze.
+        #[arg(long)]
+        fault: Option<String>,
+        /// Only this strategy: recipe, libpq, router or backend.
+        #[arg(long)]
+        strategy: Option<String>,
     },
 }
 
@@ -730,7 +736,11 @@ fn main() {
         What::Scaling { seconds } => scaling(if cli.quick { 0.5 } else { seconds }),
         What::ReadLoop { state, seconds } => read_loop(&state, seconds),
         What::Haproxy { trials } => haproxy(if cli.quick { 2 } else { trials.max(20) }),
-        What::Django { repeats } => django::run(cli.quick, repeats),
+        What::Django {
+            repeats,
+            fault,
+            strategy,
+        } => django::run(cli.quick, repeats, fault.as_deref(), strategy.as_deref()),
         What::Footprint { seconds } => footprint(if cli.quick { 1 } else { seconds }),
     }
 }
