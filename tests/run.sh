@@ -27,7 +27,7 @@ cargo build --workspace --all-targets
 step "tests"
 counted cargo test --workspace
 
-step "Python reader and Django router"
+step "Python reader, Django backend and routers (live PostgreSQL), Django's own suite on the backend"
 counted .venv/bin/python -m pytest -q reader/python/tests
 # One process per Django project configuration (settings are per process).
 counted .venv/bin/python -m pytest -q tests/django_app/test_failover.py

@@ -221,7 +221,7 @@ class Reader:
     ``/run/dbha/state``. Raises a :class:`StateFileError` subclass when the file
     cannot be used, :class:`LibraryNotFoundError` when libdbha cannot be loaded."""
 
-    __slots__ = ("path", "_lib", "_h", "write_slot", "read_slot", "_names", "_endpoints", "_snap")
+    __slots__ = ("path", "_lib", "_h", "write_slot", "read_slot", "_names", "_endpoints")
 
     def __init__(self, path: Optional[str] = None):
         self.path = os.fspath(path or os.environ.get("DBHA_STATE") or DEFAULT_STATE_FILE)
@@ -244,7 +244,6 @@ class Reader:
         """``read_slot()``: the read endpoint as one integer, as :attr:`write_slot`."""
         self._names = _Names(self._slot_name)
         self._endpoints = _Names(self._slot_endpoint)
-        self._snap = _CSnapshot()
 
     def _slot_name(self, slot: int) -> Optional[str]:
         name = self._lib.dbha_slot_name(self._h, slot)
@@ -321,9 +320,9 @@ class Reader:
         """Everything the agent published, consistently."""
         if self._h is None:
             raise ValueError("the dbha Reader is closed")
-        s = self._snap
-        # PyDLL keeps the GIL during the call, so no other thread of this process
-        # fills the shared structure meanwhile.
+        # A structure per call: its fields are read after the call, when another
+        # thread (the Django backend's watcher, a request) may be taking its own.
+        s = _CSnapshot()
         code = self._lib.dbha_read(self._h, ctypes.byref(s))
         if code != OK:
             raise _error(code, self._lib.dbha_strerror(code).decode(), self.path)
