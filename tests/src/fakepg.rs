@@ -96,6 +96,29 @@ fn reply_bytes(r: Reply) -> Vec<u8> {
     }
 }
 
+/// A database entry for probing a local server in process: `127.0.0.1:port`, user
+/// and database `postgres`, no password, rise and fall 1.
+pub fn database(
+    port: u16,
+    check: dbha_agent::config::Check,
+    timeout_ms: u64,
+) -> dbha_agent::config::Database {
+    dbha_agent::config::Database {
+        alias: "x".into(),
+        host: "127.0.0.1".into(),
+        port,
+        check,
+        interval: Duration::from_millis(100),
+        timeout: Duration::from_millis(timeout_ms),
+        rise: 1,
+        fall: 1,
+        user: "postgres".into(),
+        dbname: "postgres".into(),
+        password: None,
+        password_source: None,
+    }
+}
+
 /// A running fake server; stops (and closes every connection) when dropped.
 pub struct FakePg {
     pub port: u16,

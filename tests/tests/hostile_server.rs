@@ -7,10 +7,9 @@
 
 use dbha_agent::config::{Check, Database};
 use dbha_agent::probe::{probe, Failure};
-use dbha_tests::fakepg::{FakePg, Reply};
+use dbha_tests::fakepg::{database, FakePg, Reply};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 /// The largest single allocation since the last reset.
 static LARGEST: AtomicUsize = AtomicUsize::new(0);
@@ -42,20 +41,7 @@ unsafe impl GlobalAlloc for Tracking {
 static ALLOCATOR: Tracking = Tracking;
 
 fn db(port: u16) -> Database {
-    Database {
-        alias: "hostile".into(),
-        host: "127.0.0.1".into(),
-        port,
-        check: Check::Postgres,
-        interval: Duration::from_millis(100),
-        timeout: Duration::from_millis(2000),
-        rise: 1,
-        fall: 1,
-        user: "postgres".into(),
-        dbname: "postgres".into(),
-        password: None,
-        password_source: None,
-    }
+    database(port, Check::Postgres, 2000)
 }
 
 #[test]

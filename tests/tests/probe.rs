@@ -1,28 +1,11 @@
 //! The agent's probes, in process, against fake PostgreSQL servers (byte fixtures)
 //! and plain listeners.
 
-use dbha_agent::config::{Check, Database};
+use dbha_agent::config::Check;
 use dbha_agent::probe::{probe, Failure, Role, Up};
-use dbha_tests::fakepg::{FakePg, Reply};
+use dbha_tests::fakepg::{database as db, FakePg, Reply};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-
-fn db(port: u16, check: Check, timeout_ms: u64) -> Database {
-    Database {
-        alias: "x".into(),
-        host: "127.0.0.1".into(),
-        port,
-        check,
-        interval: Duration::from_millis(100),
-        timeout: Duration::from_millis(timeout_ms),
-        rise: 1,
-        fall: 1,
-        user: "postgres".into(),
-        dbname: "postgres".into(),
-        password: None,
-        password_source: None,
-    }
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
