@@ -185,8 +185,8 @@ int dbha_open_err(const char *path, struct dbha_reader **out, char *errbuf, size
 void dbha_close(struct dbha_reader *reader);
 
 // Fills `*out` with a consistent copy of the published state. Never blocks and makes
-// no system call (except, at most every 250 ms while the state is stale or stopped, a
-// stat of the path to find a replaced file). Thread-safe: any number of threads may
+// no system call (except, at most every 250 ms while the state is stale, stopped or
+// contended, a stat of the path to find a replaced file). Thread-safe: any number of threads may
 // call it on one handle.
 //
 // Returns DBHA_OK, DBHA_E_INVALID_ARGUMENT for a NULL argument, or DBHA_E_CONTENDED.

@@ -440,9 +440,7 @@ impl Reader {
         let g = self.generation();
         let now = clock::coarse_monotonic_ns();
         let Some(v) = g.read() else {
-            return Err(Error::Contended {
-                path: self.path.clone(),
-            });
+            return self.load_contended(g, now);
         };
         if v.flags & (flags::SUPERSEDED | flags::STOPPED) == 0 && v.status(now) != Status::Stale {
             return Ok((g, v, now));
@@ -480,6 +478,27 @@ impl Reader {
         }
     }
 
+    /// The record stayed mid-publication: the writer died during one. If another
+    /// file now sits at the path (a new agent made one), move to it; at most one
+    /// look every RECHECK_NS.
+    #[cold]
+    fn load_contended<'a>(
+        &'a self,
+        g: &'a Generation,
+        now: u64,
+    ) -> Result<(&'a Generation, RecordValues, u64), Error> {
+        let last = self.last_recheck_ns.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= RECHECK_NS {
+            self.last_recheck_ns.store(now, Ordering::Relaxed);
+            if let Some((new, nv)) = self.reopen(g, false).and_then(|n| Some((n, n.read()?))) {
+                return Ok((new, nv, now));
+            }
+        }
+        Err(Error::Contended {
+            path: self.path.clone(),
+        })
+    }
+
     /// Maps the file now at the path if it differs from `g`. Never blocks: if another
     /// thread is reopening, this one carries on with what it has.
     fn reopen(&self, g: &Generation, superseded: bool) -> Option<&Generation> {
@@ -498,6 +517,12 @@ impl Reader {
             }
         }
         let mut new = Box::new(Generation::open(&self.path, g.number + 1).ok()?);
+        if (new.dev, new.ino) == (g.dev, g.ino) {
+            // The path still names this very file (flagged superseded, yet nothing
+            // replaced it): nothing new to map, and mapping it again on every read
+            // would exhaust the process's mappings.
+            return None;
+        }
         let ptr: *mut Generation = &mut *new;
         gens.push(new);
         self.current.store(ptr, Ordering::Release);

@@ -651,3 +651,53 @@ fn a_heartbeat_from_before_a_reboot_reads_as_stale() {
     assert_eq!(r.snapshot().unwrap().status, Status::Stale);
     assert_eq!(r.active_alias(), None);
 }
+
+#[test]
+fn a_superseded_file_that_still_names_itself_is_not_mapped_again_on_every_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let kept = dir.path().join("old");
+    let mut w = writer(&path, &["default"]);
+    w.publish(&active(0));
+    let r = Reader::open(&path).unwrap();
+    std::fs::hard_link(&path, &kept).unwrap();
+    // The agent replaces the file and flags the old one; then the old one is put
+    // back at the path (a restore, a stray copy): a superseded file naming itself.
+    w.reconfigure(&aliases(&["other"]), settings(5 * SECOND), &active(0))
+        .unwrap();
+    std::fs::rename(&kept, &path).unwrap();
+    for _ in 0..10_000 {
+        let _ = r.active_alias();
+    }
+    let generation = r.snapshot().unwrap().generation;
+    assert!(
+        generation <= 2,
+        "the reader mapped the same file {generation} times"
+    );
+}
+
+#[test]
+fn a_reader_stuck_on_a_dead_writers_half_publication_moves_to_a_new_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    drop(writer(&path, &["default"]));
+    // The writer died mid-publication: the sequence word (at 128) is odd.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let seq = u64::from_ne_bytes(bytes[128..136].try_into().unwrap());
+    bytes[128..136].copy_from_slice(&(seq | 1).to_ne_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    let r = Reader::open(&path).unwrap();
+    assert!(matches!(r.snapshot(), Err(Error::Contended { .. })));
+    // A new agent finds the path empty (a cleaned runtime directory) and starts anew.
+    std::fs::remove_file(&path).unwrap();
+    let mut w = writer(&path, &["default"]);
+    w.publish(&active(0));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while r.active_alias() != Some("default") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reader stayed on the half-published file"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
