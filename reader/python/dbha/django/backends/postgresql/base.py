@@ -63,6 +63,9 @@ logger = logging.getLogger(__name__)
 REOPEN_SECONDS = 0.5
 # How often the watcher compares open connections with the agent's choice.
 WATCH_SECONDS = 0.01
+# After judging a connection's endpoint healthy (a planned move away from it), how
+# long before the watcher takes another snapshot for the same choice.
+REJUDGE_SECONDS = 0.25
 
 
 class _States:
@@ -176,6 +179,8 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         self._dbha_slot_of = None  # the reader's write_slot or read_slot, once open
         self._dbha_params: Optional[dict] = None
         self._dbha_aborted_at: Optional[int] = None
+        # (slot, until when) of the last "the endpoint left is healthy" judgement.
+        self._dbha_judged: Optional[Tuple[int, float]] = None
 
     # -- the agent's choice ------------------------------------------------------
 
@@ -266,6 +271,9 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             return
         if chosen is None and self.dbha.when_none == "last":
             return
+        judged = self._dbha_judged
+        if judged is not None and judged[0] == slot and time.monotonic() < judged[1]:
+            return
         try:
             snap = reader.snapshot()
         except dbha.StateFileError:
@@ -275,6 +283,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         failed = not snap.health.get(endpoint.alias, False) or (
             self.dbha.role == "write" and snap.roles.get(endpoint.alias) == "standby")
         if not failed:
+            self._dbha_judged = (slot, time.monotonic() + REJUDGE_SECONDS)
             return
         self._dbha_aborted_at = slot
         try:
