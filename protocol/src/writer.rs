@@ -1,7 +1,9 @@
 //! The writer's side of the state file: the single process (the agent) that creates,
 //! reuses, replaces and publishes into it. See LAYOUT.md, "Life cycle".
 //!
-//! - One writer per path, enforced by an exclusive `flock` on `PATH.lock`.
+//! - One writer per path, enforced by a write lock (`F_OFD_SETLK`) on `PATH.lock`,
+//!   which only the writer's user can open for writing.
+//! - A state or lock file removed under the writer is put back (`StateFile::restore`).
 //! - A new file is built under a temporary name in the same directory, reserved with
 //!   `posix_fallocate` (a full tmpfs fails here, not later as SIGBUS in a reader),
 //!   fully initialised, and only then renamed into place.
@@ -20,10 +22,9 @@ use crate::{
     RECORD_OFFSET, RECORD_SIZE, RECORD_WORDS,
 };
 use memmap2::{MmapOptions, MmapRaw};
-use nix::fcntl::{Flock, FlockArg};
 use std::fmt;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
@@ -160,6 +161,18 @@ pub enum Opened {
     Replaced,
 }
 
+/// What [`StateFile::restore`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// The state file was gone from its path and was created again.
+    pub state: bool,
+    /// The lock file was gone (or replaced) and was created and locked again.
+    pub lock: bool,
+    /// Another file stands at the state path: left alone, and this writer's file
+    /// is no longer the one new readers open.
+    pub elsewhere: bool,
+}
+
 /// The open, locked, mapped state file.
 pub struct StateFile {
     path: PathBuf,
@@ -173,7 +186,7 @@ pub struct StateFile {
     details: Option<usize>,
     /// The mapped file, for its permissions.
     file: File,
-    _lock: Flock<File>,
+    lock: File,
 }
 
 impl fmt::Debug for StateFile {
@@ -205,20 +218,33 @@ pub fn lock_path(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn take_lock(path: &Path) -> Result<Flock<File>, WriterError> {
+/// The writer's lock: an open file description lock (`F_OFD_SETLK`) for writing
+/// on `PATH.lock`, which the agent creates 0600. A write lock needs a descriptor
+/// opened for writing, so a user who can only read the file (or an older lock
+/// file left 0644) cannot hold it, unlike `flock`, which any reader can take.
+/// The lock is released when the file is closed, also when the process dies.
+fn take_lock(path: &Path) -> Result<File, WriterError> {
     let lock = lock_path(path);
-    let file = OpenOptions::new()
+    let mut file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .mode(0o644)
+        .mode(0o600)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
         .open(&lock)
         .map_err(io_err(&lock, "open lock file"))?;
-    let mut locked = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(l) => l,
-        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+    // A whole-file write lock (l_start = l_len = 0). OFD locks need l_pid = 0.
+    let whole = nix::libc::flock {
+        l_type: nix::libc::F_WRLCK as i16,
+        l_whence: nix::libc::SEEK_SET as i16,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    match nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_OFD_SETLK(&whole)) {
+        Ok(_) => {}
+        Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EACCES) => {
             let mut s = String::new();
             let holder = file
                 .read_to_string(&mut s)
@@ -226,14 +252,28 @@ fn take_lock(path: &Path) -> Result<Flock<File>, WriterError> {
                 .and_then(|_| s.trim().parse().ok());
             return Err(WriterError::Locked { lock, holder });
         }
-        Err((_, e)) => return Err(io_err(&lock, "flock")(e.into())),
-    };
+        Err(e) => return Err(io_err(&lock, "lock (F_OFD_SETLK)")(e.into())),
+    }
+    // Owner only, also for a lock file an older version left readable to all.
+    std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o600))
+        .map_err(io_err(&lock, "chmod lock file"))?;
     // The holder's pid, for the message the next would-be writer gets.
-    locked
-        .set_len(0)
+    file.set_len(0)
         .map_err(io_err(&lock, "truncate lock file"))?;
-    writeln!(locked, "{}", std::process::id()).map_err(io_err(&lock, "write lock file"))?;
-    Ok(locked)
+    file.write_all_at(format!("{}\n", std::process::id()).as_bytes(), 0)
+        .map_err(io_err(&lock, "write lock file"))?;
+    Ok(file)
+}
+
+/// Whether `path` names the same inode as the open `file` (false when nothing is
+/// at `path`).
+fn names(path: &Path, file: &File) -> io::Result<bool> {
+    let ours = file.metadata()?;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) => Ok((m.dev(), m.ino()) == (ours.dev(), ours.ino())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// The immutable tables of a new file, encoded.
@@ -478,7 +518,7 @@ impl StateFile {
                     record_offset: record_offset as usize,
                     details,
                     file,
-                    _lock: lock,
+                    lock,
                 };
                 if ours && old.endpoints == endpoints {
                     // Same inode, same decision, same epoch: readers carry on. The
@@ -526,7 +566,7 @@ impl StateFile {
                 record_offset: RECORD_OFFSET as usize,
                 details: Some(DETAILS_OFFSET as usize),
                 file,
-                _lock: lock,
+                lock,
             },
             opened,
         ))
@@ -553,6 +593,56 @@ impl StateFile {
         }
         self.replace(endpoints, &tables, settings, initial)?;
         Ok(Opened::Replaced)
+    }
+
+    /// Puts the state file and its lock file back when something removed them from
+    /// their paths under the running writer (`rm`, a tmpfiles clean of /run):
+    /// a new file with the same tables and the current decision (same epoch) takes
+    /// the path, and readers of the removed one are told to move to it. Returns
+    /// what was restored, for the log; does nothing while both paths name this
+    /// writer's files, or when another file now stands at the state path (never
+    /// overwritten: the caller is told).
+    pub fn restore(&mut self, settings: Settings) -> Result<Restored, WriterError> {
+        let lock = lock_path(&self.path);
+        let mut restored = Restored::default();
+        if !names(&lock, &self.lock).map_err(io_err(&lock, "stat"))? {
+            // Ours again before anything else: the new lock is taken, then the old
+            // one closed (releasing its lock on the unlinked inode).
+            self.lock = take_lock(&self.path)?;
+            restored.lock = true;
+        }
+        if names(&self.path, &self.file).map_err(io_err(&self.path, "stat"))? {
+            return Ok(restored);
+        }
+        match std::fs::symlink_metadata(&self.path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&self.path, "stat")(e)),
+            Ok(_) => {
+                restored.elsewhere = true;
+                return Ok(restored);
+            }
+        }
+        let tables = encode_tables(&self.endpoints)?;
+        let mut values = self.values;
+        values.flags &= !(flags::SUPERSEDED | flags::STOPPED);
+        let file = create(
+            &self.path,
+            &tables,
+            self.endpoints.len(),
+            &values,
+            settings.mode,
+        )?;
+        let new_map = map(&file, &self.path, FILE_SIZE)?;
+        let mut old = self.values;
+        old.flags |= flags::SUPERSEDED;
+        self.store(old);
+        self.map = new_map;
+        self.file = file;
+        self.record_offset = RECORD_OFFSET as usize;
+        self.details = Some(DETAILS_OFFSET as usize);
+        self.values = read_own(&self.map, self.record_offset);
+        restored.state = true;
+        Ok(restored)
     }
 
     fn replace(

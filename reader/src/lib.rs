@@ -33,9 +33,9 @@ use dbha_protocol::{flags, seqlock, RecordValues, DATA_WORDS, NONE, RECORD_WORDS
 use memmap2::{MmapOptions, MmapRaw};
 use std::ffi::{CStr, CString};
 use std::fmt;
-use std::fs::File;
+use std::fs::OpenOptions;
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -200,7 +200,14 @@ struct Generation {
 
 impl Generation {
     fn open(path: &Path, number: u64) -> Result<Generation, Error> {
-        let file = File::open(path).map_err(|e| Error::from_io(path, "open", e))?;
+        // O_NONBLOCK: a FIFO (or a device) at the path must not make the open wait
+        // for a writer; it is then refused as not a regular file. Reads of the
+        // regular file (pread) ignore the flag.
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| Error::from_io(path, "open", e))?;
         let meta = file
             .metadata()
             .map_err(|e| Error::from_io(path, "fstat", e))?;

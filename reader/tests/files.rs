@@ -701,3 +701,156 @@ fn a_reader_stuck_on_a_dead_writers_half_publication_moves_to_a_new_file() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// A valid file whose header places things elsewhere than this writer does: the
+/// record at 384, the aliases at 512, no address table, the probe results in the
+/// file's last 64 bytes; with a record there that says "default is active".
+fn foreign_layout(dir: &Path) -> PathBuf {
+    let mut bytes = valid_bytes(dir);
+    let mut h = Header::decode(&bytes).unwrap();
+    let aliases = bytes[h.aliases_offset as usize..h.aliases_end() as usize].to_vec();
+    bytes[128..].fill(0);
+    h.record_offset = 384;
+    h.aliases_offset = 512;
+    h.addresses_offset = 0;
+    h.address_width = 0;
+    h.details_offset = (FILE_SIZE - 64) as u32;
+    bytes[..128].copy_from_slice(&h.encode());
+    bytes[512..512 + aliases.len()].copy_from_slice(&aliases);
+    let planted = dbha_protocol::RecordValues {
+        epoch: 7,
+        write_index: 0,
+        read_index: 0,
+        health_mask: 1,
+        stale_after_ns: 3600 * SECOND,
+        heartbeat_mono_ns: dbha_protocol_now(),
+        ..Default::default()
+    };
+    for (i, w) in planted.to_words().iter().enumerate() {
+        let at = 384 + 8 + i * 8;
+        bytes[at..at + 8].copy_from_slice(&w.to_ne_bytes());
+    }
+    write(dir, "state", &bytes)
+}
+
+fn dbha_protocol_now() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
+    t.tv_sec() as u64 * SECOND + t.tv_nsec() as u64
+}
+
+#[test]
+fn a_file_with_other_offsets_is_replaced_touching_only_its_own_record() {
+    // Issue 13 row 4: the writer used its own offsets on any valid file: the
+    // record went to 128 whatever the header said (readers kept the planted
+    // decision) and the probe results were written past its 8 KiB mapping.
+    let dir = tempfile::tempdir().unwrap();
+    let path = foreign_layout(dir.path());
+    let r = Reader::open(&path).unwrap();
+    assert_eq!(r.snapshot().unwrap().write_alias(), Some("default"));
+    let old = std::fs::File::open(&path).unwrap();
+    let before = std::fs::read(&path).unwrap();
+    let (mut w, opened) = StateFile::open(
+        &path,
+        &aliases(&["default", "failover1"]),
+        settings(5 * SECOND),
+        &Publication::NOTHING,
+    )
+    .unwrap();
+    assert_eq!(opened, Opened::Replaced);
+    for i in 0..2 {
+        w.set_probe_result(i, dbha_protocol::probe_result::REFUSED);
+    }
+    w.publish(&Publication::NOTHING);
+    // The old inode: only its own record changed (SUPERSEDED), nothing else.
+    let mut after = vec![0u8; before.len()];
+    std::os::unix::fs::FileExt::read_exact_at(&old, &mut after, 0).unwrap();
+    for (at, (b, a)) in before.iter().zip(&after).enumerate() {
+        if b != a {
+            assert!(
+                (384..512).contains(&at),
+                "byte {at} of the replaced file changed"
+            );
+        }
+    }
+    let flags = u64::from_ne_bytes(after[384 + 8 + 8 * 8..384 + 8 + 9 * 8].try_into().unwrap());
+    assert_ne!(flags & dbha_protocol::flags::SUPERSEDED, 0);
+    // Its reader moves to the new file and its decision: none yet.
+    let s = r.snapshot().unwrap();
+    assert_eq!(
+        (s.status, s.write_alias()),
+        (Status::NoHealthyDatabase, None)
+    );
+    assert_eq!(s.last_probe_name(1), "refused");
+}
+
+#[test]
+fn the_lock_is_the_writers_alone_a_reader_of_the_lock_file_cannot_hold_it() {
+    // Issue 13 row 3: the lock was a flock on a 0644 file, which any local user
+    // could take through a read-only descriptor, keeping the agent from starting.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let lock = dbha_protocol::writer::lock_path(&path);
+    // A lock file of an older release, readable by all, held (flock) read-only.
+    std::fs::write(&lock, b"12345\n").unwrap();
+    std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let reader_held = std::fs::File::open(&lock).unwrap();
+    let _held = nix::fcntl::Flock::lock(reader_held, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| e)
+        .unwrap();
+    let w = writer(&path, &["default"]);
+    let mode = std::fs::metadata(&lock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the lock file is the writer's alone");
+    // A read-only descriptor cannot take the writer's lock at all.
+    let ro = std::fs::File::open(&lock).unwrap();
+    let whole = nix::libc::flock {
+        l_type: nix::libc::F_WRLCK as i16,
+        l_whence: nix::libc::SEEK_SET as i16,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    assert_eq!(
+        nix::fcntl::fcntl(&ro, nix::fcntl::FcntlArg::F_OFD_SETLK(&whole)),
+        Err(nix::errno::Errno::EBADF)
+    );
+    drop(w);
+    // Released with the writer: the next one takes it.
+    drop(writer(&path, &["default"]));
+}
+
+#[test]
+fn a_fifo_at_the_path_is_refused_without_waiting_for_a_writer() {
+    // Issue 13 row 5: opening without O_NONBLOCK waited forever for a FIFO's
+    // writer, hanging `dbha-agent status` and the application's reopen.
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let f = fifo.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(Reader::open(&f).err());
+    });
+    let e = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("Reader::open on a FIFO returned within 30 s")
+        .expect("a FIFO is refused");
+    assert!(matches!(e, Error::NotRegularFile { .. }), "{e}");
+    // A live reader whose path becomes a FIFO (the agent's file removed, a FIFO
+    // put there) keeps reading without blocking.
+    let path = dir.path().join("state");
+    let mut w = writer(&path, &["default"]);
+    w.publish(&active(0));
+    let r = Reader::open(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    w.mark_stopped();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(r.snapshot().map(|s| s.status));
+    });
+    let status = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("a read returned within 30 s");
+    assert_eq!(status.unwrap(), Status::AgentStopped);
+}
