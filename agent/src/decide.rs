@@ -50,6 +50,14 @@ impl Tracker {
         self.failures
     }
 
+    /// Marks the endpoint down whatever its counts: its probe stopped reporting.
+    /// It rises again after `rise` successes.
+    pub fn force_down(&mut self) {
+        self.health = Health::Down;
+        self.successes = 0;
+        self.failures = self.failures.max(self.fall);
+    }
+
     /// Records one probe result; returns the transition it caused, if any.
     pub fn observe(&mut self, ok: bool) -> Option<Transition> {
         let from = self.health;

@@ -1,12 +1,14 @@
 //! Prometheus metrics in the text exposition format, served over plain HTTP from
-//! the standard library (one small thread; `metrics_listen`, loopback by default in
+//! the standard library (small threads; `metrics_listen`, loopback by default in
 //! the example configuration). The agent's loop replaces the snapshot after every
 //! publication; a scrape only formats it.
 
+use log::{error, info};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -144,37 +146,94 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` on `addr` from a thread; returns the bound address.
-pub fn serve(addr: SocketAddr, shared: Arc<Mutex<Metrics>>) -> io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
-    let bound = listener.local_addr()?;
-    std::thread::Builder::new().name("metrics".into()).spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-            let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
-            // The request line is all that matters; read until the end of the headers.
-            let mut req = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 16 * 1024 {
-                match conn.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => req.extend_from_slice(&buf[..n]),
+/// Connections served at once; more are closed unanswered.
+const MAX_CONNECTIONS: usize = 8;
+/// The most a client gets to send its request and read the answer.
+const REQUEST_TIME: Duration = Duration::from_secs(2);
+/// How often a listen address that could not be bound is tried again.
+const BIND_RETRY: Duration = Duration::from_secs(5);
+
+/// Serves `GET /metrics` on `addr` from a thread, each connection in its own
+/// thread (at most [`MAX_CONNECTIONS`], each given [`REQUEST_TIME`] in all), so a
+/// slow or idle client delays no scrape. An address that cannot be bound (the
+/// port is taken) is logged and tried again every [`BIND_RETRY`]: monitoring is
+/// never a reason for the agent not to run.
+pub fn serve(addr: SocketAddr, shared: Arc<Mutex<Metrics>>) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            let listener = bind(addr);
+            let busy = Arc::new(AtomicUsize::new(0));
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                if busy.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+                    busy.fetch_sub(1, Ordering::AcqRel);
+                    continue;
+                }
+                let (done, shared) = (busy.clone(), shared.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("metrics-conn".into())
+                    .spawn(move || {
+                        answer(conn, &shared);
+                        done.fetch_sub(1, Ordering::AcqRel);
+                    });
+                if spawned.is_err() {
+                    busy.fetch_sub(1, Ordering::AcqRel);
                 }
             }
-            let line = String::from_utf8_lossy(&req);
-            let (status, body) = if line.starts_with("GET /metrics ") || line.starts_with("GET /metrics?") {
-                let text = shared.lock().map(|m| m.render()).unwrap_or_default();
-                ("200 OK", text)
-            } else {
-                ("404 Not Found", "only /metrics is served here\n".to_owned())
-            };
-            let _ = write!(
-                conn,
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
+        })?;
+    Ok(())
+}
+
+fn bind(addr: SocketAddr) -> TcpListener {
+    let mut failing = false;
+    loop {
+        match TcpListener::bind(addr) {
+            Ok(l) => {
+                let bound = l.local_addr().map_or(addr, |a| a);
+                info!("metrics on http://{bound}/metrics");
+                return l;
+            }
+            Err(e) => {
+                if !failing {
+                    error!(
+                        "cannot serve metrics on {addr} (metrics_listen): {e}; trying again every {BIND_RETRY:?}"
+                    );
+                    failing = true;
+                }
+                std::thread::sleep(BIND_RETRY);
+            }
         }
-    })?;
-    Ok(bound)
+    }
+}
+
+/// Reads one request (until the end of its headers, at most 16 KiB, within
+/// [`REQUEST_TIME`]) and answers it.
+fn answer(mut conn: TcpStream, shared: &Mutex<Metrics>) {
+    let deadline = Instant::now() + REQUEST_TIME;
+    let mut req = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 16 * 1024 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || conn.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => req.extend_from_slice(&buf[..n]),
+        }
+    }
+    let line = String::from_utf8_lossy(&req);
+    let (status, body) = if line.starts_with("GET /metrics ") || line.starts_with("GET /metrics?") {
+        let text = shared.lock().map(|m| m.render()).unwrap_or_default();
+        ("200 OK", text)
+    } else {
+        ("404 Not Found", "only /metrics is served here\n".to_owned())
+    };
+    let _ = conn.set_write_timeout(Some(REQUEST_TIME));
+    let _ = write!(
+        conn,
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
 }

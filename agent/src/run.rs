@@ -6,7 +6,7 @@ use crate::config::{Config, Database};
 use crate::decide::{decide, Decision, Health, Seen, Tracker};
 use crate::metrics::{self, Metrics};
 use crate::notify::Notifier;
-use crate::probe::{self, Outcome, Report, Role};
+use crate::probe::{self, Failure, Outcome, Report, Role};
 use crate::signals;
 use dbha_protocol::writer::{Opened, Publication, Settings, StateFile};
 use dbha_protocol::NONE;
@@ -52,9 +52,22 @@ struct Endpoint {
     role: Option<(Role, bool)>,
     /// How long the last probe took.
     took: Duration,
+    /// Its probe thread: the id its reports carry, and the handle that stops it.
+    /// None while no thread could be started (retried at every heartbeat).
+    probe: Option<(u64, Sender<()>)>,
+    /// When its probe thread last reported, or was started.
+    heard: Instant,
 }
 
 impl Endpoint {
+    /// How long this endpoint's probe may stay silent before it counts as failing:
+    /// three probe periods (each at most the longer of interval and timeout), plus
+    /// the loop's interval of slack. Every probe reports within its timeout, the
+    /// host name lookup included, so only a wedged or lost thread is this late.
+    fn silence_limit(&self, loop_interval: Duration) -> Duration {
+        self.db.interval.max(self.db.timeout) * 3 + loop_interval
+    }
+
     fn seen(&self) -> Seen {
         Seen {
             health: self.tracker.health,
@@ -73,9 +86,8 @@ struct Agent {
     state: StateFile,
     /// The write (active) and read endpoints, indexes into `endpoints`.
     choice: (Option<usize>, Option<usize>),
-    /// Dropping these stops the probe threads.
-    probes: Vec<Sender<()>>,
-    generation: u64,
+    /// The id of the last probe thread started (see [`Endpoint::probe`]).
+    last_probe_id: u64,
     tx: Sender<Event>,
     last_none_log: Option<Instant>,
     last_conflict_log: Option<Instant>,
@@ -84,10 +96,12 @@ struct Agent {
     notifier: Notifier,
     /// READY=1 was sent (after the first complete probe cycle and publication).
     ready: bool,
-    /// Which endpoints have reported a probe since the probes (re)started.
+    /// Which endpoints have reported a probe since the agent started.
     reported: Vec<bool>,
-    /// When the last probe report arrived: the watchdog is fed only while they do.
-    last_report: Instant,
+    /// When a probe thread could not be started, last logged.
+    last_spawn_log: Option<Instant>,
+    /// When a state file that could not be restored was last logged.
+    last_restore_log: Option<Instant>,
     /// What `metrics_listen` serves, when configured.
     metrics: Option<Arc<Mutex<Metrics>>>,
     switches_total: u64,
@@ -124,6 +138,8 @@ fn endpoints(config: &Config) -> Vec<Endpoint> {
             last: None,
             role: None,
             took: Duration::ZERO,
+            probe: None,
+            heard: Instant::now(),
         })
         .collect()
 }
@@ -131,47 +147,56 @@ fn endpoints(config: &Config) -> Vec<Endpoint> {
 /// Runs the agent until SIGTERM/SIGINT. Returns an error only if it cannot start.
 pub fn run(config_path: &Path) -> Result<(), StartError> {
     let config = Config::load(config_path).map_err(|e| StartError(e.to_string()))?;
-    for w in config.unresolvable_hosts() {
-        warn!("{w}");
-    }
+    // Host names are resolved by the probes, each bounded by its timeout: never
+    // here, where a resolver that does not answer would hold up the first heartbeat.
     let (tx, rx) = mpsc::channel();
     // Before anything slow: a SIGTERM from here on is handled cleanly.
     signals::forward(tx.clone())
         .map_err(|e| StartError(format!("cannot install signal handlers: {e}")))?;
+    let mut agent = Agent::start(config_path, config, tx)?;
+    agent.start_probes();
+    agent.run(rx);
+    Ok(())
+}
 
-    if let Some(dir) = config
-        .state_file
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-    {
-        if !dir.exists() {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                StartError(format!(
-                    "cannot create the state file's directory {}: {e}",
-                    dir.display()
-                ))
-            })?;
-            info!("created {}", dir.display());
+impl Agent {
+    /// Opens the state file (creating its directory) and the metrics endpoint;
+    /// probes start with [`Agent::start_probes`].
+    fn start(config_path: &Path, config: Config, tx: Sender<Event>) -> Result<Agent, StartError> {
+        if let Some(dir) = config
+            .state_file
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            if !dir.exists() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StartError(format!(
+                        "cannot create the state file's directory {}: {e}",
+                        dir.display()
+                    ))
+                })?;
+                info!("created {}", dir.display());
+            }
         }
-    }
-    let (state, opened) = StateFile::open(
-        &config.state_file,
-        &config.published_endpoints(),
-        settings(&config),
-        &Publication::NOTHING,
-    )
-    .map_err(|e| StartError(e.to_string()))?;
-    let endpoints = endpoints(&config);
-    // A reused file keeps its published decision until the probes have a verdict.
-    let index = |i: u32| Some(i as usize).filter(|&i| i < endpoints.len());
-    let choice = match opened {
-        Opened::Reused => (
-            index(state.values().write_index),
-            index(state.values().read_index),
-        ),
-        _ => (None, None),
-    };
-    info!(
+        let (state, opened) = StateFile::open(
+            &config.state_file,
+            &config.published_endpoints(),
+            settings(&config),
+            &Publication::NOTHING,
+        )
+        .map_err(|e| StartError(e.to_string()))?;
+        let endpoints = endpoints(&config);
+        let reported = vec![false; endpoints.len()];
+        // A reused file keeps its published decision until the probes have a verdict.
+        let index = |i: u32| Some(i as usize).filter(|&i| i < endpoints.len());
+        let choice = match opened {
+            Opened::Reused => (
+                index(state.values().write_index),
+                index(state.values().read_index),
+            ),
+            _ => (None, None),
+        };
+        info!(
         "state file {} {} (epoch {}, config generation {}), {} databases, interval {:?}, failback {:?}",
         config.state_file.display(),
         match opened {
@@ -185,58 +210,128 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
         config.interval,
         config.failback,
     );
-    let metrics = match config.metrics_listen {
-        Some(addr) => {
-            let shared = Arc::new(Mutex::new(Metrics::default()));
-            let bound = metrics::serve(addr, shared.clone()).map_err(|e| {
-                StartError(format!(
-                    "cannot serve metrics on {addr} (metrics_listen): {e}"
-                ))
-            })?;
-            info!("metrics on http://{bound}/metrics");
-            Some(shared)
-        }
-        None => None,
-    };
-    let settle_until = Instant::now() + settle_time(&config);
-    let mut agent = Agent {
-        config_path: config_path.to_owned(),
-        config,
-        endpoints,
-        state,
-        choice,
-        probes: Vec::new(),
-        generation: 0,
-        tx,
-        last_none_log: None,
-        last_conflict_log: None,
-        settle_until,
-        notifier: Notifier::from_env(),
-        ready: false,
-        reported: Vec::new(),
-        last_report: Instant::now(),
-        metrics,
-        switches_total: 0,
-        errors: BTreeMap::new(),
-    };
-    agent.start_probes();
-    agent.run(rx);
-    Ok(())
-}
-
-impl Agent {
+        let metrics = match config.metrics_listen {
+            Some(addr) => {
+                let shared = Arc::new(Mutex::new(Metrics::default()));
+                match metrics::serve(addr, shared.clone()) {
+                    Ok(()) => Some(shared),
+                    Err(e) => {
+                        error!("cannot start the metrics thread for {addr}: {e}; no metrics");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let settle_until = Instant::now() + settle_time(&config);
+        Ok(Agent {
+            config_path: config_path.to_owned(),
+            config,
+            endpoints,
+            state,
+            choice,
+            last_probe_id: 0,
+            tx,
+            last_none_log: None,
+            last_conflict_log: None,
+            settle_until,
+            notifier: Notifier::from_env(),
+            ready: false,
+            reported,
+            last_spawn_log: None,
+            last_restore_log: None,
+            metrics,
+            switches_total: 0,
+            errors: BTreeMap::new(),
+        })
+    }
+    /// Starts a probe thread for every endpoint that has none. One that cannot be
+    /// started is retried at the next heartbeat; meanwhile its endpoint is silent,
+    /// and counts as down once silent for longer than its limit.
     fn start_probes(&mut self) {
-        self.generation += 1;
-        self.probes.clear();
-        self.reported = vec![false; self.endpoints.len()];
-        for (i, e) in self.endpoints.iter().enumerate() {
-            match probe::spawn(self.generation, i, e.db.clone(), self.tx.clone()) {
-                Ok(stop) => self.probes.push(stop),
-                // Without a thread this endpoint is never probed: it stays Unknown
-                // and is never chosen. Say so loudly.
-                Err(err) => error!("{}: cannot start its probe thread: {err}", e.db.alias),
+        let mut failed = Vec::new();
+        for e in self.endpoints.iter_mut().filter(|e| e.probe.is_none()) {
+            self.last_probe_id += 1;
+            match probe::spawn(self.last_probe_id, e.db.clone(), self.tx.clone()) {
+                Ok(stop) => {
+                    e.probe = Some((self.last_probe_id, stop));
+                    e.heard = Instant::now();
+                }
+                Err(err) => failed.push(format!("{}: {err}", e.db.alias)),
             }
         }
+        if !failed.is_empty()
+            && self
+                .last_spawn_log
+                .is_none_or(|t| t.elapsed() >= NONE_LOG_EVERY)
+        {
+            error!(
+                "cannot start probe threads, retrying at every heartbeat ({})",
+                failed.join("; ")
+            );
+            self.last_spawn_log = Some(Instant::now());
+        }
+    }
+
+    /// Puts back a state or lock file removed from under the agent (see
+    /// [`StateFile::restore`]); errors are logged at most once a minute.
+    fn restore_files(&mut self) {
+        let path = self.config.state_file.display().to_string();
+        match self.state.restore(settings(&self.config)) {
+            Ok(r) => {
+                if r.lock {
+                    warn!("{path}.lock was removed: created and locked again");
+                }
+                if r.state {
+                    info!(
+                        "{path} was removed: created again (epoch {})",
+                        self.state.values().epoch
+                    );
+                }
+                if r.elsewhere {
+                    self.log_restore(&format!(
+                        "{path} is no longer this agent's state file (another file was put there): new readers do not read this agent; remove it to have it recreated"
+                    ));
+                } else {
+                    self.last_restore_log = None;
+                }
+            }
+            Err(e) => self.log_restore(&format!("cannot restore the state file: {e}")),
+        }
+    }
+
+    fn log_restore(&mut self, message: &str) {
+        if self
+            .last_restore_log
+            .is_none_or(|t| t.elapsed() >= NONE_LOG_EVERY)
+        {
+            error!("{message}");
+            self.last_restore_log = Some(Instant::now());
+        }
+    }
+
+    /// An endpoint whose probe stopped reporting counts as down: its last verdict
+    /// says nothing about now. Its thread is replaced (a late report of the old one
+    /// is ignored).
+    fn judge_silence(&mut self) {
+        let interval = self.config.interval;
+        for (i, e) in self.endpoints.iter_mut().enumerate() {
+            let silent = e.heard.elapsed();
+            if silent <= e.silence_limit(interval) {
+                continue;
+            }
+            error!(
+                "{}: no probe report for {silent:?}: counted as down, its probe restarted",
+                e.db.alias
+            );
+            e.tracker.force_down();
+            e.role = None;
+            e.probe = None;
+            e.heard = Instant::now();
+            self.state
+                .set_probe_result(i, dbha_protocol::probe_result::TIMEOUT);
+        }
+        self.start_probes();
     }
 
     fn run(&mut self, rx: Receiver<Event>) {
@@ -244,6 +339,8 @@ impl Agent {
         loop {
             let now = Instant::now();
             if now >= next_beat {
+                self.restore_files();
+                self.judge_silence();
                 self.publish();
                 next_beat += self.config.interval;
                 if next_beat < now {
@@ -259,11 +356,11 @@ impl Agent {
                 .ping_due()
                 .map_or(next_beat, |p| p.min(next_beat));
             match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
-                Ok(Event::Probe(r)) if r.generation == self.generation => {
-                    self.observe(r);
-                    self.publish();
+                Ok(Event::Probe(r)) => {
+                    if self.observe(r) {
+                        self.publish();
+                    }
                 }
-                Ok(Event::Probe(_)) => {}
                 Ok(Event::Reload) => {
                     self.notifier.reloading();
                     self.reload();
@@ -271,7 +368,9 @@ impl Agent {
                 }
                 Ok(Event::Stop) => {
                     self.notifier.stopping();
-                    self.probes.clear();
+                    for e in &mut self.endpoints {
+                        e.probe = None;
+                    }
                     self.state.mark_stopped();
                     info!("stopping: state file marked \"agent stopped\"");
                     return;
@@ -286,18 +385,13 @@ impl Agent {
         }
     }
 
-    /// Probe reports keep arriving: each endpoint probes at least every
-    /// max(interval, timeout), so three of the longest such periods without any
-    /// report means the probing is wedged, and systemd's watchdog should act.
+    /// Every endpoint's probe keeps reporting (within its silence limit): the
+    /// watchdog is fed only then, so that probing that stays wedged through the
+    /// restarts of [`Agent::judge_silence`] ends with systemd restarting the agent.
     fn probes_alive(&self) -> bool {
-        let period = self
-            .config
-            .databases
-            .iter()
-            .map(|d| d.interval.max(d.timeout))
-            .max()
-            .unwrap_or(self.config.interval);
-        self.last_report.elapsed() < period * 3 + self.config.interval
+        self.endpoints.iter().all(|e| {
+            e.probe.is_some() && e.heard.elapsed() <= e.silence_limit(self.config.interval)
+        })
     }
 
     /// Replaces the snapshot the metrics endpoint serves.
@@ -349,14 +443,19 @@ impl Agent {
         )
     }
 
-    fn observe(&mut self, r: Report) {
-        if r.index >= self.endpoints.len() {
-            return;
-        }
-        self.reported[r.index] = true;
-        self.last_report = Instant::now();
+    /// Takes in a probe report; false when it came from a thread that was replaced.
+    fn observe(&mut self, r: Report) -> bool {
+        let Some(index) = self
+            .endpoints
+            .iter()
+            .position(|e| e.probe.as_ref().is_some_and(|(id, _)| *id == r.probe))
+        else {
+            return false;
+        };
+        self.reported[index] = true;
+        self.endpoints[index].heard = Instant::now();
         if let Err(f) = &r.outcome {
-            let alias = self.endpoints[r.index].db.alias.clone();
+            let alias = self.endpoints[index].db.alias.clone();
             let kind = dbha_protocol::probe_result::name(f.kind());
             *self
                 .errors
@@ -365,15 +464,20 @@ impl Agent {
                 .entry(kind)
                 .or_insert(0) += 1;
         }
-        self.endpoints[r.index].took = r.took;
+        self.endpoints[index].took = r.took;
         let kind = r
             .outcome
             .as_ref()
             .map_or_else(|f| f.kind(), |_| dbha_protocol::probe_result::OK);
-        self.state.set_probe_result(r.index, kind);
-        let Some(e) = self.endpoints.get_mut(r.index) else {
-            return;
-        };
+        self.state.set_probe_result(index, kind);
+        let e = &mut self.endpoints[index];
+        // A host name that stops resolving is worth a warning of its own, once per
+        // streak: the probe's verdict alone reads like any other failure.
+        if let Err(f @ Failure::Resolve(_)) = &r.outcome {
+            if !matches!(e.last, Some(Err(Failure::Resolve(_)))) {
+                warn!("{}: host {:?}: {f}", e.db.alias, e.db.host);
+            }
+        }
         if let Some(t) = e.tracker.observe(r.outcome.is_ok()) {
             match (&r.outcome, t.to) {
                 (Err(f), Health::Down) => info!(
@@ -397,6 +501,7 @@ impl Agent {
             _ => {}
         }
         e.last = Some(r.outcome);
+        true
     }
 
     fn alias(&self, i: Option<usize>) -> &str {
@@ -556,17 +661,24 @@ impl Agent {
         if new.metrics_listen != self.config.metrics_listen {
             warn!("metrics_listen changed: it takes effect when the agent restarts");
         }
-        for w in new.unresolvable_hosts() {
-            warn!("{w}");
-        }
-        // Unchanged endpoints keep their health; the others start Unknown.
+        // The same target keeps its health and role; the others start Unknown.
+        // An endpoint configured exactly as before also keeps its probe thread, so
+        // a reload (or a storm of them) never delays a verdict.
         let mut endpoints = endpoints(&new);
-        for e in &mut endpoints {
-            if let Some(old) = self.endpoints.iter().find(|o| o.db.same_target(&e.db)) {
+        let mut reported = vec![false; endpoints.len()];
+        for (e, reported) in endpoints.iter_mut().zip(&mut reported) {
+            if let Some(old) = self.endpoints.iter_mut().find(|o| o.db.same_target(&e.db)) {
                 e.tracker = old.tracker.clone();
                 e.tracker.rise = e.db.rise;
                 e.tracker.fall = e.db.fall;
                 e.last = old.last.clone();
+                e.role = old.role;
+                e.took = old.took;
+                if old.db == e.db {
+                    e.probe = old.probe.take();
+                    e.heard = old.heard;
+                }
+                *reported = true;
             }
         }
         let before = self.alias(self.choice.0).to_owned();
@@ -583,7 +695,7 @@ impl Agent {
             (kept(self.choice.0), kept(self.choice.1)),
             true,
         );
-        let old_endpoints = std::mem::replace(&mut self.endpoints, endpoints);
+        let mut old_endpoints = std::mem::replace(&mut self.endpoints, endpoints);
         let old_choice = std::mem::replace(&mut self.choice, (d.write, d.read));
         match self.state.reconfigure(
             &new.published_endpoints(),
@@ -599,6 +711,9 @@ impl Agent {
                 );
                 self.settle_until = Instant::now() + settle_time(&new);
                 self.config = new;
+                self.reported = reported;
+                // Stops the threads of endpoints that changed or are gone.
+                drop(old_endpoints);
                 self.start_probes();
                 let after = self.alias(self.choice.0).to_owned();
                 if opened == Opened::Replaced && before != after {
@@ -610,10 +725,76 @@ impl Agent {
                 self.publish();
             }
             Err(e) => {
+                // Threads taken over by the rejected endpoints go back.
+                for new in &mut self.endpoints {
+                    if let Some(old) = old_endpoints.iter_mut().find(|o| o.db == new.db) {
+                        if old.probe.is_none() {
+                            old.probe = new.probe.take();
+                        }
+                    }
+                }
                 self.endpoints = old_endpoints;
                 self.choice = old_choice;
                 error!("reload rejected, keeping the running configuration: {e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds probe reports to the agent until `done` holds.
+    fn until(a: &mut Agent, rx: &Receiver<Event>, done: impl Fn(&Agent) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done(a) {
+            assert!(Instant::now() < deadline, "timed out");
+            if let Ok(Event::Probe(r)) = rx.recv_timeout(Duration::from_millis(100)) {
+                if a.observe(r) {
+                    a.publish();
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_endpoint_whose_probe_goes_silent_counts_as_down_and_is_probed_again() {
+        // Issue 13 row 14: an endpoint whose probe stopped reporting (a thread that
+        // could not be spawned, or wedged) kept its last "up" forever, and the
+        // watchdog was fed as long as any endpoint reported.
+        let dir = tempfile::tempdir().unwrap();
+        let db = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "state_file = \"{}\"\ninterval = \"50ms\"\ntimeout = \"100ms\"\nrise = 1\nfall = 1\n\
+                 [[database]]\nalias = \"default\"\nhost = \"127.0.0.1\"\nport = {}\ncheck = \"tcp\"\n",
+                dir.path().join("state").display(),
+                db.local_addr().unwrap().port()
+            ),
+        )
+        .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let mut a = Agent::start(&path, Config::load(&path).unwrap(), tx).unwrap();
+        a.start_probes();
+        until(&mut a, &rx, |a| a.choice.0 == Some(0));
+        assert!(a.probes_alive());
+        // The probe thread is lost: its handle is one nobody reports on, and
+        // nothing was heard for longer than the limit (3 x 100 ms + 50 ms).
+        let (lost, _) = mpsc::channel();
+        a.endpoints[0].probe = Some((u64::MAX, lost));
+        a.endpoints[0].heard = Instant::now() - Duration::from_secs(1);
+        assert!(!a.probes_alive(), "the watchdog must not be fed");
+        a.judge_silence();
+        assert_eq!(a.endpoints[0].tracker.health, Health::Down);
+        a.publish();
+        assert_eq!(a.state.values().write_index, NONE);
+        // A new probe thread was started, and its reports bring it back.
+        let id = a.endpoints[0].probe.as_ref().map(|(id, _)| *id);
+        assert!(id.is_some_and(|id| id != u64::MAX), "{id:?}");
+        until(&mut a, &rx, |a| a.choice.0 == Some(0));
+        assert!(a.probes_alive());
     }
 }

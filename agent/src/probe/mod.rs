@@ -7,6 +7,7 @@ mod tcp;
 
 use crate::config::{Check, Database};
 use std::fmt;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
@@ -91,9 +92,9 @@ pub type Outcome = Result<Up, Failure>;
 /// One probe result, as sent to the decision loop.
 #[derive(Debug)]
 pub struct Report {
-    /// The probe set it came from; results of a replaced set are ignored.
-    pub generation: u64,
-    pub index: usize,
+    /// The probe thread it came from (see [`spawn`]): a reload keeps the threads of
+    /// unchanged endpoints, and results of a replaced thread are ignored.
+    pub probe: u64,
     pub outcome: Outcome,
     /// How long the probe took.
     pub took: Duration,
@@ -101,8 +102,14 @@ pub struct Report {
 
 /// Probes `db` once, within its timeout.
 pub fn probe(db: &Database) -> Outcome {
+    probe_with(db, &mut Resolver::default())
+}
+
+/// Probes `db` once, within its timeout, resolving its host through `resolver`.
+pub fn probe_with(db: &Database, resolver: &mut Resolver) -> Outcome {
     let deadline = Instant::now() + db.timeout;
-    let stream = tcp::connect(&db.host, db.port, deadline, db.timeout)?;
+    let addrs = resolver.resolve(&db.host, db.port, deadline, db.timeout)?;
+    let stream = tcp::connect(&addrs, deadline, db.timeout)?;
     match db.check {
         Check::Tcp => Ok(Up {
             role: None,
@@ -112,35 +119,99 @@ pub fn probe(db: &Database) -> Outcome {
     }
 }
 
-/// Starts the probe thread of endpoint `index`. It probes every `db.interval`
-/// (measured from the start of each probe) and sends a [`Report`] per probe, until
-/// the returned handle is dropped or the receiver is gone.
+/// Starts the probe thread `id` of an endpoint. It probes every `db.interval`
+/// (measured from the start of each probe) and sends a [`Report`] per probe, each
+/// within the probe's timeout, until the returned handle is dropped or the
+/// receiver is gone.
 pub fn spawn<E: From<Report> + Send + 'static>(
-    generation: u64,
-    index: usize,
+    id: u64,
     db: Database,
     tx: Sender<E>,
 ) -> std::io::Result<Sender<()>> {
     let (stop, stopped) = mpsc::channel::<()>();
     std::thread::Builder::new()
         .name(format!("probe-{}", db.alias))
-        .spawn(move || loop {
-            let start = Instant::now();
-            let outcome = probe(&db);
-            let report = Report {
-                generation,
-                index,
-                outcome,
-                took: start.elapsed(),
-            };
-            if tx.send(report.into()).is_err() {
-                return;
-            }
-            let next = start + db.interval;
-            match stopped.recv_timeout(next.saturating_duration_since(Instant::now())) {
-                Err(RecvTimeoutError::Timeout) => {}
-                _ => return,
+        .spawn(move || {
+            let mut resolver = Resolver::default();
+            loop {
+                let start = Instant::now();
+                let outcome = probe_with(&db, &mut resolver);
+                let report = Report {
+                    probe: id,
+                    outcome,
+                    took: start.elapsed(),
+                };
+                if tx.send(report.into()).is_err() {
+                    return;
+                }
+                let next = start + db.interval;
+                match stopped.recv_timeout(next.saturating_duration_since(Instant::now())) {
+                    Err(RecvTimeoutError::Timeout) => {}
+                    _ => return,
+                }
             }
         })?;
     Ok(stop)
+}
+
+/// The answer of a name lookup.
+type Lookup = std::io::Result<Vec<SocketAddr>>;
+
+/// Host name resolution bounded by the probe's deadline. The system resolver
+/// (`getaddrinfo`) cannot be interrupted and waits by its own timeouts (5 s per
+/// attempt and server by default), so a lookup runs in a helper thread; a probe
+/// that cannot wait for it fails with [`Failure::Resolve`], and the next probe
+/// waits for the same lookup rather than start another. At most one lookup per
+/// endpoint is under way, whatever the resolver does.
+#[derive(Default)]
+pub struct Resolver {
+    pending: Option<mpsc::Receiver<Lookup>>,
+}
+
+impl Resolver {
+    pub fn resolve(
+        &mut self,
+        host: &str,
+        port: u16,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<Vec<SocketAddr>, Failure> {
+        // An address literal needs no lookup (and no thread).
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(vec![SocketAddr::new(ip, port)]);
+        }
+        let rx = match self.pending.take() {
+            Some(rx) => rx,
+            None => {
+                let (tx, rx) = mpsc::sync_channel(1);
+                let name = host.to_owned();
+                std::thread::Builder::new()
+                    .name("resolve".into())
+                    .spawn(move || {
+                        let found = (name.as_str(), port)
+                            .to_socket_addrs()
+                            .map(|a| a.collect::<Vec<_>>());
+                        let _ = tx.send(found);
+                    })
+                    .map_err(|e| Failure::Resolve(format!("cannot start a lookup: {e}")))?;
+                rx
+            }
+        };
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(Ok(addrs)) if addrs.is_empty() => {
+                Err(Failure::Resolve(format!("{host} has no address")))
+            }
+            Ok(Ok(addrs)) => Ok(addrs),
+            Ok(Err(e)) => Err(Failure::Resolve(e.to_string())),
+            Err(RecvTimeoutError::Timeout) => {
+                self.pending = Some(rx);
+                Err(Failure::Resolve(format!(
+                    "the resolver did not answer within {timeout:?}"
+                )))
+            }
+            Err(RecvTimeoutError::Disconnected) => Err(Failure::Resolve(
+                "the lookup thread ended without an answer".into(),
+            )),
+        }
+    }
 }

@@ -5,26 +5,17 @@
 
 use super::Failure;
 use std::io;
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+/// Connects to the first of `addrs` (resolved by [`super::Resolver`]) that accepts.
 pub fn connect(
-    host: &str,
-    port: u16,
+    addrs: &[SocketAddr],
     deadline: Instant,
     timeout: Duration,
 ) -> Result<TcpStream, Failure> {
-    // Resolution is bounded by the resolver's own timeouts, not ours; it runs in
-    // this endpoint's probe thread, so it can delay only this endpoint.
-    let addrs: Vec<_> = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| Failure::Resolve(e.to_string()))?
-        .collect();
-    if addrs.is_empty() {
-        return Err(Failure::Resolve(format!("{host} has no address")));
-    }
     let mut last = Failure::Timeout(timeout);
-    for addr in addrs {
+    for &addr in addrs {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(Failure::Timeout(timeout));
