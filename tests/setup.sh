@@ -34,6 +34,10 @@ have adduser || [ -x /usr/sbin/adduser ] || need_pkgs+=(adduser)
 have haproxy || [ -x /usr/sbin/haproxy ] || need_pkgs+=(haproxy)
 # nft, which blackholes a server's port for that comparison (dbha-bench haproxy).
 have nft || [ -x /usr/sbin/nft ] || need_pkgs+=(nftables)
+# unshare (util-linux) and ip (iproute2): a namespace whose resolver never answers
+# (tests/tests/hardening.rs).
+have unshare || need_pkgs+=(util-linux)
+have ip || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || need_pkgs+=(iproute2)
 
 if ((${#need_pkgs[@]})); then
     echo "setup: installing Debian packages: ${need_pkgs[*]}"

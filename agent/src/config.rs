@@ -54,6 +54,30 @@ pub enum Reads {
     Any,
 }
 
+/// Whether and how the `postgres` check uses TLS, as libpq's `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    /// As spelled in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
 /// A password: never printed, never logged.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -95,6 +119,14 @@ pub struct Database {
     pub password: Option<Secret>,
     /// Where the password came from, for messages.
     pub password_source: Option<String>,
+    /// TLS for the `postgres` check (default `prefer`).
+    pub sslmode: SslMode,
+    /// PEM file of the certificate authorities `verify-ca` and `verify-full` trust
+    /// (`"system"`: the system's trust store).
+    pub sslrootcert: Option<PathBuf>,
+    /// Send the password to a server that asks for it in cleartext (only ever
+    /// over TLS). Off by default: md5 and SCRAM never reveal it.
+    pub allow_cleartext_password: bool,
 }
 
 impl Database {
@@ -218,6 +250,9 @@ struct RawConfig {
     dbname: Option<String>,
     password_file: Option<Spanned<PathBuf>>,
     password_env: Option<Spanned<String>>,
+    sslmode: Option<Spanned<SslMode>>,
+    sslrootcert: Option<Spanned<PathBuf>>,
+    allow_cleartext_password: Option<bool>,
     #[serde(default)]
     database: Vec<Spanned<RawDatabase>>,
 }
@@ -237,6 +272,9 @@ struct RawDatabase {
     dbname: Option<String>,
     password_file: Option<Spanned<PathBuf>>,
     password_env: Option<Spanned<String>>,
+    sslmode: Option<Spanned<SslMode>>,
+    sslrootcert: Option<Spanned<PathBuf>>,
+    allow_cleartext_password: Option<bool>,
 }
 
 /// Credentials, at the top level (defaults) or per database.
@@ -394,6 +432,45 @@ impl Locator<'_> {
     }
 }
 
+impl Locator<'_> {
+    /// `sslmode` and `sslrootcert` of a database (its own, else the defaults),
+    /// checked: a verifying mode needs certificates, and they must load.
+    fn tls(
+        &self,
+        db: &RawDatabase,
+        raw: &RawConfig,
+        key: &dyn Fn(&str) -> String,
+    ) -> Result<(SslMode, Option<PathBuf>), ConfigError> {
+        let mode = db.sslmode.as_ref().or(raw.sslmode.as_ref());
+        let root = db.sslrootcert.as_ref().or(raw.sslrootcert.as_ref());
+        let sslmode = mode.map_or(SslMode::Prefer, |m| *m.get_ref());
+        if db.check == Check::Tcp {
+            if let Some(m) = &db.sslmode {
+                return Err(self.at(
+                    Some(m.span()),
+                    &key("sslmode"),
+                    "sslmode applies to check = \"postgres\" only",
+                ));
+            }
+            return Ok((sslmode, None));
+        }
+        if let Some(r) = root {
+            crate::probe::tls::load_roots(r.get_ref())
+                .map_err(|e| self.at(Some(r.span()), &key("sslrootcert"), e))?;
+        } else if matches!(sslmode, SslMode::VerifyCa | SslMode::VerifyFull) {
+            return Err(self.at(
+                mode.map(Spanned::span),
+                &key("sslmode"),
+                format!(
+                    "sslmode = \"{}\" needs sslrootcert: a PEM file of the certificate authorities to trust, or \"system\"",
+                    sslmode.name()
+                ),
+            ));
+        }
+        Ok((sslmode, root.map(|r| r.get_ref().clone())))
+    }
+}
+
 impl Config {
     /// Reads and validates the configuration file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -535,6 +612,7 @@ impl Config {
                     "expected a port from 1 to 65535, found 0",
                 ));
             }
+            let (sslmode, sslrootcert) = loc.tls(db, &raw, &key)?;
             let (own, defaults) = (db.credentials(), raw.credentials());
             let (password, password_source) = loc.password(&own, &defaults, &key(""))?;
             let credential = |own: &Option<String>, default: &Option<String>| {
@@ -555,6 +633,12 @@ impl Config {
                 dbname: credential(own.dbname, defaults.dbname),
                 password,
                 password_source,
+                sslmode,
+                sslrootcert,
+                allow_cleartext_password: db
+                    .allow_cleartext_password
+                    .or(raw.allow_cleartext_password)
+                    .unwrap_or(false),
             });
         }
         let writes = raw.writes.as_ref().map_or(Writes::Any, |w| *w.get_ref());
@@ -656,10 +740,20 @@ impl fmt::Display for Config {
                 d.fall,
                 if d.check == Check::Postgres {
                     format!(
-                        " user={} dbname={} password={}",
+                        " user={} dbname={} password={} sslmode={}{}{}",
                         d.user,
                         d.dbname,
-                        d.password_source.as_deref().unwrap_or("none")
+                        d.password_source.as_deref().unwrap_or("none"),
+                        d.sslmode.name(),
+                        d.sslrootcert
+                            .as_ref()
+                            .map(|p| format!(" sslrootcert={}", p.display()))
+                            .unwrap_or_default(),
+                        if d.allow_cleartext_password {
+                            " allow_cleartext_password"
+                        } else {
+                            ""
+                        }
                     )
                 } else {
                     String::new()
@@ -893,5 +987,55 @@ timeout = "2s"
         assert_eq!((c.writes, c.reads), (Writes::Primary, Reads::PreferStandby));
         let e = parse(&format!("reads = \"standby\"\n{all_pg}")).unwrap_err();
         assert!(e.message.contains("unknown variant `standby`"), "{e}");
+    }
+
+    #[test]
+    fn tls_settings_default_to_prefer_and_verifying_modes_need_certificates() {
+        let all_pg = THREE.replace("check = \"tcp\"", "check = \"postgres\"");
+        let c = parse(&all_pg).unwrap();
+        assert!(c
+            .databases
+            .iter()
+            .all(|d| d.sslmode == SslMode::Prefer && !d.allow_cleartext_password));
+        let e = parse(&format!("sslmode = \"verify-full\"\n{all_pg}")).unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("database[0].sslmode", 1), "{e}");
+        assert!(e.message.contains("needs sslrootcert"), "{e}");
+        let e = parse(&format!(
+            "sslmode = \"verify-ca\"\nsslrootcert = \"/nonexistent/ca.pem\"\n{all_pg}"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            (e.key.as_str(), e.line),
+            ("database[0].sslrootcert", 2),
+            "{e}"
+        );
+        assert!(e.message.contains("cannot read /nonexistent/ca.pem"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("ca.pem");
+        std::fs::write(&not_pem, "not a certificate\n").unwrap();
+        let e = parse(&format!(
+            "sslmode = \"verify-ca\"\nsslrootcert = \"{}\"\n{all_pg}",
+            not_pem.display()
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("holds no certificate"), "{e}");
+        let e = parse(&format!("sslmode = \"strict\"\n{all_pg}")).unwrap_err();
+        assert!(e.message.contains("unknown variant `strict`"), "{e}");
+        // Per database, and only where it means something.
+        let e = parse(&THREE.replace("fall = 5", "fall = 5\nsslmode = \"require\"")).unwrap_err();
+        assert_eq!(e.key, "database[1].sslmode", "{e}");
+        let c = parse(&format!(
+            "allow_cleartext_password = true\n{}",
+            all_pg.replace("fall = 5", "fall = 5\nsslmode = \"disable\"")
+        ))
+        .unwrap();
+        assert_eq!(
+            (c.databases[0].sslmode, c.databases[1].sslmode),
+            (SslMode::Prefer, SslMode::Disable)
+        );
+        assert!(c.databases[1].allow_cleartext_password);
+        assert!(c
+            .to_string()
+            .contains("sslmode=disable allow_cleartext_password"));
     }
 }

@@ -73,6 +73,9 @@ pub mod probe_result {
     pub const RESOLVE: u8 = 8;
     pub const CLOSED: u8 = 9;
     pub const IO: u8 = 10;
+    /// TLS could not be negotiated as the configured `sslmode` requires (no TLS
+    /// offered, a certificate not trusted or not for this host).
+    pub const TLS: u8 = 11;
 
     /// The stable name of a kind (as `dbha-agent status` prints it).
     pub fn name(kind: u8) -> &'static str {
@@ -87,6 +90,7 @@ pub mod probe_result {
             RESOLVE => "resolve",
             CLOSED => "closed",
             IO => "io",
+            TLS => "tls",
             _ => "unknown",
         }
     }

@@ -106,6 +106,9 @@
 // Last probe result: another network error.
 #define DBHA_PROBE_IO 10
 
+// Last probe result: TLS could not be negotiated as `sslmode` requires.
+#define DBHA_PROBE_TLS 11
+
 // An open state file. Opaque: created by `dbha_open`, freed by `dbha_close`.
 typedef struct dbha_reader dbha_reader;
 

@@ -83,6 +83,8 @@ pub const DBHA_PROBE_RESOLVE: u8 = 8;
 pub const DBHA_PROBE_CLOSED: u8 = 9;
 /// Last probe result: another network error.
 pub const DBHA_PROBE_IO: u8 = 10;
+/// Last probe result: TLS could not be negotiated as `sslmode` requires.
+pub const DBHA_PROBE_TLS: u8 = 11;
 
 /// An open state file. Opaque: created by `dbha_open`, freed by `dbha_close`.
 pub struct dbha_reader(Reader);
@@ -542,9 +544,17 @@ mod tests {
                 DBHA_PROBE_REJECTED,
                 DBHA_PROBE_RESOLVE,
                 DBHA_PROBE_CLOSED,
-                DBHA_PROBE_IO
+                DBHA_PROBE_IO,
+                DBHA_PROBE_TLS
             ],
-            [p::AUTH_FAILED, p::REJECTED, p::RESOLVE, p::CLOSED, p::IO]
+            [
+                p::AUTH_FAILED,
+                p::REJECTED,
+                p::RESOLVE,
+                p::CLOSED,
+                p::IO,
+                p::TLS
+            ]
         );
     }
 

@@ -1,5 +1,5 @@
-//! A fake PostgreSQL server on a loopback port that answers every startup message
-//! with one chosen reply, for probe tests that must not need a real server. The
+//! A fake PostgreSQL server on a loopback port that declines TLS and answers every
+//! startup message with one chosen reply, for probe tests that must not need a real server. The
 //! replies are byte fixtures of the wire protocol.
 
 use std::io::{Read, Write};
@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 pub enum Reply {
     /// AuthenticationMD5Password: a live server asking for a password.
     AuthMd5,
+    /// AuthenticationCleartextPassword: asking for the password itself, as a
+    /// spoofed endpoint would.
+    AuthCleartext,
     /// AuthenticationOk (trust), `in_hot_standby` = off, ReadyForQuery; then waits
     /// for Terminate: a primary.
     AuthOk,
@@ -43,6 +46,7 @@ fn message(tag: u8, body: &[u8]) -> Vec<u8> {
 fn reply_bytes(r: Reply) -> Vec<u8> {
     match r {
         Reply::AuthMd5 => message(b'R', &[0, 0, 0, 5, 0x11, 0x22, 0x33, 0x44]),
+        Reply::AuthCleartext => message(b'R', &[0, 0, 0, 3]),
         Reply::AuthOk | Reply::AuthOkStandby => {
             let standby = if r == Reply::AuthOkStandby {
                 "on"
@@ -116,17 +120,33 @@ pub fn database(
         dbname: "postgres".into(),
         password: None,
         password_source: None,
+        sslmode: dbha_agent::config::SslMode::Prefer,
+        sslrootcert: None,
+        allow_cleartext_password: false,
     }
 }
+
+/// What a fake server has seen, over all its connections.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// SSLRequests (each answered 'N').
+    pub ssl_requests: AtomicUsize,
+    /// Complete startup messages.
+    pub startups: AtomicUsize,
+    /// Password messages ('p') received after the reply.
+    pub passwords: AtomicUsize,
+    /// Connections that ended with a Terminate message.
+    pub terminates: AtomicUsize,
+}
+
+/// PostgreSQL's SSLRequest: length 8, code 80877103.
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 4, 210, 22, 47];
 
 /// A running fake server; stops (and closes every connection) when dropped.
 pub struct FakePg {
     pub port: u16,
     stop: Arc<AtomicBool>,
-    /// Connections that sent a complete startup message.
-    pub startups: Arc<AtomicUsize>,
-    /// Connections that ended with a Terminate message.
-    pub terminates: Arc<AtomicUsize>,
+    pub seen: Arc<Seen>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -136,19 +156,15 @@ impl FakePg {
         listener.set_nonblocking(true).expect("nonblocking");
         let port = listener.local_addr().unwrap().port();
         let stop = Arc::new(AtomicBool::new(false));
-        let startups = Arc::new(AtomicUsize::new(0));
-        let terminates = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Seen::default());
         let thread = {
-            let (stop, startups, terminates) = (stop.clone(), startups.clone(), terminates.clone());
+            let (stop, seen) = (stop.clone(), seen.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     match listener.accept() {
                         Ok((conn, _)) => {
-                            let (stop, startups, terminates) =
-                                (stop.clone(), startups.clone(), terminates.clone());
-                            std::thread::spawn(move || {
-                                serve(conn, reply, &stop, &startups, &terminates)
-                            });
+                            let (stop, seen) = (stop.clone(), seen.clone());
+                            std::thread::spawn(move || serve(conn, reply, &stop, &seen));
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(2)),
                     }
@@ -158,20 +174,13 @@ impl FakePg {
         FakePg {
             port,
             stop,
-            startups,
-            terminates,
+            seen,
             thread: Some(thread),
         }
     }
 }
 
-fn serve(
-    mut conn: TcpStream,
-    reply: Reply,
-    stop: &AtomicBool,
-    startups: &AtomicUsize,
-    terminates: &AtomicUsize,
-) {
+fn serve(mut conn: TcpStream, reply: Reply, stop: &AtomicBool, seen: &Seen) {
     let _ = conn.set_read_timeout(Some(Duration::from_millis(50)));
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut buf = Vec::new();
@@ -183,10 +192,19 @@ fn serve(
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(_) => continue,
         }
+        if !replied && buf.len() >= 8 && buf[..8] == SSL_REQUEST {
+            // No TLS here: 'N', and the startup message follows in plain text.
+            buf.drain(..8);
+            seen.ssl_requests.fetch_add(1, Ordering::Relaxed);
+            let _ = conn.write_all(b"N");
+            if buf.is_empty() {
+                continue;
+            }
+        }
         if !replied && buf.len() >= 4 {
             let len = u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize;
             if buf.len() >= len {
-                startups.fetch_add(1, Ordering::Relaxed);
+                seen.startups.fetch_add(1, Ordering::Relaxed);
                 buf.drain(..len);
                 let _ = conn.write_all(&reply_bytes(reply));
                 replied = true;
@@ -208,8 +226,12 @@ fn serve(
                 }
             }
         }
+        if replied && buf.first() == Some(&b'p') {
+            seen.passwords.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         if replied && buf.first() == Some(&b'X') {
-            terminates.fetch_add(1, Ordering::Relaxed);
+            seen.terminates.fetch_add(1, Ordering::Relaxed);
             return;
         }
     }

@@ -35,7 +35,7 @@ fn postgres_replies_are_classified_as_pg_isready_does() {
             other => panic!("{reply:?}: unexpected {other:?}"),
         });
         assert_eq!(kind.map(|_| ()), want, "{reply:?}: {got:?}");
-        assert_eq!(server.startups.load(Ordering::Relaxed), 1, "{reply:?}");
+        assert_eq!(server.seen.startups.load(Ordering::Relaxed), 1, "{reply:?}");
     }
 }
 
@@ -48,10 +48,10 @@ fn a_session_opened_by_trust_is_closed_with_terminate() {
     };
     assert_eq!(probe(&db(server.port, Check::Postgres, 500)), Ok(primary));
     let deadline = Instant::now() + Duration::from_secs(5);
-    while server.terminates.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
+    while server.seen.terminates.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert_eq!(server.terminates.load(Ordering::Relaxed), 1);
+    assert_eq!(server.seen.terminates.load(Ordering::Relaxed), 1);
 }
 
 #[test]
@@ -131,4 +131,53 @@ fn a_host_that_drops_syns_costs_the_timeout_not_the_kernels_retries() {
     // Generous: only catches a probe that waits for the kernel.
     assert!(took < Duration::from_secs(10), "took {took:?}");
     drop(l);
+}
+
+#[test]
+fn a_cleartext_password_is_never_sent_unless_allowed_and_never_unencrypted() {
+    // Issue 13 row 11: the password went in cleartext to any server that asked.
+    let server = FakePg::start(Reply::AuthCleartext);
+    let mut d = db(server.port, Check::Postgres, 500);
+    // Without credentials the request only shows a live server.
+    assert!(probe(&d).is_ok());
+    d.password = dbha_agent::config::Secret::new("s3cret");
+    let e = probe(&d).unwrap_err();
+    assert!(
+        matches!(&e, Failure::Rejected(m) if m.contains("cleartext") && m.contains("allow_cleartext_password")),
+        "{e}"
+    );
+    // Allowed, but this server declined TLS: still not sent.
+    d.allow_cleartext_password = true;
+    let e = probe(&d).unwrap_err();
+    assert!(
+        matches!(&e, Failure::Rejected(m) if m.contains("unencrypted")),
+        "{e}"
+    );
+    assert_eq!(server.seen.passwords.load(Ordering::Relaxed), 0);
+    assert_eq!(server.seen.ssl_requests.load(Ordering::Relaxed), 3);
+}
+
+#[test]
+fn a_server_that_declines_tls_fails_every_mode_that_requires_it() {
+    use dbha_agent::config::SslMode;
+    let server = FakePg::start(Reply::AuthOk);
+    let mut d = db(server.port, Check::Postgres, 500);
+    for (mode, ok) in [
+        (SslMode::Disable, true),
+        (SslMode::Prefer, true),
+        (SslMode::Require, false),
+    ] {
+        d.sslmode = mode;
+        let got = probe(&d);
+        match (ok, &got) {
+            (true, Ok(_)) => {}
+            (false, Err(Failure::Tls(m))) => assert!(
+                m.contains("the server does not accept TLS (sslmode = \"require\")"),
+                "{m}"
+            ),
+            _ => panic!("{mode:?}: {got:?}"),
+        }
+    }
+    // disable sends no SSLRequest; prefer and require each one.
+    assert_eq!(server.seen.ssl_requests.load(Ordering::Relaxed), 2);
 }

@@ -198,6 +198,9 @@ fn md5_and_scram_both_log_in_and_read_the_role() {
             dbname: "postgres".into(),
             password: dbha_agent::config::Secret::new(password),
             password_source: Some("test".into()),
+            sslmode: dbha_agent::config::SslMode::Prefer,
+            sslrootcert: None,
+            allow_cleartext_password: false,
         };
         let up = probe::probe(&db("pw-for-test")).unwrap_or_else(|e| panic!("{auth}: {e}"));
         assert_eq!(up.role, Some(probe::Role::Primary), "{auth}");

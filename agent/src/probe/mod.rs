@@ -4,6 +4,7 @@
 
 mod postgres;
 mod tcp;
+pub mod tls;
 
 use crate::config::{Check, Database};
 use std::fmt;
@@ -32,6 +33,8 @@ pub enum Failure {
     Rejected(String),
     /// Another network error.
     Io(String),
+    /// TLS could not be negotiated as `sslmode` requires.
+    Tls(String),
 }
 
 impl Failure {
@@ -48,6 +51,7 @@ impl Failure {
             Failure::AuthFailed(_) => k::AUTH_FAILED,
             Failure::Rejected(_) => k::REJECTED,
             Failure::Io(_) => k::IO,
+            Failure::Tls(_) => k::TLS,
         }
     }
 }
@@ -64,6 +68,7 @@ impl fmt::Display for Failure {
             Failure::AuthFailed(m) => write!(f, "authentication failed: {m}"),
             Failure::Rejected(m) => write!(f, "session refused: {m}"),
             Failure::Io(e) => f.write_str(e),
+            Failure::Tls(e) => write!(f, "TLS: {e}"),
         }
     }
 }

@@ -6,10 +6,12 @@
 //! the server's role: `in_hot_standby` from the startup ParameterStatus messages
 //! (PostgreSQL 14+), else `SELECT pg_is_in_recovery()`; and
 //! `default_transaction_read_only`. Messages and authentication go through
-//! `postgres-protocol`; no hand-written crypto.
+//! `postgres-protocol`, TLS through rustls (see [`super::tls`] for `sslmode`); no
+//! hand-written crypto. A password is never sent in cleartext unless
+//! `allow_cleartext_password` is set, and then only over TLS.
 
-use super::{Failure, Outcome, Role, Up};
-use crate::config::Database;
+use super::{tls, Failure, Outcome, Role, Up};
+use crate::config::{Database, SslMode};
 use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::{md5_hash, sasl};
@@ -26,8 +28,52 @@ const MAX_MESSAGE: usize = 64 * 1024;
 /// How much of a server's error text reaches a verdict (and so the log).
 const MAX_SERVER_TEXT: usize = 256;
 
+/// The connection: plain TCP, or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => &s.sock,
+        }
+    }
+
+    fn encrypted(&self) -> bool {
+        matches!(self, Stream::Tls(_))
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
 struct Session {
-    stream: TcpStream,
+    stream: Stream,
     buf: BytesMut,
     deadline: Instant,
     timeout: Duration,
@@ -38,6 +84,13 @@ struct Session {
 
 impl Session {
     fn io_failure(&self, e: io::Error) -> Failure {
+        // rustls reports a failed handshake or a bad record as InvalidData.
+        if let Some(t) = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Failure::Tls(server_text(t.to_string().as_bytes()));
+        }
         match e.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Failure::Timeout(self.timeout),
             io::ErrorKind::UnexpectedEof => Failure::Closed,
@@ -54,12 +107,22 @@ impl Session {
         }
     }
 
-    fn send(&mut self, msg: &BytesMut) -> Result<(), Failure> {
+    /// Bounds the next socket operations (TLS may read and write in either) by
+    /// what is left of the deadline.
+    fn bound(&mut self) -> Result<(), Failure> {
         let wait = self.left()?;
+        let tcp = self.stream.tcp();
+        tcp.set_read_timeout(Some(wait))
+            .and_then(|()| tcp.set_write_timeout(Some(wait)))
+            .map_err(|e| self.io_failure(e))
+    }
+
+    fn send(&mut self, msg: &[u8]) -> Result<(), Failure> {
+        self.bound()?;
         self.stream
-            .set_write_timeout(Some(wait))
-            .map_err(|e| self.io_failure(e))?;
-        self.stream.write_all(msg).map_err(|e| self.io_failure(e))
+            .write_all(msg)
+            .and_then(|()| self.stream.flush())
+            .map_err(|e| self.io_failure(e))
     }
 
     fn recv(&mut self) -> Result<Message, Failure> {
@@ -83,10 +146,7 @@ impl Session {
                     return Err(f);
                 }
             }
-            let wait = self.left()?;
-            self.stream
-                .set_read_timeout(Some(wait))
-                .map_err(|e| self.io_failure(e))?;
+            self.bound()?;
             match self.stream.read(&mut chunk) {
                 Ok(0) if self.buf.is_empty() => return Err(Failure::Closed),
                 Ok(0) => {
@@ -154,13 +214,13 @@ fn encode(f: impl FnOnce(&mut BytesMut) -> io::Result<()>) -> Result<BytesMut, F
 
 pub fn check(stream: TcpStream, deadline: Instant, timeout: Duration, db: &Database) -> Outcome {
     let mut s = Session {
-        stream,
+        stream: Stream::Plain(stream),
         buf: BytesMut::new(),
         deadline,
         timeout,
         started: false,
     };
-    let verdict = converse(&mut s, db);
+    let verdict = negotiate_tls(&mut s, db).and_then(|()| converse(&mut s, db));
     // Politely: a session that exists gets Terminate; otherwise just close, which
     // the server takes silently during authentication, as it does for pg_isready.
     if verdict.as_ref().is_ok_and(|(_, session)| *session) {
@@ -168,11 +228,79 @@ pub fn check(stream: TcpStream, deadline: Instant, timeout: Duration, db: &Datab
             frontend::terminate(b);
             Ok(())
         }) {
-            let _ = s.stream.write_all(&bye);
+            let _ = s.stream.write_all(&bye).and_then(|()| s.stream.flush());
         }
     }
-    let _ = s.stream.shutdown(Shutdown::Both);
+    let _ = s.stream.tcp().shutdown(Shutdown::Both);
     verdict.map(|(up, _)| up)
+}
+
+/// SSLRequest, then the TLS handshake when the server accepts ('S'). A server
+/// that declines ('N') is talked to in plain text only under `prefer`.
+fn negotiate_tls(s: &mut Session, db: &Database) -> Result<(), Failure> {
+    let config = tls::client_config(db.sslmode, db.sslrootcert.as_deref()).map_err(Failure::Tls)?;
+    let Some(config) = config else {
+        return Ok(());
+    };
+    s.send(&encode(|b| {
+        frontend::ssl_request(b);
+        Ok(())
+    })?)?;
+    // Exactly one byte: anything the server sent after it must reach the TLS
+    // layer (and fail there), never be taken as the server's plain-text words.
+    let mut answer = [0u8; 1];
+    s.bound()?;
+    loop {
+        match s.stream.read(&mut answer) {
+            Ok(0) => return Err(Failure::Closed),
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(s.io_failure(e)),
+        }
+    }
+    match answer[0] {
+        b'S' => {}
+        b'N' if db.sslmode == SslMode::Prefer => return Ok(()),
+        b'N' => {
+            return Err(Failure::Tls(format!(
+                "the server does not accept TLS (sslmode = \"{}\")",
+                db.sslmode.name()
+            )))
+        }
+        // An ErrorResponse: a server too old to know SSLRequest.
+        b'E' => {
+            return Err(Failure::NotPostgres(
+                "an error in answer to SSLRequest".into(),
+            ))
+        }
+        other => {
+            return Err(Failure::NotPostgres(format!(
+                "answer 0x{other:02x} to SSLRequest"
+            )))
+        }
+    }
+    let name = tls::server_name(&db.host).map_err(Failure::Tls)?;
+    let conn =
+        rustls::ClientConnection::new(config, name).map_err(|e| Failure::Tls(e.to_string()))?;
+    let tcp = s
+        .stream
+        .tcp()
+        .try_clone()
+        .map_err(|e| Failure::Io(format!("TLS setup: {e}")))?;
+    // The plain stream's descriptor closes here; `tcp` is the same socket.
+    s.stream = Stream::Tls(Box::new(rustls::StreamOwned::new(conn, tcp)));
+    // The handshake now, within the deadline, so that its failure is named.
+    s.bound()?;
+    let Stream::Tls(t) = &mut s.stream else {
+        unreachable!("just set")
+    };
+    while t.conn.is_handshaking() {
+        if let Err(e) = t.conn.complete_io(&mut t.sock) {
+            let f = s.io_failure(e);
+            return Err(f);
+        }
+    }
+    Ok(())
 }
 
 /// The verdict, and whether a session was opened.
@@ -207,6 +335,17 @@ fn converse(s: &mut Session, db: &Database) -> Result<(Up, bool), Failure> {
             let Some(pw) = password else {
                 return Ok((unknown, false));
             };
+            // A spoofed endpoint asks for exactly this.
+            if !db.allow_cleartext_password {
+                return Err(Failure::Rejected(
+                    "the server asks for the password in cleartext; not sent (allow_cleartext_password = true sends it, over TLS only)".into(),
+                ));
+            }
+            if !s.stream.encrypted() {
+                return Err(Failure::Rejected(
+                    "the server asks for the password in cleartext over an unencrypted connection; not sent (use sslmode = \"require\" or stricter)".into(),
+                ));
+            }
             s.send(&encode(|b| frontend::password_message(pw, b))?)?;
             expect_auth_ok(s, db)?;
         }

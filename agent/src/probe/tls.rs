@@ -1,0 +1,214 @@
+//! TLS for the `postgres` check, through rustls (ring as the crypto provider; no
+//! OpenSSL, no hand-written crypto). `sslmode` means what it means to libpq:
+//!
+//! | sslmode | TLS | the server's certificate |
+//! |---|---|---|
+//! | `disable` | never | - |
+//! | `prefer` (default) | when the server offers it | not checked |
+//! | `require` | required | not checked; with `sslrootcert`, as `verify-ca` (as libpq) |
+//! | `verify-ca` | required | signed by a CA in `sslrootcert` |
+//! | `verify-full` | required | as `verify-ca`, and issued for the configured host |
+//!
+//! Only `verify-full` tells a spoofed endpoint from the real one; the others keep
+//! a passive listener from reading the session.
+
+use crate::config::SslMode;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+
+/// `sslrootcert = "system"`: the system's trust store (Debian's ca-certificates).
+pub const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// A root certificate file larger than this is refused before it is read (the
+/// system's whole trust store is about 200 KiB).
+const MAX_ROOTS_FILE: u64 = 4 << 20;
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The certificates in the PEM file at `path` (`"system"`: [`SYSTEM_ROOTS`]).
+pub fn load_roots(path: &Path) -> Result<RootCertStore, String> {
+    let path = if path == Path::new("system") {
+        Path::new(SYSTEM_ROOTS)
+    } else {
+        path
+    };
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut pem = Vec::new();
+    file.take(MAX_ROOTS_FILE + 1)
+        .read_to_end(&mut pem)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if pem.len() as u64 > MAX_ROOTS_FILE {
+        return Err(format!(
+            "{} is larger than {} MiB: expected PEM certificates",
+            path.display(),
+            MAX_ROOTS_FILE >> 20
+        ));
+    }
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| format!("{}: not PEM certificates: {e}", path.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: a certificate that cannot be used: {e}", path.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!(
+            "{} holds no certificate (expected PEM \"-----BEGIN CERTIFICATE-----\" blocks)",
+            path.display()
+        ));
+    }
+    Ok(roots)
+}
+
+/// The client configuration for `mode`; None for `disable`.
+pub fn client_config(
+    mode: SslMode,
+    rootcert: Option<&Path>,
+) -> Result<Option<Arc<ClientConfig>>, String> {
+    let provider = provider();
+    let verifier: Arc<dyn ServerCertVerifier> = match (mode, rootcert) {
+        (SslMode::Disable, _) => return Ok(None),
+        (SslMode::Prefer, _) | (SslMode::Require, None) => {
+            Arc::new(AnyCertificate(provider.clone()))
+        }
+        (SslMode::VerifyCa | SslMode::VerifyFull, None) => {
+            return Err(format!("sslmode = \"{}\" needs sslrootcert", mode.name()))
+        }
+        (SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull, Some(path)) => {
+            let chain = WebPkiServerVerifier::builder_with_provider(
+                Arc::new(load_roots(path)?),
+                provider.clone(),
+            )
+            .build()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+            if mode == SslMode::VerifyFull {
+                chain
+            } else {
+                Arc::new(AnyName(chain))
+            }
+        }
+    };
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(Some(Arc::new(config)))
+}
+
+/// The name the certificate must carry (`verify-full`), also sent as SNI when it
+/// is a DNS name.
+pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
+    ServerName::try_from(host.to_owned())
+        .map_err(|e| format!("{host:?} cannot be checked against a certificate: {e}"))
+}
+
+/// `prefer` and `require` without `sslrootcert`: any certificate. The handshake's
+/// signatures are still verified (the session is encrypted to whoever holds the
+/// certificate's key), as libpq does in these modes.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `verify-ca`: the chain must lead to a trusted root; the name is not checked.
+#[derive(Debug)]
+struct AnyName(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for AnyName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
