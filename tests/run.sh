@@ -5,6 +5,7 @@
 #   loom:   LOOM_MAX_PREEMPTIONS=3 RUSTFLAGS="--cfg loom" \
 #             cargo test -p dbha-protocol --test loom --release
 #   stress: DBHA_STRESS_SECS=60 cargo test --release -p dbha-tests --test stress -- --nocapture
+#   fuzz:   DBHA_FUZZ_SECS=3600 per target here, or see fuzz/README.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,6 +59,20 @@ RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
 
 step "the seqlock thread test under Miri"
 counted cargo +nightly miri test -p dbha-protocol --lib seqlock
+
+step "fuzzing: each target for ${DBHA_FUZZ_SECS:=30} s from the committed corpus (fuzz/README.md)"
+for target in reader_open probe_reply config_parse; do
+    # New inputs go to target/fuzz-corpus; fuzz/corpus is only read.
+    mkdir -p "target/fuzz-corpus/$target"
+    log="target/fuzz-corpus/$target.log"
+    if ! cargo +nightly fuzz run "$target" "target/fuzz-corpus/$target" "fuzz/corpus/$target" -- \
+        -max_total_time="$DBHA_FUZZ_SECS" -max_len=32768 >"$log" 2>&1; then
+        tail -n 60 "$log"
+        echo "fuzz target $target failed; its input is in fuzz/artifacts/$target/" >&2
+        exit 1
+    fi
+    echo "$target: $(grep -E '^Done' "$log")"
+done
 
 step "benchmarks, quick mode (shows they run; figures are not judged)"
 PATH="$PATH:/usr/sbin" cargo run -q -p dbha-bench -- --quick all

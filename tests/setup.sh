@@ -63,6 +63,13 @@ if [ "$(cargo deb --version 2>/dev/null)" != "cargo-deb $cargo_deb" ]; then
     cargo install --quiet --locked --no-default-features cargo-deb --version "$cargo_deb"
 fi
 
+# cargo-fuzz runs the fuzz targets (fuzz/) on the nightly toolchain installed above.
+cargo_fuzz=0.13.2
+if [ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $cargo_fuzz" ]; then
+    echo "setup: installing cargo-fuzz $cargo_fuzz (runs the fuzz targets)"
+    cargo install --quiet --locked cargo-fuzz --version "$cargo_fuzz"
+fi
+
 # The Python package's tests and the Django end-to-end test run in .venv (ignored by
 # git), with Django, psycopg and pytest from PyPI.
 venv=.venv

@@ -1,0 +1,76 @@
+//! The postgres check against a server that answers with arbitrary bytes: the
+//! answer to SSLRequest, then everything a server may send (authentication
+//! requests of every kind with a password configured, parameters, errors, rows,
+//! TLS records when it said 'S'). A verdict, never a panic, and never an
+//! allocation sized by the server (the length cap is checked before parsing).
+//!
+//! The first input byte chooses sslmode (even: prefer, odd: disable); the rest is
+//! what the server sends, at once, before closing its side.
+#![no_main]
+
+use dbha_agent::config::{Check, Database, Secret, SslMode};
+use libfuzzer_sys::fuzz_target;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+/// A loopback server thread that sends, on each connection, the next reply it is
+/// given, after the client's first message.
+fn server() -> &'static (u16, Mutex<Sender<Vec<u8>>>) {
+    static SERVER: OnceLock<(u16, Mutex<Sender<Vec<u8>>>)> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let (tx, rx): (Sender<Vec<u8>>, Receiver<Vec<u8>>) = mpsc::channel();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let Ok(reply) = rx.recv() else { return };
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
+                let mut first = [0u8; 8];
+                let _ = conn.read_exact(&mut first);
+                let _ = conn.write_all(&reply);
+                let _ = conn.shutdown(Shutdown::Write);
+                // Whatever the client still sends, until it closes.
+                let mut sink = [0u8; 4096];
+                while matches!(conn.read(&mut sink), Ok(n) if n > 0) {}
+            }
+        });
+        (port, Mutex::new(tx))
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, reply)) = data.split_first() else {
+        return;
+    };
+    let (port, tx) = server();
+    tx.lock()
+        .expect("sender")
+        .send(reply.to_vec())
+        .expect("server thread");
+    let db = Database {
+        alias: "fuzz".into(),
+        host: "127.0.0.1".into(),
+        port: *port,
+        check: Check::Postgres,
+        interval: Duration::from_millis(100),
+        timeout: Duration::from_millis(500),
+        rise: 1,
+        fall: 1,
+        user: "postgres".into(),
+        dbname: "postgres".into(),
+        password: Secret::new("fuzz-password"),
+        password_source: None,
+        sslmode: if mode % 2 == 0 {
+            SslMode::Prefer
+        } else {
+            SslMode::Disable
+        },
+        sslrootcert: None,
+        allow_cleartext_password: mode & 2 != 0,
+    };
+    let _ = dbha_agent::probe::probe(&db).map_err(|f| f.to_string());
+});
