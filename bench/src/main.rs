@@ -11,6 +11,7 @@
 mod django;
 mod netfault;
 mod reader;
+mod soak;
 
 use clap::{Parser, Subcommand};
 use dbha::Reader;
@@ -65,6 +66,25 @@ enum What {
     Haproxy {
         #[arg(long, default_value_t = 20)]
         trials: usize,
+    },
+    /// Chaos soak: reader processes check the decision's invariants on every read
+    /// while the agent is SIGKILLed and restarted, SIGHUP'd in storms, and its
+    /// endpoints refused, frozen and blackholed. Fails on any violation.
+    Soak {
+        #[arg(long, default_value_t = 120)]
+        seconds: u64,
+        #[arg(long, default_value_t = 2)]
+        readers: usize,
+        /// Chooses the sequence of faults (the same seed, the same sequence).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// (Internal) one reader process of `soak`.
+    #[command(hide = true)]
+    SoakReader {
+        state: PathBuf,
+        #[arg(long)]
+        seconds: f64,
     },
     /// Agent resident memory and CPU per hour at 3 and 64 endpoints, interval 1s.
     Footprint {
@@ -622,7 +642,7 @@ fn haproxy(trials: usize) {
 }
 
 /// The sections `all` fills, in order: (marker name, arguments).
-const SECTIONS: [(&str, &[&str]); 8] = [
+const SECTIONS: [(&str, &[&str]); 9] = [
     ("reader", &["reader"]),
     ("scaling", &["scaling"]),
     ("switch", &["switch"]),
@@ -630,6 +650,7 @@ const SECTIONS: [(&str, &[&str]); 8] = [
     ("live", &["live"]),
     ("haproxy", &["haproxy"]),
     ("django", &["django"]),
+    ("soak", &["soak"]),
     ("python", &[]),
 ];
 
@@ -742,5 +763,11 @@ fn main() {
             strategy,
         } => django::run(cli.quick, repeats, fault.as_deref(), strategy.as_deref()),
         What::Footprint { seconds } => footprint(if cli.quick { 1 } else { seconds }),
+        What::Soak {
+            seconds,
+            readers,
+            seed,
+        } => soak::run(if cli.quick { 15 } else { seconds }, readers, seed),
+        What::SoakReader { state, seconds } => soak::reader(&state, seconds),
     }
 }
