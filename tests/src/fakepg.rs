@@ -22,6 +22,10 @@ pub enum Reply {
     AuthOk,
     /// As AuthOk with `in_hot_standby` = on: a standby.
     AuthOkStandby,
+    /// A server older than PostgreSQL 14: AuthenticationOk and ReadyForQuery with
+    /// neither `in_hot_standby` nor `default_transaction_read_only` reported; any
+    /// query gets one row: not in recovery, and this read-only setting.
+    AuthOkBefore14 { read_only: bool },
     /// FATAL ErrorResponse with this SQLSTATE (57P03: not ready; 28000: no such role).
     Error(&'static str),
     /// Bytes that are not PostgreSQL.
@@ -72,6 +76,11 @@ fn reply_bytes(r: Reply) -> Vec<u8> {
             }
             body.push(0);
             message(b'E', &body)
+        }
+        Reply::AuthOkBefore14 { .. } => {
+            let mut m = message(b'R', &[0, 0, 0, 0]);
+            m.extend(message(b'Z', b"I"));
+            m
         }
         Reply::Garbage => b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n".to_vec(),
         Reply::Silent => Vec::new(),
@@ -133,6 +142,8 @@ pub struct Seen {
     pub ssl_requests: AtomicUsize,
     /// Complete startup messages.
     pub startups: AtomicUsize,
+    /// Simple queries ('Q') answered.
+    pub queries: AtomicUsize,
     /// Password messages ('p') received after the reply.
     pub passwords: AtomicUsize,
     /// Connections that ended with a Terminate message.
@@ -224,6 +235,26 @@ fn serve(mut conn: TcpStream, reply: Reply, stop: &AtomicBool, seen: &Seen) {
                     }
                     return;
                 }
+            }
+        }
+        if let (true, Reply::AuthOkBefore14 { read_only }, Some(b'Q')) =
+            (replied, reply, buf.first())
+        {
+            let len = buf
+                .get(1..5)
+                .map(|l| u32::from_be_bytes(l.try_into().unwrap()) as usize);
+            if let Some(len) = len.filter(|len| buf.len() > *len) {
+                buf.drain(..=len);
+                seen.queries.fetch_add(1, Ordering::Relaxed);
+                let mut row = 2u16.to_be_bytes().to_vec();
+                for v in ["f", if read_only { "on" } else { "off" }] {
+                    row.extend_from_slice(&(v.len() as u32).to_be_bytes());
+                    row.extend_from_slice(v.as_bytes());
+                }
+                let mut m = message(b'D', &row);
+                m.extend(message(b'C', b"SELECT 1\0"));
+                m.extend(message(b'Z', b"I"));
+                let _ = conn.write_all(&m);
             }
         }
         if replied && buf.first() == Some(&b'p') {

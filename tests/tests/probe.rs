@@ -181,3 +181,22 @@ fn a_server_that_declines_tls_fails_every_mode_that_requires_it() {
     // disable sends no SSLRequest; prefer and require each one.
     assert_eq!(server.seen.ssl_requests.load(Ordering::Relaxed), 2);
 }
+
+#[test]
+fn a_server_before_14_is_asked_its_role_and_read_only_setting() {
+    // Issue 13, "read, not run": servers older than 14 report neither
+    // in_hot_standby nor default_transaction_read_only, so a read-only primary
+    // was taken for a writable one.
+    for read_only in [true, false] {
+        let server = FakePg::start(Reply::AuthOkBefore14 { read_only });
+        let up = probe(&db(server.port, Check::Postgres, 500)).unwrap();
+        assert_eq!(
+            up,
+            Up {
+                role: Some(Role::Primary),
+                read_only
+            }
+        );
+        assert_eq!(server.seen.queries.load(Ordering::Relaxed), 1);
+    }
+}

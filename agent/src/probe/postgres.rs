@@ -417,8 +417,20 @@ fn converse(s: &mut Session, db: &Database) -> Result<(Up, bool), Failure> {
     }
     let in_recovery = match hot_standby {
         Some(v) => v,
-        // Before PostgreSQL 14 the server does not report it: ask.
-        None => query_bool(s, db, "SELECT pg_is_in_recovery()")?,
+        // Before PostgreSQL 14 the server reports neither in_hot_standby nor
+        // default_transaction_read_only: ask for both.
+        None => {
+            let sql =
+                "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only')";
+            let row = query_row(s, db, sql)?;
+            let col = |i: usize| row.get(i).and_then(|v| v.as_deref());
+            read_only = matches!(col(1), Some(b"on"));
+            match col(0) {
+                Some(b"t") => true,
+                Some(b"f") => false,
+                _ => return Err(Failure::Rejected(format!("{sql} returned no boolean"))),
+            }
+        }
     };
     let role = if in_recovery {
         Role::Standby
@@ -444,23 +456,26 @@ fn expect_auth_ok(s: &mut Session, db: &Database) -> Result<(), Failure> {
     }
 }
 
-fn query_bool(s: &mut Session, db: &Database, sql: &str) -> Result<bool, Failure> {
+/// The first row `sql` returns, as raw column values (NULL as None).
+fn query_row(s: &mut Session, db: &Database, sql: &str) -> Result<Vec<Option<Vec<u8>>>, Failure> {
     s.send(&encode(|b| frontend::query(sql, b))?)?;
-    let mut value = None;
+    let mut first = None;
     loop {
         match s.recv()? {
-            Message::DataRow(row) => {
+            Message::DataRow(row) if first.is_none() => {
+                let mut values = Vec::new();
                 let mut ranges = row.ranges();
-                if let Ok(Some(Some(r))) = ranges.next() {
-                    value = row.buffer().get(r).map(|v| v == b"t");
+                while let Ok(Some(r)) = ranges.next() {
+                    values.push(r.and_then(|r| row.buffer().get(r)).map(<[u8]>::to_vec));
                 }
+                first = Some(values);
             }
             Message::ReadyForQuery(_) => break,
             Message::ErrorResponse(body) => return Err(server_error(body.fields(), db)),
             _ => {}
         }
     }
-    value.ok_or_else(|| Failure::Rejected(format!("{sql} returned no value")))
+    first.ok_or_else(|| Failure::Rejected(format!("{sql} returned no row")))
 }
 
 /// An ErrorResponse as a probe failure: 57P03 is "not ready"; invalid password or
