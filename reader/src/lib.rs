@@ -38,7 +38,6 @@ use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
 /// How many times a read retries while the writer is mid-publication before giving
@@ -186,6 +185,10 @@ pub enum Role {
 /// so names handed out stay valid across reopens.
 struct Generation {
     number: u64,
+    /// The generation this one replaced (null for the first), set before this
+    /// one is published and never changed: the reader's generations form a list
+    /// from the current one back, which needs no lock to walk or to extend.
+    prev: *mut Generation,
     map: MmapRaw,
     record_offset: usize,
     /// Where the probe results are in the mapping, when the file has them.
@@ -277,6 +280,7 @@ impl Generation {
             .map_err(|e| Error::from_io(path, "mmap", e))?;
         Ok(Generation {
             number,
+            prev: std::ptr::null_mut(),
             map,
             record_offset: header.record_offset as usize,
             details_offset,
@@ -394,14 +398,29 @@ fn endpoint<'r>(aliases: &'r [Name], addresses: &'r [Address], index: u32) -> Op
 /// Names it handed out stay valid until the reader is dropped.
 pub struct Reader {
     path: PathBuf,
+    /// The newest generation, from `Box::into_raw`; each points to the one before
+    /// (`Generation::prev`). All are freed together when the reader is dropped.
+    /// No lock anywhere: a process forked while another thread was reopening or
+    /// looking up a generation inherits nothing held. (`Reader` is Send and Sync
+    /// through this AtomicPtr: sound, as a published Generation is immutable, its
+    /// mapping read only through atomics, and freed only with the reader.)
     current: AtomicPtr<Generation>,
-    /// Every generation opened, oldest first; only appended to, freed on drop.
-    /// Boxed so that each stays at its address when the Vec grows.
-    #[allow(clippy::vec_box)]
-    generations: Mutex<Vec<Box<Generation>>>,
     last_recheck_ns: AtomicU64,
     /// The generation whose supersession was last acted on.
     reopen_tried: AtomicU64,
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        // Frees the list from the newest back, without recursion.
+        let mut p = *self.current.get_mut();
+        while !p.is_null() {
+            // SAFETY: each pointer in the list came from `Box::into_raw` and is
+            // owned by this reader alone (`&mut self`); it is freed exactly once.
+            let g = unsafe { Box::from_raw(p) };
+            p = g.prev;
+        }
+    }
 }
 
 impl fmt::Debug for Reader {
@@ -415,12 +434,10 @@ impl Reader {
     /// followed). Fails with a specific [`Error`] naming the path.
     pub fn open(path: impl AsRef<Path>) -> Result<Reader, Error> {
         let path = path.as_ref().to_owned();
-        let mut first = Box::new(Generation::open(&path, 1)?);
-        let ptr: *mut Generation = &mut *first;
+        let first = Box::into_raw(Box::new(Generation::open(&path, 1)?));
         Ok(Reader {
             path,
-            current: AtomicPtr::new(ptr),
-            generations: Mutex::new(vec![first]),
+            current: AtomicPtr::new(first),
             last_recheck_ns: AtomicU64::new(0),
             reopen_tried: AtomicU64::new(0),
         })
@@ -433,10 +450,10 @@ impl Reader {
 
     #[inline(always)]
     fn generation(&self) -> &Generation {
-        // SAFETY: `current` always points into a Box held by `self.generations`,
-        // which only grows and is dropped with `self`, so the Generation outlives the
-        // returned borrow of `self`. Acquire pairs with the Release in `reopen`, so
-        // the Generation's contents are visible.
+        // SAFETY: `current` always holds a pointer from `Box::into_raw` that is
+        // freed only in `Drop for Reader`, so the Generation outlives the returned
+        // borrow of `self`. Acquire pairs with the Release in `reopen`, so the
+        // Generation's contents are visible.
         unsafe { &*self.current.load(Ordering::Acquire) }
     }
 
@@ -506,16 +523,14 @@ impl Reader {
         })
     }
 
-    /// Maps the file now at the path if it differs from `g`. Never blocks: if another
-    /// thread is reopening, this one carries on with what it has.
+    /// Maps the file now at the path if it differs from `g`. Never blocks and takes
+    /// no lock: two threads may open the new file at once, and the one that
+    /// publishes second drops its copy and uses the other's.
     fn reopen(&self, g: &Generation, superseded: bool) -> Option<&Generation> {
-        let mut gens = self.generations.try_lock().ok()?;
-        let latest: &Generation = gens.last()?;
+        let latest = self.generation();
         if latest.number != g.number {
             // Another thread already moved on.
-            let p: *const Generation = latest;
-            // SAFETY: as in `generation`: the Box lives as long as `self`.
-            return Some(unsafe { &*p });
+            return Some(latest);
         }
         if !superseded {
             let meta = std::fs::metadata(&self.path).ok()?;
@@ -530,11 +545,23 @@ impl Reader {
             // would exhaust the process's mappings.
             return None;
         }
-        let ptr: *mut Generation = &mut *new;
-        gens.push(new);
-        self.current.store(ptr, Ordering::Release);
-        // SAFETY: as in `generation`: the Box now lives in `self.generations`.
-        Some(unsafe { &*ptr })
+        let old = g as *const Generation as *mut Generation;
+        new.prev = old;
+        let new = Box::into_raw(new);
+        match self
+            .current
+            .compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire)
+        {
+            // SAFETY: `new` is now the reader's current generation, freed only by
+            // `Drop for Reader` (see `generation`).
+            Ok(_) => Some(unsafe { &*new }),
+            Err(_) => {
+                // SAFETY: `new` came from `Box::into_raw` above and was never
+                // published: this thread still owns it.
+                drop(unsafe { Box::from_raw(new) });
+                Some(self.generation())
+            }
+        }
     }
 
     /// A consistent copy of everything the agent published.
@@ -596,12 +623,19 @@ impl Reader {
         if current.number == number {
             return Some(current);
         }
-        // Another generation: look it up (a short lock, never held while reading).
-        let gens = self.generations.lock().unwrap_or_else(|e| e.into_inner());
-        let g: &Generation = gens.iter().find(|g| g.number == number)?;
-        let p: *const Generation = g;
-        // SAFETY: as in `generation`: the Box lives as long as `self`.
-        Some(unsafe { &*p })
+        // Another generation: walk back from the current one.
+        let mut p = current.prev;
+        while !p.is_null() {
+            // SAFETY: every `prev` was a published generation, which is freed only
+            // by `Drop for Reader` (see `generation`); `prev` never changes once
+            // its generation is published.
+            let g = unsafe { &*p };
+            if g.number == number {
+                return Some(g);
+            }
+            p = g.prev;
+        }
+        None
     }
 
     /// Where writes go now: the write endpoint's alias, host and port, or `None`
