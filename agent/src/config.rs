@@ -115,7 +115,8 @@ pub struct Database {
     pub user: String,
     /// Database name sent in the PostgreSQL startup message.
     pub dbname: String,
-    /// Password for md5 or SCRAM-SHA-256, from `password_file` or `password_env`.
+    /// Password for md5 or SCRAM-SHA-256 (in cleartext only with
+    /// `allow_cleartext_password`, over TLS), from `password_file` or `password_env`.
     pub password: Option<Secret>,
     /// Where the password came from, for messages.
     pub password_source: Option<String>,
@@ -710,55 +711,115 @@ impl Config {
     }
 }
 
-impl fmt::Display for Config {
-    /// The resolved configuration, as `dbha-agent check` prints it.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "state_file  = {}", self.state_file.display())?;
-        writeln!(f, "state_mode  = {:04o}", self.state_mode)?;
-        if let Some(m) = self.metrics_listen {
-            writeln!(f, "metrics     = http://{m}/metrics")?;
+impl Failback {
+    /// As spelled in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Failback::Sticky => "sticky",
+            Failback::Auto => "auto",
         }
-        writeln!(f, "interval    = {:?}", self.interval)?;
-        writeln!(f, "timeout     = {:?}", self.timeout)?;
-        writeln!(f, "rise, fall  = {}, {}", self.rise, self.fall)?;
-        writeln!(f, "failback    = {:?}", self.failback)?;
-        writeln!(f, "writes      = {:?}", self.writes)?;
-        writeln!(f, "reads       = {:?}", self.reads)?;
-        writeln!(f, "stale_after = {:?}", self.stale_after)?;
-        writeln!(f, "databases, in priority order:")?;
+    }
+}
+
+impl Check {
+    /// As spelled in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Check::Tcp => "tcp",
+            Check::Postgres => "postgres",
+        }
+    }
+}
+
+impl Writes {
+    /// As spelled in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Writes::Any => "any",
+            Writes::Primary => "primary",
+        }
+    }
+}
+
+impl Reads {
+    /// As spelled in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reads::Primary => "primary",
+            Reads::PreferStandby => "prefer-standby",
+            Reads::Any => "any",
+        }
+    }
+}
+
+/// A duration as the configuration writes it: "250ms", "2s", "1.5s".
+pub fn format_duration(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else if d.subsec_nanos().is_multiple_of(1_000_000) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}s", d.as_secs_f64())
+    }
+}
+
+/// A TOML string, quoted and escaped.
+fn quoted(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+impl fmt::Display for Config {
+    /// The resolved configuration, as `dbha-agent check` prints it: every setting,
+    /// defaults filled in, in the configuration's own keys and spelling (a valid
+    /// configuration file; passwords are named by their source, not printed).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let path = |p: &Path| quoted(&p.display().to_string());
+        writeln!(f, "state_file = {}", path(&self.state_file))?;
+        writeln!(f, "state_mode = \"{:04o}\"", self.state_mode)?;
+        if let Some(m) = self.metrics_listen {
+            writeln!(f, "metrics_listen = \"{m}\"")?;
+        }
+        // The heartbeat interval, and the defaults each database below resolved.
+        writeln!(f, "interval = \"{}\"", format_duration(self.interval))?;
+        writeln!(f, "timeout = \"{}\"", format_duration(self.timeout))?;
+        writeln!(f, "rise = {}", self.rise)?;
+        writeln!(f, "fall = {}", self.fall)?;
+        writeln!(f, "stale_after = \"{}\"", format_duration(self.stale_after))?;
+        writeln!(f, "failback = \"{}\"", self.failback.name())?;
+        writeln!(f, "writes = \"{}\"", self.writes.name())?;
+        writeln!(f, "reads = \"{}\"", self.reads.name())?;
         for (i, d) in self.databases.iter().enumerate() {
             writeln!(
                 f,
-                "  {i}: {:<16} {}:{} check={:?} interval={:?} timeout={:?} rise={} fall={}{}",
-                d.alias,
-                d.host,
-                d.port,
-                d.check,
-                d.interval,
-                d.timeout,
-                d.rise,
-                d.fall,
-                if d.check == Check::Postgres {
-                    format!(
-                        " user={} dbname={} password={} sslmode={}{}{}",
-                        d.user,
-                        d.dbname,
-                        d.password_source.as_deref().unwrap_or("none"),
-                        d.sslmode.name(),
-                        d.sslrootcert
-                            .as_ref()
-                            .map(|p| format!(" sslrootcert={}", p.display()))
-                            .unwrap_or_default(),
-                        if d.allow_cleartext_password {
-                            " allow_cleartext_password"
-                        } else {
-                            ""
-                        }
-                    )
-                } else {
-                    String::new()
-                }
+                "\n[[database]] # {i}{}",
+                if i == 0 { ", the highest priority" } else { "" }
             )?;
+            writeln!(f, "alias = {}", quoted(&d.alias))?;
+            writeln!(f, "host = {}", quoted(&d.host))?;
+            writeln!(f, "port = {}", d.port)?;
+            writeln!(f, "check = \"{}\"", d.check.name())?;
+            writeln!(f, "interval = \"{}\"", format_duration(d.interval))?;
+            writeln!(f, "timeout = \"{}\"", format_duration(d.timeout))?;
+            writeln!(f, "rise = {}", d.rise)?;
+            writeln!(f, "fall = {}", d.fall)?;
+            if d.check == Check::Postgres {
+                writeln!(f, "user = {}", quoted(&d.user))?;
+                writeln!(f, "dbname = {}", quoted(&d.dbname))?;
+                writeln!(
+                    f,
+                    "# password: {}",
+                    d.password_source.as_deref().unwrap_or("none")
+                )?;
+                writeln!(f, "sslmode = \"{}\"", d.sslmode.name())?;
+                if let Some(r) = &d.sslrootcert {
+                    writeln!(f, "sslrootcert = {}", path(r))?;
+                }
+                writeln!(
+                    f,
+                    "allow_cleartext_password = {}",
+                    d.allow_cleartext_password
+                )?;
+            }
         }
         Ok(())
     }
@@ -1036,6 +1097,21 @@ timeout = "2s"
         assert!(c.databases[1].allow_cleartext_password);
         assert!(c
             .to_string()
-            .contains("sslmode=disable allow_cleartext_password"));
+            .contains("sslmode = \"disable\"\nallow_cleartext_password = true"));
+    }
+
+    #[test]
+    fn the_printed_configuration_reads_back_as_the_same_configuration() {
+        let all_pg = THREE.replace("check = \"tcp\"", "check = \"postgres\"");
+        for text in [
+            THREE.to_owned(),
+            format!("writes = \"primary\"\nreads = \"prefer-standby\"\nstate_mode = \"0640\"\nmetrics_listen = \"127.0.0.1:9187\"\ntimeout = \"1.5s\"\n{all_pg}"),
+        ] {
+            let c = parse(&text).unwrap();
+            let printed = c.to_string();
+            assert!(!printed.contains("Sticky") && !printed.contains("Tcp"), "{printed}");
+            let again = parse(&printed).unwrap_or_else(|e| panic!("{e}\n{printed}"));
+            assert_eq!(again, c, "{printed}");
+        }
     }
 }

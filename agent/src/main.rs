@@ -69,11 +69,15 @@ fn main() -> ExitCode {
         },
         Command::Check { config } => match config::Config::load(&config) {
             Ok(c) => {
+                // Valid TOML throughout: the notes are comments.
+                println!(
+                    "# {}: valid; as resolved, defaults filled in:",
+                    config.display()
+                );
                 print!("{c}");
                 for w in c.unresolvable_hosts() {
-                    println!("warning: {w}");
+                    println!("# warning: {w}");
                 }
-                println!("{}: valid", config.display());
                 0
             }
             Err(e) => {

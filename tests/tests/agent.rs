@@ -308,10 +308,19 @@ fn check_prints_the_resolved_config_or_the_located_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
+    // In the configuration's own spelling: a file `check` accepts as it is.
     assert!(
-        text.contains("0: default") && text.contains("check=Postgres"),
+        text.contains("alias = \"default\"\n") && text.contains("check = \"postgres\"\n"),
         "{text}"
     );
+    let printed = dir.path().join("printed.toml");
+    std::fs::write(&printed, &*text).unwrap();
+    let again = agent_cmd()
+        .args(["check", "--config"])
+        .arg(&printed)
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(0), "{again:?}");
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(

@@ -3,9 +3,8 @@
 //! error means the server accepts connections; SQLSTATE 57P03 means not ready;
 //! anything else, or silence, means down). When the server opens a session (trust,
 //! or a password from the configuration: md5 or SCRAM-SHA-256), the check also reads
-//! the server's role: `in_hot_standby` from the startup ParameterStatus messages
-//! (PostgreSQL 14+), else `SELECT pg_is_in_recovery()`; and
-//! `default_transaction_read_only`. Messages and authentication go through
+//! the server's role and `default_transaction_read_only`: from the startup
+//! ParameterStatus messages (PostgreSQL 14+), else by one query. Messages and authentication go through
 //! `postgres-protocol`, TLS through rustls (see [`super::tls`] for `sslmode`); no
 //! hand-written crypto. A password is never sent in cleartext unless
 //! `allow_cleartext_password` is set, and then only over TLS.
