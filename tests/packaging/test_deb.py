@@ -86,7 +86,7 @@ def test_the_configuration_is_a_conffile_and_the_installed_agent_accepts_it(pack
     assert CONFIG.read_bytes() == (ROOT / "packaging/dbha.toml").read_bytes()
     # As root, and as the unit's ExecStartPre runs it: as the dbha user.
     out = sh(AGENT, "check", "--config", CONFIG)
-    assert "state_file  = /run/dbha/state" in out.stdout
+    assert 'state_file = "/run/dbha/state"' in out.stdout
     sh(AGENT, "check", "--config", CONFIG, user="dbha", group="dbha")
 
 
