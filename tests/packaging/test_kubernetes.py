@@ -69,7 +69,7 @@ def test_the_configmap_holds_a_valid_agent_configuration(tmp_path):
     out = subprocess.run([str(TARGET / "dbha-agent"), "check", "--config", str(cfg)],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert "state_file  = /run/dbha/state" in out.stdout
+    assert 'state_file = "/run/dbha/state"' in out.stdout
 
 
 def test_the_dockerfile_builds_the_image_the_manifest_runs():
