@@ -741,6 +741,17 @@ fn all(quick: bool) {
     eprintln!("rewrote {}", path.display());
 }
 
+/// The trials asked for, used as given; below 20 a p99 is only the largest
+/// figure, which is said.
+fn trials_said(trials: usize) -> usize {
+    if trials < 20 {
+        eprintln!(
+            "note: {trials} trials: with fewer than 20, the p99 reported is the largest figure"
+        );
+    }
+    trials.max(1)
+}
+
 fn main() {
     let cli = Cli::parse();
     match cli.what {
@@ -752,11 +763,11 @@ fn main() {
                 reader::run(31, 2_000_000)
             }
         }
-        What::Switch { trials } => switch(if cli.quick { 3 } else { trials.max(20) }),
-        What::Live { trials } => live(if cli.quick { 2 } else { trials.max(20) }),
+        What::Switch { trials } => switch(if cli.quick { 3 } else { trials_said(trials) }),
+        What::Live { trials } => live(if cli.quick { 2 } else { trials_said(trials) }),
         What::Scaling { seconds } => scaling(if cli.quick { 0.5 } else { seconds }),
         What::ReadLoop { state, seconds } => read_loop(&state, seconds),
-        What::Haproxy { trials } => haproxy(if cli.quick { 2 } else { trials.max(20) }),
+        What::Haproxy { trials } => haproxy(if cli.quick { 2 } else { trials_said(trials) }),
         What::Django {
             repeats,
             fault,
