@@ -116,7 +116,16 @@
 // An open state file. Opaque: created by `dbha_open`, freed by `dbha_close`.
 typedef struct dbha_reader dbha_reader;
 
-// A consistent copy of the published state, filled by `dbha_read`.
+// A consistent copy of the published state, filled by `dbha_read_sized` (or
+// `dbha_read`).
+//
+// How it grows: new fields are only ever added at the end, and existing ones
+// never move or change type. Fill it with
+// `dbha_read_sized(reader, &snap, sizeof snap)`: a newer library fills the
+// fields this header knows and no more; a program built against a newer header
+// and run with an older library gets DBHA_E_INVALID_ARGUMENT only if it asks for
+// more than that library has (check with `dbha_snapshot_size()`). `dbha_read`
+// fills exactly the fields below, now and in every later release.
 typedef struct dbha_snapshot {
   // Increases every time the published decision changes.
   uint64_t epoch;
@@ -201,6 +210,23 @@ void dbha_close(struct dbha_reader *reader);
 // # Safety
 // `reader` is NULL or an open handle; `out` is NULL or valid for a write.
 int dbha_read(const struct dbha_reader *reader, struct dbha_snapshot *out);
+
+// The size of `dbha_snapshot` in the library loaded: the largest `size`
+// `dbha_read_sized` accepts.
+size_t dbha_snapshot_size(void);
+
+// As `dbha_read`, filling the first `size` bytes of `*out`: pass
+// `sizeof(dbha_snapshot)` as the program was compiled with (see `dbha_snapshot`
+// for how the struct grows).
+//
+// Returns DBHA_OK; DBHA_E_INVALID_ARGUMENT for a NULL argument, or a `size`
+// that is not the size of some release's `dbha_snapshot` (at least this
+// release's first, at most `dbha_snapshot_size()`); or DBHA_E_CONTENDED.
+//
+// # Safety
+// `reader` is NULL or an open handle; `out` is NULL or valid for a write of
+// `size` bytes.
+int dbha_read_sized(const struct dbha_reader *reader, struct dbha_snapshot *out, size_t size);
 
 // The alias the app must use for writes now, or NULL when there is none (no healthy
 // database, agent stopped, heartbeat stale), when the record is contended, or when

@@ -89,7 +89,16 @@ pub const DBHA_PROBE_TLS: u8 = 11;
 /// An open state file. Opaque: created by `dbha_open`, freed by `dbha_close`.
 pub struct dbha_reader(Reader);
 
-/// A consistent copy of the published state, filled by `dbha_read`.
+/// A consistent copy of the published state, filled by `dbha_read_sized` (or
+/// `dbha_read`).
+///
+/// How it grows: new fields are only ever added at the end, and existing ones
+/// never move or change type. Fill it with
+/// `dbha_read_sized(reader, &snap, sizeof snap)`: a newer library fills the
+/// fields this header knows and no more; a program built against a newer header
+/// and run with an older library gets DBHA_E_INVALID_ARGUMENT only if it asks for
+/// more than that library has (check with `dbha_snapshot_size()`). `dbha_read`
+/// fills exactly the fields below, now and in every later release.
 #[repr(C)]
 pub struct dbha_snapshot {
     /// Increases every time the published decision changes.
@@ -275,6 +284,44 @@ pub unsafe extern "C" fn dbha_read(reader: *const dbha_reader, out: *mut dbha_sn
             }
             Err(e) => code(&e),
         }
+    })
+}
+
+/// The size of `dbha_snapshot` in this release: the most `dbha_read_sized` fills.
+const SNAPSHOT_SIZE: usize = std::mem::size_of::<dbha_snapshot>();
+
+/// The size of `dbha_snapshot` in the library loaded: the largest `size`
+/// `dbha_read_sized` accepts.
+#[no_mangle]
+pub extern "C" fn dbha_snapshot_size() -> usize {
+    SNAPSHOT_SIZE
+}
+
+/// As `dbha_read`, filling the first `size` bytes of `*out`: pass
+/// `sizeof(dbha_snapshot)` as the program was compiled with (see `dbha_snapshot`
+/// for how the struct grows).
+///
+/// Returns DBHA_OK; DBHA_E_INVALID_ARGUMENT for a NULL argument, or a `size`
+/// that is not the size of some release's `dbha_snapshot` (at least this
+/// release's first, at most `dbha_snapshot_size()`); or DBHA_E_CONTENDED.
+///
+/// # Safety
+/// `reader` is NULL or an open handle; `out` is NULL or valid for a write of
+/// `size` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn dbha_read_sized(
+    reader: *const dbha_reader,
+    out: *mut dbha_snapshot,
+    size: usize,
+) -> c_int {
+    guard(DBHA_E_PANIC, || {
+        if size != SNAPSHOT_SIZE {
+            // The first release that has dbha_read_sized is also the smallest.
+            return DBHA_E_INVALID_ARGUMENT;
+        }
+        // SAFETY: the contract of dbha_read, with `out` valid for `size` bytes,
+        // which is the whole struct here.
+        unsafe { dbha_read(reader, out) }
     })
 }
 

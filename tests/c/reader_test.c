@@ -111,6 +111,20 @@ static int check(const char *dir, uint64_t epoch) {
           "address with a NULL reader");
     CHECK(strcmp(host, "untouched") == 0, "out-parameters untouched on error");
 
+    /* The sized read fills what dbha_read fills; other sizes are refused. */
+    {
+        dbha_snapshot a, b;
+        memset(&b, 0xAA, sizeof b);
+        CHECK(dbha_snapshot_size() == sizeof(dbha_snapshot), "snapshot size %zu", dbha_snapshot_size());
+        CHECK(dbha_read(r, &a) == DBHA_OK && dbha_read_sized(r, &b, sizeof b) == DBHA_OK, "sized read");
+        CHECK(a.epoch == b.epoch && a.status == b.status && a.write_alias == b.write_alias &&
+                  a.endpoint_count == b.endpoint_count && memcmp(a.last_probe, b.last_probe, 64) == 0,
+              "the sized read fills the same snapshot");
+        CHECK(dbha_read_sized(r, &b, sizeof b - 1) == DBHA_E_INVALID_ARGUMENT, "a smaller size");
+        CHECK(dbha_read_sized(r, &b, sizeof b + 8) == DBHA_E_INVALID_ARGUMENT, "a larger size");
+        CHECK(dbha_read_sized(NULL, &b, sizeof b) == DBHA_E_INVALID_ARGUMENT, "sized read(NULL)");
+    }
+
     /* NULL arguments get a code, never a crash. */
     CHECK(dbha_read(NULL, &s) == DBHA_E_INVALID_ARGUMENT, "read(NULL, s)");
     CHECK(dbha_read(r, NULL) == DBHA_E_INVALID_ARGUMENT, "read(r, NULL)");

@@ -323,7 +323,7 @@ class Reader:
         # A structure per call: its fields are read after the call, when another
         # thread (the Django backend's watcher, a request) may be taking its own.
         s = _CSnapshot()
-        code = self._lib.dbha_read(self._h, ctypes.byref(s))
+        code = self._lib.dbha_read_sized(self._h, ctypes.byref(s), ctypes.sizeof(s))
         if code != OK:
             raise _error(code, self._lib.dbha_strerror(code).decode(), self.path)
         names = []

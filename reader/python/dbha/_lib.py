@@ -58,7 +58,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     sigs = {
         "dbha_open_err": (ctypes.c_int, [ctypes.c_char_p, ctypes.POINTER(p), ctypes.c_char_p, ctypes.c_size_t]),
         "dbha_close": (None, [p]),
-        "dbha_read": (ctypes.c_int, [p, ctypes.POINTER(Snapshot)]),
+        "dbha_read_sized": (ctypes.c_int, [p, ctypes.POINTER(Snapshot), ctypes.c_size_t]),
         "dbha_slot_name": (ctypes.c_char_p, [p, ctypes.c_int64]),
         "dbha_slot_address": (ctypes.c_int, [p, ctypes.c_int64, ctypes.POINTER(ctypes.c_char_p),
                                              ctypes.POINTER(ctypes.c_uint16)]),
