@@ -4,103 +4,26 @@ systemd-nspawn, the built .deb is installed in it with dpkg, and the agent is ru
 as an operator runs it: systemctl enable --now, restart, reload, stop, a changed
 service group, a wedged agent, a package upgrade.
 
-The container shares this machine's network, so the agent probes a listener of
-the test's on loopback. It is powered off and its root removed at the end, also
-on failure. Needs root, systemd-nspawn and debootstrap (tests/setup.sh installs
+The container (tests/packaging/container.py) shares this machine's network, so
+the agent probes a listener of the test's on loopback. It is powered off and its
+root removed at the end, also on failure. Needs root, systemd-nspawn and debootstrap (tests/setup.sh installs
 them) and Debian's package mirror for the first debootstrap: missing, they fail
 the run under CI and skip these tests otherwise."""
 
 import json
-import os
-import shutil
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, Listener, agent_config, built_package, closed_port, missing, sh
+from container import Container, booted, wait_for
+from helpers import Listener, agent_config, closed_port
 
-CACHE = ROOT / "target" / "systemd-root"
-MIRROR = "http://deb.debian.org/debian"
 UNIT = "dbha-agent.service"
 DROPIN = Path("etc/systemd/system/dbha-agent.service.d")
 
 
-def release():
-    for line in Path("/etc/os-release").read_text().splitlines():
-        if line.startswith("VERSION_CODENAME="):
-            return line.split("=", 1)[1].strip('"')
-    missing("/etc/os-release names no VERSION_CODENAME (not Debian?)")
-
-
-# systemd, and what the package depends on beyond a minimal system (dpkg -i does
-# not fetch dependencies).
-PACKAGES = "systemd,systemd-sysv,dbus,adduser,procps"
-
-
-def pristine_root():
-    """A minimal Debian root with systemd, made once (the marker says it is whole,
-    and with which packages)."""
-    marker = CACHE / ".dbha-complete"
-    wanted = f"{release()} {PACKAGES}"
-    if marker.exists() and marker.read_text() == wanted:
-        return CACHE
-    shutil.rmtree(CACHE, ignore_errors=True)
-    out = sh("debootstrap", "--variant=minbase", f"--include={PACKAGES}", release(), CACHE, MIRROR,
-             check=False)
-    if out.returncode != 0:
-        shutil.rmtree(CACHE, ignore_errors=True)
-        pytest.fail(f"debootstrap failed:\n{out.stdout[-3000:]}{out.stderr[-3000:]}")
-    marker.write_text(wanted)
-    return CACHE
-
-
-class Container:
-    """A booted systemd-nspawn container; commands run in it through nsenter."""
-
-    def __init__(self, root):
-        self.root = root
-        self.log = open(root.parent / "nspawn.log", "w")
-        self.nspawn = subprocess.Popen(
-            ["systemd-nspawn", "--quiet", "-D", str(root), "--boot", "--register=no", "--keep-unit",
-             "--console=passive"],
-            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
-        self.init = None
-
-    def boot(self):
-        deadline = time.monotonic() + 60
-        while self.init is None:
-            if self.nspawn.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the container did not boot:\n{(self.root.parent / 'nspawn.log').read_text()}")
-            self.init = self.container_init()
-            time.sleep(0.1)
-        # Under load, systemctl may find no bus yet and print nothing: ask again.
-        deadline = time.monotonic() + 120
-        while True:
-            out = self.run("systemctl", "is-system-running", "--wait", check=False, timeout=120)
-            state = out.stdout.strip()
-            if state or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        assert state in ("running", "degraded"), f"{state!r}: {out.stderr}"
-
-    def container_init(self):
-        """The container's PID 1, as this machine sees it: nspawn's child running systemd."""
-        try:
-            children = Path(f"/proc/{self.nspawn.pid}/task/{self.nspawn.pid}/children").read_text().split()
-        except OSError:
-            return None
-        for pid in children:
-            try:
-                if Path(f"/proc/{pid}/comm").read_text().strip() == "systemd":
-                    return int(pid)
-            except OSError:
-                pass
-        return None
-
-    def run(self, *args, check=True, **kw):
-        return sh("nsenter", "-t", self.init, "-a", *args, check=check, **kw)
+class Box(Container):
+    """The container, with what these tests ask of the unit."""
 
     def prop(self, name):
         return self.run("systemctl", "show", "-P", name, UNIT).stdout.strip()
@@ -120,56 +43,18 @@ class Container:
     def journal(self):
         return self.run("journalctl", "-u", UNIT, "--no-pager", "-o", "cat", check=False).stdout
 
-    def close(self):
-        if self.nspawn.poll() is None:
-            # nspawn asks the container's systemd to power off on SIGTERM.
-            self.nspawn.terminate()
-            try:
-                self.nspawn.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.nspawn.kill()
-                self.nspawn.wait()
-        self.log.close()
-
-
-def wait_for(what, predicate, timeout=60):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
 def box():
-    if os.geteuid() != 0:
-        missing("booting a container needs root")
-    for tool in ("systemd-nspawn", "debootstrap", "nsenter"):
-        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
-            missing(f"{tool} is not installed")
-    deb = built_package()
-    pristine = pristine_root()
-    work = Path(tempfile.mkdtemp(prefix="dbha-systemd-", dir=ROOT / "target"))
     listener = Listener()
-    container = None
     try:
-        root = work / "root"
-        sh("cp", "-a", pristine, root)
-        (root / "var/tmp" / deb.name).write_bytes(deb.read_bytes())
-        container = Container(root)
-        container.boot()
-        container.deb = f"/var/tmp/{deb.name}"
-        container.listener = listener
-        container.refused = closed_port()
-        yield container
+        with booted(Box) as container:
+            container.listener = listener
+            container.refused = closed_port()
+            yield container
     finally:
-        if container is not None:
-            container.close()
         listener.close()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def write_config(box, extra=""):
