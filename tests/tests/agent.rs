@@ -390,7 +390,8 @@ fn the_shipped_example_config_is_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        text.contains("2: failover2") && text.contains("timeout=2s"),
+        text.contains("[[database]] # 2\nalias = \"failover2\"")
+            && text.contains("timeout = \"2s\""),
         "{text}"
     );
 }
