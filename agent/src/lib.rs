@@ -6,6 +6,8 @@
 //! library form exists for the binary and for the cross-crate tests; `pg` runs local
 //! PostgreSQL clusters for `dbha-agent demo` and the live-database tests.
 
+#![forbid(unsafe_code)]
+
 pub mod config;
 pub mod decide;
 pub mod demo;

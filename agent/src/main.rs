@@ -1,5 +1,7 @@
 //! The `dbha-agent` command line: run, check, status, watch, demo.
 
+#![forbid(unsafe_code)]
+
 use clap::{Parser, Subcommand};
 use dbha_agent::{config, demo, run, status};
 use std::path::PathBuf;

@@ -8,6 +8,8 @@
 //! `--quick` runs each briefly, only to show that it works (CI does this), and
 //! rewrites nothing.
 
+#![forbid(unsafe_code)]
+
 mod django;
 mod netfault;
 mod reader;

@@ -93,9 +93,10 @@ pub fn run(samples: usize, n: u64) {
         .len(4096)
         .map_raw_read_only(&file)
         .unwrap();
-    // SAFETY: in bounds, 8-byte aligned, read-only memory only loaded atomically
-    // (relaxed, 8 bytes).
-    let word: &AtomicU64 = unsafe { &*(page.as_ptr().add(136) as *const AtomicU64) };
+    // The record's first data word (the epoch), as a bare atomic load.
+    let word: &AtomicU64 =
+        &dbha_protocol::mapping::words::<1>(&page, dbha_protocol::RECORD_OFFSET as usize + 8)
+            .expect("in the first page")[0];
 
     type Case<'a> = (&'a str, Box<dyn Fn() + 'a>);
     let cases: Vec<Case> = vec![

@@ -43,7 +43,12 @@ pub struct Header {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeaderError {
     /// Fewer bytes than the part of the header that was needed.
-    Truncated { needed: u64, have: u64 },
+    Truncated {
+        /// Bytes needed.
+        needed: u64,
+        /// Bytes there are.
+        have: u64,
+    },
     /// The first eight bytes are not [`MAGIC`].
     BadMagic,
     /// A layout version other than [`LAYOUT_VERSION`].
@@ -278,13 +283,16 @@ pub fn encode_alias(alias: &str) -> Option<[u8; ALIAS_WIDTH as usize]> {
 /// the address (host and port from the agent's configuration) it connects to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
+    /// The name applications use (a Django `DATABASES` key).
     pub alias: String,
     /// A host name or an IP address, as configured; the application resolves it.
     pub host: String,
+    /// The TCP port.
     pub port: u16,
 }
 
 impl Endpoint {
+    /// An endpoint from its parts.
     pub fn new(alias: impl Into<String>, host: impl Into<String>, port: u16) -> Endpoint {
         Endpoint {
             alias: alias.into(),

@@ -6,7 +6,12 @@
 //! writer's side of the file life cycle (create, reuse, supersede, lock, publish),
 //! which only the agent and the tests need.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+#![warn(missing_docs)]
+
 pub mod header;
+#[cfg(not(loom))]
+pub mod mapping;
 pub mod record;
 pub mod seqlock;
 #[cfg(feature = "writer")]
@@ -60,18 +65,25 @@ pub const DATA_WORDS: usize = RECORD_WORDS - 1;
 pub mod probe_result {
     /// Not probed yet (or a writer that does not report it).
     pub const UNKNOWN: u8 = 0;
+    /// The endpoint answered as healthy.
     pub const OK: u8 = 1;
+    /// Connection refused.
     pub const REFUSED: u8 = 2;
+    /// No answer within the probe's timeout.
     pub const TIMEOUT: u8 = 3;
     /// SQLSTATE 57P03: starting up, shutting down, in recovery.
     pub const NOT_READY: u8 = 4;
+    /// Something answered that is not PostgreSQL.
     pub const NOT_POSTGRES: u8 = 5;
     /// The configured credentials were rejected.
     pub const AUTH_FAILED: u8 = 6;
     /// The server refused the session for another reason.
     pub const REJECTED: u8 = 7;
+    /// The host name did not resolve.
     pub const RESOLVE: u8 = 8;
+    /// The server closed the connection before answering.
     pub const CLOSED: u8 = 9;
+    /// Another network error.
     pub const IO: u8 = 10;
     /// TLS could not be negotiated as the configured `sslmode` requires (no TLS
     /// offered, a certificate not trusted or not for this host).

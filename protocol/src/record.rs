@@ -5,17 +5,29 @@ use crate::{flags, DATA_WORDS, NONE};
 /// Index of each data word in the array that follows the sequence word (the data
 /// word at index `i` sits at record offset `8 * (i + 1)`).
 pub mod word {
+    /// The decision's epoch.
     pub const EPOCH: usize = 0;
+    /// The writer's CLOCK_MONOTONIC at its last publication, ns.
     pub const HEARTBEAT_MONO_NS: usize = 1;
+    /// The same moment on the wall clock, ns since the Unix epoch.
     pub const HEARTBEAT_WALL_NS: usize = 2;
+    /// Index of the write endpoint, or NONE.
     pub const WRITE_INDEX: usize = 3;
+    /// Index of the read endpoint, or NONE.
     pub const READ_INDEX: usize = 4;
+    /// Bit i: endpoint i is healthy.
     pub const HEALTH_MASK: usize = 5;
+    /// Bit i: endpoint i was seen as a primary.
     pub const PRIMARY_MASK: usize = 6;
+    /// Bit i: endpoint i was seen as a standby.
     pub const STANDBY_MASK: usize = 7;
+    /// The [`crate::flags`] bits.
     pub const FLAGS: usize = 8;
+    /// The writer's staleness threshold, ns.
     pub const STALE_AFTER_NS: usize = 9;
+    /// Process id of the writer.
     pub const WRITER_PID: usize = 10;
+    /// Goes up each time the writer applies a configuration.
     pub const CONFIG_GENERATION: usize = 11;
 }
 
@@ -37,17 +49,29 @@ pub enum Status {
 /// A consistent copy of the record's data words, decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RecordValues {
+    /// Goes up by one each time the write or read index changes.
     pub epoch: u64,
+    /// The writer's CLOCK_MONOTONIC at its last publication, ns.
     pub heartbeat_mono_ns: u64,
+    /// The same moment on the wall clock (display only), ns since the Unix epoch.
     pub heartbeat_wall_ns: u64,
+    /// Index of the write endpoint, or [`crate::NONE`].
     pub write_index: u32,
+    /// Index of the read endpoint, or [`crate::NONE`].
     pub read_index: u32,
+    /// Bit i: endpoint i is healthy.
     pub health_mask: u64,
+    /// Bit i: endpoint i was seen as a primary.
     pub primary_mask: u64,
+    /// Bit i: endpoint i was seen as a standby.
     pub standby_mask: u64,
+    /// The [`crate::flags`] bits.
     pub flags: u64,
+    /// Readers call a heartbeat older than this stale, ns.
     pub stale_after_ns: u64,
+    /// Process id of the writer.
     pub writer_pid: u32,
+    /// Goes up each time the writer applies a configuration.
     pub config_generation: u64,
 }
 
@@ -69,6 +93,7 @@ impl RecordValues {
         self
     }
 
+    /// Decodes the data words (an index that does not fit 32 bits reads as NONE).
     pub fn from_words(w: &[u64; DATA_WORDS]) -> RecordValues {
         RecordValues {
             epoch: w[word::EPOCH],
@@ -86,6 +111,7 @@ impl RecordValues {
         }
     }
 
+    /// Encodes the values as the record's data words.
     pub fn to_words(&self) -> [u64; DATA_WORDS] {
         let mut w = [0u64; DATA_WORDS];
         w[word::EPOCH] = self.epoch;

@@ -12,7 +12,9 @@ use core::sync::atomic::Ordering;
 
 /// The operations the seqlock needs from a 64-bit atomic word.
 pub trait Word {
+    /// An atomic load.
     fn load(&self, order: Ordering) -> u64;
+    /// An atomic store.
     fn store(&self, value: u64, order: Ordering);
     /// A memory fence of the same family as the atomics (loom needs its own).
     fn fence(order: Ordering);

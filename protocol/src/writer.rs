@@ -34,23 +34,49 @@ use std::time::{SystemTime, UNIX_EPOCH};
 #[derive(Debug)]
 pub enum WriterError {
     /// Another process holds the lock: only one writer per state file.
-    Locked { lock: PathBuf, holder: Option<u32> },
+    Locked {
+        /// The lock file.
+        lock: PathBuf,
+        /// The pid the holder wrote in it, if readable.
+        holder: Option<u32>,
+    },
     /// A system call failed.
     Io {
+        /// The file it concerned.
         path: PathBuf,
+        /// What was being done ("open", "rename", ...).
         op: &'static str,
+        /// The system's error.
         source: io::Error,
     },
     /// Something is at the path that is not a state file this writer may replace.
-    NotAStateFile { path: PathBuf, reason: HeaderError },
+    NotAStateFile {
+        /// The path.
+        path: PathBuf,
+        /// Why what is there is not a state file.
+        reason: HeaderError,
+    },
     /// The path is a symbolic link, a directory or another non-regular file.
-    NotRegular { path: PathBuf, kind: &'static str },
+    NotRegular {
+        /// The path.
+        path: PathBuf,
+        /// What is there ("symbolic link", "directory", ...).
+        kind: &'static str,
+    },
     /// An alias that does not fit the layout.
-    InvalidAlias { index: usize, alias: String },
+    InvalidAlias {
+        /// The endpoint's index.
+        index: usize,
+        /// The alias.
+        alias: String,
+    },
     /// A host or port that does not fit the layout.
     InvalidAddress {
+        /// The endpoint's index.
         index: usize,
+        /// The host.
         host: String,
+        /// The port.
         port: u16,
     },
     /// More endpoints than the masks hold.
@@ -118,11 +144,17 @@ fn io_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> Wri
 /// What the agent decided, to be published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Publication {
+    /// Index of the write endpoint, or [`crate::NONE`].
     pub write_index: u32,
+    /// Index of the read endpoint, or [`crate::NONE`].
     pub read_index: u32,
+    /// Bit i: endpoint i is healthy.
     pub health_mask: u64,
+    /// Bit i: endpoint i was seen as a primary.
     pub primary_mask: u64,
+    /// Bit i: endpoint i was seen as a standby.
     pub standby_mask: u64,
+    /// Several endpoints claim to be primary (the CONFLICT flag).
     pub conflict: bool,
 }
 
@@ -714,12 +746,12 @@ impl StateFile {
         if index >= crate::DETAILS_SIZE as usize {
             return;
         }
-        // SAFETY: `details` is only set for a file of this writer's own layout, mapped
-        // FILE_SIZE bytes: the 64-byte area at DETAILS_OFFSET is inside it and 8-byte
-        // aligned (index < 64 checked above). Its bytes are only ever accessed as
-        // atomic 64-bit words.
-        let word: &AtomicU64 =
-            unsafe { &*(self.map.as_ptr().add(offset + index / 8 * 8) as *const AtomicU64) };
+        // `details` is only set for a file of this writer's own layout, mapped
+        // FILE_SIZE bytes, which holds the area; checked again all the same.
+        let Some(words) = crate::mapping::probe_results(&self.map, offset) else {
+            return;
+        };
+        let word = &words[index / 8];
         // The single writer is the only one to store: a relaxed read-modify-write.
         let mut bytes = word
             .load(std::sync::atomic::Ordering::Relaxed)
@@ -741,6 +773,7 @@ impl StateFile {
         &self.endpoints
     }
 
+    /// The state file's path.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -764,18 +797,10 @@ fn with_publication(mut v: RecordValues, p: &Publication) -> RecordValues {
 
 /// The record at `offset` inside a read-write mapping.
 fn record(map: &MmapRaw, offset: usize) -> (&AtomicU64, &[AtomicU64; DATA_WORDS]) {
-    assert!(
-        offset.is_multiple_of(128) && offset + RECORD_SIZE as usize <= map.len(),
-        "record at {offset} outside a {}-byte mapping",
-        map.len()
-    );
-    // SAFETY: checked just above: the 128 bytes at `offset` are inside the mapping,
-    // which is page aligned, so they are 8-byte aligned. Every process only ever
-    // accesses these bytes atomically, and the references live no longer than `map`.
-    let words: &[AtomicU64; RECORD_WORDS] =
-        unsafe { &*(map.as_ptr().add(offset) as *const [AtomicU64; RECORD_WORDS]) };
-    let (seq, data) = words.split_first().expect("record has words");
-    (seq, data.try_into().expect("DATA_WORDS data words"))
+    // The writer maps every file it keeps at least to the end of its record (see
+    // `map` calls): a record outside the mapping is a bug here, not bad input.
+    crate::mapping::record(map, offset)
+        .unwrap_or_else(|| panic!("record at {offset} outside a {}-byte mapping", map.len()))
 }
 
 /// Reads the record of a mapping this process is about to own as the writer.

@@ -16,6 +16,9 @@
 //! # Ok::<(), dbha::Error>(())
 //! ```
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+#![warn(missing_docs)]
+
 mod clock;
 pub mod ffi;
 
@@ -29,7 +32,7 @@ compile_error!(
 
 use dbha_protocol::header::{decode_addresses, decode_aliases, Header, HeaderError};
 pub use dbha_protocol::Status;
-use dbha_protocol::{flags, seqlock, RecordValues, DATA_WORDS, NONE, RECORD_WORDS};
+use dbha_protocol::{flags, seqlock, RecordValues, DATA_WORDS, NONE};
 use memmap2::{MmapOptions, MmapRaw};
 use std::ffi::{CStr, CString};
 use std::fmt;
@@ -53,31 +56,66 @@ const RECHECK_NS: u64 = 250_000_000;
 #[derive(Debug)]
 pub enum Error {
     /// Nothing at the path (or a symbolic link to nothing).
-    NotFound { path: PathBuf, dangling_link: bool },
+    NotFound {
+        /// The state file's path.
+        path: PathBuf,
+        /// The path is a symbolic link whose target does not exist.
+        dangling_link: bool,
+    },
     /// The process may not read the file.
-    PermissionDenied { path: PathBuf },
+    PermissionDenied {
+        /// The state file's path.
+        path: PathBuf,
+    },
     /// The path is a directory or another non-regular file.
-    NotRegularFile { path: PathBuf, kind: &'static str },
+    NotRegularFile {
+        /// The state file's path.
+        path: PathBuf,
+        /// What is there ("directory", "FIFO", ...).
+        kind: &'static str,
+    },
     /// The file is shorter than its header or than the size its header claims.
     Truncated {
+        /// The state file's path.
         path: PathBuf,
+        /// Its size.
         have: u64,
+        /// The size needed.
         needed: u64,
     },
     /// The file does not start with the dbha magic.
-    BadMagic { path: PathBuf },
+    BadMagic {
+        /// The state file's path.
+        path: PathBuf,
+    },
     /// The file has a layout version this reader does not support.
-    UnsupportedVersion { path: PathBuf, version: u32 },
+    UnsupportedVersion {
+        /// The state file's path.
+        path: PathBuf,
+        /// The file's layout version.
+        version: u32,
+    },
     /// The header or alias table holds values no valid writer produces.
-    Corrupt { path: PathBuf, what: String },
+    Corrupt {
+        /// The state file's path.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
     /// Another I/O error while opening or mapping.
     Io {
+        /// The state file's path.
         path: PathBuf,
+        /// What was being done ("open", "mmap", ...).
         op: &'static str,
+        /// The system's error.
         source: io::Error,
     },
     /// The record stayed mid-publication for [`MAX_RETRIES`] attempts.
-    Contended { path: PathBuf },
+    Contended {
+        /// The state file's path.
+        path: PathBuf,
+    },
 }
 
 impl Error {
@@ -176,8 +214,11 @@ impl std::error::Error for Error {
 /// A role an endpoint was seen in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
+    /// Not in recovery.
     Primary,
+    /// In recovery (a standby).
     Standby,
+    /// Not known: no login to see it, or not probed yet.
     Unknown,
 }
 
@@ -294,18 +335,10 @@ impl Generation {
     /// The record's sequence word and data words.
     #[inline(always)]
     fn record(&self) -> (&AtomicU64, &[AtomicU64; DATA_WORDS]) {
-        // SAFETY: the mapping covers record_offset + record_size bytes (we mapped at
-        // least that far, and the header check guarantees record_size >= 128), the
-        // offset is a multiple of 128 in a page-aligned mapping, so the 16 words are
-        // in bounds and 8-byte aligned. The memory is mapped PROT_READ: only relaxed
-        // loads of 8 bytes are made through these references, which Rust defines on
-        // read-only memory on the 64-bit targets dbha supports. The references live
-        // no longer than `self`, which owns the mapping.
-        let words: &[AtomicU64; RECORD_WORDS] = unsafe {
-            &*(self.map.as_ptr().add(self.record_offset) as *const [AtomicU64; RECORD_WORDS])
-        };
-        let (seq, data) = words.split_first().expect("record has words");
-        (seq, data.try_into().expect("DATA_WORDS data words"))
+        // Mapped at least to the record's end at open (record_size >= 128 and
+        // record_offset a multiple of 128, checked in the header).
+        dbha_protocol::mapping::record(&self.map, self.record_offset)
+            .expect("the record is inside the mapping (checked at open)")
     }
 
     #[inline(always)]
@@ -330,12 +363,9 @@ impl Generation {
         let Some(offset) = self.details_offset else {
             return [0; 64];
         };
-        // SAFETY: the mapping covers offset..offset+64 (mapped that far above), the
-        // offset is 8-byte aligned (checked in the header), and the area is only
-        // loaded from, atomically, relaxed, 8 bytes at a time: defined on read-only
-        // memory on the supported targets.
-        let words: &[AtomicU64; 8] =
-            unsafe { &*(self.map.as_ptr().add(offset) as *const [AtomicU64; 8]) };
+        let Some(words) = dbha_protocol::mapping::probe_results(&self.map, offset) else {
+            return [0; 64];
+        };
         let mut out = [0u8; 64];
         for (chunk, w) in out.chunks_exact_mut(8).zip(words) {
             chunk.copy_from_slice(&w.load(Ordering::Relaxed).to_ne_bytes());
@@ -374,8 +404,11 @@ struct Address {
 /// application) and port. Taken from the same file as the index that chose it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Endpoint<'r> {
+    /// The name applications use (a Django `DATABASES` key).
     pub alias: &'r str,
+    /// A host name or an IP address, as the agent's configuration gives it.
     pub host: &'r str,
+    /// The TCP port.
     pub port: u16,
 }
 
@@ -704,17 +737,26 @@ pub struct Snapshot<'r> {
     pub heartbeat_age: Duration,
     /// The staleness threshold from the agent's configuration.
     pub stale_after: Duration,
+    /// Index of the write endpoint, if any.
     pub write_index: Option<u32>,
+    /// Index of the read endpoint, if any.
     pub read_index: Option<u32>,
+    /// Bit i: endpoint i is healthy.
     pub health_mask: u64,
+    /// Bit i: endpoint i was seen as a primary.
     pub primary_mask: u64,
+    /// Bit i: endpoint i was seen as a standby.
     pub standby_mask: u64,
+    /// The `dbha_protocol::flags` bits.
     pub flags: u64,
+    /// Process id of the agent that last wrote the file.
     pub writer_pid: u32,
+    /// Goes up each time the agent applies a configuration.
     pub config_generation: u64,
     /// Counts the files this reader has mapped (1 for the first); changes when the
     /// reader moved to a replacement file.
     pub generation: u64,
+    /// What the reader concludes (LAYOUT.md, "Status").
     pub status: Status,
     /// The kind of each endpoint's last probe result (`dbha_protocol::probe_result`).
     pub last_probe: [u8; 64],
@@ -800,10 +842,12 @@ impl<'r> Snapshot<'r> {
             .flatten()
     }
 
+    /// Endpoint `index` is healthy.
     pub fn is_healthy(&self, index: u32) -> bool {
         index < 64 && self.health_mask & (1 << index) != 0
     }
 
+    /// The role endpoint `index` was seen in.
     pub fn role(&self, index: u32) -> Role {
         if index >= 64 {
             Role::Unknown
@@ -822,10 +866,12 @@ impl<'r> Snapshot<'r> {
         dbha_protocol::probe_result::name(self.last_probe.get(index as usize).copied().unwrap_or(0))
     }
 
+    /// The agent stopped cleanly (flag STOPPED).
     pub fn stopped(&self) -> bool {
         self.flags & flags::STOPPED != 0
     }
 
+    /// Several endpoints claim to be primary (flag CONFLICT).
     pub fn conflict(&self) -> bool {
         self.flags & flags::CONFLICT != 0
     }

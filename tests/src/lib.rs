@@ -2,6 +2,8 @@
 //! fails the test under `CI=true` and skips it elsewhere, saying so), and killing
 //! child processes on every exit path; a fake PostgreSQL server.
 
+#![forbid(unsafe_code)]
+
 pub mod agentproc;
 pub mod badfiles;
 pub mod fakepg;

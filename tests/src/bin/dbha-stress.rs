@@ -5,9 +5,8 @@
 
 use dbha::Reader;
 use dbha_protocol::writer::{Publication, Settings, StateFile};
-use dbha_protocol::{seqlock, RecordValues, DATA_WORDS, RECORD_OFFSET, RECORD_WORDS};
+use dbha_protocol::{seqlock, RecordValues, RECORD_OFFSET, RECORD_WORDS};
 use std::path::Path;
-use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 fn mix(e: u64) -> u64 {
@@ -75,13 +74,8 @@ fn reader(path: &Path, run: Duration) {
         .len((RECORD_OFFSET as usize) + RECORD_WORDS * 8)
         .map_raw_read_only(&file)
         .expect("mmap");
-    // SAFETY: the mapping covers the record, page aligned + 128 is 8-byte aligned,
-    // and it is only ever loaded from atomically (relaxed, 8 bytes: defined on
-    // read-only memory on x86_64 and aarch64).
-    let words: &[AtomicU64; RECORD_WORDS] =
-        unsafe { &*(map.as_ptr().add(RECORD_OFFSET as usize) as *const [AtomicU64; RECORD_WORDS]) };
-    let (seq, data) = words.split_first().unwrap();
-    let data: &[AtomicU64; DATA_WORDS] = data.try_into().unwrap();
+    let (seq, data) =
+        dbha_protocol::mapping::record(&map, RECORD_OFFSET as usize).expect("the record is mapped");
     let api = Reader::open(path).expect("Reader::open");
 
     let (mut reads, mut retries, mut violations, mut backwards, mut api_reads) =
