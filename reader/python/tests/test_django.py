@@ -123,11 +123,14 @@ def test_checks_report_each_misconfiguration(tmp_path):
     with override_settings(DBHA_STATE_FILE=path, DBHA_FALLBACK="primary",
                            DBHA_ALIAS_MAP={"failover2": "replica"}):
         problems = {p.id: p for p in run_checks() if p.id and p.id.startswith("dbha.")}
-        assert set(problems) == {"dbha.E003", "dbha.E004"}
+        # One id per problem: a map to a missing key, a missing fallback, an
+        # unmapped agent alias missing from DATABASES.
+        assert set(problems) == {"dbha.E003", "dbha.E004", "dbha.E005"}
+        assert "'failover2' to 'replica'" in problems["dbha.E003"].msg
         assert problems["dbha.E004"].hint and "default" in problems["dbha.E004"].hint
     with override_settings(DBHA_STATE_FILE=path):
-        msgs = [p.msg for p in run_checks() if p.id == "dbha.E003"]
-        assert msgs == ["The agent publishes the alias 'reporting', and 'reporting' is not in DATABASES."]
+        msgs = [p.msg for p in run_checks() if p.id == "dbha.E005"]
+        assert msgs == ["The agent publishes the alias 'reporting', which is not in DATABASES."]
     with override_settings(DBHA_STATE_FILE=str(tmp_path / "missing")):
         problems = [p for p in run_checks() if p.id == "dbha.W002"]
         assert len(problems) == 1 and "does not exist" in problems[0].msg and problems[0].hint

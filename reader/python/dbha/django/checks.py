@@ -96,12 +96,12 @@ def check_dbha(app_configs=None, **kwargs):
         ))
         return problems
     for agent_alias in agent_aliases:
-        key = alias_map.get(agent_alias, agent_alias)
-        if key not in databases:
+        # A mapped alias whose target is missing is dbha.E003 already.
+        if agent_alias not in alias_map and agent_alias not in databases:
             problems.append(Error(
-                f"The agent publishes the alias {agent_alias!r}, and {key!r} is not in DATABASES.",
+                f"The agent publishes the alias {agent_alias!r}, which is not in DATABASES.",
                 hint="Name the agent's [[database]] aliases after DATABASES keys, or map "
                      "them with DBHA_ALIAS_MAP.",
-                id="dbha.E003",
+                id="dbha.E005",
             ))
     return problems

@@ -67,7 +67,7 @@ class FailoverRouter:
         route = self.alias_map.get(alias, alias) if alias else self.fallback
         if route not in settings.DATABASES:
             # Django would raise inside the request: the fallback, said once
-            # (manage.py check reports it as dbha.E003).
+            # (manage.py check reports it as dbha.E003 or dbha.E005).
             self._note("unknown", f"the agent chose {alias!r}, and {route!r} is not in DATABASES")
             route = self.fallback
         else:
