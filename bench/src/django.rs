@@ -7,8 +7,8 @@
 //! recipe's router, libpq's multi-host list, dbha's FailoverRouter, dbha's backend.
 //! Then the backend's cost per query against Django's own backend.
 
+use crate::common::percentile;
 use crate::netfault::Blackhole;
-use crate::percentile;
 use dbha_agent::pg::StopMode;
 use dbha_tests::agentproc::{config, AgentProc, Timing};
 use dbha_tests::live::Live;
@@ -180,7 +180,7 @@ fn setup() -> (Live, AgentProc) {
         )
     });
     let r = agent.reader();
-    crate::until("the agent to choose the primary", || {
+    crate::common::until("the agent to choose the primary", || {
         r.active_alias() == Some("default")
     });
     (live, agent)
@@ -276,7 +276,7 @@ fn trial(strategy: &str, fault: &str, plan: &Plan) -> Outcome {
         cmd.spawn()
             .expect("start gunicorn (tests/setup.sh installs it)"),
     );
-    crate::until("gunicorn to answer", || {
+    crate::common::until("gunicorn to answer", || {
         request(addr, 0).is_ok_and(|status| status == 200)
     });
 

@@ -1,0 +1,102 @@
+//! What the benchmarks share: the agent binary and processes, waiting on a reader,
+//! and the statistics the tables report.
+
+use dbha::Reader;
+use dbha_tests::agentproc::Timing;
+use dbha_tests::live::Live;
+use dbha_tests::Children;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn spawn_agent(dir: &Path, config: &str, children: &mut Children) -> PathBuf {
+    let path = dir.join("dbha.toml");
+    std::fs::write(&path, config).unwrap();
+    children.push(
+        Command::new(dbha_tests::agent_bin())
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start dbha-agent"),
+    );
+    dir.join("state")
+}
+
+pub fn open_reader(state: &Path) -> Reader {
+    let start = Instant::now();
+    loop {
+        if let Ok(r) = Reader::open(state) {
+            return r;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no state file at {}",
+            state.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Polls the reader (every 50 us, leaving the cores to the agent and the servers)
+/// until `want` is active; the time it took.
+pub fn until_active(r: &Reader, want: &str) -> Duration {
+    let start = Instant::now();
+    while r.active_alias() != Some(want) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{want} never became active"
+        );
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    start.elapsed()
+}
+
+pub fn summary_row(what: &str, times: &mut [f64], expected: &str) {
+    times.sort_by(f64::total_cmp);
+    println!(
+        "| {what} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {expected} |",
+        times.len(),
+        percentile(times, 0.5),
+        percentile(times, 0.99),
+        times[0],
+        times[times.len() - 1]
+    );
+}
+
+/// Three live clusters and the settings the failover comparisons share.
+pub fn live_setup(bench: &str) -> (Live, Timing) {
+    let Some(live) = Live::start(&["default", "failover1", "failover2"]) else {
+        eprintln!("dbha-bench {bench} needs the PostgreSQL server (apt-get install postgresql)");
+        std::process::exit(1);
+    };
+    let t = Timing {
+        interval_ms: 100,
+        timeout_ms: 200,
+        rise: 2,
+        fall: 2,
+        stale_after_ms: 1000,
+        failback: "auto",
+    };
+    (live, t)
+}
+
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i]
+}
+
+/// Polls `done` every millisecond from now; the time it took.
+pub fn until(what: &str, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{what} never happened"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    start.elapsed()
+}

@@ -1,0 +1,92 @@
+//! The agent's resident memory and CPU at 3 and 64 endpoints.
+
+use crate::common::{open_reader, spawn_agent};
+use dbha_agent::demo::Listener;
+use dbha_agent::pg::Scratch;
+use dbha_tests::fakepg::{FakePg, Reply};
+use dbha_tests::Children;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// (resident KiB, CPU seconds) of a process, from /proc.
+fn usage(pid: u32) -> (u64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15 of stat (11 and 12 after the comm).
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    let hz = nix_clk_tck();
+    (rss, ticks / hz)
+}
+
+fn nix_clk_tck() -> f64 {
+    // getconf CLK_TCK; 100 on every Linux dbha targets.
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+pub fn footprint(seconds: u64) {
+    println!("| endpoints | check | RSS (MiB) | CPU per hour (s) | CPU share of one core |");
+    println!("|---:|---|---:|---:|---:|");
+    for n in [3usize, 64] {
+        for check in ["tcp", "postgres"] {
+            let scratch = Scratch::new("bench-footprint").unwrap();
+            let dir = scratch.path();
+            // tcp: plain listeners; postgres: fake servers asking for a password,
+            // so every probe does the full startup exchange.
+            let listeners: Vec<Listener> = (0..n).map(|_| Listener::bind(0).unwrap()).collect();
+            let fakes: Vec<FakePg> = if check == "postgres" {
+                (0..n).map(|_| FakePg::start(Reply::AuthMd5)).collect()
+            } else {
+                Vec::new()
+            };
+            let mut config = format!(
+                "state_file = \"{}\"\ninterval = \"1s\"\ntimeout = \"1s\"\n",
+                dir.join("state").display()
+            );
+            for i in 0..n {
+                let port = if check == "postgres" {
+                    fakes[i].port
+                } else {
+                    listeners[i].port
+                };
+                config.push_str(&format!(
+                    "[[database]]\nalias = \"db{i}\"\nhost = \"127.0.0.1\"\nport = {port}\ncheck = \"{check}\"\n"
+                ));
+            }
+            let mut children = Children::default();
+            let state = spawn_agent(dir, &config, &mut children);
+            open_reader(&state);
+            let pid = children.0[0].id();
+            // Let it settle, then measure over the window.
+            std::thread::sleep(Duration::from_secs(seconds.min(2)));
+            let (_, cpu0) = usage(pid);
+            let t0 = Instant::now();
+            std::thread::sleep(Duration::from_secs(seconds));
+            let (rss, cpu1) = usage(pid);
+            let window = t0.elapsed().as_secs_f64();
+            let per_hour = (cpu1 - cpu0) / window * 3600.0;
+            println!(
+                "| {n} | {check} | {:.1} | {per_hour:.1} | {:.3}% |",
+                rss as f64 / 1024.0,
+                per_hour / 3600.0 * 100.0
+            );
+            drop((children, fakes, listeners));
+        }
+    }
+    println!("\nmeasured over {seconds} s per row; CPU from /proc/PID/stat (utime + stime)");
+}
