@@ -128,6 +128,31 @@ fn settings(c: &Config) -> Settings {
     }
 }
 
+/// What the state file publishes for `endpoints` and the chosen write and read
+/// endpoints (indexes into `endpoints`).
+fn publication(
+    endpoints: &[Endpoint],
+    (write, read): (Option<usize>, Option<usize>),
+    conflict: bool,
+) -> Publication {
+    let mask = |f: &dyn Fn(&Endpoint) -> bool| {
+        endpoints
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.tracker.health == Health::Up && f(e))
+            .fold(0u64, |m, (i, _)| m | 1 << i)
+    };
+    let index = |i: Option<usize>| i.map_or(NONE, |i| i as u32);
+    Publication {
+        write_index: index(write),
+        read_index: index(read),
+        health_mask: mask(&|_| true),
+        primary_mask: mask(&|e| e.seen().role == Some(Role::Primary)),
+        standby_mask: mask(&|e| e.seen().role == Some(Role::Standby)),
+        conflict,
+    }
+}
+
 fn endpoints(config: &Config) -> Vec<Endpoint> {
     config
         .databases
@@ -510,22 +535,7 @@ impl Agent {
     }
 
     fn publication(&self, conflict: bool) -> Publication {
-        let mask = |f: &dyn Fn(&Endpoint) -> bool| {
-            self.endpoints
-                .iter()
-                .enumerate()
-                .filter(|(_, e)| e.tracker.health == Health::Up && f(e))
-                .fold(0u64, |m, (i, _)| m | 1 << i)
-        };
-        let index = |i: Option<usize>| i.map_or(NONE, |i| i as u32);
-        Publication {
-            write_index: index(self.choice.0),
-            read_index: index(self.choice.1),
-            health_mask: mask(&|_| true),
-            primary_mask: mask(&|e| e.seen().role == Some(Role::Primary)),
-            standby_mask: mask(&|e| e.seen().role == Some(Role::Standby)),
-            conflict,
-        }
+        publication(&self.endpoints, self.choice, conflict)
     }
 
     fn decide(
@@ -661,23 +671,19 @@ impl Agent {
         if new.metrics_listen != self.config.metrics_listen {
             warn!("metrics_listen changed: it takes effect when the agent restarts");
         }
-        // The same target keeps its health and role; the others start Unknown.
-        // An endpoint configured exactly as before also keeps its probe thread, so
-        // a reload (or a storm of them) never delays a verdict.
+        // The new state is built beside the running one and replaces it only once
+        // the state file took the new configuration. The same target keeps its
+        // health and role; the others start Unknown.
         let mut endpoints = endpoints(&new);
         let mut reported = vec![false; endpoints.len()];
         for (e, reported) in endpoints.iter_mut().zip(&mut reported) {
-            if let Some(old) = self.endpoints.iter_mut().find(|o| o.db.same_target(&e.db)) {
+            if let Some(old) = self.endpoints.iter().find(|o| o.db.same_target(&e.db)) {
                 e.tracker = old.tracker.clone();
                 e.tracker.rise = e.db.rise;
                 e.tracker.fall = e.db.fall;
                 e.last = old.last.clone();
                 e.role = old.role;
                 e.took = old.took;
-                if old.db == e.db {
-                    e.probe = old.probe.take();
-                    e.heard = old.heard;
-                }
                 *reported = true;
             }
         }
@@ -695,14 +701,24 @@ impl Agent {
             (kept(self.choice.0), kept(self.choice.1)),
             true,
         );
-        let mut old_endpoints = std::mem::replace(&mut self.endpoints, endpoints);
-        let old_choice = std::mem::replace(&mut self.choice, (d.write, d.read));
+        let choice = (d.write, d.read);
         match self.state.reconfigure(
             &new.published_endpoints(),
             settings(&new),
-            &self.publication(d.primaries.len() > 1),
+            &publication(&endpoints, choice, d.primaries.len() > 1),
         ) {
             Ok(opened) => {
+                // An endpoint configured exactly as before keeps its probe thread,
+                // so a reload (or a storm of them) never delays a verdict; the
+                // threads of the others stop with the old state.
+                for e in &mut endpoints {
+                    if let Some(old) = self.endpoints.iter_mut().find(|o| o.db == e.db) {
+                        e.probe = old.probe.take();
+                        e.heard = old.heard;
+                    }
+                }
+                self.endpoints = endpoints;
+                self.choice = choice;
                 info!(
                     "configuration reloaded from {path}: {} databases, state file {} (config generation {})",
                     new.databases.len(),
@@ -712,8 +728,6 @@ impl Agent {
                 self.settle_until = Instant::now() + settle_time(&new);
                 self.config = new;
                 self.reported = reported;
-                // Stops the threads of endpoints that changed or are gone.
-                drop(old_endpoints);
                 self.start_probes();
                 let after = self.alias(self.choice.0).to_owned();
                 if opened == Opened::Replaced && before != after {
@@ -725,16 +739,6 @@ impl Agent {
                 self.publish();
             }
             Err(e) => {
-                // Threads taken over by the rejected endpoints go back.
-                for new in &mut self.endpoints {
-                    if let Some(old) = old_endpoints.iter_mut().find(|o| o.db == new.db) {
-                        if old.probe.is_none() {
-                            old.probe = new.probe.take();
-                        }
-                    }
-                }
-                self.endpoints = old_endpoints;
-                self.choice = old_choice;
                 error!("reload rejected, keeping the running configuration: {e}");
             }
         }
