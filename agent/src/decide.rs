@@ -195,17 +195,25 @@ pub fn decide(
         seen.get(i)
             .is_some_and(|s| s.health == Health::Up && want.is_none_or(|r| s.role == Some(r)))
     };
+    // A new read endpoint is the first fit one; while settling, not one past an
+    // endpoint still Unknown (as for writes in `choose`): otherwise whichever
+    // standby answered first would take the reads, and keep them while fit.
+    let first_fit = |want: Option<Role>| {
+        (0..seen.len())
+            .find(|&i| fit(i, want))
+            .filter(|&i| !(settling && seen[..i].iter().any(|s| s.health == Health::Unknown)))
+    };
     let read = match reads {
         Reads::Primary => write,
         Reads::PreferStandby => current
             .1
             .filter(|&r| fit(r, Some(Role::Standby)))
-            .or_else(|| (0..seen.len()).find(|&i| fit(i, Some(Role::Standby))))
+            .or_else(|| first_fit(Some(Role::Standby)))
             .or(write),
         Reads::Any => current
             .1
             .filter(|&r| fit(r, None))
-            .or_else(|| (0..seen.len()).find(|&i| fit(i, None)))
+            .or_else(|| first_fit(None))
             .or(write),
     };
     Decision {
@@ -584,6 +592,26 @@ mod tests {
             Reads::Primary,
         );
         assert_eq!(d.primaries, [0]);
+    }
+
+    #[test]
+    fn a_settling_agent_does_not_give_reads_to_the_first_standby_that_answered() {
+        let read = |spec: &str, settling: bool| {
+            decide(
+                &seen(spec),
+                (Some(0), None),
+                Failback::Auto,
+                settling,
+                Writes::Primary,
+                Reads::PreferStandby,
+            )
+            .read
+        };
+        // failover1 not heard from yet: reads wait on the primary, not failover2.
+        assert_eq!(read("PUS", true), Some(0));
+        assert_eq!(read("PSS", true), Some(1));
+        // Settled: an endpoint still unknown is passed over.
+        assert_eq!(read("PUS", false), Some(2));
     }
 
     #[test]
