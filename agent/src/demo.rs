@@ -1,12 +1,18 @@
-//! `dbha-agent demo`: the newcomer's first command. Starts three local databases
-//! (`default`, `failover1`, `failover2`: real PostgreSQL clusters when the server
-//! binaries are found, plain TCP listeners otherwise), runs a real agent on a
-//! temporary state file, fails the primary and brings it back on a schedule, and
-//! prints what a reader sees, with the time from each fault to the switch. Cleans up
-//! everything it started, also on Ctrl-C.
+//! `dbha-agent demo`: the newcomer's first command. Runs a real agent on a
+//! temporary state file against three local databases and prints what a reader
+//! sees through a failover, with the time from each event to what it sees. Cleans
+//! up everything it started, also on Ctrl-C.
+//!
+//! With PostgreSQL installed, the topology people run: `default` a primary,
+//! `failover1` and `failover2` its streaming standbys; writes on the primary,
+//! reads on a standby. A standby hangs and reads move; the primary crashes and
+//! writes have nowhere to go; a standby is promoted as an HA manager would, and
+//! writes follow; the old primary comes back as a second primary, and writes stay
+//! where they are. Without PostgreSQL, three TCP listeners show the plain switch
+//! and failback.
 
 use crate::pg::{self, Cluster, Scratch, StopMode};
-use dbha::Reader;
+use dbha::{Reader, Role, Snapshot};
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::Path;
@@ -129,41 +135,58 @@ struct Schedule {
 
 struct Interrupted;
 
-/// Polls the reader until `want` is the active alias; returns the time it took.
+/// Polls the reader until `done` holds for its snapshot; returns the time it took.
+fn wait_until(
+    reader: &Reader,
+    stop: &AtomicBool,
+    limit: Duration,
+    done: impl Fn(&Snapshot) -> bool,
+) -> Result<Duration, Interrupted> {
+    let start = Instant::now();
+    loop {
+        if stop.load(Ordering::Relaxed) || start.elapsed() > limit {
+            return Err(Interrupted);
+        }
+        if reader.snapshot().is_ok_and(|s| done(&s)) {
+            return Ok(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Polls the reader until `want` is where writes go.
 fn wait_for(
     reader: &Reader,
     want: &str,
     stop: &AtomicBool,
     limit: Duration,
 ) -> Result<Duration, Interrupted> {
-    let start = Instant::now();
-    loop {
-        if stop.load(Ordering::Relaxed) {
-            return Err(Interrupted);
-        }
-        if reader.active_alias() == Some(want) {
-            return Ok(start.elapsed());
-        }
-        if start.elapsed() > limit {
-            return Err(Interrupted);
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_until(reader, stop, limit, |s| s.write_alias() == Some(want))
 }
 
 fn show(reader: &Reader) {
     if let Ok(s) = reader.snapshot() {
-        let health: Vec<String> = s
+        let each: Vec<String> = s
             .aliases()
             .enumerate()
-            .map(|(i, a)| format!("{a}={}", if s.is_healthy(i as u32) { "up" } else { "down" }))
+            .map(|(i, a)| {
+                let i = i as u32;
+                let role = match s.role(i) {
+                    Role::Primary => "/primary",
+                    Role::Standby => "/standby",
+                    Role::Unknown => "",
+                };
+                format!("{a}={}{role}", if s.is_healthy(i) { "up" } else { "down" })
+            })
             .collect();
         println!(
-            "    reader sees: active={} epoch={} status={} [{}]",
+            "    reader sees: writes={} reads={} epoch={} status={}{} [{}]",
             s.write_alias().unwrap_or("NONE"),
+            s.read_alias().unwrap_or("NONE"),
             s.epoch,
             crate::status::status_name(s.status),
-            health.join(" ")
+            if s.conflict() { " CONFLICT" } else { "" },
+            each.join(" ")
         );
     }
 }
@@ -215,8 +238,13 @@ fn run(short: bool, listeners: bool, stop: &AtomicBool) -> Result<(), String> {
     let check = start_endpoints(scratch.path(), &mut endpoints, listeners, stop)?;
     let state = scratch.path().join("state");
     let config = scratch.path().join("dbha.toml");
+    let roles = if check == "postgres" {
+        "writes = \"primary\"\nreads = \"prefer-standby\"\n"
+    } else {
+        ""
+    };
     let mut text = format!(
-        "state_file = \"{}\"\ninterval = \"{}ms\"\ntimeout = \"{}ms\"\nrise = {}\nfall = {}\nfailback = \"auto\"\nstale_after = \"2s\"\n",
+        "state_file = \"{}\"\ninterval = \"{}ms\"\ntimeout = \"{}ms\"\nrise = {}\nfall = {}\nfailback = \"auto\"\nstale_after = \"2s\"\n{roles}",
         state.display(),
         schedule.interval.as_millis(),
         schedule.timeout.as_millis(),
@@ -231,8 +259,16 @@ fn run(short: bool, listeners: bool, stop: &AtomicBool) -> Result<(), String> {
     }
     std::fs::write(&config, &text).map_err(|e| e.to_string())?;
     println!(
-        "\nagent: interval {:?}, timeout {:?}, rise {}, fall {}, failback auto, check \"{check}\"\n",
-        schedule.interval, schedule.timeout, schedule.rise, schedule.fall
+        "\nagent: interval {:?}, timeout {:?}, rise {}, fall {}, failback auto, check \"{check}\"{}\n",
+        schedule.interval,
+        schedule.timeout,
+        schedule.rise,
+        schedule.fall,
+        if roles.is_empty() {
+            ""
+        } else {
+            ", writes on the primary, reads on a standby"
+        }
     );
 
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -268,63 +304,162 @@ fn run(short: bool, listeners: bool, stop: &AtomicBool) -> Result<(), String> {
             Err(e) => return Err(format!("the agent did not create its state file: {e}")),
         }
     };
-    let interrupted = |_| "interrupted or timed out".to_string();
-    let t = wait_for(&reader, "default", stop, patience).map_err(interrupted)?;
-    println!(
-        "1. all three up: the reader uses default ({} ms after the agent started)",
-        t.as_millis()
-    );
-    show(&reader);
-
-    let mut results = Vec::new();
-    let how = endpoints[0].down()?;
-    println!("\n2. default goes down ({how})");
-    let t = wait_for(&reader, "failover1", stop, patience).map_err(interrupted)?;
-    println!(
-        "   the reader switched to failover1 {} ms after the fault",
-        t.as_millis()
-    );
-    show(&reader);
-    results.push(("default stopped -> failover1", t));
-
-    std::thread::sleep(schedule.hold);
-    let how = endpoints[0].up()?;
-    println!("\n3. default comes back ({how})");
-    let t = wait_for(&reader, "default", stop, patience).map_err(interrupted)?;
-    println!("   after {} successful probes, failback auto returned the reader to default {} ms after it was back", schedule.rise, t.as_millis());
-    show(&reader);
-    results.push(("default back -> default", t));
-
-    if let Endpoint::Postgres(c) = &endpoints[0] {
-        std::thread::sleep(schedule.hold);
-        c.freeze();
-        println!("\n4. default hangs (SIGSTOP: TCP still accepts, nothing answers; a TCP check would call it healthy)");
-        let t = wait_for(&reader, "failover1", stop, patience).map_err(interrupted)?;
-        println!(
-            "   the postgres check saw it: reader on failover1 {} ms after the freeze",
-            t.as_millis()
-        );
-        show(&reader);
-        results.push(("default frozen -> failover1", t));
-        c.thaw();
-        let t = wait_for(&reader, "default", stop, patience).map_err(interrupted)?;
-        println!("   thawed: back on default after {} ms", t.as_millis());
-        results.push(("default thawed -> default", t));
-    }
+    let results = if check == "postgres" {
+        replicated(&reader, &mut endpoints, &schedule, stop, patience)?
+    } else {
+        listeners_story(&reader, &mut endpoints, &schedule, stop, patience)?
+    };
 
     println!("\nsummary (time from the event to what a reader sees):");
     for (what, t) in &results {
         println!("  {what:<32} {:>6} ms", t.as_millis());
     }
     println!(
-        "  expected for a refused connection: about (fall - 1) x interval = {} ms, plus up to one interval of probe phase",
-        (schedule.fall - 1) * schedule.interval.as_millis() as u32
+        "  expected for a refused connection: about (fall - 1) x interval = {} ms, plus up to one interval of probe phase;\n  for a hung server: fall x timeout = {} ms, plus the phase",
+        (schedule.fall - 1) * schedule.interval.as_millis() as u32,
+        schedule.fall * schedule.timeout.as_millis() as u32
     );
     println!(
         "\nstopping the agent and the databases, removing {}",
         scratch.path().display()
     );
     Ok(())
+}
+
+fn interrupted(_: Interrupted) -> String {
+    "interrupted or timed out".to_string()
+}
+
+fn cluster(e: &Endpoint) -> Result<&Cluster, String> {
+    match e {
+        Endpoint::Postgres(c) => Ok(c),
+        Endpoint::Tcp { .. } => Err("a PostgreSQL endpoint was expected".to_string()),
+    }
+}
+
+/// The plain switch and failback, with TCP listeners.
+fn listeners_story(
+    reader: &Reader,
+    endpoints: &mut [Endpoint],
+    schedule: &Schedule,
+    stop: &AtomicBool,
+    patience: Duration,
+) -> Result<Vec<(&'static str, Duration)>, String> {
+    let t = wait_for(reader, "default", stop, patience).map_err(interrupted)?;
+    println!(
+        "1. all three up: the reader uses default ({} ms after the agent started)",
+        t.as_millis()
+    );
+    show(reader);
+    let mut results = Vec::new();
+    let how = endpoints[0].down()?;
+    println!("\n2. default goes down ({how})");
+    let t = wait_for(reader, "failover1", stop, patience).map_err(interrupted)?;
+    println!(
+        "   the reader switched to failover1 {} ms after the fault",
+        t.as_millis()
+    );
+    show(reader);
+    results.push(("default stopped -> failover1", t));
+    std::thread::sleep(schedule.hold);
+    let how = endpoints[0].up()?;
+    println!("\n3. default comes back ({how})");
+    let t = wait_for(reader, "default", stop, patience).map_err(interrupted)?;
+    println!("   after {} successful probes, failback auto returned the reader to default {} ms after it was back", schedule.rise, t.as_millis());
+    show(reader);
+    results.push(("default back -> default", t));
+    Ok(results)
+}
+
+/// A primary and two standbys through a standby hang, a primary crash, a
+/// promotion and the old primary's return.
+fn replicated(
+    reader: &Reader,
+    endpoints: &mut [Endpoint],
+    schedule: &Schedule,
+    stop: &AtomicBool,
+    patience: Duration,
+) -> Result<Vec<(&'static str, Duration)>, String> {
+    let t = wait_until(reader, stop, patience, |s| {
+        s.write_alias() == Some("default")
+            && s.read_alias() == Some("failover1")
+            && s.health_mask == 0b111
+    })
+    .map_err(interrupted)?;
+    println!(
+        "1. default is the primary, failover1 and failover2 stream from it: writes go to default, reads to failover1 ({} ms after the agent started)",
+        t.as_millis()
+    );
+    show(reader);
+    let mut results = Vec::new();
+
+    cluster(&endpoints[1])?.freeze();
+    println!("\n2. failover1 hangs (SIGSTOP: TCP still accepts, nothing answers; a TCP check would call it healthy)");
+    let t = wait_until(reader, stop, patience, |s| {
+        s.read_alias() == Some("failover2")
+    })
+    .map_err(interrupted)?;
+    println!(
+        "   the postgres check saw it: reads moved to failover2 {} ms after the hang; writes stayed on default",
+        t.as_millis()
+    );
+    show(reader);
+    results.push(("failover1 hung -> reads failover2", t));
+    cluster(&endpoints[1])?.thaw();
+    let t = wait_until(reader, stop, patience, |s| s.is_healthy(1)).map_err(interrupted)?;
+    println!(
+        "   thawed: failover1 is up again after {} ms; reads stay on failover2, which is still fit (no needless reconnections)",
+        t.as_millis()
+    );
+
+    std::thread::sleep(schedule.hold);
+    let how = endpoints[0].down()?;
+    println!("\n3. the primary crashes ({how})");
+    let t =
+        wait_until(reader, stop, patience, |s| s.write_alias().is_none()).map_err(interrupted)?;
+    println!(
+        "   {} ms later the agent publishes NONE for writes: no server is a primary, and it never sends writes to a standby",
+        t.as_millis()
+    );
+    println!("   (the application gets a clear error, or its fallback, instead of writing to a read-only");
+    println!("   server; while writes have no database, the status gives no read alias either)");
+    show(reader);
+    results.push(("primary crashed -> writes NONE", t));
+
+    std::thread::sleep(schedule.hold);
+    println!("\n4. failover1 is promoted (pg_ctl promote), as your HA manager (Patroni, repmgr, an operator) would");
+    let promoted = Instant::now();
+    cluster(&endpoints[1])?
+        .promote()
+        .map_err(|e| e.to_string())?;
+    wait_for(reader, "failover1", stop, patience).map_err(interrupted)?;
+    let t = promoted.elapsed();
+    println!(
+        "   writes follow: failover1 {} ms after the promotion began (pg_ctl promote waits for the server)",
+        t.as_millis()
+    );
+    show(reader);
+    results.push(("failover1 promoted -> writes", t));
+
+    std::thread::sleep(schedule.hold);
+    let how = endpoints[0].up()?;
+    println!("\n5. the old primary comes back ({how}): it is a primary too, on its own timeline");
+    let t = wait_until(reader, stop, patience, |s| s.conflict()).map_err(interrupted)?;
+    let s = reader.snapshot().map_err(|e| e.to_string())?;
+    println!(
+        "   {} ms later the agent sets the conflict flag; writes stay on {} (failback auto does not move them to a second primary)",
+        t.as_millis(),
+        s.write_alias().unwrap_or("NONE")
+    );
+    show(reader);
+    results.push(("old primary back -> conflict", t));
+    if s.write_alias() != Some("failover1") {
+        return Err(format!(
+            "writes moved to {:?} with two primaries",
+            s.write_alias()
+        ));
+    }
+    Ok(results)
 }
 
 /// Starts the three endpoints; returns the check kind to configure.
@@ -352,42 +487,29 @@ fn start_endpoints(
                 }
             );
             let pg_root = root.join("pg");
-            // initdb takes a second or two each: run them side by side.
-            let inits: Vec<_> = ALIASES
-                .iter()
-                .map(|alias| {
-                    let install = install.clone();
-                    let pg_root = pg_root.clone();
-                    std::thread::spawn(move || -> Result<Cluster, String> {
-                        let port = pg::free_port("127.0.0.1").map_err(|e| e.to_string())?;
-                        let mut c = Cluster::init(&install, &pg_root, alias, "127.0.0.1", port)
-                            .map_err(|e| e.to_string())?;
-                        c.start_on_free_port().map_err(|e| e.to_string())?;
-                        Ok(c)
-                    })
-                })
-                .collect();
-            let mut first_err = None;
-            for (alias, h) in ALIASES.iter().zip(inits) {
-                match h
-                    .join()
-                    .map_err(|_| "initdb thread panicked".to_string())
-                    .and_then(|r| r)
-                {
-                    Ok(c) => {
-                        println!("  {alias:<10} PostgreSQL on 127.0.0.1:{}", c.port);
-                        out.push(Endpoint::Postgres(c));
-                    }
-                    Err(e) => first_err = first_err.or(Some(e)),
+            let port = || pg::free_port("127.0.0.1").map_err(|e| e.to_string());
+            let mut primary = Cluster::init(&install, &pg_root, ALIASES[0], "127.0.0.1", port()?)
+                .map_err(|e| e.to_string())?;
+            primary.start_on_free_port().map_err(|e| e.to_string())?;
+            println!(
+                "  {:<10} PostgreSQL primary on 127.0.0.1:{}",
+                ALIASES[0], primary.port
+            );
+            let mut standbys = Vec::new();
+            for alias in &ALIASES[1..] {
+                if stop.load(Ordering::Relaxed) {
+                    out.push(Endpoint::Postgres(primary));
+                    return Err("interrupted".into());
                 }
+                let mut c = Cluster::standby_of(&primary, &pg_root, alias, "127.0.0.1", port()?)
+                    .map_err(|e| e.to_string())?;
+                c.start_on_free_port().map_err(|e| e.to_string())?;
+                println!("  {alias:<10} PostgreSQL standby on 127.0.0.1:{} (pg_basebackup, streaming from default)", c.port);
+                standbys.push(c);
             }
-            if stop.load(Ordering::Relaxed) {
-                return Err("interrupted".into());
-            }
-            match first_err {
-                None => Ok("postgres"),
-                Some(e) => Err(e),
-            }
+            out.push(Endpoint::Postgres(primary));
+            out.extend(standbys.into_iter().map(Endpoint::Postgres));
+            Ok("postgres")
         }
         Err(why) => {
             println!("PostgreSQL server not available ({why});\nusing plain TCP listeners instead (check = \"tcp\")");

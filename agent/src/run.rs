@@ -222,7 +222,7 @@ impl Agent {
             _ => (None, None),
         };
         info!(
-        "state file {} {} (epoch {}, config generation {}), {} databases, interval {:?}, failback {:?}",
+        "state file {} {} (epoch {}, config generation {}), {} databases, interval {:?}, failback {}",
         config.state_file.display(),
         match opened {
             Opened::Created => "created",
@@ -233,7 +233,7 @@ impl Agent {
         state.values().config_generation,
         config.databases.len(),
         config.interval,
-        config.failback,
+        config.failback.name(),
     );
         let metrics = match config.metrics_listen {
             Some(addr) => {
@@ -575,6 +575,16 @@ impl Agent {
                     self.alias(before.0),
                     self.alias(d.write)
                 );
+                // Say why writes have nowhere to go, unless every endpoint is down
+                // (logged below, once a minute).
+                if d.write.is_none()
+                    && self
+                        .endpoints
+                        .iter()
+                        .any(|e| e.tracker.health == Health::Up)
+                {
+                    warn!("no database takes writes now: {}", self.why());
+                }
             }
             if d.read != before.1 && d.read != d.write {
                 info!(
@@ -607,20 +617,56 @@ impl Agent {
                 .last_none_log
                 .is_none_or(|t| t.elapsed() >= NONE_LOG_EVERY)
             {
-                let why: Vec<String> = self
-                    .endpoints
-                    .iter()
-                    .map(|e| match &e.last {
-                        Some(Err(f)) => format!("{}: {f}", e.db.alias),
-                        _ => format!("{}: {:?}", e.db.alias, e.tracker.health),
-                    })
-                    .collect();
-                error!("no healthy database, publishing NONE ({})", why.join("; "));
+                error!("no healthy database, publishing NONE ({})", self.why());
                 self.last_none_log = Some(Instant::now());
             }
         } else if d.write.is_some() {
             self.last_none_log = None;
         }
+    }
+
+    /// Each endpoint's state, for a log line: its failure, or its health and role.
+    fn why(&self) -> String {
+        let each: Vec<String> = self
+            .endpoints
+            .iter()
+            .map(|e| match (&e.last, e.tracker.health, e.seen()) {
+                (Some(Err(f)), Health::Down, _) => format!("{}: down ({f})", e.db.alias),
+                (
+                    _,
+                    Health::Up,
+                    Seen {
+                        role: Some(Role::Primary),
+                        read_only: true,
+                        ..
+                    },
+                ) => {
+                    format!("{}: primary, read-only", e.db.alias)
+                }
+                (
+                    _,
+                    Health::Up,
+                    Seen {
+                        role: Some(Role::Primary),
+                        ..
+                    },
+                ) => {
+                    format!("{}: primary", e.db.alias)
+                }
+                (
+                    _,
+                    Health::Up,
+                    Seen {
+                        role: Some(Role::Standby),
+                        ..
+                    },
+                ) => {
+                    format!("{}: standby", e.db.alias)
+                }
+                (_, h, _) => format!("{}: {}", e.db.alias, format!("{h:?}").to_lowercase()),
+            })
+            .collect();
+        each.join("; ")
     }
 
     /// Split brain and refused guesses: an error at most once a minute.

@@ -51,5 +51,26 @@ fn demo_with_postgresql_runs_to_completion() {
     let out = demo(&["--short"]);
     println!("{out}");
     assert!(out.contains("using real PostgreSQL"), "{out}");
-    assert!(out.contains("default frozen -> failover1"), "{out}");
+    // The topology people run: a primary and two streaming standbys.
+    assert!(out.contains("failover1  PostgreSQL standby on"), "{out}");
+    for step in [
+        "failover1 hung -> reads failover2",
+        "primary crashed -> writes NONE",
+        "failover1 promoted -> writes",
+        "old primary back -> conflict",
+    ] {
+        assert!(out.contains(step), "{step}:\n{out}");
+    }
+    // The agent says why writes have nowhere to go.
+    assert!(
+        out.contains("no database takes writes now: default: down (connection refused); failover1: standby; failover2: standby"),
+        "{out}"
+    );
+    // Two primaries only once the old one is back: no split brain before.
+    let back = out.find("5. the old primary comes back").expect("step 5");
+    assert!(!out[..back].contains("split brain"), "{out}");
+    assert!(
+        out[back..].contains("split brain: default, failover1"),
+        "{out}"
+    );
 }
