@@ -11,10 +11,10 @@
 //! where they are. Without PostgreSQL, three TCP listeners show the plain switch
 //! and failback.
 
-use crate::pg::{self, Cluster, Scratch, StopMode};
 use dbha::{Reader, Role, Snapshot};
+use dbha_harness::pg::{self, Cluster, Scratch, StopMode};
+use dbha_harness::Listener;
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,48 +22,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const ALIASES: [&str; 3] = ["default", "failover1", "failover2"];
-
-/// A TCP endpoint that accepts and drops connections on a thread (a listener that
-/// never accepts fills its queue after about 128 probes and then looks dead), and
-/// closes when dropped.
-pub struct Listener {
-    pub port: u16,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Listener {
-    /// Listens on 127.0.0.1:`port` (0: any free port).
-    pub fn bind(port: u16) -> std::io::Result<Listener> {
-        let l = TcpListener::bind(("127.0.0.1", port))?;
-        l.set_nonblocking(true)?;
-        let port = l.local_addr()?.port();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((conn, _)) => drop(conn),
-                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
-                }
-            }
-        });
-        Ok(Listener {
-            port,
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 /// An endpoint the demo can take down and bring back.
 enum Endpoint {

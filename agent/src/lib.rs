@@ -3,17 +3,17 @@
 //! that `libdbha` readers map. Not a proxy: no application traffic passes through it.
 //!
 //! Data flows one way: `config` -> `probe` -> `decide` -> state file (`run`). The
-//! library form exists for the binary and for the cross-crate tests; `pg` runs local
-//! PostgreSQL clusters for `dbha-agent demo` and the live-database tests.
+//! library form exists for the binary and for the cross-crate tests; `demo` (the
+//! default `demo` feature) starts local databases through `dbha-harness`.
 
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod decide;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod metrics;
 pub mod notify;
-pub mod pg;
 pub mod probe;
 pub mod run;
 mod signals;

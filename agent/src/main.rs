@@ -3,7 +3,7 @@
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
-use dbha_agent::{config, demo, run, status};
+use dbha_agent::{config, run, status};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -44,8 +44,10 @@ enum Command {
         #[arg(long, env = "DBHA_STATE", default_value = config::DEFAULT_STATE_FILE)]
         state: PathBuf,
     },
-    /// Start three local databases and an agent, fail the primary and bring it back,
-    /// and show what a reader sees and how fast.
+    /// Start three local databases (with PostgreSQL: a primary and two streaming
+    /// standbys) and an agent, take them through a failover, and show what a reader
+    /// sees and how fast.
+    #[cfg(feature = "demo")]
     Demo {
         /// A faster schedule (used by the test suite).
         #[arg(long)]
@@ -89,7 +91,8 @@ fn main() -> ExitCode {
         },
         Command::Status { state, json } => status::status(&state, json),
         Command::Watch { state } => status::watch(&state, Duration::from_millis(20)),
-        Command::Demo { short, listeners } => demo::demo(short, listeners),
+        #[cfg(feature = "demo")]
+        Command::Demo { short, listeners } => dbha_agent::demo::demo(short, listeners),
     };
     ExitCode::from(code as u8)
 }

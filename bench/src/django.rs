@@ -9,7 +9,7 @@
 
 use crate::common::percentile;
 use crate::netfault::Blackhole;
-use dbha_agent::pg::StopMode;
+use dbha_harness::pg::StopMode;
 use dbha_tests::agentproc::{config, AgentProc, Timing};
 use dbha_tests::live::Live;
 use std::io::{Read, Write};
@@ -248,7 +248,7 @@ fn trial(strategy: &str, fault: &str, plan: &Plan) -> Outcome {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let port = dbha_agent::pg::free_port("127.0.0.1").unwrap();
+    let port = dbha_harness::pg::free_port("127.0.0.1").unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut cmd = Command::new(root().join(".venv/bin/gunicorn"));
     python_env(&mut cmd, &bench_json);

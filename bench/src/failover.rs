@@ -2,8 +2,8 @@
 //! (`switch`), and live PostgreSQL servers stopped and frozen (`live`).
 
 use crate::common::{live_setup, open_reader, percentile, spawn_agent, summary_row, until_active};
-use dbha_agent::demo::Listener;
-use dbha_agent::pg::{Scratch, StopMode};
+use dbha_harness::pg::{Scratch, StopMode};
+use dbha_harness::Listener;
 use dbha_tests::agentproc::{config, AgentProc};
 use dbha_tests::Children;
 use std::time::{Duration, Instant};

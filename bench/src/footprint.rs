@@ -1,8 +1,8 @@
 //! The agent's resident memory and CPU at 3 and 64 endpoints.
 
 use crate::common::{open_reader, spawn_agent};
-use dbha_agent::demo::Listener;
-use dbha_agent::pg::Scratch;
+use dbha_harness::pg::Scratch;
+use dbha_harness::Listener;
 use dbha_tests::fakepg::{FakePg, Reply};
 use dbha_tests::Children;
 use std::process::Command;

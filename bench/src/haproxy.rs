@@ -2,7 +2,7 @@
 //! multi-host, with the same settings and the same three live servers.
 
 use crate::common::{live_setup, percentile, until, until_active};
-use dbha_agent::pg::{self, StopMode};
+use dbha_harness::pg::{self, StopMode};
 use dbha_tests::agentproc::{config, AgentProc};
 use dbha_tests::Children;
 use std::path::Path;

@@ -70,7 +70,7 @@ fn c_side(state: &Path, dir: &Path, n: u64) -> Result<Vec<(String, f64)>, String
 
 /// Runs the comparison: `samples` interleaved samples of `n` calls per case.
 pub fn run(samples: usize, n: u64) {
-    let scratch = dbha_agent::pg::Scratch::new("bench-reader").unwrap();
+    let scratch = dbha_harness::pg::Scratch::new("bench-reader").unwrap();
     let dir = scratch.path();
     let state = dir.join("state");
     let active = Publication {

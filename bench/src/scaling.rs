@@ -1,7 +1,7 @@
 //! Reader cost with several reader processes while the writer publishes.
 
 use crate::common::open_reader;
-use dbha_agent::pg::Scratch;
+use dbha_harness::pg::Scratch;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

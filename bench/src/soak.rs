@@ -451,6 +451,6 @@ fn report(seconds: u64, seed: u64, c: &Chaos, found: &[Found], blackholing: bool
     );
 }
 
-fn tempfile_dir() -> dbha_agent::pg::Scratch {
-    dbha_agent::pg::Scratch::new("soak").expect("scratch directory")
+fn tempfile_dir() -> dbha_harness::pg::Scratch {
+    dbha_harness::pg::Scratch::new("soak").expect("scratch directory")
 }

@@ -77,7 +77,7 @@ def test_the_dockerfile_builds_the_image_the_manifest_runs():
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
     final = lines[max(i for i, line in enumerate(lines) if line.startswith("FROM "))]
     assert "distroless" in final
-    assert "RUN cargo build --release --locked -p dbha-agent" in lines
+    assert "RUN cargo build --release --locked -p dbha-agent --no-default-features" in lines
     agent = documents()["Deployment"]["spec"]["template"]["spec"]["containers"][0]
     # The probe runs the binary the image installs; the container's args are its CMD.
     assert 'ENTRYPOINT ["/usr/bin/dbha-agent"]' in lines

@@ -153,6 +153,6 @@ pub fn agent_bin() -> PathBuf {
     fresh_artifact(
         "dbha-agent",
         "dbha-agent",
-        &["agent/src", "reader/src", "protocol/src"],
+        &["agent/src", "harness/src", "reader/src", "protocol/src"],
     )
 }

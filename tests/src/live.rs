@@ -4,7 +4,7 @@
 //! fails the test; elsewhere the test is skipped, saying why.
 
 use crate::in_ci;
-use dbha_agent::pg::{self, Cluster, Scratch};
+use dbha_harness::pg::{self, Cluster, Scratch};
 
 pub struct Live {
     /// Declared before `dir`: servers stop before their directory is removed.

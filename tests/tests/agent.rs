@@ -2,7 +2,7 @@
 //! servers, observed through the real reader.
 
 use dbha::{Reader, Status};
-use dbha_agent::demo::Listener;
+use dbha_harness::Listener;
 use dbha_tests::agentproc::{self, wait_active, wait_for, AgentProc, Timing};
 use dbha_tests::fakepg::{FakePg, Reply};
 use nix::sys::signal::Signal;
@@ -552,10 +552,10 @@ fn metric(text: &str, name_and_labels: &str) -> f64 {
 fn metrics_report_the_known_state() {
     let a = listener();
     let pa = port(&a);
-    let mport = dbha_agent::pg::free_port("127.0.0.1").unwrap();
+    let mport = dbha_harness::pg::free_port("127.0.0.1").unwrap();
     let addr = format!("127.0.0.1:{mport}");
     // failover1 on a port nobody listens on: refused, every time.
-    let closed = dbha_agent::pg::free_port("127.0.0.1").unwrap();
+    let closed = dbha_harness::pg::free_port("127.0.0.1").unwrap();
     let agent = Agent::new(|d| {
         config(
             d,

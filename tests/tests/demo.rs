@@ -39,11 +39,11 @@ fn demo_with_plain_listeners_runs_to_completion() {
 
 #[test]
 fn demo_with_postgresql_runs_to_completion() {
-    if dbha_agent::pg::find().is_err() {
+    if dbha_harness::pg::find().is_err() {
         assert!(
             !in_ci(),
             "PostgreSQL is required under CI: {:?}",
-            dbha_agent::pg::find().err()
+            dbha_harness::pg::find().err()
         );
         eprintln!("SKIPPED: PostgreSQL server binaries not found");
         return;

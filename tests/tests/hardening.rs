@@ -4,7 +4,7 @@
 //! Each test fails on the agent as it was before the matching fix.
 
 use dbha::{Reader, Status};
-use dbha_agent::demo::Listener;
+use dbha_harness::Listener;
 use dbha_tests::agentproc::{self, wait_active, wait_for, AgentProc, Timing, PATIENCE};
 use dbha_tests::fakepg::{FakePg, Reply};
 use dbha_tests::{agent_bin, require, Children};

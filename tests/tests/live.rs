@@ -5,7 +5,7 @@
 //! hangs. The precise figures come from `dbha-bench live` (BENCHMARKS.md).
 
 use dbha::{Reader, Status};
-use dbha_agent::pg::StopMode;
+use dbha_harness::pg::StopMode;
 use dbha_tests::agentproc::{config, wait_active, wait_for, AgentProc, Timing};
 use dbha_tests::live::Live;
 use nix::sys::signal::Signal;

@@ -4,8 +4,8 @@
 
 use dbha::{Reader, Role, Status};
 use dbha_agent::config::{Check, Database};
-use dbha_agent::pg::StopMode;
 use dbha_agent::probe::{self, Failure};
+use dbha_harness::pg::StopMode;
 use dbha_tests::agentproc::{config, wait_active, wait_for, AgentProc, Timing};
 use dbha_tests::live::Live;
 use std::time::{Duration, Instant};

@@ -4,8 +4,8 @@
 //! and a password asked for in cleartext.
 
 use dbha_agent::config::{Check, Secret, SslMode};
-use dbha_agent::pg::Cluster;
 use dbha_agent::probe::{probe, Failure, Role};
+use dbha_harness::pg::Cluster;
 use dbha_tests::fakepg::database;
 use dbha_tests::live::Live;
 use std::os::unix::fs::MetadataExt;

@@ -13,7 +13,7 @@
 //! answered `ok` or `error: ...`: `stop NAME` (immediate), `start NAME`, `freeze
 //! NAME`, `thaw NAME`, `promote NAME`. At end of input everything is stopped and removed.
 
-use dbha_agent::pg::StopMode;
+use dbha_harness::pg::StopMode;
 use dbha_tests::agentproc::{config, AgentProc, Timing};
 use dbha_tests::live::Live;
 use std::io::BufRead;

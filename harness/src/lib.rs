@@ -1,0 +1,11 @@
+//! What the demo, the tests and the benchmarks start and stop around a real agent:
+//! local PostgreSQL clusters (`pg`) and TCP listeners (`Listener`). Not part of
+//! `dbha-agent run`: the agent links it only for `dbha-agent demo` (its default
+//! `demo` feature).
+
+#![forbid(unsafe_code)]
+
+mod listener;
+pub mod pg;
+
+pub use listener::Listener;
