@@ -445,28 +445,33 @@ fn start_endpoints(
                 }
             );
             let pg_root = root.join("pg");
-            let port = || pg::free_port("127.0.0.1").map_err(|e| e.to_string());
-            let mut primary = Cluster::init(&install, &pg_root, ALIASES[0], "127.0.0.1", port()?)
-                .map_err(|e| e.to_string())?;
-            primary.start_on_free_port().map_err(|e| e.to_string())?;
-            println!(
-                "  {:<10} PostgreSQL primary on 127.0.0.1:{}",
-                ALIASES[0], primary.port
-            );
-            let mut standbys = Vec::new();
-            for alias in &ALIASES[1..] {
-                if stop.load(Ordering::Relaxed) {
-                    out.push(Endpoint::Postgres(primary));
-                    return Err("interrupted".into());
+            let clusters = pg::replicated(
+                &install,
+                &pg_root,
+                "127.0.0.1",
+                ALIASES[0],
+                &ALIASES[1..],
+                "trust",
+                None,
+            )?;
+            for (i, c) in clusters.iter().enumerate() {
+                if i == 0 {
+                    println!(
+                        "  {:<10} PostgreSQL primary on 127.0.0.1:{}",
+                        c.name, c.port
+                    );
+                } else {
+                    println!(
+                        "  {:<10} PostgreSQL standby on 127.0.0.1:{} (pg_basebackup, streaming from {})",
+                        c.name, c.port, ALIASES[0]
+                    );
                 }
-                let mut c = Cluster::standby_of(&primary, &pg_root, alias, "127.0.0.1", port()?)
-                    .map_err(|e| e.to_string())?;
-                c.start_on_free_port().map_err(|e| e.to_string())?;
-                println!("  {alias:<10} PostgreSQL standby on 127.0.0.1:{} (pg_basebackup, streaming from default)", c.port);
-                standbys.push(c);
             }
-            out.push(Endpoint::Postgres(primary));
-            out.extend(standbys.into_iter().map(Endpoint::Postgres));
+            if stop.load(Ordering::Relaxed) {
+                out.extend(clusters.into_iter().map(Endpoint::Postgres));
+                return Err("interrupted".into());
+            }
+            out.extend(clusters.into_iter().map(Endpoint::Postgres));
             Ok("postgres")
         }
         Err(why) => {

@@ -537,6 +537,42 @@ impl Cluster {
     }
 }
 
+/// A primary named `primary` and streaming standbys of it (`pg_basebackup -R`,
+/// each with `cluster_name` set to its name, which `synchronous_standby_names`
+/// can then name), all in `root` on free ports of `host` and started; the primary
+/// first. `auth` is the TCP authentication ("trust", "md5", "scram-sha-256");
+/// with a `password`, the `postgres` role gets it. What was started is stopped
+/// again when a later step fails.
+pub fn replicated(
+    install: &Install,
+    root: &Path,
+    host: &str,
+    primary: &str,
+    standbys: &[&str],
+    auth: &str,
+    password: Option<&str>,
+) -> Result<Vec<Cluster>, String> {
+    let port = || free_port(host).map_err(|e| format!("no free port: {e}"));
+    let mut p = Cluster::init_with_auth(install, root, primary, host, port()?, auth)
+        .map_err(|e| format!("initdb for {primary}: {e}"))?;
+    p.start_on_free_port()
+        .map_err(|e| format!("starting {primary}: {e}"))?;
+    if let Some(pw) = password {
+        p.psql(&format!("ALTER ROLE postgres PASSWORD '{pw}'"))
+            .map_err(|e| format!("setting the password on {primary}: {e}"))?;
+    }
+    let mut clusters = vec![p];
+    for name in standbys {
+        let mut s = Cluster::standby_of(&clusters[0], root, name, host, port()?)
+            .map_err(|e| format!("pg_basebackup for {name}: {e}"))?;
+        s.set(&format!("cluster_name={name}"));
+        s.start_on_free_port()
+            .map_err(|e| format!("starting {name}: {e}"))?;
+        clusters.push(s);
+    }
+    Ok(clusters)
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         if let Err(e) = self.stop(StopMode::Immediate) {

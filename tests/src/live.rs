@@ -74,30 +74,17 @@ impl Live {
     ) -> Option<Live> {
         let install = install()?;
         let dir = Scratch::new("replicated").expect("scratch directory");
-        let mut live = Live {
-            clusters: Vec::new(),
-            dir,
-        };
-        let root = live.dir.path().to_owned();
-        let port = || pg::free_port("127.0.0.1").expect("a free port");
-        let mut p = Cluster::init_with_auth(&install, &root, primary, "127.0.0.1", port(), auth)
-            .expect("initdb");
-        p.start_on_free_port().expect("start the primary");
-        if let Some(pw) = password {
-            p.psql(&format!("ALTER ROLE postgres PASSWORD '{pw}'"))
-                .expect("set the password");
-        }
-        live.clusters.push(p);
-        for name in standbys {
-            let mut s = Cluster::standby_of(&live.clusters[0], &root, name, "127.0.0.1", port())
-                .expect("pg_basebackup");
-            // The walreceiver reports cluster_name to the primary, which
-            // synchronous_standby_names can then name.
-            s.set(&format!("cluster_name={name}"));
-            s.start_on_free_port().expect("start a standby");
-            live.clusters.push(s);
-        }
-        Some(live)
+        let clusters = pg::replicated(
+            &install,
+            dir.path(),
+            "127.0.0.1",
+            primary,
+            standbys,
+            auth,
+            password,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        Some(Live { clusters, dir })
     }
 
     /// Commits on the primary (the first cluster) wait for `standby`
