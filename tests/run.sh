@@ -39,7 +39,7 @@ DBHA_TEST_PSYCOPG2=1 counted .venv/bin/python -m pytest -q tests/django_app/test
 # on the dbha backend and on Django's (the whole suite: DBHA_DJANGO_SUITE=all).
 counted .venv/bin/python -m pytest -q tests/django_app/test_django_suite.py
 
-step "packaging: the Kubernetes example; the .deb built, installed with dpkg, used, purged"
+step "packaging: the Kubernetes example; the .deb built, then installed, used and purged in a throwaway Debian system"
 packaging/deb/build.sh
 counted .venv/bin/python -m pytest -q tests/packaging
 
