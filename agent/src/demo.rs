@@ -142,7 +142,7 @@ fn show(reader: &Reader) {
             s.write_alias().unwrap_or("NONE"),
             s.read_alias().unwrap_or("NONE"),
             s.epoch,
-            crate::status::status_name(s.status),
+            s.status.name(),
             if s.conflict() { " CONFLICT" } else { "" },
             each.join(" ")
         );

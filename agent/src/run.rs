@@ -429,10 +429,11 @@ impl Agent {
                 alias: e.db.alias.clone(),
                 up: e.tracker.health == Health::Up,
                 role: match e.seen().role {
-                    Some(Role::Primary) => "primary",
-                    Some(Role::Standby) => "standby",
-                    None => "unknown",
-                },
+                    Some(Role::Primary) => dbha::Role::Primary,
+                    Some(Role::Standby) => dbha::Role::Standby,
+                    None => dbha::Role::Unknown,
+                }
+                .name(),
                 last_probe: e.took,
                 consecutive_failures: e.tracker.failures(),
                 errors: self.errors.get(&e.db.alias).cloned().unwrap_or_default(),

@@ -1,27 +1,10 @@
 //! `dbha-agent status` and `watch`: what a reader sees, through the same reader
 //! library the applications use.
 
-use dbha::{Reader, Role, Snapshot, Status};
+use dbha::{Reader, Snapshot, Status};
 use serde_json::json;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-pub fn status_name(s: Status) -> &'static str {
-    match s {
-        Status::Active => "active",
-        Status::NoHealthyDatabase => "no_healthy_database",
-        Status::Stale => "stale",
-        Status::AgentStopped => "agent_stopped",
-    }
-}
-
-fn role_name(r: Role) -> &'static str {
-    match r {
-        Role::Primary => "primary",
-        Role::Standby => "standby",
-        Role::Unknown => "unknown",
-    }
-}
 
 /// The stable JSON form of a snapshot (`status --json`).
 pub fn to_json(path: &Path, s: &Snapshot<'_>) -> serde_json::Value {
@@ -31,14 +14,14 @@ pub fn to_json(path: &Path, s: &Snapshot<'_>) -> serde_json::Value {
                 "index": i,
                 "alias": s.alias(i),
                 "healthy": s.is_healthy(i),
-                "role": role_name(s.role(i)),
+                "role": s.role(i).name(),
                 "last_probe": s.last_probe_name(i),
             })
         })
         .collect();
     json!({
         "state_file": path.display().to_string(),
-        "status": status_name(s.status),
+        "status": s.status.name(),
         "stale": s.status == Status::Stale,
         "epoch": s.epoch,
         "heartbeat_age_ms": s.heartbeat_age.as_millis() as u64,
@@ -87,7 +70,7 @@ fn human(path: &Path, s: &Snapshot<'_>) -> String {
     let mut out = String::new();
     let mut line = |k: &str, v: String| out.push_str(&format!("{k:<12} {v}\n"));
     line("state file", path.display().to_string());
-    line("status", status_name(s.status).to_string());
+    line("status", s.status.name().to_string());
     line("epoch", s.epoch.to_string());
     line(
         "heartbeat",
@@ -132,7 +115,7 @@ fn human(path: &Path, s: &Snapshot<'_>) -> String {
             i,
             s.alias(i).unwrap_or("?"),
             if s.is_healthy(i) { "up" } else { "down" },
-            role_name(s.role(i)),
+            s.role(i).name(),
             mark
         ));
     }
@@ -189,7 +172,7 @@ fn reason(old: &Snapshot<'_>, new: &Snapshot<'_>) -> String {
 fn describe(s: &Snapshot<'_>) -> String {
     match s.status {
         Status::Active => s.write_alias().unwrap_or("NONE").to_string(),
-        other => format!("NONE ({})", status_name(other).replace('_', " ")),
+        other => format!("NONE ({})", other.name().replace('_', " ")),
     }
 }
 
@@ -221,7 +204,7 @@ pub fn watch(path: &Path, poll: Duration) -> i32 {
                         "{now} epoch {} active: {} (status {})",
                         s.epoch,
                         describe(&s),
-                        status_name(s.status)
+                        s.status.name()
                     ),
                     Some(l) => {
                         let why = reason(l, &s);

@@ -46,6 +46,19 @@ pub enum Status {
     AgentStopped = 3,
 }
 
+impl Status {
+    /// The stable name: as `dbha-agent status`, the metrics, the C ABI's
+    /// `DBHA_STATUS_*` (lowercased) and the Python package spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::NoHealthyDatabase => "no_healthy_database",
+            Status::Stale => "stale",
+            Status::AgentStopped => "agent_stopped",
+        }
+    }
+}
+
 /// A consistent copy of the record's data words, decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RecordValues {

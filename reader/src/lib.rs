@@ -222,6 +222,18 @@ pub enum Role {
     Unknown,
 }
 
+impl Role {
+    /// The stable name ("primary", "standby", "unknown"), as `dbha-agent status`
+    /// and the metrics spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Standby => "standby",
+            Role::Unknown => "unknown",
+        }
+    }
+}
+
 /// One mapped file, with its aliases. Never freed before the [`Reader`] is dropped,
 /// so names handed out stay valid across reopens.
 struct Generation {
