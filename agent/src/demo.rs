@@ -12,6 +12,7 @@
 //! and failback.
 
 use dbha::{Reader, Role, Snapshot};
+use dbha_harness::config::Timing;
 use dbha_harness::pg::{self, Cluster, Scratch, StopMode};
 use dbha_harness::Listener;
 use std::io::{BufRead, BufReader};
@@ -201,20 +202,20 @@ fn run(short: bool, listeners: bool, stop: &AtomicBool) -> Result<(), String> {
     } else {
         ""
     };
-    let mut text = format!(
-        "state_file = \"{}\"\ninterval = \"{}ms\"\ntimeout = \"{}ms\"\nrise = {}\nfall = {}\nfailback = \"auto\"\nstale_after = \"2s\"\n{roles}",
-        state.display(),
-        schedule.interval.as_millis(),
-        schedule.timeout.as_millis(),
-        schedule.rise,
-        schedule.fall
-    );
-    for (alias, e) in ALIASES.iter().zip(&endpoints) {
-        text.push_str(&format!(
-            "\n[[database]]\nalias = \"{alias}\"\nhost = \"127.0.0.1\"\nport = {}\ncheck = \"{check}\"\n",
-            e.port()
-        ));
-    }
+    let timing = Timing {
+        interval_ms: schedule.interval.as_millis() as u64,
+        timeout_ms: schedule.timeout.as_millis() as u64,
+        rise: schedule.rise,
+        fall: schedule.fall,
+        stale_after_ms: 2000,
+        failback: "auto",
+    };
+    let dbs: Vec<_> = ALIASES
+        .iter()
+        .zip(&endpoints)
+        .map(|(alias, e)| (*alias, "127.0.0.1", e.port(), check))
+        .collect();
+    let text = dbha_harness::config::config(&state, &timing, &dbs, roles);
     std::fs::write(&config, &text).map_err(|e| e.to_string())?;
     println!(
         "\nagent: interval {:?}, timeout {:?}, rise {}, fall {}, failback auto, check \"{check}\"{}\n",
