@@ -6,7 +6,13 @@
  * fork() keeps working in the child, whatever other threads were doing then.
  * The file is mapped: a process that can write it (its owner, the agent's user,
  * or root) and truncates it kills its readers with SIGBUS; never edit, copy over
- * or truncate a state file in place (protocol/LAYOUT.md, "Who can crash a reader"). */
+ * or truncate a state file in place (protocol/LAYOUT.md, "Who can crash a reader").
+ *
+ * Names: "write" and "read" are the two endpoints the agent publishes
+ * (`dbha_write_alias`, `dbha_read_alias`, `dbha_snapshot.write_alias`);
+ * `dbha_read` and `dbha_read_sized` read the state. `dbha_active_alias` and
+ * `dbha_active_slot` are the older names of the write functions, kept so that
+ * existing programs build and link. */
 
 #ifndef DBHA_H
 #define DBHA_H
@@ -235,32 +241,46 @@ int dbha_read_sized(const struct dbha_reader *reader, struct dbha_snapshot *out,
 //
 // # Safety
 // `reader` is NULL or an open handle.
+const char *dbha_write_alias(const struct dbha_reader *reader);
+
+// The older name of `dbha_write_alias` ("active" meant "where writes go"), kept
+// for existing programs; the same function.
+//
+// # Safety
+// `reader` is NULL or an open handle.
 const char *dbha_active_alias(const struct dbha_reader *reader);
 
-// The alias the app should use for reads now, or NULL: as `dbha_active_alias`.
+// The alias the app should use for reads now, or NULL: as `dbha_write_alias`.
 // Valid until `dbha_close`. Never blocks, no system call; thread-safe.
 //
 // # Safety
 // `reader` is NULL or an open handle.
 const char *dbha_read_alias(const struct dbha_reader *reader);
 
-// The active endpoint as one integer, for bindings that cache names: -1 when
-// `dbha_active_alias` would return NULL, else `generation * 64 + index`, where the
+// The write endpoint as one integer, for bindings that cache names: -1 when
+// `dbha_write_alias` would return NULL, else `generation * 64 + index`, where the
 // index is meaningful only with the names of that generation of the handle (the
 // generation changes when the agent replaced the file). Resolve a slot with
 // `dbha_slot_name`. Never blocks, no system call; thread-safe.
 //
 // # Safety
 // `reader` is NULL or an open handle.
+int64_t dbha_write_slot(const struct dbha_reader *reader);
+
+// The older name of `dbha_write_slot`, kept for existing programs; the same
+// function.
+//
+// # Safety
+// `reader` is NULL or an open handle.
 int64_t dbha_active_slot(const struct dbha_reader *reader);
 
-// The read endpoint as one integer: as `dbha_active_slot`.
+// The read endpoint as one integer: as `dbha_write_slot`.
 //
 // # Safety
 // `reader` is NULL or an open handle.
 int64_t dbha_read_slot(const struct dbha_reader *reader);
 
-// The alias a slot from `dbha_active_slot` or `dbha_read_slot` names, or NULL for
+// The alias a slot from `dbha_write_slot` or `dbha_read_slot` names, or NULL for
 // -1 or a slot this handle never produced. Valid until `dbha_close`. May wait
 // briefly while another thread maps a replaced file; thread-safe.
 //
@@ -268,7 +288,7 @@ int64_t dbha_read_slot(const struct dbha_reader *reader);
 // `reader` is NULL or an open handle.
 const char *dbha_slot_name(const struct dbha_reader *reader, int64_t slot);
 
-// The address of the endpoint a slot from `dbha_active_slot` or `dbha_read_slot`
+// The address of the endpoint a slot from `dbha_write_slot` or `dbha_read_slot`
 // names: its host (a name or an IP address, as in the agent's configuration) in
 // `*host` and its port in `*port`. Either out-parameter may be NULL. The host is
 // always the one of the file the slot was read from, never another file's, and

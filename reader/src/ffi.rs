@@ -363,7 +363,7 @@ fn to_c(s: &Snapshot<'_>) -> dbha_snapshot {
 /// # Safety
 /// `reader` is NULL or an open handle.
 #[no_mangle]
-pub unsafe extern "C" fn dbha_active_alias(reader: *const dbha_reader) -> *const c_char {
+pub unsafe extern "C" fn dbha_write_alias(reader: *const dbha_reader) -> *const c_char {
     guard(ptr::null(), || {
         // SAFETY: NULL or an open handle per the contract.
         match unsafe { reader.as_ref() } {
@@ -373,7 +373,18 @@ pub unsafe extern "C" fn dbha_active_alias(reader: *const dbha_reader) -> *const
     })
 }
 
-/// The alias the app should use for reads now, or NULL: as `dbha_active_alias`.
+/// The older name of `dbha_write_alias` ("active" meant "where writes go"), kept
+/// for existing programs; the same function.
+///
+/// # Safety
+/// `reader` is NULL or an open handle.
+#[no_mangle]
+pub unsafe extern "C" fn dbha_active_alias(reader: *const dbha_reader) -> *const c_char {
+    // SAFETY: the same contract.
+    unsafe { dbha_write_alias(reader) }
+}
+
+/// The alias the app should use for reads now, or NULL: as `dbha_write_alias`.
 /// Valid until `dbha_close`. Never blocks, no system call; thread-safe.
 ///
 /// # Safety
@@ -395,8 +406,8 @@ fn slot(s: Option<(u64, u32)>) -> i64 {
     s.map_or(-1, |(g, i)| (g as i64) << 6 | i64::from(i))
 }
 
-/// The active endpoint as one integer, for bindings that cache names: -1 when
-/// `dbha_active_alias` would return NULL, else `generation * 64 + index`, where the
+/// The write endpoint as one integer, for bindings that cache names: -1 when
+/// `dbha_write_alias` would return NULL, else `generation * 64 + index`, where the
 /// index is meaningful only with the names of that generation of the handle (the
 /// generation changes when the agent replaced the file). Resolve a slot with
 /// `dbha_slot_name`. Never blocks, no system call; thread-safe.
@@ -404,14 +415,25 @@ fn slot(s: Option<(u64, u32)>) -> i64 {
 /// # Safety
 /// `reader` is NULL or an open handle.
 #[no_mangle]
-pub unsafe extern "C" fn dbha_active_slot(reader: *const dbha_reader) -> i64 {
+pub unsafe extern "C" fn dbha_write_slot(reader: *const dbha_reader) -> i64 {
     guard(-1, || {
         // SAFETY: NULL or an open handle per the contract.
-        unsafe { reader.as_ref() }.map_or(-1, |r| slot(r.0.active_slot()))
+        unsafe { reader.as_ref() }.map_or(-1, |r| slot(r.0.write_slot()))
     })
 }
 
-/// The read endpoint as one integer: as `dbha_active_slot`.
+/// The older name of `dbha_write_slot`, kept for existing programs; the same
+/// function.
+///
+/// # Safety
+/// `reader` is NULL or an open handle.
+#[no_mangle]
+pub unsafe extern "C" fn dbha_active_slot(reader: *const dbha_reader) -> i64 {
+    // SAFETY: the same contract.
+    unsafe { dbha_write_slot(reader) }
+}
+
+/// The read endpoint as one integer: as `dbha_write_slot`.
 ///
 /// # Safety
 /// `reader` is NULL or an open handle.
@@ -423,7 +445,7 @@ pub unsafe extern "C" fn dbha_read_slot(reader: *const dbha_reader) -> i64 {
     })
 }
 
-/// The alias a slot from `dbha_active_slot` or `dbha_read_slot` names, or NULL for
+/// The alias a slot from `dbha_write_slot` or `dbha_read_slot` names, or NULL for
 /// -1 or a slot this handle never produced. Valid until `dbha_close`. May wait
 /// briefly while another thread maps a replaced file; thread-safe.
 ///
@@ -444,7 +466,7 @@ pub unsafe extern "C" fn dbha_slot_name(reader: *const dbha_reader, slot: i64) -
     })
 }
 
-/// The address of the endpoint a slot from `dbha_active_slot` or `dbha_read_slot`
+/// The address of the endpoint a slot from `dbha_write_slot` or `dbha_read_slot`
 /// names: its host (a name or an IP address, as in the agent's configuration) in
 /// `*host` and its port in `*port`. Either out-parameter may be NULL. The host is
 /// always the one of the file the slot was read from, never another file's, and

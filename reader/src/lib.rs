@@ -619,8 +619,15 @@ impl Reader {
     /// no healthy database, the agent stopped, or its heartbeat is stale. No system
     /// call, no allocation.
     #[inline]
-    pub fn active_alias(&self) -> Option<&str> {
+    pub fn write_alias(&self) -> Option<&str> {
         self.active(|a| &*a.s)
+    }
+
+    /// The older name of [`Reader::write_alias`] ("active" meant "where writes
+    /// go"), kept for existing callers.
+    #[inline]
+    pub fn active_alias(&self) -> Option<&str> {
+        self.write_alias()
     }
 
     /// As [`Reader::active_alias`], as a C string.
@@ -645,17 +652,23 @@ impl Reader {
         self.read_slot().and_then(|(g, i)| self.alias_in(g, i))
     }
 
-    /// The active (write) endpoint as (generation, index): the index is meaningful
-    /// with the names of that generation (see [`Reader::alias_in`]). No system call,
-    /// no allocation.
+    /// The write endpoint as (generation, index): the index is meaningful with the
+    /// names of that generation (see [`Reader::alias_in`]). No system call, no
+    /// allocation.
     #[inline]
-    pub fn active_slot(&self) -> Option<(u64, u32)> {
+    pub fn write_slot(&self) -> Option<(u64, u32)> {
         let (g, v, now) = self.load().ok()?;
         (v.status(now) == Status::Active && g.alias(v.write_index).is_some())
             .then_some((g.number, v.write_index))
     }
 
-    /// The read endpoint as (generation, index), as [`Reader::active_slot`].
+    /// The older name of [`Reader::write_slot`], kept for existing callers.
+    #[inline]
+    pub fn active_slot(&self) -> Option<(u64, u32)> {
+        self.write_slot()
+    }
+
+    /// The read endpoint as (generation, index), as [`Reader::write_slot`].
     #[inline]
     pub fn read_slot(&self) -> Option<(u64, u32)> {
         let (g, v, now) = self.load().ok()?;

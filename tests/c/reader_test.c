@@ -70,9 +70,10 @@ static int check(const char *dir, uint64_t epoch) {
     CHECK(s.endpoint_count == 3, "count %u", s.endpoint_count);
     CHECK(s.stale_after_ns == 600000000000ull, "stale_after %" PRIu64, s.stale_after_ns);
     CHECK(s.flags == 0 && s.generation == 1 && s.writer_pid != 0, "flags/generation/pid");
-    const char *active = dbha_active_alias(r);
-    CHECK(active && strcmp(active, "failover1") == 0, "active alias %s", active ? active : "NULL");
+    const char *active = dbha_write_alias(r);
+    CHECK(active && strcmp(active, "failover1") == 0, "write alias %s", active ? active : "NULL");
     CHECK(active == s.write_alias, "the same string, not a copy");
+    CHECK(dbha_active_alias(r) == active, "dbha_active_alias is the older name of dbha_write_alias");
     CHECK(strcmp(dbha_alias_name(r, 0), "default") == 0, "alias 0");
     CHECK(strcmp(dbha_alias_name(r, 2), "failover2") == 0, "alias 2");
     CHECK(dbha_alias_name(r, 3) == NULL, "alias 3 out of range");
@@ -80,8 +81,9 @@ static int check(const char *dir, uint64_t epoch) {
     const char *read = dbha_read_alias(r);
     CHECK(read && strcmp(read, "failover2") == 0, "read alias %s", read ? read : "NULL");
     /* Slots: generation 1, index 1 (write) and 2 (read). */
-    int64_t slot = dbha_active_slot(r);
-    CHECK(slot == 64 + 1, "active slot %lld", (long long)slot);
+    int64_t slot = dbha_write_slot(r);
+    CHECK(slot == 64 + 1, "write slot %lld", (long long)slot);
+    CHECK(dbha_active_slot(r) == slot, "dbha_active_slot is the older name of dbha_write_slot");
     CHECK(dbha_read_slot(r) == 64 + 2, "read slot %lld", (long long)dbha_read_slot(r));
     CHECK(dbha_slot_name(r, slot) == active, "slot name is the active alias string");
     CHECK(dbha_slot_name(r, -1) == NULL, "slot -1");

@@ -235,7 +235,7 @@ class Reader:
         self._lib = lib
         self._h = handle
         # The hot path: one foreign call returning a slot, one dict subscription.
-        self.write_slot = functools.partial(lib.dbha_active_slot, handle)
+        self.write_slot = functools.partial(lib.dbha_write_slot, handle)
         """``write_slot()``: the write endpoint as one integer, -1 for none. It
         changes whenever the endpoint does (and when the agent replaces its file);
         :meth:`slot_alias` and :meth:`endpoint` resolve it. One foreign call, about
@@ -256,13 +256,17 @@ class Reader:
             return None
         return Endpoint(self._names[slot], host.value.decode(), port.value)
 
-    def active_alias(self) -> Optional[str]:
+    def write_alias(self) -> Optional[str]:
         """The alias to use for writes, or None: no healthy database, agent stopped,
         or heartbeat stale (use your fallback then)."""
         return self._names[self.write_slot()]
 
+    def active_alias(self) -> Optional[str]:
+        """The older name of :meth:`write_alias`, kept for existing callers."""
+        return self._names[self.write_slot()]
+
     def read_alias(self) -> Optional[str]:
-        """The alias to use for reads, or None (as :meth:`active_alias`)."""
+        """The alias to use for reads, or None (as :meth:`write_alias`)."""
         return self._names[self.read_slot()]
 
     def slot_alias(self, slot: int) -> Optional[str]:

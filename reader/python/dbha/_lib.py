@@ -66,7 +66,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         "dbha_version": (ctypes.c_char_p, []),
         # The hot path: no argtypes (a c_void_p instance is passed as it is, with no
         # conversion), one integer back.
-        "dbha_active_slot": (ctypes.c_int64, None),
+        "dbha_write_slot": (ctypes.c_int64, None),
         "dbha_read_slot": (ctypes.c_int64, None),
     }
     for name, (restype, argtypes) in sigs.items():

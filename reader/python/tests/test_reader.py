@@ -19,9 +19,10 @@ def test_active_state(tmp_path):
     path = write_state(tmp_path / "state", ALIASES, "--write", 1, "--read", 2, "--health", "0b110",
                        "--stale-after-ms", 600000)
     with dbha.Reader(path) as r:
-        assert r.active_alias() == "failover1"
+        assert r.write_alias() == "failover1"
         assert r.read_alias() == "failover2"
-        assert r.active_alias() == "failover1"  # the cached path
+        assert r.write_alias() == "failover1"  # the cached path
+        assert r.active_alias() == "failover1"  # the older name
         s = r.snapshot()
         assert s.status == "active" and s.active and not s.stale
         assert (s.write_alias, s.read_alias) == ("failover1", "failover2")
