@@ -9,7 +9,7 @@
 //!
 //! ```no_run
 //! let reader = dbha::Reader::open("/run/dbha/state")?;
-//! let db = reader.active_alias().unwrap_or("default");
+//! let db = reader.write_alias().unwrap_or("default");
 //! if let Some(e) = reader.write_endpoint() {
 //!     println!("writes go to {} at {}:{}", e.alias, e.host, e.port);
 //! }
@@ -630,7 +630,7 @@ impl Reader {
         self.write_alias()
     }
 
-    /// As [`Reader::active_alias`], as a C string.
+    /// As [`Reader::write_alias`], as a C string.
     #[inline]
     pub fn active_alias_c(&self) -> Option<&CStr> {
         self.active(|a| a.c.as_c_str())
@@ -646,7 +646,7 @@ impl Reader {
     }
 
     /// The alias the app should use for reads now (same rules as
-    /// [`Reader::active_alias`]).
+    /// [`Reader::write_alias`]).
     #[inline]
     pub fn read_alias(&self) -> Option<&str> {
         self.read_slot().and_then(|(g, i)| self.alias_in(g, i))
@@ -697,12 +697,12 @@ impl Reader {
     }
 
     /// Where writes go now: the write endpoint's alias, host and port, or `None`
-    /// when there is none (as [`Reader::active_alias`]) or the file has no
+    /// when there is none (as [`Reader::write_alias`]) or the file has no
     /// addresses (written by an agent from before they were published). No system
     /// call, no allocation.
     #[inline]
     pub fn write_endpoint(&self) -> Option<Endpoint<'_>> {
-        self.active_slot().and_then(|(g, i)| self.endpoint_in(g, i))
+        self.write_slot().and_then(|(g, i)| self.endpoint_in(g, i))
     }
 
     /// Where reads go now, as [`Reader::write_endpoint`].
@@ -712,7 +712,7 @@ impl Reader {
     }
 
     /// Endpoint `index` of generation `generation` of this reader (see
-    /// [`Reader::active_slot`]): its alias and address always come from the file
+    /// [`Reader::write_slot`]): its alias and address always come from the file
     /// the index was read from.
     pub fn endpoint_in(&self, generation: u64, index: u32) -> Option<Endpoint<'_>> {
         self.generation_number(generation)?.endpoint(index)
