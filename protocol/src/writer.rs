@@ -657,13 +657,22 @@ impl StateFile {
         let tables = encode_tables(&self.endpoints)?;
         let mut values = self.values;
         values.flags &= !(flags::SUPERSEDED | flags::STOPPED);
-        let file = create(
-            &self.path,
-            &tables,
-            self.endpoints.len(),
-            &values,
-            settings.mode,
-        )?;
+        self.move_to_new_file(&tables, self.endpoints.len(), &values, settings)?;
+        restored.state = true;
+        Ok(restored)
+    }
+
+    /// Creates a complete new file at the path with `values` (see `create`), maps
+    /// it, and only then flags the file this writer had SUPERSEDED, so that its
+    /// readers move to the new one; from here on this writer writes the new file.
+    fn move_to_new_file(
+        &mut self,
+        tables: &Tables,
+        count: usize,
+        values: &RecordValues,
+        settings: Settings,
+    ) -> Result<(), WriterError> {
+        let file = create(&self.path, tables, count, values, settings.mode)?;
         let new_map = map(&file, &self.path, FILE_SIZE)?;
         let mut old = self.values;
         old.flags |= flags::SUPERSEDED;
@@ -673,8 +682,7 @@ impl StateFile {
         self.record_offset = RECORD_OFFSET as usize;
         self.details = Some(DETAILS_OFFSET as usize);
         self.values = read_own(&self.map, self.record_offset);
-        restored.state = true;
-        Ok(restored)
+        Ok(())
     }
 
     fn replace(
@@ -698,18 +706,8 @@ impl StateFile {
             },
             initial,
         );
-        let file = create(&self.path, tables, endpoints.len(), &values, settings.mode)?;
-        let new_map = map(&file, &self.path, FILE_SIZE)?;
-        // Only now that the new file is in place: tell readers of the old one.
-        let mut old = self.values;
-        old.flags |= flags::SUPERSEDED;
-        self.store(old);
-        self.map = new_map;
-        self.file = file;
-        self.record_offset = RECORD_OFFSET as usize;
-        self.values = read_own(&self.map, self.record_offset);
+        self.move_to_new_file(tables, endpoints.len(), &values, settings)?;
         self.endpoints = endpoints.to_vec();
-        self.details = Some(DETAILS_OFFSET as usize);
         Ok(())
     }
 
