@@ -106,3 +106,13 @@ impl AgentProc {
 }
 
 pub use dbha_harness::config::{config, Timing};
+
+/// A configuration with the default (fast) timings; `dbs` are (alias, port,
+/// check), all on 127.0.0.1.
+pub fn loopback_config(state: &Path, dbs: &[(&str, u16, &str)], extra: &str) -> String {
+    let dbs: Vec<_> = dbs
+        .iter()
+        .map(|(a, p, c)| (*a, "127.0.0.1", *p, *c))
+        .collect();
+    config(state, &Timing::default(), &dbs, extra)
+}

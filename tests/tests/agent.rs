@@ -3,7 +3,7 @@
 
 use dbha::{Reader, Status};
 use dbha_harness::Listener;
-use dbha_tests::agentproc::{self, wait_active, wait_for, AgentProc, Timing};
+use dbha_tests::agentproc::{self, loopback_config as config, wait_active, wait_for, AgentProc};
 use dbha_tests::fakepg::{FakePg, Reply};
 use nix::sys::signal::Signal;
 use std::path::Path;
@@ -20,15 +20,6 @@ fn listener() -> Listener {
 
 fn port(l: &Listener) -> u16 {
     l.port
-}
-
-/// A configuration with fast timings; `dbs` are (alias, port, check) on 127.0.0.1.
-fn config(state: &Path, dbs: &[(&str, u16, &str)], extra: &str) -> String {
-    let dbs: Vec<_> = dbs
-        .iter()
-        .map(|(a, p, c)| (*a, "127.0.0.1", *p, *c))
-        .collect();
-    agentproc::config(state, &Timing::default(), &dbs, extra)
 }
 
 /// An agent with its own test directory.

@@ -5,24 +5,17 @@
 
 use dbha::{Reader, Status};
 use dbha_harness::Listener;
-use dbha_tests::agentproc::{self, wait_active, wait_for, AgentProc, Timing, PATIENCE};
+use dbha_tests::agentproc::{
+    self, loopback_config as config, wait_active, wait_for, AgentProc, Timing, PATIENCE,
+};
 use dbha_tests::fakepg::{FakePg, Reply};
 use dbha_tests::{agent_bin, require, Children};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn config(state: &Path, dbs: &[(&str, u16, &str)], extra: &str) -> String {
-    let dbs: Vec<_> = dbs
-        .iter()
-        .map(|(a, p, c)| (*a, "127.0.0.1", *p, *c))
-        .collect();
-    agentproc::config(state, &Timing::default(), &dbs, extra)
-}
 
 /// Reads snapshots for `d`, calling `each` on every one.
 fn watch(r: &Reader, d: Duration, mut each: impl FnMut(&dbha::Snapshot)) {
