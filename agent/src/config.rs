@@ -703,6 +703,15 @@ impl Config {
     }
 
     /// What the state file publishes of each database: alias, host and port.
+    /// The rules a decision follows.
+    pub fn policy(&self) -> crate::decide::Policy {
+        crate::decide::Policy {
+            failback: self.failback,
+            writes: self.writes,
+            reads: self.reads,
+        }
+    }
+
     pub fn published_endpoints(&self) -> Vec<dbha_protocol::Endpoint> {
         self.databases
             .iter()

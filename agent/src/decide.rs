@@ -82,7 +82,18 @@ impl Tracker {
     }
 }
 
-/// The active endpoint given each endpoint's health (index = priority order) and the
+/// Whether first verdicts may still be pending: just after a start or reload, for
+/// long enough that every endpoint had the chance of `max(rise, fall)` probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// First verdicts may be pending: a new choice does not pass over an endpoint
+    /// still Unknown.
+    Settling,
+    /// Every endpoint had its chance: one still Unknown is passed over.
+    Settled,
+}
+
+/// The write endpoint given each endpoint's health (index = priority order) and the
 /// current choice.
 ///
 /// - The current endpoint is kept while it is not known to be down: Unknown is not a
@@ -90,15 +101,15 @@ impl Tracker {
 ///   have a verdict).
 /// - `Sticky` keeps it even when a higher-priority endpoint is up again; `Auto`
 ///   returns to the highest-priority endpoint that is up.
-/// - Otherwise: the highest-priority endpoint that is up, or none. While `settling`
-///   (just after a start or reload, while first verdicts are pending) that choice does
-///   not pass over an endpoint still Unknown: otherwise whichever endpoint answered
-///   first would win, and with sticky failback stay.
+/// - Otherwise: the highest-priority endpoint that is up, or none. While
+///   [`Phase::Settling`] that choice does not pass over an endpoint still Unknown:
+///   otherwise whichever endpoint answered first would win, and with sticky
+///   failback stay.
 pub fn choose(
     health: &[Health],
     current: Option<usize>,
     failback: Failback,
-    settling: bool,
+    phase: Phase,
 ) -> Option<usize> {
     let first_up = health.iter().position(|h| *h == Health::Up);
     match current.filter(|&c| health.get(c).is_some_and(|h| *h != Health::Down)) {
@@ -106,34 +117,65 @@ pub fn choose(
             (Failback::Auto, Some(u)) if u < c => Some(u),
             _ => Some(c),
         },
-        None => first_up.filter(|&u| !(settling && health[..u].contains(&Health::Unknown))),
+        None => first_up.filter(|&u| !passes_over_unknown(phase, &health[..u])),
     }
+}
+
+/// A new choice made while settling must not pass over an endpoint still Unknown.
+fn passes_over_unknown(phase: Phase, before: &[Health]) -> bool {
+    phase == Phase::Settling && before.contains(&Health::Unknown)
+}
+
+/// What a server said of itself in a probe that could log in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    pub role: Role,
+    /// `default_transaction_read_only` is on.
+    pub read_only: bool,
 }
 
 /// What the agent knows of one endpoint when it decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Seen {
     pub health: Health,
-    /// From the last successful probe that could log in.
-    pub role: Option<Role>,
-    pub read_only: bool,
+    /// From the last successful probe that could log in; None when the check
+    /// cannot tell (tcp, or no credentials) or the endpoint went down.
+    pub claim: Option<Claim>,
 }
 
 impl Seen {
+    pub fn role(&self) -> Option<Role> {
+        self.claim.map(|c| c.role)
+    }
+
     fn up_as(&self, role: Role) -> bool {
-        self.health == Health::Up && self.role == Some(role)
+        self.health == Health::Up && self.role() == Some(role)
     }
 
     fn writable(&self) -> bool {
-        self.up_as(Role::Primary) && !self.read_only
+        self.up_as(Role::Primary) && self.claim.is_some_and(|c| !c.read_only)
     }
+}
+
+/// Where writes and reads go: indexes into the endpoints, in priority order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Choice {
+    pub write: Option<usize>,
+    pub read: Option<usize>,
+}
+
+/// The configured rules a decision follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    pub failback: Failback,
+    pub writes: Writes,
+    pub reads: Reads,
 }
 
 /// The write and read choice, and what was noticed on the way.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
-    pub write: Option<usize>,
-    pub read: Option<usize>,
+    pub choice: Choice,
     /// Up endpoints that claim to be primary (more than one: split brain).
     pub primaries: Vec<usize>,
     /// The write endpoint was lost while several others claim primary: NONE was
@@ -149,39 +191,27 @@ pub struct Decision {
 /// is chosen only when exactly one endpoint is a writable primary (two means a
 /// split brain, and guessing could send writes to the wrong side); auto failback
 /// never moves writes, since moving would mean two primaries.
-pub fn decide(
-    seen: &[Seen],
-    current: (Option<usize>, Option<usize>),
-    failback: Failback,
-    settling: bool,
-    writes: Writes,
-    reads: Reads,
-) -> Decision {
+pub fn decide(seen: &[Seen], current: Choice, policy: Policy, phase: Phase) -> Decision {
     let primaries: Vec<usize> = (0..seen.len())
         .filter(|&i| seen[i].up_as(Role::Primary))
         .collect();
     let mut ambiguous = false;
-    let write = match writes {
-        Writes::Any => {
-            let health: Vec<Health> = seen.iter().map(|s| s.health).collect();
-            choose(&health, current.0, failback, settling)
-        }
+    let health: Vec<Health> = seen.iter().map(|s| s.health).collect();
+    let write = match policy.writes {
+        Writes::Any => choose(&health, current.write, policy.failback, phase),
         Writes::Primary => {
-            let keep = current.0.filter(|&c| {
+            let keep = current.write.filter(|&c| {
                 seen.get(c).is_some_and(|s| {
-                    s.health != Health::Down && s.role != Some(Role::Standby) && !s.read_only
+                    s.health != Health::Down
+                        && s.role() != Some(Role::Standby)
+                        && !s.claim.is_some_and(|c| c.read_only)
                 })
             });
             keep.or_else(|| {
                 let writable: Vec<usize> =
                     (0..seen.len()).filter(|&i| seen[i].writable()).collect();
                 match writable[..] {
-                    [only]
-                        if !(settling
-                            && seen[..only].iter().any(|s| s.health == Health::Unknown)) =>
-                    {
-                        Some(only)
-                    }
+                    [only] if !passes_over_unknown(phase, &health[..only]) => Some(only),
                     [_, _, ..] => {
                         ambiguous = true;
                         None
@@ -193,7 +223,7 @@ pub fn decide(
     };
     let fit = |i: usize, want: Option<Role>| {
         seen.get(i)
-            .is_some_and(|s| s.health == Health::Up && want.is_none_or(|r| s.role == Some(r)))
+            .is_some_and(|s| s.health == Health::Up && want.is_none_or(|r| s.role() == Some(r)))
     };
     // A new read endpoint is the first fit one; while settling, not one past an
     // endpoint still Unknown (as for writes in `choose`): otherwise whichever
@@ -201,24 +231,23 @@ pub fn decide(
     let first_fit = |want: Option<Role>| {
         (0..seen.len())
             .find(|&i| fit(i, want))
-            .filter(|&i| !(settling && seen[..i].iter().any(|s| s.health == Health::Unknown)))
+            .filter(|&i| !passes_over_unknown(phase, &health[..i]))
     };
-    let read = match reads {
+    let read = match policy.reads {
         Reads::Primary => write,
         Reads::PreferStandby => current
-            .1
+            .read
             .filter(|&r| fit(r, Some(Role::Standby)))
             .or_else(|| first_fit(Some(Role::Standby)))
             .or(write),
         Reads::Any => current
-            .1
+            .read
             .filter(|&r| fit(r, None))
             .or_else(|| first_fit(None))
             .or(write),
     };
     Decision {
-        write,
-        read,
+        choice: Choice { write, read },
         primaries,
         ambiguous,
     }
@@ -228,6 +257,7 @@ pub fn decide(
 mod tests {
     use super::*;
     use Health::{Down, Unknown, Up};
+    use Phase::{Settled, Settling};
 
     /// Feeds `results` ("+" success, "-" failure) and returns the health after each.
     fn run(rise: u32, fall: u32, results: &str) -> Vec<Health> {
@@ -383,7 +413,11 @@ mod tests {
             ),
         ];
         for (health, current, failback, want, what) in cases {
-            assert_eq!(choose(health, *current, *failback, false), *want, "{what}");
+            assert_eq!(
+                choose(health, *current, *failback, Settled),
+                *want,
+                "{what}"
+            );
         }
     }
 
@@ -391,15 +425,21 @@ mod tests {
     fn a_first_choice_waits_for_higher_priority_verdicts_while_settling() {
         use Failback::Sticky;
         // failover2 answered first; default has no verdict yet.
-        assert_eq!(choose(&[Unknown, Down, Up], None, Sticky, true), None);
-        assert_eq!(choose(&[Up, Down, Up], None, Sticky, true), Some(0));
-        assert_eq!(choose(&[Down, Down, Up], None, Sticky, true), Some(2));
+        assert_eq!(choose(&[Unknown, Down, Up], None, Sticky, Settling), None);
+        assert_eq!(choose(&[Up, Down, Up], None, Sticky, Settling), Some(0));
+        assert_eq!(choose(&[Down, Down, Up], None, Sticky, Settling), Some(2));
         // Lower-priority pending verdicts do not hold anything up.
-        assert_eq!(choose(&[Up, Unknown, Unknown], None, Sticky, true), Some(0));
+        assert_eq!(
+            choose(&[Up, Unknown, Unknown], None, Sticky, Settling),
+            Some(0)
+        );
         // Once settled, an endpoint that never got a verdict no longer blocks.
-        assert_eq!(choose(&[Unknown, Down, Up], None, Sticky, false), Some(2));
+        assert_eq!(choose(&[Unknown, Down, Up], None, Sticky, Settled), Some(2));
         // A current choice is kept as before.
-        assert_eq!(choose(&[Unknown, Up, Up], Some(2), Sticky, true), Some(2));
+        assert_eq!(
+            choose(&[Unknown, Up, Up], Some(2), Sticky, Settling),
+            Some(2)
+        );
     }
 
     #[test]
@@ -416,7 +456,7 @@ mod tests {
                     tr.observe(ok);
                 }
                 let h: Vec<Health> = self.t.iter().map(|t| t.health).collect();
-                self.active = choose(&h, self.active, self.failback, false);
+                self.active = choose(&h, self.active, self.failback, Settled);
                 self.active
             }
         }
@@ -446,19 +486,16 @@ mod tests {
         // D down, U unknown, ? up with no role known.
         spec.chars()
             .map(|c| {
-                let (health, role, read_only) = match c {
-                    'P' => (Up, Some(Role::Primary), false),
-                    'S' => (Up, Some(Role::Standby), false),
-                    'R' => (Up, Some(Role::Primary), true),
-                    'D' => (Down, None, false),
-                    'U' => (Unknown, None, false),
-                    _ => (Up, None, false),
+                let claim = |role, read_only| Some(Claim { role, read_only });
+                let (health, claim) = match c {
+                    'P' => (Up, claim(Role::Primary, false)),
+                    'S' => (Up, claim(Role::Standby, false)),
+                    'R' => (Up, claim(Role::Primary, true)),
+                    'D' => (Down, None),
+                    'U' => (Unknown, None),
+                    _ => (Up, None),
                 };
-                Seen {
-                    health,
-                    role,
-                    read_only,
-                }
+                Seen { health, claim }
             })
             .collect()
     }
@@ -559,73 +596,73 @@ mod tests {
             ),
         ];
         for (spec, current, failback, want, ambiguous, what) in cases {
-            let d = decide(
-                &seen(spec),
-                (*current, None),
-                *failback,
-                false,
-                Writes::Primary,
-                Reads::Primary,
+            let policy = Policy {
+                failback: *failback,
+                writes: Writes::Primary,
+                reads: Reads::Primary,
+            };
+            let current = Choice {
+                write: *current,
+                read: None,
+            };
+            let d = decide(&seen(spec), current, policy, Settled);
+            assert_eq!((d.choice.write, d.ambiguous), (*want, *ambiguous), "{what}");
+            assert_eq!(
+                d.choice.read, d.choice.write,
+                "{what}: reads = primary follows writes"
             );
-            assert_eq!((d.write, d.ambiguous), (*want, *ambiguous), "{what}");
-            assert_eq!(d.read, d.write, "{what}: reads = primary follows writes");
+        }
+    }
+
+    const PRIMARY: Policy = Policy {
+        failback: Failback::Sticky,
+        writes: Writes::Primary,
+        reads: Reads::Primary,
+    };
+
+    fn writing_to(i: usize) -> Choice {
+        Choice {
+            write: Some(i),
+            read: None,
         }
     }
 
     #[test]
     fn split_brain_is_noticed() {
-        let d = decide(
-            &seen("PPS"),
-            (Some(1), None),
-            Failback::Sticky,
-            false,
-            Writes::Primary,
-            Reads::Primary,
-        );
+        let d = decide(&seen("PPS"), writing_to(1), PRIMARY, Settled);
         assert_eq!(d.primaries, [0, 1]);
-        let d = decide(
-            &seen("PSS"),
-            (Some(0), None),
-            Failback::Sticky,
-            false,
-            Writes::Primary,
-            Reads::Primary,
-        );
+        let d = decide(&seen("PSS"), writing_to(0), PRIMARY, Settled);
         assert_eq!(d.primaries, [0]);
     }
 
     #[test]
     fn a_settling_agent_does_not_give_reads_to_the_first_standby_that_answered() {
-        let read = |spec: &str, settling: bool| {
-            decide(
-                &seen(spec),
-                (Some(0), None),
-                Failback::Auto,
-                settling,
-                Writes::Primary,
-                Reads::PreferStandby,
-            )
-            .read
+        let read = |spec: &str, phase: Phase| {
+            let policy = Policy {
+                failback: Failback::Auto,
+                reads: Reads::PreferStandby,
+                ..PRIMARY
+            };
+            decide(&seen(spec), writing_to(0), policy, phase)
+                .choice
+                .read
         };
         // failover1 not heard from yet: reads wait on the primary, not failover2.
-        assert_eq!(read("PUS", true), Some(0));
-        assert_eq!(read("PSS", true), Some(1));
+        assert_eq!(read("PUS", Settling), Some(0));
+        assert_eq!(read("PSS", Settling), Some(1));
         // Settled: an endpoint still unknown is passed over.
-        assert_eq!(read("PUS", false), Some(2));
+        assert_eq!(read("PUS", Settled), Some(2));
     }
 
     #[test]
     fn read_policies() {
         let read = |spec: &str, current: Option<usize>, reads: Reads| {
-            decide(
-                &seen(spec),
-                (Some(0), current),
-                Failback::Sticky,
-                false,
-                Writes::Primary,
-                reads,
-            )
-            .read
+            let current = Choice {
+                read: current,
+                ..writing_to(0)
+            };
+            let policy = Policy { reads, ..PRIMARY };
+            decide(&seen(spec), current, policy, Settled).choice.read
         };
         assert_eq!(read("PSS", None, Reads::PreferStandby), Some(1));
         assert_eq!(
@@ -646,14 +683,11 @@ mod tests {
 
     #[test]
     fn writes_any_ignores_roles() {
-        let d = decide(
-            &seen("SPS"),
-            (None, None),
-            Failback::Sticky,
-            false,
-            Writes::Any,
-            Reads::Primary,
-        );
-        assert_eq!(d.write, Some(0));
+        let policy = Policy {
+            writes: Writes::Any,
+            ..PRIMARY
+        };
+        let d = decide(&seen("SPS"), Choice::default(), policy, Settled);
+        assert_eq!(d.choice.write, Some(0));
     }
 }

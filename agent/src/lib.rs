@@ -2,7 +2,8 @@
 //! one the application must use, and publishes that decision into the state file
 //! that `libdbha` readers map. Not a proxy: no application traffic passes through it.
 //!
-//! Data flows one way: `config` -> `probe` -> `decide` -> state file (`run`). The
+//! Data flows one way: `config` -> `probe` -> `state` (hysteresis, with the choice
+//! made by `decide`) -> the state file, written by the loop in `run`. The
 //! library form exists for the binary and for the cross-crate tests; `demo` (the
 //! default `demo` feature) starts local databases through `dbha-harness`.
 
@@ -17,4 +18,5 @@ pub mod notify;
 pub mod probe;
 pub mod run;
 mod signals;
+pub mod state;
 pub mod status;

@@ -3,6 +3,8 @@
 //! the example configuration). The agent's loop replaces the snapshot after every
 //! publication; a scrape only formats it.
 
+use crate::decide::Health;
+use crate::state::State;
 use log::{error, info};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -29,7 +31,8 @@ pub struct Endpoint {
 #[derive(Debug, Clone, Default)]
 pub struct Metrics {
     pub endpoints: Vec<Endpoint>,
-    pub active: Option<String>,
+    /// Where writes go.
+    pub write: Option<String>,
     pub read: Option<String>,
     pub epoch: u64,
     pub switches_total: u64,
@@ -113,7 +116,7 @@ impl Metrics {
             "dbha_active",
             "gauge",
             "1 for the endpoint writes go to now (none when no endpoint is usable).",
-            chosen(&self.active),
+            chosen(&self.write),
         );
         family(
             "dbha_read",
@@ -143,6 +146,83 @@ impl Metrics {
             vec![(String::new(), format!("{age:.3}"))],
         );
         out
+    }
+}
+
+/// The loop's side of the metrics: counters kept between publications, and the
+/// snapshot a scrape reads. Without `metrics_listen` it only counts.
+#[derive(Default)]
+pub struct Feed {
+    shared: Option<Arc<Mutex<Metrics>>>,
+    switches_total: u64,
+    /// Failed probes by alias and kind, since the agent started.
+    errors: BTreeMap<String, BTreeMap<&'static str, u64>>,
+}
+
+impl Feed {
+    /// Serves the metrics on `listen`, when configured (see [`serve`]).
+    pub fn start(listen: Option<SocketAddr>) -> Feed {
+        let shared = listen.and_then(|addr| {
+            let shared = Arc::new(Mutex::new(Metrics::default()));
+            match serve(addr, shared.clone()) {
+                Ok(()) => Some(shared),
+                Err(e) => {
+                    error!("cannot start the metrics thread for {addr}: {e}; no metrics");
+                    None
+                }
+            }
+        });
+        Feed {
+            shared,
+            ..Feed::default()
+        }
+    }
+
+    pub fn failed_probe(&mut self, alias: &str, kind: &'static str) {
+        *self
+            .errors
+            .entry(alias.to_owned())
+            .or_default()
+            .entry(kind)
+            .or_insert(0) += 1;
+    }
+
+    /// A new decision was published.
+    pub fn switched(&mut self) {
+        self.switches_total += 1;
+    }
+
+    /// Replaces the snapshot a scrape serves.
+    pub fn update(&self, state: &State, epoch: u64) {
+        let Some(shared) = &self.shared else { return };
+        let endpoints = state
+            .endpoints
+            .iter()
+            .map(|e| Endpoint {
+                alias: e.db.alias.clone(),
+                up: e.tracker.health == Health::Up,
+                role: e
+                    .seen()
+                    .role()
+                    .map_or(dbha::Role::Unknown, Into::into)
+                    .name(),
+                last_probe: e.took,
+                consecutive_failures: e.tracker.failures(),
+                errors: self.errors.get(&e.db.alias).cloned().unwrap_or_default(),
+            })
+            .collect();
+        let name = |i: Option<usize>| i.map(|i| state.endpoints[i].db.alias.clone());
+        let m = Metrics {
+            endpoints,
+            write: name(state.choice.write),
+            read: name(state.choice.read),
+            epoch,
+            switches_total: self.switches_total,
+            last_heartbeat: Some(Instant::now()),
+        };
+        if let Ok(mut slot) = shared.lock() {
+            *slot = m;
+        }
     }
 }
 

@@ -1,20 +1,22 @@
-//! `dbha-agent run`: probe reports and signals arrive on one channel; the loop
-//! updates each endpoint's hysteresis, decides, and publishes into the state file,
-//! with a heartbeat every `interval` whatever the probes are doing.
+//! `dbha-agent run`: the loop. Probe reports and signals arrive on one channel;
+//! each report goes into the [`State`], whose decision is published into the state
+//! file, with a heartbeat every `interval` whatever the probes are doing. Around
+//! the state, thin parts with one job each: the probe threads ([`Probes`]),
+//! systemd readiness and watchdog ([`Readiness`]), metrics ([`metrics::Feed`]) and
+//! log lines repeated at most once a minute ([`Throttle`]).
 
 use crate::config::{Config, Database};
-use crate::decide::{decide, Decision, Health, Seen, Tracker};
-use crate::metrics::{self, Metrics};
+use crate::decide::{Choice, Decision, Health, Phase};
+use crate::metrics;
 use crate::notify::Notifier;
-use crate::probe::{self, Failure, Outcome, Report, Role};
+use crate::probe::{self, Failure, Report};
 use crate::signals;
+use crate::state::State;
+use dbha_protocol::probe_result;
 use dbha_protocol::writer::{Opened, Publication, Settings, StateFile};
-use dbha_protocol::NONE;
 use log::{error, info, warn};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// What the loop reacts to.
@@ -43,82 +45,194 @@ impl std::fmt::Display for StartError {
     }
 }
 
-struct Endpoint {
-    db: Database,
-    tracker: Tracker,
-    last: Option<Outcome>,
-    /// Role and read-only flag from the last probe that could log in; kept through
-    /// a lost probe, forgotten when the endpoint goes down.
-    role: Option<(Role, bool)>,
-    /// How long the last probe took.
-    took: Duration,
-    /// Its probe thread: the id its reports carry, and the handle that stops it.
-    /// None while no thread could be started (retried at every heartbeat).
-    probe: Option<(u64, Sender<()>)>,
-    /// When its probe thread last reported, or was started.
+/// A log line repeated at most once a minute while its condition lasts.
+#[derive(Default)]
+struct Throttle(Option<Instant>);
+
+impl Throttle {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    /// The line is due now (and counts as written).
+    fn due(&mut self) -> bool {
+        let due = self.0.is_none_or(|t| t.elapsed() >= Self::EVERY);
+        if due {
+            self.0 = Some(Instant::now());
+        }
+        due
+    }
+
+    /// The condition ended: its next occurrence is logged at once.
+    fn reset(&mut self) {
+        self.0 = None;
+    }
+}
+
+/// How long an endpoint's probe may stay silent before it counts as failing: three
+/// probe periods (each at most the longer of interval and timeout), plus the loop's
+/// interval of slack. Every probe reports within its timeout, the host name lookup
+/// included, so only a wedged or lost thread is this late.
+fn silence_limit(db: &Database, loop_interval: Duration) -> Duration {
+    db.interval.max(db.timeout) * 3 + loop_interval
+}
+
+/// A running probe thread.
+struct ProbeThread {
+    /// The id its reports carry.
+    id: u64,
+    /// Dropping it stops the thread.
+    _stop: Sender<()>,
+    /// When it last reported, or was started.
     heard: Instant,
 }
 
-impl Endpoint {
-    /// How long this endpoint's probe may stay silent before it counts as failing:
-    /// three probe periods (each at most the longer of interval and timeout), plus
-    /// the loop's interval of slack. Every probe reports within its timeout, the
-    /// host name lookup included, so only a wedged or lost thread is this late.
-    fn silence_limit(&self, loop_interval: Duration) -> Duration {
-        self.db.interval.max(self.db.timeout) * 3 + loop_interval
+/// The probe threads, one per endpoint (indexed as the state's endpoints). An
+/// endpoint has none while its thread could not be started; that is retried at
+/// every heartbeat.
+struct Probes {
+    threads: Vec<Option<ProbeThread>>,
+    last_id: u64,
+    tx: Sender<Event>,
+    spawn_log: Throttle,
+}
+
+impl Probes {
+    fn new(count: usize, tx: Sender<Event>) -> Probes {
+        Probes {
+            threads: (0..count).map(|_| None).collect(),
+            last_id: 0,
+            tx,
+            spawn_log: Throttle::default(),
+        }
     }
 
-    fn seen(&self) -> Seen {
-        Seen {
-            health: self.tracker.health,
-            role: self.role.map(|(r, _)| r),
-            read_only: self.role.is_some_and(|(_, ro)| ro),
+    /// Starts a probe thread for every endpoint that has none. Meanwhile an
+    /// endpoint whose thread cannot start is silent, and counts as down once
+    /// silent for longer than its limit.
+    fn start_missing(&mut self, databases: &[Database]) {
+        let mut failed = Vec::new();
+        for (slot, db) in self.threads.iter_mut().zip(databases) {
+            if slot.is_some() {
+                continue;
+            }
+            self.last_id += 1;
+            match probe::spawn(self.last_id, db.clone(), self.tx.clone()) {
+                Ok(stop) => {
+                    *slot = Some(ProbeThread {
+                        id: self.last_id,
+                        _stop: stop,
+                        heard: Instant::now(),
+                    })
+                }
+                Err(err) => failed.push(format!("{}: {err}", db.alias)),
+            }
+        }
+        if !failed.is_empty() && self.spawn_log.due() {
+            error!(
+                "cannot start probe threads, retrying at every heartbeat ({})",
+                failed.join("; ")
+            );
+        }
+    }
+
+    /// The endpoint whose current thread sent a report with id `id`, now marked
+    /// heard; None for a report of a thread that was replaced.
+    fn heard_from(&mut self, id: u64) -> Option<usize> {
+        let i = self
+            .threads
+            .iter()
+            .position(|t| t.as_ref().is_some_and(|t| t.id == id))?;
+        if let Some(t) = &mut self.threads[i] {
+            t.heard = Instant::now();
+        }
+        Some(i)
+    }
+
+    /// Stops the threads silent for longer than their limit (a late report of one
+    /// is then ignored) and returns their endpoints with how long each was silent.
+    fn stop_silent(
+        &mut self,
+        databases: &[Database],
+        loop_interval: Duration,
+    ) -> Vec<(usize, Duration)> {
+        let mut silent = Vec::new();
+        for (i, (slot, db)) in self.threads.iter_mut().zip(databases).enumerate() {
+            let Some(t) = slot else { continue };
+            let quiet = t.heard.elapsed();
+            if quiet > silence_limit(db, loop_interval) {
+                silent.push((i, quiet));
+                *slot = None;
+            }
+        }
+        silent
+    }
+
+    /// Every endpoint's probe keeps reporting within its silence limit.
+    fn alive(&self, databases: &[Database], loop_interval: Duration) -> bool {
+        self.threads.iter().zip(databases).all(|(t, db)| {
+            t.as_ref()
+                .is_some_and(|t| t.heard.elapsed() <= silence_limit(db, loop_interval))
+        })
+    }
+
+    /// For a new configuration: the thread of a database configured exactly as
+    /// before moves to its new index, so a reload (or a storm of them) never delays
+    /// a verdict; the others stop.
+    fn reconfigure(&mut self, old: &[Database], new: &[Database]) {
+        let mut old: Vec<(Option<ProbeThread>, &Database)> = std::mem::take(&mut self.threads)
+            .into_iter()
+            .zip(old)
+            .collect();
+        self.threads = new
+            .iter()
+            .map(|db| {
+                old.iter_mut()
+                    .find(|(_, o)| *o == db)
+                    .and_then(|(t, _)| t.take())
+            })
+            .collect();
+    }
+
+    fn stop_all(&mut self) {
+        self.threads.iter_mut().for_each(|t| *t = None);
+    }
+}
+
+/// systemd's view of the agent: READY=1 after a complete probe cycle and a
+/// publication, STATUS= on every change, watchdog pings while every probe reports.
+struct Readiness {
+    notifier: Notifier,
+    /// READY=1 was sent.
+    ready: bool,
+    /// Which endpoints have reported a probe since the agent started (or carried
+    /// a verdict over a reload).
+    reported: Vec<bool>,
+}
+
+impl Readiness {
+    /// After a publication: READY=1 once every endpoint reported and has a
+    /// verdict (or as many as the settling time allows), else STATUS= when the
+    /// choice changed.
+    fn published(&mut self, state: &State, file: &StateFile, phase: Phase, changed: bool) {
+        let cycle = self.reported.iter().all(|r| *r);
+        if !self.ready && cycle && (state.verdicts_in() || phase == Phase::Settled) {
+            self.notifier.ready(&status_line(state, file));
+            self.ready = true;
+        } else if self.ready && changed {
+            self.notifier.status(&status_line(state, file));
         }
     }
 }
 
-const NONE_LOG_EVERY: Duration = Duration::from_secs(60);
-
-struct Agent {
-    config_path: PathBuf,
-    config: Config,
-    endpoints: Vec<Endpoint>,
-    state: StateFile,
-    /// The write (active) and read endpoints, indexes into `endpoints`.
-    choice: (Option<usize>, Option<usize>),
-    /// The id of the last probe thread started (see [`Endpoint::probe`]).
-    last_probe_id: u64,
-    tx: Sender<Event>,
-    last_none_log: Option<Instant>,
-    last_conflict_log: Option<Instant>,
-    /// Until then, first verdicts may still be pending (see [`crate::decide::choose`]).
-    settle_until: Instant,
-    notifier: Notifier,
-    /// READY=1 was sent (after the first complete probe cycle and publication).
-    ready: bool,
-    /// Which endpoints have reported a probe since the agent started.
-    reported: Vec<bool>,
-    /// When a probe thread could not be started, last logged.
-    last_spawn_log: Option<Instant>,
-    /// When a state file that could not be restored was last logged.
-    last_restore_log: Option<Instant>,
-    /// What `metrics_listen` serves, when configured.
-    metrics: Option<Arc<Mutex<Metrics>>>,
-    switches_total: u64,
-    /// Failed probes by alias and kind, since the agent started.
-    errors: BTreeMap<String, BTreeMap<&'static str, u64>>,
-}
-
-/// How long, from a start or reload, until every endpoint has had the chance of a
-/// first verdict: `max(rise, fall)` probes, each taking at most the longer of its
-/// interval and timeout, plus one interval of slack.
-fn settle_time(config: &Config) -> Duration {
-    config
-        .databases
-        .iter()
-        .map(|d| d.interval.max(d.timeout) * d.rise.max(d.fall) + d.interval)
-        .max()
-        .unwrap_or_default()
+/// What `systemctl status` shows.
+fn status_line(state: &State, file: &StateFile) -> String {
+    format!(
+        "active: {}, read: {} (epoch {}); {}/{} databases up",
+        state.alias(state.choice.write),
+        state.alias(state.choice.read),
+        file.values().epoch,
+        state.up_count(),
+        state.endpoints.len()
+    )
 }
 
 fn settings(c: &Config) -> Settings {
@@ -128,45 +242,16 @@ fn settings(c: &Config) -> Settings {
     }
 }
 
-/// What the state file publishes for `endpoints` and the chosen write and read
-/// endpoints (indexes into `endpoints`).
-fn publication(
-    endpoints: &[Endpoint],
-    (write, read): (Option<usize>, Option<usize>),
-    conflict: bool,
-) -> Publication {
-    let mask = |f: &dyn Fn(&Endpoint) -> bool| {
-        endpoints
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| e.tracker.health == Health::Up && f(e))
-            .fold(0u64, |m, (i, _)| m | 1 << i)
-    };
-    let index = |i: Option<usize>| i.map_or(NONE, |i| i as u32);
-    Publication {
-        write_index: index(write),
-        read_index: index(read),
-        health_mask: mask(&|_| true),
-        primary_mask: mask(&|e| e.seen().role == Some(Role::Primary)),
-        standby_mask: mask(&|e| e.seen().role == Some(Role::Standby)),
-        conflict,
-    }
-}
-
-fn endpoints(config: &Config) -> Vec<Endpoint> {
-    config
-        .databases
-        .iter()
-        .map(|db| Endpoint {
-            db: db.clone(),
-            tracker: Tracker::new(db.rise, db.fall),
-            last: None,
-            role: None,
-            took: Duration::ZERO,
-            probe: None,
-            heard: Instant::now(),
-        })
-        .collect()
+struct Agent {
+    config_path: PathBuf,
+    state: State,
+    file: StateFile,
+    probes: Probes,
+    readiness: Readiness,
+    metrics: metrics::Feed,
+    none_log: Throttle,
+    conflict_log: Throttle,
+    restore_log: Throttle,
 }
 
 /// Runs the agent until SIGTERM/SIGINT. Returns an error only if it cannot start.
@@ -179,14 +264,14 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
     signals::forward(tx.clone())
         .map_err(|e| StartError(format!("cannot install signal handlers: {e}")))?;
     let mut agent = Agent::start(config_path, config, tx)?;
-    agent.start_probes();
+    agent.probes.start_missing(&agent.state.config.databases);
     agent.run(rx);
     Ok(())
 }
 
 impl Agent {
     /// Opens the state file (creating its directory) and the metrics endpoint;
-    /// probes start with [`Agent::start_probes`].
+    /// the probes are started by the caller.
     fn start(config_path: &Path, config: Config, tx: Sender<Event>) -> Result<Agent, StartError> {
         if let Some(dir) = config
             .state_file
@@ -203,106 +288,64 @@ impl Agent {
                 info!("created {}", dir.display());
             }
         }
-        let (state, opened) = StateFile::open(
+        let (file, opened) = StateFile::open(
             &config.state_file,
             &config.published_endpoints(),
             settings(&config),
             &Publication::NOTHING,
         )
         .map_err(|e| StartError(e.to_string()))?;
-        let endpoints = endpoints(&config);
-        let reported = vec![false; endpoints.len()];
         // A reused file keeps its published decision until the probes have a verdict.
-        let index = |i: u32| Some(i as usize).filter(|&i| i < endpoints.len());
+        let index = |i: u32| Some(i as usize);
         let choice = match opened {
-            Opened::Reused => (
-                index(state.values().write_index),
-                index(state.values().read_index),
-            ),
-            _ => (None, None),
+            Opened::Reused => Choice {
+                write: index(file.values().write_index),
+                read: index(file.values().read_index),
+            },
+            _ => Choice::default(),
         };
         info!(
-        "state file {} {} (epoch {}, config generation {}), {} databases, interval {:?}, failback {}",
-        config.state_file.display(),
-        match opened {
-            Opened::Created => "created",
-            Opened::Reused => "reused",
-            Opened::Replaced => "replaced (endpoints or layout changed)",
-        },
-        state.values().epoch,
-        state.values().config_generation,
-        config.databases.len(),
-        config.interval,
-        config.failback.name(),
-    );
-        let metrics = match config.metrics_listen {
-            Some(addr) => {
-                let shared = Arc::new(Mutex::new(Metrics::default()));
-                match metrics::serve(addr, shared.clone()) {
-                    Ok(()) => Some(shared),
-                    Err(e) => {
-                        error!("cannot start the metrics thread for {addr}: {e}; no metrics");
-                        None
-                    }
-                }
-            }
-            None => None,
-        };
-        let settle_until = Instant::now() + settle_time(&config);
+            "state file {} {} (epoch {}, config generation {}), {} databases, interval {:?}, failback {}",
+            config.state_file.display(),
+            match opened {
+                Opened::Created => "created",
+                Opened::Reused => "reused",
+                Opened::Replaced => "replaced (endpoints or layout changed)",
+            },
+            file.values().epoch,
+            file.values().config_generation,
+            config.databases.len(),
+            config.interval,
+            config.failback.name(),
+        );
+        let metrics = metrics::Feed::start(config.metrics_listen);
+        let count = config.databases.len();
         Ok(Agent {
             config_path: config_path.to_owned(),
-            config,
-            endpoints,
-            state,
-            choice,
-            last_probe_id: 0,
-            tx,
-            last_none_log: None,
-            last_conflict_log: None,
-            settle_until,
-            notifier: Notifier::from_env(),
-            ready: false,
-            reported,
-            last_spawn_log: None,
-            last_restore_log: None,
+            state: State::new(config, choice, Instant::now()),
+            file,
+            probes: Probes::new(count, tx),
+            readiness: Readiness {
+                notifier: Notifier::from_env(),
+                ready: false,
+                reported: vec![false; count],
+            },
             metrics,
-            switches_total: 0,
-            errors: BTreeMap::new(),
+            none_log: Throttle::default(),
+            conflict_log: Throttle::default(),
+            restore_log: Throttle::default(),
         })
     }
-    /// Starts a probe thread for every endpoint that has none. One that cannot be
-    /// started is retried at the next heartbeat; meanwhile its endpoint is silent,
-    /// and counts as down once silent for longer than its limit.
-    fn start_probes(&mut self) {
-        let mut failed = Vec::new();
-        for e in self.endpoints.iter_mut().filter(|e| e.probe.is_none()) {
-            self.last_probe_id += 1;
-            match probe::spawn(self.last_probe_id, e.db.clone(), self.tx.clone()) {
-                Ok(stop) => {
-                    e.probe = Some((self.last_probe_id, stop));
-                    e.heard = Instant::now();
-                }
-                Err(err) => failed.push(format!("{}: {err}", e.db.alias)),
-            }
-        }
-        if !failed.is_empty()
-            && self
-                .last_spawn_log
-                .is_none_or(|t| t.elapsed() >= NONE_LOG_EVERY)
-        {
-            error!(
-                "cannot start probe threads, retrying at every heartbeat ({})",
-                failed.join("; ")
-            );
-            self.last_spawn_log = Some(Instant::now());
-        }
+
+    fn loop_interval(&self) -> Duration {
+        self.state.config.interval
     }
 
     /// Puts back a state or lock file removed from under the agent (see
     /// [`StateFile::restore`]); errors are logged at most once a minute.
     fn restore_files(&mut self) {
-        let path = self.config.state_file.display().to_string();
-        match self.state.restore(settings(&self.config)) {
+        let path = self.state.config.state_file.display().to_string();
+        let message = match self.file.restore(settings(&self.state.config)) {
             Ok(r) => {
                 if r.lock {
                     warn!("{path}.lock was removed: created and locked again");
@@ -310,28 +353,21 @@ impl Agent {
                 if r.state {
                     info!(
                         "{path} was removed: created again (epoch {})",
-                        self.state.values().epoch
+                        self.file.values().epoch
                     );
                 }
-                if r.elsewhere {
-                    self.log_restore(&format!(
-                        "{path} is no longer this agent's state file (another file was put there): new readers do not read this agent; remove it to have it recreated"
-                    ));
-                } else {
-                    self.last_restore_log = None;
+                if !r.elsewhere {
+                    self.restore_log.reset();
+                    return;
                 }
+                format!(
+                    "{path} is no longer this agent's state file (another file was put there): new readers do not read this agent; remove it to have it recreated"
+                )
             }
-            Err(e) => self.log_restore(&format!("cannot restore the state file: {e}")),
-        }
-    }
-
-    fn log_restore(&mut self, message: &str) {
-        if self
-            .last_restore_log
-            .is_none_or(|t| t.elapsed() >= NONE_LOG_EVERY)
-        {
+            Err(e) => format!("cannot restore the state file: {e}"),
+        };
+        if self.restore_log.due() {
             error!("{message}");
-            self.last_restore_log = Some(Instant::now());
         }
     }
 
@@ -339,24 +375,19 @@ impl Agent {
     /// says nothing about now. Its thread is replaced (a late report of the old one
     /// is ignored).
     fn judge_silence(&mut self) {
-        let interval = self.config.interval;
-        for (i, e) in self.endpoints.iter_mut().enumerate() {
-            let silent = e.heard.elapsed();
-            if silent <= e.silence_limit(interval) {
-                continue;
-            }
+        let interval = self.loop_interval();
+        for (i, silent) in self
+            .probes
+            .stop_silent(&self.state.config.databases, interval)
+        {
             error!(
                 "{}: no probe report for {silent:?}: counted as down, its probe restarted",
-                e.db.alias
+                self.state.endpoints[i].db.alias
             );
-            e.tracker.force_down();
-            e.role = None;
-            e.probe = None;
-            e.heard = Instant::now();
-            self.state
-                .set_probe_result(i, dbha_protocol::probe_result::TIMEOUT);
+            self.state.force_down(i);
+            self.file.set_probe_result(i, probe_result::TIMEOUT);
         }
-        self.start_probes();
+        self.probes.start_missing(&self.state.config.databases);
     }
 
     fn run(&mut self, rx: Receiver<Event>) {
@@ -367,16 +398,23 @@ impl Agent {
                 self.restore_files();
                 self.judge_silence();
                 self.publish();
-                next_beat += self.config.interval;
+                next_beat += self.loop_interval();
                 if next_beat < now {
                     // Suspended or starved: restart the rhythm rather than catch up.
-                    next_beat = now + self.config.interval;
+                    next_beat = now + self.loop_interval();
                 }
             }
-            if self.probes_alive() {
-                self.notifier.ping_if_due();
+            // The watchdog is fed only while every probe reports, so that probing
+            // that stays wedged through the restarts of `judge_silence` ends with
+            // systemd restarting the agent.
+            if self
+                .probes
+                .alive(&self.state.config.databases, self.loop_interval())
+            {
+                self.readiness.notifier.ping_if_due();
             }
             let wake = self
+                .readiness
                 .notifier
                 .ping_due()
                 .map_or(next_beat, |p| p.min(next_beat));
@@ -387,302 +425,145 @@ impl Agent {
                     }
                 }
                 Ok(Event::Reload) => {
-                    self.notifier.reloading();
+                    self.readiness.notifier.reloading();
                     self.reload();
-                    self.notifier.ready(&self.status_line());
+                    self.readiness
+                        .notifier
+                        .ready(&status_line(&self.state, &self.file));
                 }
                 Ok(Event::Stop) => {
-                    self.notifier.stopping();
-                    for e in &mut self.endpoints {
-                        e.probe = None;
-                    }
-                    self.state.mark_stopped();
+                    self.readiness.notifier.stopping();
+                    self.probes.stop_all();
+                    self.file.mark_stopped();
                     info!("stopping: state file marked \"agent stopped\"");
                     return;
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 // We hold a sender, so this cannot happen; stop cleanly if it does.
                 Err(RecvTimeoutError::Disconnected) => {
-                    self.state.mark_stopped();
+                    self.file.mark_stopped();
                     return;
                 }
             }
         }
     }
 
-    /// Every endpoint's probe keeps reporting (within its silence limit): the
-    /// watchdog is fed only then, so that probing that stays wedged through the
-    /// restarts of [`Agent::judge_silence`] ends with systemd restarting the agent.
-    fn probes_alive(&self) -> bool {
-        self.endpoints.iter().all(|e| {
-            e.probe.is_some() && e.heard.elapsed() <= e.silence_limit(self.config.interval)
-        })
-    }
-
-    /// Replaces the snapshot the metrics endpoint serves.
-    fn update_metrics(&self) {
-        let Some(shared) = &self.metrics else { return };
-        let endpoints = self
-            .endpoints
-            .iter()
-            .map(|e| metrics::Endpoint {
-                alias: e.db.alias.clone(),
-                up: e.tracker.health == Health::Up,
-                role: match e.seen().role {
-                    Some(Role::Primary) => dbha::Role::Primary,
-                    Some(Role::Standby) => dbha::Role::Standby,
-                    None => dbha::Role::Unknown,
-                }
-                .name(),
-                last_probe: e.took,
-                consecutive_failures: e.tracker.failures(),
-                errors: self.errors.get(&e.db.alias).cloned().unwrap_or_default(),
-            })
-            .collect();
-        let name = |i: Option<usize>| i.map(|i| self.endpoints[i].db.alias.clone());
-        let m = Metrics {
-            endpoints,
-            active: name(self.choice.0),
-            read: name(self.choice.1),
-            epoch: self.state.values().epoch,
-            switches_total: self.switches_total,
-            last_heartbeat: Some(Instant::now()),
-        };
-        if let Ok(mut slot) = shared.lock() {
-            *slot = m;
-        }
-    }
-
-    /// What `systemctl status` shows.
-    fn status_line(&self) -> String {
-        let up = self
-            .endpoints
-            .iter()
-            .filter(|e| e.tracker.health == Health::Up)
-            .count();
-        format!(
-            "active: {}, read: {} (epoch {}); {up}/{} databases up",
-            self.alias(self.choice.0),
-            self.alias(self.choice.1),
-            self.state.values().epoch,
-            self.endpoints.len()
-        )
-    }
-
     /// Takes in a probe report; false when it came from a thread that was replaced.
     fn observe(&mut self, r: Report) -> bool {
-        let Some(index) = self
-            .endpoints
-            .iter()
-            .position(|e| e.probe.as_ref().is_some_and(|(id, _)| *id == r.probe))
-        else {
+        let Some(i) = self.probes.heard_from(r.probe) else {
             return false;
         };
-        self.reported[index] = true;
-        self.endpoints[index].heard = Instant::now();
+        self.readiness.reported[i] = true;
+        let e = &self.state.endpoints[i];
+        let alias = e.db.alias.clone();
         if let Err(f) = &r.outcome {
-            let alias = self.endpoints[index].db.alias.clone();
-            let kind = dbha_protocol::probe_result::name(f.kind());
-            *self
-                .errors
-                .entry(alias)
-                .or_default()
-                .entry(kind)
-                .or_insert(0) += 1;
+            self.metrics
+                .failed_probe(&alias, probe_result::name(f.kind()));
+            // A host name that stops resolving is worth a warning of its own, once
+            // per streak: the probe's verdict alone reads like any other failure.
+            if matches!(f, Failure::Resolve(_)) && !matches!(e.last, Some(Err(Failure::Resolve(_))))
+            {
+                warn!("{alias}: host {:?}: {f}", e.db.host);
+            }
         }
-        self.endpoints[index].took = r.took;
         let kind = r
             .outcome
             .as_ref()
-            .map_or_else(|f| f.kind(), |_| dbha_protocol::probe_result::OK);
-        self.state.set_probe_result(index, kind);
-        let e = &mut self.endpoints[index];
-        // A host name that stops resolving is worth a warning of its own, once per
-        // streak: the probe's verdict alone reads like any other failure.
-        if let Err(f @ Failure::Resolve(_)) = &r.outcome {
-            if !matches!(e.last, Some(Err(Failure::Resolve(_)))) {
-                warn!("{}: host {:?}: {f}", e.db.alias, e.db.host);
-            }
-        }
-        if let Some(t) = e.tracker.observe(r.outcome.is_ok()) {
-            match (&r.outcome, t.to) {
-                (Err(f), Health::Down) => info!(
-                    "{}: down after {} failed probe{} ({f})",
-                    e.db.alias,
-                    t.after,
-                    if t.after == 1 { "" } else { "s" }
-                ),
-                (_, Health::Up) => info!(
-                    "{}: up after {} successful probe{}",
-                    e.db.alias,
-                    t.after,
-                    if t.after == 1 { "" } else { "s" }
-                ),
+            .map_or_else(|f| f.kind(), |_| probe_result::OK);
+        self.file.set_probe_result(i, kind);
+        if let Some(t) = self.state.observe(i, r.outcome, r.took) {
+            let probes = |n: u32| if n == 1 { "probe" } else { "probes" };
+            match (&self.state.endpoints[i].last, t.to) {
+                (Some(Err(f)), Health::Down) => {
+                    info!(
+                        "{alias}: down after {} failed {} ({f})",
+                        t.after,
+                        probes(t.after)
+                    )
+                }
+                (_, Health::Up) => {
+                    info!(
+                        "{alias}: up after {} successful {}",
+                        t.after,
+                        probes(t.after)
+                    )
+                }
                 _ => {}
             }
         }
-        match (&r.outcome, e.tracker.health) {
-            (Ok(up), _) => e.role = up.role.map(|role| (role, up.read_only)),
-            (Err(_), Health::Down) => e.role = None,
-            _ => {}
-        }
-        e.last = Some(r.outcome);
         true
-    }
-
-    fn alias(&self, i: Option<usize>) -> &str {
-        i.and_then(|i| self.endpoints.get(i))
-            .map_or("NONE", |e| e.db.alias.as_str())
-    }
-
-    fn publication(&self, conflict: bool) -> Publication {
-        publication(&self.endpoints, self.choice, conflict)
-    }
-
-    fn decide(
-        &self,
-        config: &Config,
-        endpoints: &[Endpoint],
-        current: (Option<usize>, Option<usize>),
-        settling: bool,
-    ) -> Decision {
-        let seen: Vec<Seen> = endpoints.iter().map(Endpoint::seen).collect();
-        decide(
-            &seen,
-            current,
-            config.failback,
-            settling,
-            config.writes,
-            config.reads,
-        )
     }
 
     /// Decides, and publishes the decision with a fresh heartbeat.
     fn publish(&mut self) {
-        let before = self.choice;
-        let settling = Instant::now() < self.settle_until;
-        let d = self.decide(&self.config, &self.endpoints, before, settling);
-        self.choice = (d.write, d.read);
-        let conflict = d.primaries.len() > 1;
-        let published = self.state.publish(&self.publication(conflict));
+        let before = self.state.choice;
+        let phase = self.state.phase(Instant::now());
+        let d = self.state.decide(phase);
+        self.state.choice = d.choice;
+        let published = self
+            .file
+            .publish(&self.state.publication(d.primaries.len() > 1));
         if published.is_some() {
-            self.switches_total += 1;
+            self.metrics.switched();
         }
-        self.update_metrics();
+        self.metrics.update(&self.state, self.file.values().epoch);
         if let Some(epoch) = published {
-            if d.write != before.0 {
-                info!(
-                    "active: {} -> {} (epoch {epoch})",
-                    self.alias(before.0),
-                    self.alias(d.write)
-                );
-                // Say why writes have nowhere to go, unless every endpoint is down
-                // (logged below, once a minute).
-                if d.write.is_none()
-                    && self
-                        .endpoints
-                        .iter()
-                        .any(|e| e.tracker.health == Health::Up)
-                {
-                    warn!("no database takes writes now: {}", self.why());
-                }
-            }
-            if d.read != before.1 && d.read != d.write {
-                info!(
-                    "read: {} -> {} (epoch {epoch})",
-                    self.alias(before.1),
-                    self.alias(d.read)
-                );
-            }
+            self.log_switch(before, epoch);
         }
-        let verdicts = self
-            .endpoints
-            .iter()
-            .all(|e| e.tracker.health != Health::Unknown);
-        if !self.ready && self.reported.iter().all(|r| *r) && (verdicts || !settling) {
-            // A complete probe cycle with a verdict on every endpoint (or as many
-            // as the settling time allows) is published: a real decision.
-            self.notifier.ready(&self.status_line());
-            self.ready = true;
-        } else if self.ready && (d.write, d.read) != before {
-            self.notifier.status(&self.status_line());
-        }
+        self.readiness
+            .published(&self.state, &self.file, phase, d.choice != before);
         self.log_conflict(&d);
         // Only once every endpoint has a verdict: a fresh agent is not in trouble.
-        let all_down = self
-            .endpoints
-            .iter()
-            .all(|e| e.tracker.health == Health::Down);
-        if d.write.is_none() && all_down {
-            if self
-                .last_none_log
-                .is_none_or(|t| t.elapsed() >= NONE_LOG_EVERY)
-            {
-                error!("no healthy database, publishing NONE ({})", self.why());
-                self.last_none_log = Some(Instant::now());
+        if d.choice.write.is_none() && self.state.all_down() {
+            if self.none_log.due() {
+                error!(
+                    "no healthy database, publishing NONE ({})",
+                    self.state.why()
+                );
             }
-        } else if d.write.is_some() {
-            self.last_none_log = None;
+        } else if d.choice.write.is_some() {
+            self.none_log.reset();
         }
     }
 
-    /// Each endpoint's state, for a log line: its failure, or its health and role.
-    fn why(&self) -> String {
-        let each: Vec<String> = self
-            .endpoints
-            .iter()
-            .map(|e| match (&e.last, e.tracker.health, e.seen()) {
-                (Some(Err(f)), Health::Down, _) => format!("{}: down ({f})", e.db.alias),
-                (
-                    _,
-                    Health::Up,
-                    Seen {
-                        role: Some(Role::Primary),
-                        read_only: true,
-                        ..
-                    },
-                ) => {
-                    format!("{}: primary, read-only", e.db.alias)
-                }
-                (
-                    _,
-                    Health::Up,
-                    Seen {
-                        role: Some(Role::Primary),
-                        ..
-                    },
-                ) => {
-                    format!("{}: primary", e.db.alias)
-                }
-                (
-                    _,
-                    Health::Up,
-                    Seen {
-                        role: Some(Role::Standby),
-                        ..
-                    },
-                ) => {
-                    format!("{}: standby", e.db.alias)
-                }
-                (_, h, _) => format!("{}: {}", e.db.alias, format!("{h:?}").to_lowercase()),
-            })
-            .collect();
-        each.join("; ")
+    /// Logs a published change of the choice.
+    fn log_switch(&self, before: Choice, epoch: u64) {
+        let (s, now) = (&self.state, self.state.choice);
+        if now.write != before.write {
+            info!(
+                "active: {} -> {} (epoch {epoch})",
+                s.alias(before.write),
+                s.alias(now.write)
+            );
+            // Say why writes have nowhere to go, unless every endpoint is down
+            // (logged once a minute by `publish`).
+            if now.write.is_none() && s.up_count() > 0 {
+                warn!("no database takes writes now: {}", s.why());
+            }
+        }
+        if now.read != before.read && now.read != now.write {
+            info!(
+                "read: {} -> {} (epoch {epoch})",
+                s.alias(before.read),
+                s.alias(now.read)
+            );
+        }
     }
 
     /// Split brain and refused guesses: an error at most once a minute.
     fn log_conflict(&mut self, d: &Decision) {
         if d.primaries.len() < 2 && !d.ambiguous {
-            self.last_conflict_log = None;
+            self.conflict_log.reset();
             return;
         }
-        if self
-            .last_conflict_log
-            .is_some_and(|t| t.elapsed() < NONE_LOG_EVERY)
-        {
+        if !self.conflict_log.due() {
             return;
         }
-        let names: Vec<&str> = d.primaries.iter().map(|&i| self.alias(Some(i))).collect();
+        let names: Vec<&str> = d
+            .primaries
+            .iter()
+            .map(|&i| self.state.alias(Some(i)))
+            .collect();
         if d.ambiguous {
             error!(
                 "the write database is lost and {} all claim to be primary: publishing NONE for writes rather than guess",
@@ -692,10 +573,9 @@ impl Agent {
             error!(
                 "split brain: {} all claim to be primary; writes stay on {} (conflict flag set)",
                 names.join(", "),
-                self.alias(d.write)
+                self.state.alias(d.choice.write)
             );
         }
-        self.last_conflict_log = Some(Instant::now());
     }
 
     fn reload(&mut self) {
@@ -707,88 +587,57 @@ impl Agent {
                 return;
             }
         };
-        if new.state_file != self.config.state_file {
+        let old = &self.state.config;
+        if new.state_file != old.state_file {
             error!(
                 "reload rejected, keeping the running configuration: state_file changed from {} to {}; restart the agent to move it",
-                self.config.state_file.display(),
+                old.state_file.display(),
                 new.state_file.display()
             );
             return;
         }
-        if new.metrics_listen != self.config.metrics_listen {
+        if new.metrics_listen != old.metrics_listen {
             warn!("metrics_listen changed: it takes effect when the agent restarts");
         }
         // The new state is built beside the running one and replaces it only once
-        // the state file took the new configuration. The same target keeps its
-        // health and role; the others start Unknown.
-        let mut endpoints = endpoints(&new);
-        let mut reported = vec![false; endpoints.len()];
-        for (e, reported) in endpoints.iter_mut().zip(&mut reported) {
-            if let Some(old) = self.endpoints.iter().find(|o| o.db.same_target(&e.db)) {
-                e.tracker = old.tracker.clone();
-                e.tracker.rise = e.db.rise;
-                e.tracker.fall = e.db.fall;
-                e.last = old.last.clone();
-                e.role = old.role;
-                e.took = old.took;
-                *reported = true;
-            }
-        }
-        let before = self.alias(self.choice.0).to_owned();
-        let kept = |i: Option<usize>| {
-            i.and_then(|i| {
-                endpoints
-                    .iter()
-                    .position(|e| e.db.alias == self.endpoints[i].db.alias)
-            })
-        };
-        let d = self.decide(
-            &new,
-            &endpoints,
-            (kept(self.choice.0), kept(self.choice.1)),
-            true,
-        );
-        let choice = (d.write, d.read);
-        match self.state.reconfigure(
-            &new.published_endpoints(),
-            settings(&new),
-            &publication(&endpoints, choice, d.primaries.len() > 1),
+        // the state file took the new configuration.
+        let (next, carried) = self.state.reconfigured(new, Instant::now());
+        let conflict = next.decide(Phase::Settling).primaries.len() > 1;
+        let opened = match self.file.reconfigure(
+            &next.config.published_endpoints(),
+            settings(&next.config),
+            &next.publication(conflict),
         ) {
-            Ok(opened) => {
-                // An endpoint configured exactly as before keeps its probe thread,
-                // so a reload (or a storm of them) never delays a verdict; the
-                // threads of the others stop with the old state.
-                for e in &mut endpoints {
-                    if let Some(old) = self.endpoints.iter_mut().find(|o| o.db == e.db) {
-                        e.probe = old.probe.take();
-                        e.heard = old.heard;
-                    }
-                }
-                self.endpoints = endpoints;
-                self.choice = choice;
-                info!(
-                    "configuration reloaded from {path}: {} databases, state file {} (config generation {})",
-                    new.databases.len(),
-                    if opened == Opened::Replaced { "replaced, an alias or address changed" } else { "kept" },
-                    self.state.values().config_generation
-                );
-                self.settle_until = Instant::now() + settle_time(&new);
-                self.config = new;
-                self.reported = reported;
-                self.start_probes();
-                let after = self.alias(self.choice.0).to_owned();
-                if opened == Opened::Replaced && before != after {
-                    info!(
-                        "active: {before} -> {after} (epoch {})",
-                        self.state.values().epoch
-                    );
-                }
-                self.publish();
-            }
+            Ok(opened) => opened,
             Err(e) => {
                 error!("reload rejected, keeping the running configuration: {e}");
+                return;
             }
+        };
+        let before = self.state.alias(self.state.choice.write).to_owned();
+        self.probes
+            .reconfigure(&self.state.config.databases, &next.config.databases);
+        self.readiness.reported = carried;
+        self.state = next;
+        info!(
+            "configuration reloaded from {path}: {} databases, state file {} (config generation {})",
+            self.state.endpoints.len(),
+            if opened == Opened::Replaced {
+                "replaced, an alias or address changed"
+            } else {
+                "kept"
+            },
+            self.file.values().config_generation
+        );
+        self.probes.start_missing(&self.state.config.databases);
+        let after = self.state.alias(self.state.choice.write);
+        if opened == Opened::Replaced && before != after {
+            info!(
+                "active: {before} -> {after} (epoch {})",
+                self.file.values().epoch
+            );
         }
+        self.publish();
     }
 }
 
@@ -829,23 +678,27 @@ mod tests {
         .unwrap();
         let (tx, rx) = mpsc::channel();
         let mut a = Agent::start(&path, Config::load(&path).unwrap(), tx).unwrap();
-        a.start_probes();
-        until(&mut a, &rx, |a| a.choice.0 == Some(0));
-        assert!(a.probes_alive());
+        let alive = |a: &Agent| a.probes.alive(&a.state.config.databases, a.loop_interval());
+        a.probes.start_missing(&a.state.config.databases);
+        until(&mut a, &rx, |a| a.state.choice.write == Some(0));
+        assert!(alive(&a));
         // The probe thread is lost: its handle is one nobody reports on, and
         // nothing was heard for longer than the limit (3 x 100 ms + 50 ms).
         let (lost, _) = mpsc::channel();
-        a.endpoints[0].probe = Some((u64::MAX, lost));
-        a.endpoints[0].heard = Instant::now() - Duration::from_secs(1);
-        assert!(!a.probes_alive(), "the watchdog must not be fed");
+        a.probes.threads[0] = Some(ProbeThread {
+            id: u64::MAX,
+            _stop: lost,
+            heard: Instant::now() - Duration::from_secs(1),
+        });
+        assert!(!alive(&a), "the watchdog must not be fed");
         a.judge_silence();
-        assert_eq!(a.endpoints[0].tracker.health, Health::Down);
+        assert_eq!(a.state.endpoints[0].tracker.health, Health::Down);
         a.publish();
-        assert_eq!(a.state.values().write_index, NONE);
+        assert_eq!(a.file.values().write_index, dbha_protocol::NONE);
         // A new probe thread was started, and its reports bring it back.
-        let id = a.endpoints[0].probe.as_ref().map(|(id, _)| *id);
+        let id = a.probes.threads[0].as_ref().map(|t| t.id);
         assert!(id.is_some_and(|id| id != u64::MAX), "{id:?}");
-        until(&mut a, &rx, |a| a.choice.0 == Some(0));
-        assert!(a.probes_alive());
+        until(&mut a, &rx, |a| a.state.choice.write == Some(0));
+        assert!(alive(&a));
     }
 }

@@ -82,6 +82,15 @@ pub enum Role {
     Standby,
 }
 
+impl From<Role> for dbha::Role {
+    fn from(r: Role) -> dbha::Role {
+        match r {
+            Role::Primary => dbha::Role::Primary,
+            Role::Standby => dbha::Role::Standby,
+        }
+    }
+}
+
 /// What a successful probe learned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Up {
