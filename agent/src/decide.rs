@@ -358,7 +358,7 @@ mod tests {
                 Some(0),
                 Sticky,
                 Some(1),
-                "active down: next up",
+                "write endpoint down: next up",
             ),
             (&[Down, Down, Up], Some(1), Sticky, Some(2), "two down"),
             (&[Down, Down, Down], Some(2), Sticky, None, "all down: none"),
@@ -444,10 +444,10 @@ mod tests {
 
     #[test]
     fn recovery_sequence_sticky_vs_auto() {
-        /// Trackers and the active choice, stepped one probe round at a time.
+        /// Trackers and the write choice, stepped one probe round at a time.
         struct Sim {
             t: Vec<Tracker>,
-            active: Option<usize>,
+            write: Option<usize>,
             failback: Failback,
         }
         impl Sim {
@@ -456,15 +456,15 @@ mod tests {
                     tr.observe(ok);
                 }
                 let h: Vec<Health> = self.t.iter().map(|t| t.health).collect();
-                self.active = choose(&h, self.active, self.failback, Settled);
-                self.active
+                self.write = choose(&h, self.write, self.failback, Settled);
+                self.write
             }
         }
         // default dies, failover1 takes over, default comes back.
         for (failback, want_final) in [(Failback::Sticky, Some(1)), (Failback::Auto, Some(0))] {
             let mut sim = Sim {
                 t: (0..3).map(|_| Tracker::new(2, 3)).collect(),
-                active: None,
+                write: None,
                 failback,
             };
             assert_eq!(sim.step([true; 3]), None, "one success is not rise");

@@ -113,9 +113,15 @@ impl Metrics {
             per(&|e| u8::from(which.as_deref() == Some(&e.alias)).to_string())
         };
         family(
-            "dbha_active",
+            "dbha_write",
             "gauge",
             "1 for the endpoint writes go to now (none when no endpoint is usable).",
+            chosen(&self.write),
+        );
+        family(
+            "dbha_active",
+            "gauge",
+            "The older name of dbha_write, kept for existing dashboards and alerts.",
             chosen(&self.write),
         );
         family(

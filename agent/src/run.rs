@@ -226,7 +226,7 @@ impl Readiness {
 /// What `systemctl status` shows.
 fn status_line(state: &State, file: &StateFile) -> String {
     format!(
-        "active: {}, read: {} (epoch {}); {}/{} databases up",
+        "write: {}, read: {} (epoch {}); {}/{} databases up",
         state.alias(state.choice.write),
         state.alias(state.choice.read),
         file.values().epoch,
@@ -531,7 +531,7 @@ impl Agent {
         let (s, now) = (&self.state, self.state.choice);
         if now.write != before.write {
             info!(
-                "active: {} -> {} (epoch {epoch})",
+                "write: {} -> {} (epoch {epoch})",
                 s.alias(before.write),
                 s.alias(now.write)
             );
@@ -633,7 +633,7 @@ impl Agent {
         let after = self.state.alias(self.state.choice.write);
         if opened == Opened::Replaced && before != after {
             info!(
-                "active: {before} -> {after} (epoch {})",
+                "write: {before} -> {after} (epoch {})",
                 self.file.values().epoch
             );
         }

@@ -27,6 +27,8 @@ pub fn to_json(path: &Path, s: &Snapshot<'_>) -> serde_json::Value {
         "heartbeat_age_ms": s.heartbeat_age.as_millis() as u64,
         "heartbeat_wall_unix_ms": s.heartbeat_wall_ns / 1_000_000,
         "stale_after_ms": s.stale_after.as_millis() as u64,
+        "write": s.write_alias(),
+        // The older name of "write", kept for scripts that parse it.
         "active": s.write_alias(),
         "read": s.read_alias(),
         "write_index": s.write_index,
@@ -80,7 +82,7 @@ fn human(path: &Path, s: &Snapshot<'_>) -> String {
             s.stale_after
         ),
     );
-    line("active", s.write_alias().unwrap_or("NONE").to_string());
+    line("write", s.write_alias().unwrap_or("NONE").to_string());
     line("read", s.read_alias().unwrap_or("NONE").to_string());
     line(
         "agent",
@@ -201,7 +203,7 @@ pub fn watch(path: &Path, poll: Duration) -> i32 {
                 let now = utc(SystemTime::now());
                 match &last {
                     None => println!(
-                        "{now} epoch {} active: {} (status {})",
+                        "{now} epoch {} write: {} (status {})",
                         s.epoch,
                         describe(&s),
                         s.status.name()
@@ -209,7 +211,7 @@ pub fn watch(path: &Path, poll: Duration) -> i32 {
                     Some(l) => {
                         let why = reason(l, &s);
                         println!(
-                            "{now} epoch {} active: {} -> {}{}",
+                            "{now} epoch {} write: {} -> {}{}",
                             s.epoch,
                             describe(l),
                             describe(&s),

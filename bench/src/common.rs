@@ -44,7 +44,7 @@ pub fn open_reader(state: &Path) -> Reader {
 /// until `want` is active; the time it took.
 pub fn until_active(r: &Reader, want: &str) -> Duration {
     let start = Instant::now();
-    while r.active_alias() != Some(want) {
+    while r.write_alias() != Some(want) {
         assert!(
             start.elapsed() < Duration::from_secs(30),
             "{want} never became active"

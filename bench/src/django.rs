@@ -181,7 +181,7 @@ fn setup() -> (Live, AgentProc) {
     });
     let r = agent.reader();
     crate::common::until("the agent to choose the primary", || {
-        r.active_alias() == Some("default")
+        r.write_alias() == Some("default")
     });
     (live, agent)
 }

@@ -21,7 +21,7 @@ pub fn read_loop(state: &Path, seconds: f64) {
     while Instant::now() < end {
         let t = thread_cpu_ns();
         for _ in 0..100_000 {
-            std::hint::black_box(r.active_alias());
+            std::hint::black_box(r.write_alias());
         }
         per_call.push((thread_cpu_ns() - t) as f64 / 100_000.0);
     }

@@ -247,11 +247,11 @@ static int loop(const char *path, long n) {
         fprintf(stderr, "%s: %s\n", path, dbha_strerror(rc));
         return 1;
     }
-    long active = 0;
+    long found = 0;
     for (long i = 0; i < n; i++)
-        active += dbha_active_alias(r) != NULL;
+        found += dbha_write_alias(r) != NULL;
     dbha_close(r);
-    printf("active=%ld\n", active);
+    printf("write=%ld\n", found);
     return 0;
 }
 

@@ -70,9 +70,9 @@ def test_the_package_leaves_the_agent_off_and_start_returns_once_a_decision_is_p
     # Type=notify: this returns once the agent sent READY=1.
     box.run("systemctl", "enable", "--now", UNIT)
     code, status = box.status()
-    assert code == 0 and status["status"] == "active" and status["active"] == "failover1", status
+    assert code == 0 and status["status"] == "active" and status["write"] == "failover1", status
     assert box.prop("ActiveState") == "active"
-    assert box.prop("StatusText").startswith("active: failover1"), box.prop("StatusText")
+    assert box.prop("StatusText").startswith("write: failover1"), box.prop("StatusText")
     pid = box.prop("MainPID")
     assert box.run("stat", "-c", "%U", f"/proc/{pid}").stdout.strip() == "dbha"
     assert box.inode()[1:] == ["644", "dbha"]
@@ -83,7 +83,7 @@ def test_a_restart_keeps_the_state_file_its_inode_and_its_epoch(box):
     pid = box.prop("MainPID")
     box.run("systemctl", "restart", UNIT)
     code, after = box.status()
-    assert code == 0 and after["active"] == "failover1"
+    assert code == 0 and after["write"] == "failover1"
     assert box.inode()[0] == inode
     assert after["epoch"] == before["epoch"]
     assert box.prop("MainPID") != pid

@@ -25,9 +25,9 @@ pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-/// Waits until `alias` is the active alias; returns the epoch then.
-pub fn wait_active(r: &Reader, alias: &str) -> u64 {
-    wait_for(&format!("active alias {alias}"), || {
+/// Waits until `alias` is the write alias; returns the epoch then.
+pub fn wait_write(r: &Reader, alias: &str) -> u64 {
+    wait_for(&format!("write alias {alias}"), || {
         let s = r.snapshot().ok()?;
         (s.write_alias() == Some(alias)).then_some(s.epoch)
     })

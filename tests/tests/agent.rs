@@ -3,7 +3,7 @@
 
 use dbha::{Reader, Status};
 use dbha_harness::Listener;
-use dbha_tests::agentproc::{self, loopback_config as config, wait_active, wait_for, AgentProc};
+use dbha_tests::agentproc::{self, loopback_config as config, wait_for, wait_write, AgentProc};
 use dbha_tests::fakepg::{FakePg, Reply};
 use nix::sys::signal::Signal;
 use std::path::Path;
@@ -55,17 +55,17 @@ fn refused_connection_switches_after_fall_and_the_epoch_goes_up_by_one() {
     let (pa, pb) = (port(&a), port(&b));
     let agent = Agent::new(|d| config(d, &[("default", pa, "tcp"), ("failover1", pb, "tcp")], ""));
     let r = agent.reader();
-    let e0 = wait_active(&r, "default");
+    let e0 = wait_write(&r, "default");
     let fault = Instant::now();
     drop(a);
-    let e1 = wait_active(&r, "failover1");
+    let e1 = wait_write(&r, "failover1");
     println!(
         "refused -> switch seen by the reader in {:?}",
         fault.elapsed()
     );
     assert_eq!(e1, e0 + 1);
     agent.wait_log("default: down after 2 failed probes (connection refused)");
-    agent.wait_log(&format!("active: default -> failover1 (epoch {e1})"));
+    agent.wait_log(&format!("write: default -> failover1 (epoch {e1})"));
     drop(b);
 }
 
@@ -84,7 +84,7 @@ fn fake_postgres_servers_are_judged_by_their_replies() {
         .collect();
     let agent = Agent::new(|d| config(d, &dbs, ""));
     let r = agent.reader();
-    wait_active(&r, "md5");
+    wait_write(&r, "md5");
     let s = wait_for("every verdict", || {
         let s = r.snapshot().ok()?;
         (s.health_mask == 0b11000).then_some(s)
@@ -102,7 +102,7 @@ fn sighup_applies_a_valid_config_and_rejects_an_invalid_one_without_losing_the_d
     let mut agent =
         Agent::new(|d| config(d, &[("default", pa, "tcp"), ("failover1", pb, "tcp")], ""));
     let r = agent.reader();
-    let e0 = wait_active(&r, "default");
+    let e0 = wait_write(&r, "default");
 
     // An invalid file: rejected, logged with its location, agent carries on.
     std::fs::write(&agent.config, "interval = \"fast\"\n").unwrap();
@@ -180,14 +180,14 @@ fn sigterm_marks_the_state_stopped_and_exits_zero() {
     let pa = port(&a);
     let mut agent = Agent::new(|d| config(d, &[("default", pa, "tcp")], ""));
     let r = agent.reader();
-    wait_active(&r, "default");
+    wait_write(&r, "default");
     agent.signal(Signal::SIGTERM);
     let status = wait_for("the agent to exit", || agent.child().try_wait().unwrap());
     assert!(status.success(), "{status:?}");
     let s = r.snapshot().unwrap();
     assert_eq!(s.status, Status::AgentStopped);
     assert!(s.stopped());
-    assert_eq!(r.active_alias(), None);
+    assert_eq!(r.write_alias(), None);
 }
 
 #[test]
@@ -242,7 +242,8 @@ fn status_json_matches_what_the_reader_sees() {
     let s = r.snapshot().unwrap();
     assert_eq!(j["status"], "active");
     assert_eq!(j["epoch"], s.epoch);
-    assert_eq!(j["active"], s.write_alias().unwrap());
+    assert_eq!(j["write"], s.write_alias().unwrap());
+    assert_eq!(j["active"], j["write"], "the older key stays");
     assert_eq!(j["read"], s.read_alias().unwrap());
     assert_eq!(j["writer_pid"], s.writer_pid);
     assert_eq!(j["stale"], false);
@@ -261,7 +262,7 @@ fn status_json_matches_what_the_reader_sees() {
         .output()
         .unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(table.contains("active       default"), "{table}");
+    assert!(table.contains("write        default"), "{table}");
     drop((a, b));
 }
 
@@ -343,15 +344,15 @@ fn an_agent_killed_and_restarted_continues_the_same_file_and_epoch() {
     let mut agent =
         Agent::new(|d| config(d, &[("default", pa, "tcp"), ("failover1", pb, "tcp")], ""));
     let r = agent.reader();
-    wait_active(&r, "default");
+    wait_write(&r, "default");
     drop(a);
-    let e1 = wait_active(&r, "failover1");
+    let e1 = wait_write(&r, "failover1");
     agent.signal(Signal::SIGKILL);
     wait_for("the agent to die", || agent.child().try_wait().unwrap());
     wait_for("stale", || {
         (r.snapshot().ok()?.status == Status::Stale).then_some(())
     });
-    assert_eq!(r.active_alias(), None);
+    assert_eq!(r.write_alias(), None);
 
     agent.spawn();
     // The same Reader, the same mapping: the published decision comes back live.
@@ -395,7 +396,7 @@ fn watch_prints_one_line_per_change_with_its_reason() {
     let mut agent =
         Agent::new(|d| config(d, &[("default", pa, "tcp"), ("failover1", pb, "tcp")], ""));
     let r = agent.reader();
-    let e0 = wait_active(&r, "default");
+    let e0 = wait_write(&r, "default");
     let mut watch = dbha_tests::Children::default();
     let child = watch.push(
         agent_cmd()
@@ -420,14 +421,14 @@ fn watch_prints_one_line_per_change_with_its_reason() {
     };
     let first = next();
     assert!(
-        first.ends_with(&format!("epoch {e0} active: default (status active)")),
+        first.ends_with(&format!("epoch {e0} write: default (status active)")),
         "{first}"
     );
     drop(a);
     let line = next();
     assert!(
         line.ends_with(&format!(
-            "epoch {} active: default -> failover1 (default down)",
+            "epoch {} write: default -> failover1 (default down)",
             e0 + 1
         )),
         "{line}"
@@ -440,7 +441,7 @@ fn watch_prints_one_line_per_change_with_its_reason() {
     agent.signal(Signal::SIGTERM);
     let line = next();
     assert!(
-        line.ends_with("active: failover1 -> NONE (agent stopped)"),
+        line.ends_with("write: failover1 -> NONE (agent stopped)"),
         "{line}"
     );
     drop(b);
@@ -488,7 +489,7 @@ fn systemd_hears_ready_after_the_first_cycle_status_watchdog_reload_and_stop() {
         first = next();
     }
     assert!(
-        first.starts_with("READY=1\nSTATUS=active: default"),
+        first.starts_with("READY=1\nSTATUS=write: default"),
         "{first:?}"
     );
     // Ready means the first complete probe cycle is published.
@@ -513,7 +514,7 @@ fn systemd_hears_ready_after_the_first_cycle_status_watchdog_reload_and_stop() {
     assert!(
         after_hup
             .get(1)
-            .is_some_and(|m| m.starts_with("READY=1\nSTATUS=active: default")),
+            .is_some_and(|m| m.starts_with("READY=1\nSTATUS=write: default")),
         "{after_hup:?}"
     );
     nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
@@ -555,7 +556,7 @@ fn metrics_report_the_known_state() {
         )
     });
     let r = agent.reader();
-    wait_active(&r, "default");
+    wait_write(&r, "default");
     wait_for("failover1 down", || {
         let s = r.snapshot().ok()?;
         (s.last_probe_name(1) == "refused" && !s.is_healthy(1)).then_some(())
@@ -571,6 +572,8 @@ fn metrics_report_the_known_state() {
     let s = r.snapshot().unwrap();
     assert_eq!(metric(text, "dbha_endpoint_up{alias=\"default\"}"), 1.0);
     assert_eq!(metric(text, "dbha_endpoint_up{alias=\"failover1\"}"), 0.0);
+    assert_eq!(metric(text, "dbha_write{alias=\"default\"}"), 1.0);
+    assert_eq!(metric(text, "dbha_write{alias=\"failover1\"}"), 0.0);
     assert_eq!(metric(text, "dbha_active{alias=\"default\"}"), 1.0);
     assert_eq!(metric(text, "dbha_active{alias=\"failover1\"}"), 0.0);
     assert_eq!(metric(text, "dbha_epoch"), s.epoch as f64);

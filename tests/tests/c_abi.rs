@@ -187,7 +187,7 @@ fn rust_and_c_get_truncated_for_every_cut_and_survive_random_files() {
                     assert!(s.alias(i).is_some());
                 }
             }
-            let _ = (r.active_alias(), r.write_endpoint(), r.read_endpoint());
+            let _ = (r.write_alias(), r.write_endpoint(), r.read_endpoint());
         }
     }
     let randoms = randoms.len();
@@ -250,7 +250,7 @@ fn c_reads_make_no_system_calls() {
             .arg("loop")
             .arg(&state)
             .arg(n.to_string()));
-        assert_eq!(out.trim(), format!("active={n}"));
+        assert_eq!(out.trim(), format!("write={n}"));
         let text = std::fs::read_to_string(&summary).unwrap();
         let total = text
             .lines()

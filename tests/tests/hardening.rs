@@ -6,7 +6,7 @@
 use dbha::{Reader, Status};
 use dbha_harness::Listener;
 use dbha_tests::agentproc::{
-    self, loopback_config as config, wait_active, wait_for, AgentProc, Timing, PATIENCE,
+    self, loopback_config as config, wait_for, wait_write, AgentProc, Timing, PATIENCE,
 };
 use dbha_tests::fakepg::{FakePg, Reply};
 use dbha_tests::{agent_bin, require, Children};
@@ -84,7 +84,7 @@ fn a_reload_storm_does_not_delay_the_verdict_on_a_hung_primary() {
         )
     });
     let r = agent.reader();
-    wait_active(&r, "default");
+    wait_write(&r, "default");
     // The primary now hangs: its address is the silent server's from here on.
     let cfg = std::fs::read_to_string(&agent.config).unwrap();
     std::fs::write(
@@ -215,7 +215,7 @@ exec "$AGENT" run --config "$DIR/agent.toml"
     let agent_log = || std::fs::read_to_string(d.join("agent.log")).unwrap_or_default();
     let r = wait_for("the state file", || Reader::open(&state).ok());
     let started = Instant::now();
-    wait_active(&r, "failover1");
+    wait_write(&r, "failover1");
     wait_for("the resolver's silence in the log", || {
         agent_log()
             .contains("default: host \"db.dbha-test.example\": cannot resolve host: the resolver did not answer within 200ms")
@@ -250,7 +250,7 @@ fn a_removed_state_file_and_lock_are_put_back_and_readers_follow() {
         config(s, &[("default", a.port, "tcp")], "")
     });
     let r = agent.reader();
-    let epoch = wait_active(&r, "default");
+    let epoch = wait_write(&r, "default");
     let lock = dbha_protocol::writer::lock_path(&agent.state);
     std::fs::remove_file(&agent.state).unwrap();
     std::fs::remove_file(&lock).unwrap();
@@ -318,7 +318,7 @@ fn a_slow_metrics_client_delays_no_scrape_and_a_taken_port_stops_nothing() {
             &format!("metrics_listen = \"{taken_addr}\""),
         )
     });
-    wait_active(&agent.reader(), "default");
+    wait_write(&agent.reader(), "default");
     agent.wait_log(&format!(
         "cannot serve metrics on {taken_addr} (metrics_listen)"
     ));
@@ -369,10 +369,7 @@ fn a_slow_metrics_client_delays_no_scrape_and_a_taken_port_stops_nothing() {
     for _ in 0..3 {
         let reply = http_get(&addr);
         assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
-        assert!(
-            reply.contains("dbha_active{alias=\"default\"} 1"),
-            "{reply}"
-        );
+        assert!(reply.contains("dbha_write{alias=\"default\"} 1"), "{reply}");
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     trickler.join().unwrap();

@@ -6,7 +6,7 @@
 
 use dbha::{Reader, Status};
 use dbha_harness::pg::StopMode;
-use dbha_tests::agentproc::{config, wait_active, wait_for, AgentProc, Timing};
+use dbha_tests::agentproc::{config, wait_for, wait_write, AgentProc, Timing};
 use dbha_tests::live::Live;
 use nix::sys::signal::Signal;
 use std::path::PathBuf;
@@ -105,10 +105,10 @@ fn s1_default_stopped_immediately_switches_to_failover1_with_one_epoch() {
         return;
     };
     let r = agent.reader();
-    let e0 = wait_active(&r, "default");
+    let e0 = wait_write(&r, "default");
     let fault = Instant::now();
     live.cluster("default").stop(StopMode::Immediate).unwrap();
-    let e1 = wait_active(&r, "failover1");
+    let e1 = wait_write(&r, "failover1");
     within_bound("s1 default stopped -> failover1", fault.elapsed(), &t);
     assert_eq!(e1, e0 + 1);
     agent.wait_log("default: down after 2 failed probes (connection refused)");
@@ -121,11 +121,11 @@ fn s2_default_and_failover1_stopped_switches_to_failover2() {
         return;
     };
     let r = agent.reader();
-    wait_active(&r, "default");
+    wait_write(&r, "default");
     let fault = Instant::now();
     live.cluster("default").stop(StopMode::Immediate).unwrap();
     live.cluster("failover1").stop(StopMode::Immediate).unwrap();
-    wait_active(&r, "failover2");
+    wait_write(&r, "failover2");
     within_bound(
         "s2 default+failover1 stopped -> failover2",
         fault.elapsed(),
@@ -142,7 +142,7 @@ fn s3_all_stopped_is_none_then_the_first_one_back_becomes_active_after_rise() {
         return;
     };
     let r = agent.reader();
-    wait_active(&r, "default");
+    wait_write(&r, "default");
     let fault = Instant::now();
     for c in &live.clusters {
         c.stop(StopMode::Immediate).unwrap();
@@ -152,12 +152,12 @@ fn s3_all_stopped_is_none_then_the_first_one_back_becomes_active_after_rise() {
         (s.status == Status::NoHealthyDatabase && s.health_mask == 0).then_some(())
     });
     within_bound("s3 all stopped -> NONE", fault.elapsed(), &t);
-    assert_eq!(r.active_alias(), None);
+    assert_eq!(r.write_alias(), None);
     agent.wait_log("no healthy database, publishing NONE");
 
     live.cluster("failover2").start().unwrap();
     let back = Instant::now();
-    wait_active(&r, "failover2");
+    wait_write(&r, "failover2");
     within_bound("s3 failover2 back -> active", back.elapsed(), &t);
     agent.wait_log("failover2: up after 2 successful probes");
 }
@@ -176,15 +176,15 @@ fn s4_default_back_sticky_stays_and_auto_returns_after_rise() {
     };
     let auto = AgentProc::start(live.dir.path(), "auto", |s| config(s, &auto_t, &dbs, ""));
     let (rs, ra) = (sticky.reader(), auto.reader());
-    wait_active(&rs, "default");
-    wait_active(&ra, "default");
+    wait_write(&rs, "default");
+    wait_write(&ra, "default");
     live.cluster("default").stop(StopMode::Immediate).unwrap();
-    let es = wait_active(&rs, "failover1");
-    wait_active(&ra, "failover1");
+    let es = wait_write(&rs, "failover1");
+    wait_write(&ra, "failover1");
 
     live.cluster("default").start().unwrap();
     let back = Instant::now();
-    wait_active(&ra, "default");
+    wait_write(&ra, "default");
     within_bound("s4 auto: default back -> default", back.elapsed(), &t);
     // Several more rise periods: sticky has seen default up and still stays.
     sticky.wait_log("default: up after 2 successful probes");
@@ -211,12 +211,12 @@ fn s5_frozen_default_looks_healthy_to_tcp_and_is_caught_by_the_postgres_check() 
         config(s, &t, &live.dbs("tcp"), "")
     });
     let (rp, rt) = (pg.reader(), tcp.reader());
-    wait_active(&rp, "default");
-    let e_tcp = wait_active(&rt, "default");
+    wait_write(&rp, "default");
+    let e_tcp = wait_write(&rt, "default");
 
     let fault = Instant::now();
     live.cluster("default").freeze();
-    wait_active(&rp, "failover1");
+    wait_write(&rp, "failover1");
     let took = fault.elapsed();
     // fall x (interval + timeout) is what the issue allows for a hung server.
     let allowed = Duration::from_millis(u64::from(t.fall) * (t.interval_ms + t.timeout_ms));
@@ -250,7 +250,7 @@ fn s6_a_server_answering_57p03_is_never_chosen_while_not_ready() {
         return;
     };
     let r = agent.reader();
-    wait_active(&r, "default");
+    wait_write(&r, "default");
     let default = live.cluster("default");
     // A session held open makes a smart shutdown wait, refusing new connections
     // with 57P03 ("the database system is shutting down") meanwhile.
@@ -272,7 +272,7 @@ fn s6_a_server_answering_57p03_is_never_chosen_while_not_ready() {
     let sampler = Sampler::start(agent.state.clone());
     let fault = Instant::now();
     default.begin_stop(StopMode::Smart).unwrap();
-    wait_active(&r, "failover1");
+    wait_write(&r, "failover1");
     within_bound(
         "s6 default shutting down (57P03) -> failover1",
         fault.elapsed(),
@@ -288,7 +288,7 @@ fn s6_a_server_answering_57p03_is_never_chosen_while_not_ready() {
     });
     let restart = Instant::now();
     default.start().unwrap();
-    wait_active(&r, "default");
+    wait_write(&r, "default");
     within_bound("s6 default restarted -> default", restart.elapsed(), &t);
     let (seen, _) = sampler.finish();
     let early: Vec<&Seen> = seen
@@ -308,7 +308,7 @@ fn s7_killed_agent_goes_stale_and_a_restarted_one_continues_on_the_same_mapping(
         return;
     };
     let r = agent.reader();
-    let e0 = wait_active(&r, "default");
+    let e0 = wait_write(&r, "default");
     let sampler = Sampler::start(agent.state.clone());
 
     agent.signal(Signal::SIGKILL);
@@ -326,7 +326,7 @@ fn s7_killed_agent_goes_stale_and_a_restarted_one_continues_on_the_same_mapping(
         killed.elapsed()
             >= Duration::from_millis(t.stale_after_ms) - Duration::from_millis(t.interval_ms)
     );
-    assert_eq!(r.active_alias(), None);
+    assert_eq!(r.write_alias(), None);
 
     agent.spawn();
     let s = wait_for("live again", || {
@@ -344,7 +344,7 @@ fn s7_killed_agent_goes_stale_and_a_restarted_one_continues_on_the_same_mapping(
         (r.snapshot().ok()?.health_mask == 0b111).then_some(())
     });
     live.cluster("default").stop(StopMode::Immediate).unwrap();
-    let e1 = wait_active(&r, "failover1");
+    let e1 = wait_write(&r, "failover1");
     assert_eq!(e1, e0 + 1, "the epoch continues across the restart");
     let (seen, backwards) = sampler.finish();
     assert_eq!(
@@ -368,7 +368,7 @@ fn s8_a_flapping_server_publishes_no_switch() {
         return;
     };
     let r = agent.reader();
-    let e0 = wait_active(&r, "default");
+    let e0 = wait_write(&r, "default");
     let sampler = Sampler::start(agent.state.clone());
     let default = live.cluster("default");
     for _ in 0..12 {

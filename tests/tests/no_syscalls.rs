@@ -19,7 +19,7 @@ fn syscalls(strace: &Path, state: &Path, n: u64, out: &Path) -> u64 {
     assert!(status.status.success(), "{status:?}");
     assert_eq!(
         String::from_utf8_lossy(&status.stdout).trim(),
-        format!("active={n}"),
+        format!("write={n}"),
         "every read saw the active alias"
     );
     let summary = std::fs::read_to_string(out).unwrap();

@@ -6,7 +6,7 @@ use dbha::{Reader, Role, Status};
 use dbha_agent::config::{Check, Database};
 use dbha_agent::probe::{self, Failure};
 use dbha_harness::pg::StopMode;
-use dbha_tests::agentproc::{config, wait_active, wait_for, AgentProc, Timing};
+use dbha_tests::agentproc::{config, wait_for, wait_write, AgentProc, Timing};
 use dbha_tests::live::Live;
 use std::time::{Duration, Instant};
 
@@ -47,7 +47,7 @@ fn writes_go_to_the_primary_and_reads_to_a_standby() {
         ROLES,
     );
     let r = a.reader();
-    wait_active(&r, "default");
+    wait_write(&r, "default");
     let read = wait_read(&r, |a| a != "default");
     assert!(read == "failover1" || read == "failover2", "{read}");
     let s = wait_for("every role", || {
@@ -73,10 +73,10 @@ fn a_standby_listed_first_is_never_the_write_alias() {
         ROLES,
     );
     let r = a.reader();
-    wait_active(&r, "default");
+    wait_write(&r, "default");
     let until = Instant::now() + Duration::from_secs(1);
     while Instant::now() < until {
-        assert_ne!(r.active_alias(), Some("failover1"), "a standby took writes");
+        assert_ne!(r.write_alias(), Some("failover1"), "a standby took writes");
     }
     assert_eq!(r.snapshot().unwrap().role(0), Role::Standby);
 }
@@ -89,7 +89,7 @@ fn primary_lost_gives_none_until_promotion_and_the_old_primary_back_is_split_bra
     };
     let a = agent(&live, &["default", "failover1", "failover2"], &t, ROLES);
     let r = a.reader();
-    wait_active(&r, "default");
+    wait_write(&r, "default");
     wait_read(&r, |a| a != "default");
 
     // The primary stops: standbys are not writable, so writes are NONE.
@@ -104,7 +104,7 @@ fn primary_lost_gives_none_until_promotion_and_the_old_primary_back_is_split_bra
     // Promotion: the promoted standby becomes the write alias.
     let promoted = Instant::now();
     live.cluster("failover1").promote().unwrap();
-    wait_active(&r, "failover1");
+    wait_write(&r, "failover1");
     let took = promoted.elapsed();
     println!(
         "pg_ctl promote issued -> write alias: {} ms",

@@ -17,7 +17,7 @@ fn main() {
     });
     let mut found = 0u64;
     for _ in 0..n {
-        found += u64::from(std::hint::black_box(reader.active_alias()).is_some());
+        found += u64::from(std::hint::black_box(reader.write_alias()).is_some());
     }
-    println!("active={found}");
+    println!("write={found}");
 }
