@@ -14,10 +14,11 @@
 use dbha::{Reader, Role, Snapshot};
 use dbha_harness::config::Timing;
 use dbha_harness::pg::{self, Cluster, Scratch, StopMode};
-use dbha_harness::Listener;
+use dbha_harness::wait::poll;
+use dbha_harness::{Children, Listener, Stop};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -65,25 +66,6 @@ impl Endpoint {
     }
 }
 
-/// The agent child process, stopped with SIGTERM (then killed) when dropped.
-struct AgentProcess(Child);
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 struct Schedule {
     interval: Duration,
     timeout: Duration,
@@ -101,15 +83,16 @@ fn wait_until(
     limit: Duration,
     done: impl Fn(&Snapshot) -> bool,
 ) -> Result<Duration, Interrupted> {
-    let start = Instant::now();
-    loop {
-        if stop.load(Ordering::Relaxed) || start.elapsed() > limit {
-            return Err(Interrupted);
+    let outcome = poll(Duration::from_millis(1), limit, || {
+        if stop.load(Ordering::Relaxed) {
+            Some(false)
+        } else {
+            reader.snapshot().is_ok_and(|s| done(&s)).then_some(true)
         }
-        if reader.snapshot().is_ok_and(|s| done(&s)) {
-            return Ok(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(1));
+    });
+    match outcome {
+        Some((true, took)) => Ok(took),
+        _ => Err(Interrupted),
     }
 }
 
@@ -250,19 +233,22 @@ fn run(short: bool, listeners: bool, stop: &AtomicBool) -> Result<(), String> {
             }
         });
     }
-    let _agent = AgentProcess(child);
+    // Stopped with SIGTERM, so the state file says "agent stopped", whatever ends
+    // the demo.
+    let mut agent = Children::default();
+    agent.push_with(child, Stop::Term(Duration::from_secs(5)));
 
     let patience = Duration::from_secs(30);
-    let opened = Instant::now();
-    let reader = loop {
+    let reader = poll(Duration::from_millis(5), patience, || {
         match Reader::open(&state) {
-            Ok(r) => break r,
-            Err(_) if opened.elapsed() < patience && !stop.load(Ordering::Relaxed) => {
-                std::thread::sleep(Duration::from_millis(5))
-            }
-            Err(e) => return Err(format!("the agent did not create its state file: {e}")),
+            Err(_) if !stop.load(Ordering::Relaxed) => None,
+            opened => Some(opened),
         }
-    };
+    })
+    .map_or_else(
+        || Err("the agent did not create its state file".to_owned()),
+        |(opened, _)| opened.map_err(|e| format!("the agent did not create its state file: {e}")),
+    )?;
     let results = if check == "postgres" {
         replicated(&reader, &mut endpoints, &schedule, stop, patience)?
     } else {

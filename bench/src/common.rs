@@ -2,12 +2,13 @@
 //! and the statistics the tables report.
 
 use dbha::Reader;
+use dbha_harness::wait::poll;
 use dbha_tests::agentproc::Timing;
 use dbha_tests::live::Live;
 use dbha_tests::Children;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub fn spawn_agent(dir: &Path, config: &str, children: &mut Children) -> PathBuf {
     let path = dir.join("dbha.toml");
@@ -26,32 +27,21 @@ pub fn spawn_agent(dir: &Path, config: &str, children: &mut Children) -> PathBuf
 }
 
 pub fn open_reader(state: &Path) -> Reader {
-    let start = Instant::now();
-    loop {
-        if let Ok(r) = Reader::open(state) {
-            return r;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "no state file at {}",
-            state.display()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    poll(Duration::from_millis(5), Duration::from_secs(30), || {
+        Reader::open(state).ok()
+    })
+    .unwrap_or_else(|| panic!("no state file at {}", state.display()))
+    .0
 }
 
 /// Polls the reader (every 50 us, leaving the cores to the agent and the servers)
-/// until `want` is active; the time it took.
-pub fn until_active(r: &Reader, want: &str) -> Duration {
-    let start = Instant::now();
-    while r.write_alias() != Some(want) {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "{want} never became active"
-        );
-        std::thread::sleep(Duration::from_micros(50));
-    }
-    start.elapsed()
+/// until writes go to `want`; the time it took.
+pub fn until_write(r: &Reader, want: &str) -> Duration {
+    poll(Duration::from_micros(50), Duration::from_secs(30), || {
+        (r.write_alias() == Some(want)).then_some(())
+    })
+    .unwrap_or_else(|| panic!("writes never went to {want}"))
+    .1
 }
 
 pub fn summary_row(what: &str, times: &mut [f64], expected: &str) {
@@ -90,13 +80,9 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// Polls `done` every millisecond from now; the time it took.
 pub fn until(what: &str, mut done: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "{what} never happened"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    start.elapsed()
+    poll(Duration::from_millis(1), Duration::from_secs(60), || {
+        done().then_some(())
+    })
+    .unwrap_or_else(|| panic!("{what} never happened"))
+    .1
 }

@@ -1,7 +1,7 @@
 //! The agent's detection: a refused connection to the switch a reader sees
 //! (`switch`), and live PostgreSQL servers stopped and frozen (`live`).
 
-use crate::common::{live_setup, open_reader, percentile, spawn_agent, summary_row, until_active};
+use crate::common::{live_setup, open_reader, percentile, spawn_agent, summary_row, until_write};
 use dbha_harness::pg::{Scratch, StopMode};
 use dbha_harness::Listener;
 use dbha_tests::agentproc::{config, AgentProc};
@@ -14,7 +14,7 @@ pub fn live(trials: usize) {
         config(s, &t, &live.dbs("postgres"), "")
     });
     let r = agent.reader();
-    until_active(&r, "default");
+    until_write(&r, "default");
     let default = live.cluster("default");
     let (mut stopped, mut frozen) = (Vec::new(), Vec::new());
     for i in 0..trials {
@@ -23,19 +23,19 @@ pub fn live(trials: usize) {
         // pg_ctl signals the server at once, then waits for it to exit.
         let fault = Instant::now();
         default.stop(StopMode::Immediate).unwrap();
-        until_active(&r, "failover1");
+        until_write(&r, "failover1");
         stopped.push(fault.elapsed().as_secs_f64() * 1e3);
         default.start().unwrap();
-        until_active(&r, "default");
+        until_write(&r, "default");
     }
     for i in 0..trials {
         std::thread::sleep(Duration::from_millis(300 + (i as u64 * 37) % t.interval_ms));
         default.freeze();
         let fault = Instant::now();
-        until_active(&r, "failover1");
+        until_write(&r, "failover1");
         frozen.push(fault.elapsed().as_secs_f64() * 1e3);
         default.thaw();
-        until_active(&r, "default");
+        until_write(&r, "default");
     }
     println!("| fault (interval=100ms, timeout=200ms, fall=2, rise=2) | trials | p50 ms | p99 ms | min ms | max ms | expected |");
     println!("|---|---:|---:|---:|---:|---:|---|");
@@ -67,17 +67,17 @@ pub fn switch(trials: usize) {
     let mut children = Children::default();
     let state = spawn_agent(dir, &config, &mut children);
     let r = open_reader(&state);
-    until_active(&r, "default");
+    until_write(&r, "default");
     let mut a = Some(a);
     let mut times = Vec::with_capacity(trials);
     for i in 0..trials {
         // Vary the fault's phase against the probe schedule.
         std::thread::sleep(Duration::from_millis(150 + (i as u64 * 37) % interval_ms));
         a = None;
-        times.push(until_active(&r, "failover1").as_secs_f64() * 1e3);
+        times.push(until_write(&r, "failover1").as_secs_f64() * 1e3);
         a = a.or_else(|| Listener::bind(pa).ok());
         assert!(a.is_some(), "cannot reopen port {pa}");
-        until_active(&r, "default");
+        until_write(&r, "default");
     }
     drop((a, b, children));
     times.sort_by(f64::total_cmp);

@@ -71,7 +71,7 @@ pub fn footprint(seconds: u64) {
             let mut children = Children::default();
             let state = spawn_agent(dir, &config, &mut children);
             open_reader(&state);
-            let pid = children.0[0].id();
+            let pid = children.get(0).expect("the agent").id();
             // Let it settle, then measure over the window.
             std::thread::sleep(Duration::from_secs(seconds.min(2)));
             let (_, cpu0) = usage(pid);

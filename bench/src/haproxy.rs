@@ -1,7 +1,7 @@
 //! Failover detection against HAProxy (pgsql-check, backup servers) and libpq
 //! multi-host, with the same settings and the same three live servers.
 
-use crate::common::{live_setup, percentile, until, until_active};
+use crate::common::{live_setup, percentile, until, until_write};
 use dbha_harness::pg::{self, StopMode};
 use dbha_tests::agentproc::{config, AgentProc};
 use dbha_tests::Children;
@@ -67,7 +67,7 @@ pub fn haproxy(trials: usize) {
     );
     let agent = AgentProc::start(dir, "agent", |s| config(s, &t, &live.dbs("postgres"), ""));
     let r = agent.reader();
-    until_active(&r, "default");
+    until_write(&r, "default");
     until("HAProxy to see default up", || {
         haproxy_down(&socket, "default") == Some(false)
     });
@@ -144,7 +144,7 @@ pub fn haproxy(trials: usize) {
                     until("a libpq connection to land on a working server", &lands);
                     start.elapsed()
                 });
-                until_active(&r, "failover1");
+                until_write(&r, "failover1");
                 let dt = start.elapsed();
                 (dt, hp.join().unwrap(), lq.join().unwrap())
             });
@@ -152,7 +152,7 @@ pub fn haproxy(trials: usize) {
             h.push(ht.as_secs_f64() * 1e3);
             l.push(lt.as_secs_f64() * 1e3);
             repair();
-            until_active(&r, "default");
+            until_write(&r, "default");
             until("HAProxy to see default up", || {
                 haproxy_down(&socket, "default") == Some(false)
             });

@@ -379,7 +379,7 @@ pub fn run(seconds: u64, readers: usize, seed: u64) {
         std::thread::sleep(rng.ms(100, 800));
     }
     let mut found = Vec::new();
-    for c in &mut procs.0 {
+    for c in procs.iter_mut() {
         let mut out = String::new();
         c.stdout
             .take()

@@ -7,7 +7,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Generous: bounds that only catch hangs, never judge speed.
 pub const PATIENCE: Duration = Duration::from_secs(30);
@@ -15,14 +15,9 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 /// Polls `f` every few milliseconds until it returns `Some`, or panics naming
 /// `what` after [`PATIENCE`].
 pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    dbha_harness::wait::poll(Duration::from_millis(2), PATIENCE, &mut f)
+        .unwrap_or_else(|| panic!("timed out waiting for {what}"))
+        .0
 }
 
 /// Waits until `alias` is the write alias; returns the epoch then.
@@ -77,7 +72,7 @@ impl AgentProc {
 
     /// The latest agent process.
     pub fn child(&mut self) -> &mut Child {
-        self.children.0.last_mut().expect("an agent was started")
+        self.children.last_mut().expect("an agent was started")
     }
 
     pub fn pid(&mut self) -> Pid {

@@ -10,7 +10,6 @@ pub mod fakepg;
 pub mod live;
 
 use std::path::PathBuf;
-use std::process::Child;
 
 /// True under CI, where a missing prerequisite is a failure, never a skip.
 pub fn in_ci() -> bool {
@@ -58,25 +57,7 @@ pub fn write_state(
     w
 }
 
-/// Child processes killed and reaped when dropped, also when a test panics.
-#[derive(Default)]
-pub struct Children(pub Vec<Child>);
-
-impl Children {
-    pub fn push(&mut self, c: Child) -> &mut Child {
-        self.0.push(c);
-        self.0.last_mut().expect("just pushed")
-    }
-}
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
+pub use dbha_harness::{Children, Stop};
 
 /// Path of the workspace's target directory for the running profile
 /// (`target/debug` or `target/release`), where libdbha and the agent are built.

@@ -8,7 +8,6 @@
 use dbha_tests::Children;
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 const READERS: usize = 3;
 
@@ -36,15 +35,9 @@ fn cross_process_readers_never_see_a_torn_or_backwards_record() {
             .spawn()
             .unwrap(),
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "writer never created {}",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    dbha_tests::agentproc::wait_for("the writer to create the state file", || {
+        path.exists().then_some(())
+    });
     for _ in 0..READERS {
         procs.push(
             Command::new(bin)
@@ -55,7 +48,7 @@ fn cross_process_readers_never_see_a_torn_or_backwards_record() {
         );
     }
     let mut outputs = Vec::new();
-    for c in procs.0.drain(..) {
+    for c in procs.take() {
         let out = c.wait_with_output().unwrap();
         assert!(out.status.success(), "{:?}", out);
         outputs.push(fields(&String::from_utf8(out.stdout).unwrap()));
