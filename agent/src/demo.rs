@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 const ALIASES: [&str; 3] = ["default", "failover1", "failover2"];
 
 /// An endpoint the demo can take down and bring back.
-enum Endpoint {
+enum Server {
     Postgres(Cluster),
     Tcp {
         port: u16,
@@ -34,21 +34,21 @@ enum Endpoint {
     },
 }
 
-impl Endpoint {
+impl Server {
     fn port(&self) -> u16 {
         match self {
-            Endpoint::Postgres(c) => c.port,
-            Endpoint::Tcp { port, .. } => *port,
+            Server::Postgres(c) => c.port,
+            Server::Tcp { port, .. } => *port,
         }
     }
 
     fn down(&mut self) -> Result<&'static str, String> {
         match self {
-            Endpoint::Postgres(c) => c
+            Server::Postgres(c) => c
                 .stop(StopMode::Immediate)
                 .map(|_| "pg_ctl stop -m immediate")
                 .map_err(|e| e.to_string()),
-            Endpoint::Tcp { listener, .. } => {
+            Server::Tcp { listener, .. } => {
                 *listener = None;
                 Ok("listener closed")
             }
@@ -57,8 +57,8 @@ impl Endpoint {
 
     fn up(&mut self) -> Result<&'static str, String> {
         match self {
-            Endpoint::Postgres(c) => c.start().map(|_| "pg_ctl start").map_err(|e| e.to_string()),
-            Endpoint::Tcp { port, listener } => {
+            Server::Postgres(c) => c.start().map(|_| "pg_ctl start").map_err(|e| e.to_string()),
+            Server::Tcp { port, listener } => {
                 *listener = Some(Listener::bind(*port).map_err(|e| e.to_string())?);
                 Ok("listener reopened")
             }
@@ -142,7 +142,7 @@ pub fn demo(short: bool, listeners: bool) -> i32 {
             return 1;
         }
     }
-    match run(short, listeners, &stop) {
+    match story(short, listeners, &stop) {
         Ok(()) => 0,
         Err(e) if stop.load(Ordering::Relaxed) => {
             println!("\ninterrupted ({e}); cleaning up");
@@ -155,7 +155,7 @@ pub fn demo(short: bool, listeners: bool) -> i32 {
     }
 }
 
-fn run(short: bool, listeners: bool, stop: &AtomicBool) -> Result<(), String> {
+fn story(short: bool, listeners: bool, stop: &AtomicBool) -> Result<(), String> {
     let schedule = if short {
         Schedule {
             interval: Duration::from_millis(100),
@@ -176,7 +176,7 @@ fn run(short: bool, listeners: bool, stop: &AtomicBool) -> Result<(), String> {
     let scratch =
         Scratch::new("demo").map_err(|e| format!("cannot create a scratch directory: {e}"))?;
     // Endpoints are dropped (servers stopped) before the scratch directory goes.
-    let mut endpoints: Vec<Endpoint> = Vec::new();
+    let mut endpoints: Vec<Server> = Vec::new();
     let check = start_endpoints(scratch.path(), &mut endpoints, listeners, stop)?;
     let state = scratch.path().join("state");
     let config = scratch.path().join("dbha.toml");
@@ -275,17 +275,17 @@ fn interrupted(_: Interrupted) -> String {
     "interrupted or timed out".to_string()
 }
 
-fn cluster(e: &Endpoint) -> Result<&Cluster, String> {
+fn cluster(e: &Server) -> Result<&Cluster, String> {
     match e {
-        Endpoint::Postgres(c) => Ok(c),
-        Endpoint::Tcp { .. } => Err("a PostgreSQL endpoint was expected".to_string()),
+        Server::Postgres(c) => Ok(c),
+        Server::Tcp { .. } => Err("a PostgreSQL endpoint was expected".to_string()),
     }
 }
 
 /// The plain switch and failback, with TCP listeners.
 fn listeners_story(
     reader: &Reader,
-    endpoints: &mut [Endpoint],
+    endpoints: &mut [Server],
     schedule: &Schedule,
     stop: &AtomicBool,
     patience: Duration,
@@ -320,7 +320,7 @@ fn listeners_story(
 /// promotion and the old primary's return.
 fn replicated(
     reader: &Reader,
-    endpoints: &mut [Endpoint],
+    endpoints: &mut [Server],
     schedule: &Schedule,
     stop: &AtomicBool,
     patience: Duration,
@@ -410,7 +410,7 @@ fn replicated(
 /// Starts the three endpoints; returns the check kind to configure.
 fn start_endpoints(
     root: &Path,
-    out: &mut Vec<Endpoint>,
+    out: &mut Vec<Server>,
     listeners: bool,
     stop: &AtomicBool,
 ) -> Result<&'static str, String> {
@@ -455,10 +455,10 @@ fn start_endpoints(
                 }
             }
             if stop.load(Ordering::Relaxed) {
-                out.extend(clusters.into_iter().map(Endpoint::Postgres));
+                out.extend(clusters.into_iter().map(Server::Postgres));
                 return Err("interrupted".into());
             }
-            out.extend(clusters.into_iter().map(Endpoint::Postgres));
+            out.extend(clusters.into_iter().map(Server::Postgres));
             Ok("postgres")
         }
         Err(why) => {
@@ -467,7 +467,7 @@ fn start_endpoints(
                 let l = Listener::bind(0).map_err(|e| e.to_string())?;
                 let port = l.port;
                 println!("  {alias:<10} TCP listener on 127.0.0.1:{port}");
-                out.push(Endpoint::Tcp {
+                out.push(Server::Tcp {
                     port,
                     listener: Some(l),
                 });

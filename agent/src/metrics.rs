@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 /// One endpoint as the metrics show it.
 #[derive(Debug, Clone, Default)]
-pub struct Endpoint {
+pub struct EndpointMetrics {
     pub alias: String,
     pub up: bool,
     /// "primary", "standby" or "unknown".
@@ -30,7 +30,7 @@ pub struct Endpoint {
 /// What a scrape reports.
 #[derive(Debug, Clone, Default)]
 pub struct Metrics {
-    pub endpoints: Vec<Endpoint>,
+    pub endpoints: Vec<EndpointMetrics>,
     /// Where writes go.
     pub write: Option<String>,
     pub read: Option<String>,
@@ -55,7 +55,7 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{labels} {value}");
             }
         };
-        let per = |f: &dyn Fn(&Endpoint) -> String| -> Vec<(String, String)> {
+        let per = |f: &dyn Fn(&EndpointMetrics) -> String| -> Vec<(String, String)> {
             self.endpoints
                 .iter()
                 .map(|e| (format!("{{alias=\"{}\"}}", label(&e.alias)), f(e)))
@@ -204,7 +204,7 @@ impl Feed {
         let endpoints = state
             .endpoints
             .iter()
-            .map(|e| Endpoint {
+            .map(|e| EndpointMetrics {
                 alias: e.db.alias.clone(),
                 up: e.tracker.health == Health::Up,
                 role: e

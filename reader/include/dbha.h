@@ -12,7 +12,10 @@
  * (`dbha_write_alias`, `dbha_read_alias`, `dbha_snapshot.write_alias`);
  * `dbha_read` and `dbha_read_sized` read the state. `dbha_active_alias` and
  * `dbha_active_slot` are the older names of the write functions, kept so that
- * existing programs build and link. */
+ * existing programs build and link. Three counters: `epoch` counts published
+ * decisions, `config_generation` the configurations the agent applied, and
+ * `generation` the files this handle has mapped (the agent replaces the file
+ * when an endpoint's alias or address changes). */
 
 #ifndef DBHA_H
 #define DBHA_H
