@@ -54,6 +54,27 @@ pub enum Reads {
     Any,
 }
 
+/// How the `postgres` check talks to a server it can log in to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Session {
+    /// One session kept open between probes: a query per probe, and the server
+    /// closing it is seen at once.
+    Held,
+    /// A new connection and login for every probe.
+    PerProbe,
+}
+
+impl Session {
+    /// As spelled in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Session::Held => "held",
+            Session::PerProbe => "per-probe",
+        }
+    }
+}
+
 /// Whether and how the `postgres` check uses TLS, as libpq's `sslmode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -108,9 +129,27 @@ pub struct Database {
     pub port: u16,
     pub check: Check,
     pub interval: Duration,
+    /// While a verdict is pending (failures or successes counted toward `fall`
+    /// or `rise`), probes run this often instead of every `interval`.
+    pub fastinter: Duration,
+    /// The whole probe, connection and login included.
     pub timeout: Duration,
+    /// The TCP connection alone (at most `timeout`).
+    pub connect_timeout: Duration,
     pub rise: u32,
     pub fall: u32,
+    /// Held session or a connection per probe (`postgres` check only).
+    pub session: Session,
+    /// A held session is closed and opened anew after this long, so that what
+    /// only a new connection sees (a smart shutdown refusing new sessions with
+    /// 57P03, a changed pg_hba.conf) is seen within it, and a smart shutdown
+    /// never waits longer than this for the agent.
+    pub session_lifetime: Duration,
+    /// A standby whose replay is further behind takes no reads.
+    pub max_replica_lag: Option<Duration>,
+    /// A standby whose replay is more bytes of WAL behind the primary takes no
+    /// reads.
+    pub max_replica_lag_bytes: Option<u64>,
     /// User name sent in the PostgreSQL startup message.
     pub user: String,
     /// Database name sent in the PostgreSQL startup message.
@@ -236,9 +275,15 @@ impl<'de> Deserialize<'de> for Dur {
 struct RawConfig {
     state_file: Option<PathBuf>,
     interval: Option<Spanned<Dur>>,
+    fastinter: Option<Spanned<Dur>>,
     timeout: Option<Spanned<Dur>>,
+    connect_timeout: Option<Spanned<Dur>>,
     rise: Option<Spanned<u32>>,
     fall: Option<Spanned<u32>>,
+    session: Option<Spanned<Session>>,
+    session_lifetime: Option<Spanned<Dur>>,
+    max_replica_lag: Option<Spanned<Dur>>,
+    max_replica_lag_bytes: Option<Spanned<u64>>,
     failback: Option<Failback>,
     writes: Option<Spanned<Writes>>,
     reads: Option<Spanned<Reads>>,
@@ -266,9 +311,15 @@ struct RawDatabase {
     port: u16,
     check: Check,
     interval: Option<Spanned<Dur>>,
+    fastinter: Option<Spanned<Dur>>,
     timeout: Option<Spanned<Dur>>,
+    connect_timeout: Option<Spanned<Dur>>,
     rise: Option<Spanned<u32>>,
     fall: Option<Spanned<u32>>,
+    session: Option<Spanned<Session>>,
+    session_lifetime: Option<Spanned<Dur>>,
+    max_replica_lag: Option<Spanned<Dur>>,
+    max_replica_lag_bytes: Option<Spanned<u64>>,
     user: Option<String>,
     dbname: Option<String>,
     password_file: Option<Spanned<PathBuf>>,
@@ -312,6 +363,20 @@ const INTERVAL_RANGE: (Duration, Duration) = (Duration::from_millis(10), Duratio
 const TIMEOUT_RANGE: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(60));
 const STALE_RANGE: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(86_400));
 const COUNT_RANGE: (u32, u32) = (1, 100);
+const FASTINTER_RANGE: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(3600));
+/// The default `fastinter`: a lost session is confirmed, or forgiven, within a
+/// few of these.
+const FASTINTER: Duration = Duration::from_millis(10);
+
+/// `fastinter` when the configuration does not set it: 10 ms, at most `interval`.
+pub fn default_fastinter(interval: Duration) -> Duration {
+    FASTINTER.min(interval)
+}
+const LIFETIME_RANGE: (Duration, Duration) =
+    (Duration::from_millis(10), Duration::from_secs(86_400));
+/// The default `session_lifetime`.
+const SESSION_LIFETIME: Duration = Duration::from_secs(60);
+const LAG_RANGE: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(86_400));
 
 /// Builds located errors against the source text.
 struct Locator<'a> {
@@ -430,6 +495,63 @@ impl Locator<'_> {
             }
             (None, None) => Ok((None, None)),
         }
+    }
+}
+
+/// A database's `fastinter` and `connect_timeout`, resolved.
+struct Timing {
+    fastinter: Duration,
+    connect_timeout: Duration,
+}
+
+impl Locator<'_> {
+    /// `fastinter` (default the smaller of 10 ms and `interval`, at most
+    /// `interval`) and `connect_timeout` (default the smaller of `timeout` and
+    /// `interval`, as HAProxy bounds its connect phase; at most `timeout`).
+    fn timing(
+        &self,
+        db: &RawDatabase,
+        raw: &RawConfig,
+        interval: Duration,
+        timeout: Duration,
+        key: &dyn Fn(&str) -> String,
+    ) -> Result<Timing, ConfigError> {
+        let given = db.fastinter.as_ref().or(raw.fastinter.as_ref()).cloned();
+        let fastinter = self.duration(
+            &given,
+            &key("fastinter"),
+            FASTINTER.min(interval),
+            FASTINTER_RANGE,
+        )?;
+        if fastinter > interval {
+            return Err(self.at(
+                given.as_ref().map(Spanned::span),
+                &key("fastinter"),
+                format!("must be at most interval ({interval:?}), found {fastinter:?}: it is the faster pace used while a verdict is pending"),
+            ));
+        }
+        let given = db
+            .connect_timeout
+            .as_ref()
+            .or(raw.connect_timeout.as_ref())
+            .cloned();
+        let connect_timeout = self.duration(
+            &given,
+            &key("connect_timeout"),
+            timeout.min(interval),
+            TIMEOUT_RANGE,
+        )?;
+        if connect_timeout > timeout {
+            return Err(self.at(
+                given.as_ref().map(Spanned::span),
+                &key("connect_timeout"),
+                format!("must be at most timeout ({timeout:?}), found {connect_timeout:?}: the connection is part of the probe"),
+            ));
+        }
+        Ok(Timing {
+            fastinter,
+            connect_timeout,
+        })
     }
 }
 
@@ -621,15 +743,86 @@ impl Config {
                     .or_else(|| default.clone())
                     .unwrap_or_else(|| "postgres".to_owned())
             };
+            let own_interval =
+                loc.duration(&db.interval, &key("interval"), interval, INTERVAL_RANGE)?;
+            let own_timeout = loc.duration(&db.timeout, &key("timeout"), timeout, TIMEOUT_RANGE)?;
+            let timing = loc.timing(db, &raw, own_interval, own_timeout, &key)?;
+            let roles_only = |name: &str, span: Option<Range<usize>>| -> Result<(), ConfigError> {
+                if db.check == Check::Tcp && span.is_some() {
+                    return Err(loc.at(
+                        span,
+                        &key(name),
+                        format!("{name} applies to check = \"postgres\" only"),
+                    ));
+                }
+                Ok(())
+            };
+            roles_only("session", db.session.as_ref().map(Spanned::span))?;
+            roles_only(
+                "session_lifetime",
+                db.session_lifetime.as_ref().map(Spanned::span),
+            )?;
+            let lifetime = db
+                .session_lifetime
+                .as_ref()
+                .or(raw.session_lifetime.as_ref())
+                .cloned();
+            let session_lifetime = loc.duration(
+                &lifetime,
+                &key("session_lifetime"),
+                SESSION_LIFETIME,
+                LIFETIME_RANGE,
+            )?;
+            roles_only(
+                "max_replica_lag",
+                db.max_replica_lag.as_ref().map(Spanned::span),
+            )?;
+            roles_only(
+                "max_replica_lag_bytes",
+                db.max_replica_lag_bytes.as_ref().map(Spanned::span),
+            )?;
+            let max_replica_lag = match db.max_replica_lag.as_ref().or(raw.max_replica_lag.as_ref())
+            {
+                None => None,
+                lag => Some(loc.duration(
+                    &lag.cloned(),
+                    &key("max_replica_lag"),
+                    Duration::ZERO,
+                    LAG_RANGE,
+                )?),
+            };
+            let max_replica_lag_bytes = db
+                .max_replica_lag_bytes
+                .as_ref()
+                .or(raw.max_replica_lag_bytes.as_ref())
+                .map(|b| *b.get_ref());
             databases.push(Database {
                 alias: alias.clone(),
                 host: db.host.get_ref().clone(),
                 port: db.port,
                 check: db.check,
-                interval: loc.duration(&db.interval, &key("interval"), interval, INTERVAL_RANGE)?,
-                timeout: loc.duration(&db.timeout, &key("timeout"), timeout, TIMEOUT_RANGE)?,
+                interval: own_interval,
+                fastinter: timing.fastinter,
+                timeout: own_timeout,
+                connect_timeout: timing.connect_timeout,
                 rise: loc.count(&db.rise, &key("rise"), rise)?,
                 fall: loc.count(&db.fall, &key("fall"), fall)?,
+                session: db
+                    .session
+                    .as_ref()
+                    .or(raw.session.as_ref())
+                    .map_or(Session::Held, |s| *s.get_ref()),
+                session_lifetime,
+                max_replica_lag: if db.check == Check::Tcp {
+                    None
+                } else {
+                    max_replica_lag
+                },
+                max_replica_lag_bytes: if db.check == Check::Tcp {
+                    None
+                } else {
+                    max_replica_lag_bytes
+                },
                 user: credential(own.user, defaults.user),
                 dbname: credential(own.dbname, defaults.dbname),
                 password,
@@ -702,7 +895,6 @@ impl Config {
             .collect()
     }
 
-    /// What the state file publishes of each database: alias, host and port.
     /// The rules a decision follows.
     pub fn policy(&self) -> crate::decide::Policy {
         crate::decide::Policy {
@@ -712,6 +904,7 @@ impl Config {
         }
     }
 
+    /// What the state file publishes of each database: alias, host and port.
     pub fn published_endpoints(&self) -> Vec<dbha_protocol::Endpoint> {
         self.databases
             .iter()
@@ -808,10 +1001,28 @@ impl fmt::Display for Config {
             writeln!(f, "port = {}", d.port)?;
             writeln!(f, "check = \"{}\"", d.check.name())?;
             writeln!(f, "interval = \"{}\"", format_duration(d.interval))?;
+            writeln!(f, "fastinter = \"{}\"", format_duration(d.fastinter))?;
             writeln!(f, "timeout = \"{}\"", format_duration(d.timeout))?;
+            writeln!(
+                f,
+                "connect_timeout = \"{}\"",
+                format_duration(d.connect_timeout)
+            )?;
             writeln!(f, "rise = {}", d.rise)?;
             writeln!(f, "fall = {}", d.fall)?;
             if d.check == Check::Postgres {
+                writeln!(f, "session = \"{}\"", d.session.name())?;
+                writeln!(
+                    f,
+                    "session_lifetime = \"{}\"",
+                    format_duration(d.session_lifetime)
+                )?;
+                if let Some(l) = d.max_replica_lag {
+                    writeln!(f, "max_replica_lag = \"{}\"", format_duration(l))?;
+                }
+                if let Some(b) = d.max_replica_lag_bytes {
+                    writeln!(f, "max_replica_lag_bytes = {b}")?;
+                }
                 writeln!(f, "user = {}", quoted(&d.user))?;
                 writeln!(f, "dbname = {}", quoted(&d.dbname))?;
                 writeln!(

@@ -50,6 +50,16 @@ impl Tracker {
         self.failures
     }
 
+    /// A verdict is pending: no verdict yet, or results counted toward leaving
+    /// the current one (failures while Up, successes while Down).
+    pub fn pending(&self) -> bool {
+        match self.health {
+            Health::Unknown => true,
+            Health::Up => self.failures > 0,
+            Health::Down => self.successes > 0,
+        }
+    }
+
     /// Marks the endpoint down whatever its counts: its probe stopped reporting.
     /// It rises again after `rise` successes.
     pub fn force_down(&mut self) {
@@ -141,6 +151,8 @@ pub struct Seen {
     /// From the last successful probe that could log in; None when the check
     /// cannot tell (tcp, or no credentials) or the endpoint went down.
     pub claim: Option<Claim>,
+    /// A standby too far behind its primary to take reads.
+    pub lagging: bool,
 }
 
 impl Seen {
@@ -222,8 +234,9 @@ pub fn decide(seen: &[Seen], current: Choice, policy: Policy, phase: Phase) -> D
         }
     };
     let fit = |i: usize, want: Option<Role>| {
-        seen.get(i)
-            .is_some_and(|s| s.health == Health::Up && want.is_none_or(|r| s.role() == Some(r)))
+        seen.get(i).is_some_and(|s| {
+            s.health == Health::Up && !s.lagging && want.is_none_or(|r| s.role() == Some(r))
+        })
     };
     // A new read endpoint is the first fit one; while settling, not one past an
     // endpoint still Unknown (as for writes in `choose`): otherwise whichever
@@ -482,20 +495,24 @@ mod tests {
     }
 
     fn seen(spec: &str) -> Vec<Seen> {
-        // One letter per endpoint: P primary, S standby, R read-only primary,
-        // D down, U unknown, ? up with no role known.
+        // One letter per endpoint: P primary, S standby, L lagging standby,
+        // R read-only primary, D down, U unknown, ? up with no role known.
         spec.chars()
             .map(|c| {
                 let claim = |role, read_only| Some(Claim { role, read_only });
                 let (health, claim) = match c {
                     'P' => (Up, claim(Role::Primary, false)),
-                    'S' => (Up, claim(Role::Standby, false)),
+                    'S' | 'L' => (Up, claim(Role::Standby, false)),
                     'R' => (Up, claim(Role::Primary, true)),
                     'D' => (Down, None),
                     'U' => (Unknown, None),
                     _ => (Up, None),
                 };
-                Seen { health, claim }
+                Seen {
+                    health,
+                    claim,
+                    lagging: c == 'L',
+                }
             })
             .collect()
     }
@@ -676,6 +693,22 @@ mod tests {
             Some(0),
             "no standby: the primary"
         );
+        assert_eq!(
+            read("PLS", None, Reads::PreferStandby),
+            Some(2),
+            "a lagging standby is passed over"
+        );
+        assert_eq!(
+            read("PLS", Some(1), Reads::PreferStandby),
+            Some(2),
+            "and loses the reads it had"
+        );
+        assert_eq!(
+            read("PLL", Some(1), Reads::PreferStandby),
+            Some(0),
+            "every standby lags: the primary"
+        );
+        assert_eq!(read("LSS", Some(0), Reads::Any), Some(1));
         assert_eq!(read("PSS", None, Reads::Any), Some(0));
         assert_eq!(read("DSS", Some(2), Reads::Any), Some(2));
         assert_eq!(read("PSS", Some(2), Reads::Primary), Some(0));

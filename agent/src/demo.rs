@@ -259,11 +259,21 @@ fn story(short: bool, listeners: bool, stop: &AtomicBool) -> Result<(), String> 
     for (what, t) in &results {
         println!("  {what:<32} {:>6} ms", t.as_millis());
     }
-    println!(
-        "  expected for a refused connection: about (fall - 1) x interval = {} ms, plus up to one interval of probe phase;\n  for a hung server: fall x timeout = {} ms, plus the phase",
-        (schedule.fall - 1) * schedule.interval.as_millis() as u32,
-        schedule.fall * schedule.timeout.as_millis() as u32
-    );
+    let fastinter = crate::config::default_fastinter(schedule.interval);
+    if check == "postgres" {
+        println!(
+            "  expected for a crash: the held session sees the close at once, then (fall - 1) fast probes: about {} ms;\n  for a hung server: a probe's timeout, then (fall - 1) fast probes, each at most the timeout: up to {} ms",
+            (schedule.fall - 1) * fastinter.as_millis() as u32,
+            schedule.fall * schedule.timeout.as_millis() as u32
+                + (schedule.fall - 1) * fastinter.as_millis() as u32
+        );
+    } else {
+        println!(
+            "  expected for a refused connection: up to one interval of probe phase, then (fall - 1) fast probes: about {} ms + {} ms",
+            schedule.interval.as_millis(),
+            (schedule.fall - 1) * fastinter.as_millis() as u32
+        );
+    }
     println!(
         "\nstopping the agent and the databases, removing {}",
         scratch.path().display()
@@ -358,14 +368,16 @@ fn replicated(
     );
 
     std::thread::sleep(schedule.hold);
-    let how = endpoints[0].down()?;
-    println!("\n3. the primary crashes ({how})");
-    let t =
-        wait_until(reader, stop, patience, |s| s.write_alias().is_none()).map_err(interrupted)?;
+    println!("\n3. the primary crashes (pg_ctl stop -m immediate)");
+    let crashed = Instant::now();
+    endpoints[0].down()?;
+    wait_until(reader, stop, patience, |s| s.write_alias().is_none()).map_err(interrupted)?;
+    let t = crashed.elapsed();
     println!(
-        "   {} ms later the agent publishes NONE for writes: no server is a primary, and it never sends writes to a standby",
+        "   {} ms after the crash began the agent publishes NONE for writes: its held session saw the server close it;",
         t.as_millis()
     );
+    println!("   no server is a primary now, and the agent never sends writes to a standby");
     println!("   (the application gets a clear error, or its fallback, instead of writing to a read-only");
     println!("   server; while writes have no database, the status gives no read alias either)");
     show(reader);
@@ -387,12 +399,16 @@ fn replicated(
     results.push(("failover1 promoted -> writes", t));
 
     std::thread::sleep(schedule.hold);
-    let how = endpoints[0].up()?;
-    println!("\n5. the old primary comes back ({how}): it is a primary too, on its own timeline");
-    let t = wait_until(reader, stop, patience, |s| s.conflict()).map_err(interrupted)?;
+    println!(
+        "\n5. the old primary comes back (pg_ctl start): it is a primary too, on its own timeline"
+    );
+    let started = Instant::now();
+    endpoints[0].up()?;
+    wait_until(reader, stop, patience, |s| s.conflict()).map_err(interrupted)?;
+    let t = started.elapsed();
     let s = reader.snapshot().map_err(|e| e.to_string())?;
     println!(
-        "   {} ms later the agent sets the conflict flag; writes stay on {} (failback auto does not move them to a second primary)",
+        "   {} ms after pg_ctl start began the agent sets the conflict flag; writes stay on {} (failback auto does not move them to a second primary)",
         t.as_millis(),
         s.write_alias().unwrap_or("NONE")
     );

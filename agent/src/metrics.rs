@@ -25,6 +25,11 @@ pub struct EndpointMetrics {
     pub consecutive_failures: u32,
     /// Failed probes by kind ("refused", "timeout", ...), since the agent started.
     pub errors: BTreeMap<&'static str, u64>,
+    /// A standby's replay delay and WAL bytes behind the primary, when measured.
+    pub lag: Option<Duration>,
+    pub lag_bytes: Option<u64>,
+    /// Too far behind to take reads.
+    pub lagging: bool,
 }
 
 /// What a scrape reports.
@@ -92,6 +97,30 @@ impl Metrics {
             "gauge",
             "Failed probes in a row.",
             per(&|e| e.consecutive_failures.to_string()),
+        );
+        let measured = |f: &dyn Fn(&EndpointMetrics) -> Option<String>| -> Vec<(String, String)> {
+            self.endpoints
+                .iter()
+                .filter_map(|e| Some((format!("{{alias=\"{}\"}}", label(&e.alias)), f(e)?)))
+                .collect()
+        };
+        family(
+            "dbha_endpoint_replica_lag_seconds",
+            "gauge",
+            "A standby's replay delay (0 when it replayed all it received), as last measured.",
+            measured(&|e| e.lag.map(|d| format!("{:.3}", d.as_secs_f64()))),
+        );
+        family(
+            "dbha_endpoint_replica_lag_bytes",
+            "gauge",
+            "Bytes of WAL a standby's replay is behind the primary's last known position.",
+            measured(&|e| e.lag_bytes.map(|b| b.to_string())),
+        );
+        family(
+            "dbha_endpoint_lagging",
+            "gauge",
+            "1 when a standby is over max_replica_lag or max_replica_lag_bytes and takes no reads.",
+            per(&|e| u8::from(e.lagging).to_string()),
         );
         family(
             "dbha_probe_errors_total",
@@ -215,6 +244,9 @@ impl Feed {
                 last_probe: e.took,
                 consecutive_failures: e.tracker.failures(),
                 errors: self.errors.get(&e.db.alias).cloned().unwrap_or_default(),
+                lag: e.lag.delay,
+                lag_bytes: e.lag.bytes,
+                lagging: e.lag.lagging,
             })
             .collect();
         let name = |i: Option<usize>| i.map(|i| state.endpoints[i].db.alias.clone());

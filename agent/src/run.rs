@@ -80,7 +80,7 @@ struct ProbeThread {
     /// The id its reports carry.
     id: u64,
     /// Dropping it stops the thread.
-    _stop: Sender<()>,
+    _stop: probe::Stop,
     /// When it last reported, or was started.
     heard: Instant,
 }
@@ -220,6 +220,22 @@ impl Readiness {
         } else if self.ready && changed {
             self.notifier.status(&status_line(state, file));
         }
+    }
+}
+
+/// A standby's lag for a log line: "replay 7.2s behind, 1048576 bytes behind".
+fn describe_lag(lag: &crate::state::Lag) -> String {
+    let mut parts = Vec::new();
+    if let Some(d) = lag.delay {
+        parts.push(format!("replay {:.1}s behind", d.as_secs_f64()));
+    }
+    if let Some(b) = lag.bytes {
+        parts.push(format!("{b} bytes of WAL behind"));
+    }
+    if parts.is_empty() {
+        "not measured".to_owned()
+    } else {
+        parts.join(", ")
     }
 }
 
@@ -471,7 +487,23 @@ impl Agent {
             .as_ref()
             .map_or_else(|f| f.kind(), |_| probe_result::OK);
         self.file.set_probe_result(i, kind);
-        if let Some(t) = self.state.observe(i, r.outcome, r.took) {
+        let observed = self.state.observe(i, r.outcome, r.took);
+        if observed.lag_changed {
+            let e = &self.state.endpoints[i];
+            if e.lag.lagging {
+                warn!(
+                    "{alias}: replication lag over the limit ({}): no reads until {} probes within it",
+                    describe_lag(&e.lag),
+                    e.db.rise
+                );
+            } else {
+                info!(
+                    "{alias}: replication lag within the limit again ({})",
+                    describe_lag(&e.lag)
+                );
+            }
+        }
+        if let Some(t) = observed.transition {
             let probes = |n: u32| if n == 1 { "probe" } else { "probes" };
             match (&self.state.endpoints[i].last, t.to) {
                 (Some(Err(f)), Health::Down) => {
@@ -684,10 +716,9 @@ mod tests {
         assert!(alive(&a));
         // The probe thread is lost: its handle is one nobody reports on, and
         // nothing was heard for longer than the limit (3 x 100 ms + 50 ms).
-        let (lost, _) = mpsc::channel();
         a.probes.threads[0] = Some(ProbeThread {
             id: u64::MAX,
-            _stop: lost,
+            _stop: probe::Stop::detached(),
             heard: Instant::now() - Duration::from_secs(1),
         });
         assert!(!alive(&a), "the watchdog must not be fed");

@@ -5,7 +5,7 @@
 
 use crate::config::{Config, Database};
 use crate::decide::{decide, Choice, Claim, Decision, Health, Phase, Seen, Tracker, Transition};
-use crate::probe::{Outcome, Role};
+use crate::probe::{Outcome, Role, Up};
 use dbha_protocol::writer::Publication;
 use dbha_protocol::NONE;
 use std::time::{Duration, Instant};
@@ -22,6 +22,25 @@ pub struct Endpoint {
     pub claim: Option<Claim>,
     /// How long the last probe took.
     pub took: Duration,
+    /// Replication lag, when this endpoint is a standby whose probe measured it.
+    pub lag: Lag,
+}
+
+/// A standby's replication lag and its hysteresis against the configured limits.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lag {
+    /// The last WAL position the probe read (see [`crate::probe::Up::wal`]).
+    pub wal: Option<u64>,
+    /// The standby's replay delay, as it reported it.
+    pub delay: Option<Duration>,
+    /// Bytes of WAL the standby's replay is behind the primary's last known
+    /// write position.
+    pub bytes: Option<u64>,
+    /// Too far behind: takes no reads until `rise` probes within the limits.
+    pub lagging: bool,
+    /// Consecutive probes over the limits, and within them.
+    over: u32,
+    within: u32,
 }
 
 impl Endpoint {
@@ -32,6 +51,7 @@ impl Endpoint {
             last: None,
             claim: None,
             took: Duration::ZERO,
+            lag: Lag::default(),
         }
     }
 
@@ -39,12 +59,59 @@ impl Endpoint {
         Seen {
             health: self.tracker.health,
             claim: self.claim,
+            lagging: self.lag.lagging,
         }
+    }
+
+    /// Measures this standby's lag after a successful probe (`primary_wal`: the
+    /// primary's last known write position) and applies the hysteresis: `fall`
+    /// consecutive probes over a limit take it out of the reads, `rise` within
+    /// bring it back. Returns whether `lagging` changed.
+    fn measure_lag(&mut self, up: &Up, primary_wal: Option<u64>) -> bool {
+        let was = self.lag.lagging;
+        if up.role != Some(Role::Standby) {
+            self.lag = Lag {
+                wal: up.wal,
+                ..Lag::default()
+            };
+            return was;
+        }
+        self.lag.wal = up.wal;
+        self.lag.delay = up.replay_delay;
+        self.lag.bytes = match (primary_wal, up.wal) {
+            (Some(p), Some(w)) => Some(p.saturating_sub(w)),
+            _ => None,
+        };
+        let over_time =
+            matches!((self.lag.delay, self.db.max_replica_lag), (Some(d), Some(max)) if d > max);
+        let over_bytes = matches!((self.lag.bytes, self.db.max_replica_lag_bytes), (Some(b), Some(max)) if b > max);
+        if over_time || over_bytes {
+            self.lag.over = self.lag.over.saturating_add(1);
+            self.lag.within = 0;
+            if self.lag.over >= self.db.fall {
+                self.lag.lagging = true;
+            }
+        } else {
+            self.lag.within = self.lag.within.saturating_add(1);
+            self.lag.over = 0;
+            if self.lag.within >= self.db.rise {
+                self.lag.lagging = false;
+            }
+        }
+        self.lag.lagging != was
     }
 
     fn up(&self) -> bool {
         self.tracker.health == Health::Up
     }
+}
+
+/// What one probe outcome changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Observed {
+    pub transition: Option<Transition>,
+    /// The endpoint started or stopped lagging (see [`Lag`]).
+    pub lag_changed: bool,
 }
 
 /// The endpoints (in priority order) and the current choice.
@@ -102,6 +169,7 @@ impl State {
                 e.last = old.last.clone();
                 e.claim = old.claim;
                 e.took = old.took;
+                e.lag = old.lag.clone();
                 *carried = true;
             }
         }
@@ -126,29 +194,43 @@ impl State {
         }
     }
 
-    /// Takes in a probe outcome for endpoint `index`; returns the health
-    /// transition it caused, if any.
-    pub fn observe(
-        &mut self,
-        index: usize,
-        outcome: Outcome,
-        took: Duration,
-    ) -> Option<Transition> {
+    /// Takes in a probe outcome for endpoint `index`: the health transition it
+    /// caused, if any, and whether the endpoint started or stopped lagging.
+    pub fn observe(&mut self, index: usize, outcome: Outcome, took: Duration) -> Observed {
+        let primary_wal = self.primary_wal();
         let e = &mut self.endpoints[index];
         e.took = took;
         let transition = e.tracker.observe(outcome.is_ok());
+        let mut lag_changed = false;
         match (&outcome, e.tracker.health) {
             (Ok(up), _) => {
                 e.claim = up.role.map(|role| Claim {
                     role,
                     read_only: up.read_only,
-                })
+                });
+                lag_changed = e.measure_lag(up, primary_wal);
             }
-            (Err(_), Health::Down) => e.claim = None,
+            (Err(_), Health::Down) => {
+                e.claim = None;
+                lag_changed = e.lag.lagging;
+                e.lag = Lag::default();
+            }
             _ => {}
         }
         e.last = Some(outcome);
-        transition
+        Observed {
+            transition,
+            lag_changed,
+        }
+    }
+
+    /// The furthest write position an up primary reported.
+    fn primary_wal(&self) -> Option<u64> {
+        self.endpoints
+            .iter()
+            .filter(|e| e.up() && e.seen().role() == Some(Role::Primary))
+            .filter_map(|e| e.lag.wal)
+            .max()
     }
 
     /// Endpoint `index` counts as down whatever its counts (its probe went silent).
@@ -156,6 +238,7 @@ impl State {
         let e = &mut self.endpoints[index];
         e.tracker.force_down();
         e.claim = None;
+        e.lag = Lag::default();
     }
 
     /// The decision for the current knowledge, without applying it.
@@ -255,8 +338,53 @@ mod tests {
     fn up(role: Role) -> Outcome {
         Ok(Up {
             role: Some(role),
-            read_only: false,
+            ..Up::default()
         })
+    }
+
+    fn at(role: Role, wal: u64, delay_ms: u64) -> Outcome {
+        Ok(Up {
+            role: Some(role),
+            wal: Some(wal),
+            replay_delay: (role == Role::Standby).then(|| Duration::from_millis(delay_ms)),
+            ..Up::default()
+        })
+    }
+
+    #[test]
+    fn a_lagging_standby_leaves_the_reads_after_fall_probes_and_returns_after_rise() {
+        let now = Instant::now();
+        let mut c = config(&[("a", 1), ("b", 2), ("c", 3)]);
+        for d in &mut c.databases {
+            d.max_replica_lag = Some(Duration::from_secs(5));
+            d.max_replica_lag_bytes = Some(1000);
+            d.rise = 2;
+        }
+        let mut s = State::new(c, Choice::default(), now);
+        let step = |s: &mut State, b: Outcome| {
+            s.observe(0, at(Role::Primary, 10_000, 0), Duration::ZERO);
+            s.observe(1, b, Duration::ZERO);
+            s.observe(2, at(Role::Standby, 10_000, 0), Duration::ZERO);
+            s.choice = s.decide(Phase::Settled).choice;
+            s.choice.read
+        };
+        step(&mut s, at(Role::Standby, 10_000, 0));
+        assert_eq!(step(&mut s, at(Role::Standby, 10_000, 0)), Some(1));
+        // Over the time limit once (fall = 2): one probe changes nothing.
+        assert_eq!(step(&mut s, at(Role::Standby, 10_000, 6000)), Some(1));
+        assert!(!s.endpoints[1].lag.lagging);
+        // Twice: the reads move to c.
+        assert_eq!(step(&mut s, at(Role::Standby, 10_000, 7000)), Some(2));
+        assert!(s.endpoints[1].lag.lagging);
+        // The byte limit, measured against the primary's position, holds it out.
+        assert_eq!(step(&mut s, at(Role::Standby, 8_000, 0)), Some(2));
+        assert_eq!(s.endpoints[1].lag.bytes, Some(2_000));
+        // rise = 2 probes within both limits bring it back (reads stay on c,
+        // which is still fit: no needless move).
+        assert_eq!(step(&mut s, at(Role::Standby, 9_500, 100)), Some(2));
+        assert!(s.endpoints[1].lag.lagging);
+        assert_eq!(step(&mut s, at(Role::Standby, 10_000, 0)), Some(2));
+        assert!(!s.endpoints[1].lag.lagging);
     }
 
     #[test]

@@ -17,8 +17,8 @@ pub enum Reply {
     /// AuthenticationCleartextPassword: asking for the password itself, as a
     /// spoofed endpoint would.
     AuthCleartext,
-    /// AuthenticationOk (trust), `in_hot_standby` = off, ReadyForQuery; then waits
-    /// for Terminate: a primary.
+    /// AuthenticationOk (trust), `in_hot_standby` = off, ReadyForQuery; then
+    /// answers queries as a primary until Terminate.
     AuthOk,
     /// As AuthOk with `in_hot_standby` = on: a standby.
     AuthOkStandby,
@@ -122,9 +122,15 @@ pub fn database(
         port,
         check,
         interval: Duration::from_millis(100),
+        fastinter: Duration::from_millis(10),
         timeout: Duration::from_millis(timeout_ms),
+        connect_timeout: Duration::from_millis(timeout_ms),
         rise: 1,
         fall: 1,
+        session: dbha_agent::config::Session::PerProbe,
+        session_lifetime: Duration::from_secs(60),
+        max_replica_lag: None,
+        max_replica_lag_bytes: None,
         user: "postgres".into(),
         dbname: "postgres".into(),
         password: None,
@@ -237,19 +243,35 @@ fn serve(mut conn: TcpStream, reply: Reply, stop: &AtomicBool, seen: &Seen) {
                 }
             }
         }
-        if let (true, Reply::AuthOkBefore14 { read_only }, Some(b'Q')) =
-            (replied, reply, buf.first())
-        {
+        // A query (the probe's status query) gets one row: in recovery, the
+        // read-only setting, a WAL position and (for a standby) a replay delay.
+        let status = match reply {
+            Reply::AuthOk => Some(("f", false)),
+            Reply::AuthOkStandby => Some(("t", false)),
+            Reply::AuthOkBefore14 { read_only } => Some(("f", read_only)),
+            _ => None,
+        };
+        if let (true, Some((in_recovery, read_only)), Some(b'Q')) = (replied, status, buf.first()) {
             let len = buf
                 .get(1..5)
                 .map(|l| u32::from_be_bytes(l.try_into().unwrap()) as usize);
             if let Some(len) = len.filter(|len| buf.len() > *len) {
                 buf.drain(..=len);
                 seen.queries.fetch_add(1, Ordering::Relaxed);
-                let mut row = 2u16.to_be_bytes().to_vec();
-                for v in ["f", if read_only { "on" } else { "off" }] {
-                    row.extend_from_slice(&(v.len() as u32).to_be_bytes());
-                    row.extend_from_slice(v.as_bytes());
+                let delay = if in_recovery == "t" { "0" } else { "" };
+                let mut row = 4u16.to_be_bytes().to_vec();
+                for v in [
+                    in_recovery,
+                    if read_only { "on" } else { "off" },
+                    "4096",
+                    delay,
+                ] {
+                    if v.is_empty() {
+                        row.extend_from_slice(&(-1i32).to_be_bytes());
+                    } else {
+                        row.extend_from_slice(&(v.len() as u32).to_be_bytes());
+                        row.extend_from_slice(v.as_bytes());
+                    }
                 }
                 let mut m = message(b'D', &row);
                 m.extend(message(b'C', b"SELECT 1\0"));

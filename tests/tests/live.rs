@@ -246,9 +246,14 @@ fn s6_a_server_answering_57p03_is_never_chosen_while_not_ready() {
         failback: "auto",
         ..timing()
     };
-    let Some((live, agent)) = setup(&t) else {
+    // A connection per probe: each one meets the refusal (held sessions, which a
+    // smart shutdown lets run, are tests/tests/held.rs).
+    let Some(live) = Live::start(&NAMES) else {
         return;
     };
+    let agent = AgentProc::start(live.dir.path(), "agent", |state| {
+        config(state, &t, &live.dbs("postgres"), "session = \"per-probe\"")
+    });
     let r = agent.reader();
     wait_write(&r, "default");
     let default = live.cluster("default");

@@ -44,7 +44,7 @@ fn a_session_opened_by_trust_is_closed_with_terminate() {
     let server = FakePg::start(Reply::AuthOk);
     let primary = Up {
         role: Some(Role::Primary),
-        read_only: false,
+        ..Up::default()
     };
     assert_eq!(probe(&db(server.port, Check::Postgres, 500)), Ok(primary));
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -64,13 +64,7 @@ fn a_trust_session_reads_the_standby_role() {
 #[test]
 fn tcp_check_accepts_any_listener_and_sees_a_refusal() {
     let server = FakePg::start(Reply::Silent);
-    assert_eq!(
-        probe(&db(server.port, Check::Tcp, 300)),
-        Ok(Up {
-            role: None,
-            read_only: false
-        })
-    );
+    assert_eq!(probe(&db(server.port, Check::Tcp, 300)), Ok(Up::default()));
     assert_eq!(
         probe(&db(free_port(), Check::Tcp, 300)),
         Err(Failure::Refused)
@@ -194,7 +188,8 @@ fn a_server_before_14_is_asked_its_role_and_read_only_setting() {
             up,
             Up {
                 role: Some(Role::Primary),
-                read_only
+                read_only,
+                ..Up::default()
             }
         );
         assert_eq!(server.seen.queries.load(Ordering::Relaxed), 1);

@@ -188,19 +188,11 @@ fn md5_and_scram_both_log_in_and_read_the_role() {
         let db = |password: &str| Database {
             alias: "db".into(),
             host: c.host.clone(),
-            port: c.port,
-            check: Check::Postgres,
-            interval: Duration::from_millis(100),
             timeout: Duration::from_secs(5),
-            rise: 1,
-            fall: 1,
-            user: "postgres".into(),
-            dbname: "postgres".into(),
+            connect_timeout: Duration::from_secs(5),
             password: dbha_agent::config::Secret::new(password),
             password_source: Some("test".into()),
-            sslmode: dbha_agent::config::SslMode::Prefer,
-            sslrootcert: None,
-            allow_cleartext_password: false,
+            ..dbha_tests::fakepg::database(c.port, Check::Postgres, 5000)
         };
         let up = probe::probe(&db("pw-for-test")).unwrap_or_else(|e| panic!("{auth}: {e}"));
         assert_eq!(up.role, Some(probe::Role::Primary), "{auth}");

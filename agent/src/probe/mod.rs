@@ -1,14 +1,24 @@
 //! Probes: one thread per endpoint, each on its own schedule, so a hung endpoint
 //! delays nobody's verdict but its own. Each result goes to the decision loop over a
-//! channel; dropping an endpoint's stop handle ends its thread.
+//! channel; dropping an endpoint's [`Stop`] handle ends its thread.
+//!
+//! A `postgres` check that can log in holds its session between probes (unless
+//! `session = "per-probe"`): one query per probe, and between probes the thread
+//! waits on the socket, so a server that closes the session (crash, shutdown,
+//! `pg_terminate_backend`) is reported at once as a failed probe. While a verdict
+//! is pending, probes run every `fastinter` instead of every `interval`.
 
 mod postgres;
 mod tcp;
 pub mod tls;
 
-use crate::config::{Check, Database};
+use crate::config::{Check, Database, Session};
+use crate::decide::Tracker;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
@@ -35,6 +45,9 @@ pub enum Failure {
     Io(String),
     /// TLS could not be negotiated as `sslmode` requires.
     Tls(String),
+    /// The held session ended between probes (the server closed it, or sent an
+    /// error such as 57P01 "terminating connection due to administrator command").
+    Lost(String),
 }
 
 impl Failure {
@@ -52,6 +65,7 @@ impl Failure {
             Failure::Rejected(_) => k::REJECTED,
             Failure::Io(_) => k::IO,
             Failure::Tls(_) => k::TLS,
+            Failure::Lost(_) => k::CLOSED,
         }
     }
 }
@@ -69,6 +83,7 @@ impl fmt::Display for Failure {
             Failure::Rejected(m) => write!(f, "session refused: {m}"),
             Failure::Io(e) => f.write_str(e),
             Failure::Tls(e) => write!(f, "TLS: {e}"),
+            Failure::Lost(e) => write!(f, "session lost: {e}"),
         }
     }
 }
@@ -92,12 +107,19 @@ impl From<Role> for dbha::Role {
 }
 
 /// What a successful probe learned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Up {
     /// None when the check could not log in (tcp check, or no credentials).
     pub role: Option<Role>,
     /// `default_transaction_read_only` is on.
     pub read_only: bool,
+    /// Where the server is in the WAL, in bytes: a primary's current write
+    /// position, a standby's replay position. Measured only when the probe ran
+    /// its status query (held sessions, lag limits, servers before 14).
+    pub wal: Option<u64>,
+    /// A standby's replay delay: 0 when it has replayed all it received, else
+    /// the age of the last transaction it replayed.
+    pub replay_delay: Option<Duration>,
 }
 
 /// The result of one probe.
@@ -114,58 +136,218 @@ pub struct Report {
     pub took: Duration,
 }
 
-/// Probes `db` once, within its timeout.
+/// Probes `db` once with a new connection, within its timeout.
 pub fn probe(db: &Database) -> Outcome {
-    probe_with(db, &mut Resolver::default())
+    Prober::new(Database {
+        session: Session::PerProbe,
+        ..db.clone()
+    })
+    .probe()
 }
 
-/// Probes `db` once, within its timeout, resolving its host through `resolver`.
-pub fn probe_with(db: &Database, resolver: &mut Resolver) -> Outcome {
-    let deadline = Instant::now() + db.timeout;
-    let addrs = resolver.resolve(&db.host, db.port, deadline, db.timeout)?;
-    let stream = tcp::connect(&addrs, deadline, db.timeout)?;
-    match db.check {
-        Check::Tcp => Ok(Up {
-            role: None,
-            read_only: false,
-        }),
-        Check::Postgres => postgres::check(stream, deadline, db.timeout, db),
+/// One endpoint's prober: its host lookups and, when held, its session.
+pub struct Prober {
+    db: Database,
+    resolver: Resolver,
+    /// The held session, and when it was opened.
+    held: Option<(postgres::Held, Instant)>,
+}
+
+/// What ended a wait between probes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Wake {
+    /// The next probe is due.
+    Due,
+    /// The held session ended: a failed probe.
+    Lost(Failure),
+    /// The stop handle was dropped.
+    Stop,
+}
+
+impl Prober {
+    pub fn new(db: Database) -> Prober {
+        Prober {
+            db,
+            resolver: Resolver::default(),
+            held: None,
+        }
+    }
+
+    /// A session is held now.
+    pub fn holds_session(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// One probe within the timeout: the status query on the held session, or a
+    /// new connection (which is kept when the session is to be held). A session
+    /// whose probe failed is closed: the next probe connects anew.
+    pub fn probe(&mut self) -> Outcome {
+        let start = Instant::now();
+        let deadline = start + self.db.timeout;
+        // A session past its lifetime is closed, and this probe opens a new one.
+        if self
+            .held
+            .as_ref()
+            .is_some_and(|(_, opened)| opened.elapsed() >= self.db.session_lifetime)
+        {
+            if let Some((held, _)) = self.held.take() {
+                held.close();
+            }
+        }
+        if let Some((held, _)) = &mut self.held {
+            let outcome = held.probe(deadline, &self.db);
+            if outcome.is_err() {
+                self.held = None;
+            }
+            return outcome;
+        }
+        let db = &self.db;
+        let addrs = self
+            .resolver
+            .resolve(&db.host, db.port, deadline, db.timeout)?;
+        // The connection alone is bounded by connect_timeout, as HAProxy bounds
+        // its connect phase: a blackholed host fails then, not at `timeout`.
+        let connected = deadline.min(start + db.connect_timeout);
+        let stream = tcp::connect(&addrs, connected, db.connect_timeout)?;
+        match (db.check, db.session) {
+            (Check::Tcp, _) => Ok(Up::default()),
+            (Check::Postgres, Session::PerProbe) => {
+                postgres::check(stream, deadline, db.timeout, db)
+            }
+            (Check::Postgres, Session::Held) => {
+                let (outcome, held) = postgres::open(stream, deadline, db.timeout, db);
+                self.held = held.map(|h| (h, start));
+                outcome
+            }
+        }
+    }
+
+    /// Waits until `until`, or until `stop` is dropped, or until the held
+    /// session ends. Whatever the server sends between probes (a notice, a
+    /// parameter) is read and passed over; an error or a close ends the session.
+    pub fn wait(&mut self, until: Instant, stop: &UnixStream) -> Wake {
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Wake::Due;
+            }
+            // Rounded up: a timeout rounded down to 0 ms would spin.
+            let ms = left
+                .as_nanos()
+                .div_ceil(1_000_000)
+                .min(u128::from(u16::MAX)) as u16;
+            let mut fds = vec![PollFd::new(stop.as_fd(), PollFlags::POLLIN)];
+            if let Some((held, _)) = &self.held {
+                fds.push(PollFd::new(held.fd(), PollFlags::POLLIN));
+            }
+            match nix::poll::poll(&mut fds, PollTimeout::from(ms)) {
+                Ok(0) => continue,
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                // poll on two valid descriptors does not fail otherwise; if it
+                // does, sleep rather than spin.
+                Err(_) => {
+                    std::thread::sleep(left.min(Duration::from_millis(10)));
+                    continue;
+                }
+            }
+            let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+            if ready(&fds[0]) {
+                return Wake::Stop;
+            }
+            let session = fds.get(1).is_some_and(ready);
+            drop(fds);
+            if session {
+                if let Some((held, _)) = &mut self.held {
+                    if let Err(f) = held.drain(&self.db) {
+                        self.held = None;
+                        return Wake::Lost(f);
+                    }
+                }
+            }
+        }
     }
 }
 
-/// Starts the probe thread `id` of an endpoint. It probes every `db.interval`
-/// (measured from the start of each probe) and sends a [`Report`] per probe, each
-/// within the probe's timeout, until the returned handle is dropped or the
-/// receiver is gone.
+/// Dropping it stops the probe thread it was returned with, at once (the thread
+/// waits on the other end of this socket pair).
+pub struct Stop {
+    _peer: UnixStream,
+}
+
+impl Stop {
+    /// A handle tied to no thread.
+    #[cfg(test)]
+    pub fn detached() -> Stop {
+        let (peer, _) = UnixStream::pair().expect("a socket pair");
+        Stop { _peer: peer }
+    }
+}
+
+/// Starts the probe thread `id` of an endpoint. It probes every `db.interval`, or
+/// every `db.fastinter` while a verdict is pending (measured from the start of
+/// each probe), and sends a [`Report`] per probe, each within the probe's
+/// timeout, plus one as soon as a held session is lost, until the returned
+/// handle is dropped or the receiver is gone.
 pub fn spawn<E: From<Report> + Send + 'static>(
     id: u64,
     db: Database,
     tx: Sender<E>,
-) -> std::io::Result<Sender<()>> {
-    let (stop, stopped) = mpsc::channel::<()>();
+) -> std::io::Result<Stop> {
+    let (handle, stopped) = UnixStream::pair()?;
     std::thread::Builder::new()
         .name(format!("probe-{}", db.alias))
         .spawn(move || {
-            let mut resolver = Resolver::default();
+            // The thread's own copy of the hysteresis: it only says whether a
+            // verdict is pending, which sets the pace.
+            let mut pace = Tracker::new(db.rise, db.fall);
+            let mut prober = Prober::new(db.clone());
+            let send = |outcome: Outcome, took: Duration| {
+                tx.send(
+                    Report {
+                        probe: id,
+                        outcome,
+                        took,
+                    }
+                    .into(),
+                )
+                .is_ok()
+            };
             loop {
                 let start = Instant::now();
-                let outcome = probe_with(&db, &mut resolver);
-                let report = Report {
-                    probe: id,
-                    outcome,
-                    took: start.elapsed(),
-                };
-                if tx.send(report.into()).is_err() {
+                let outcome = prober.probe();
+                pace.observe(outcome.is_ok());
+                if !send(outcome, start.elapsed()) {
                     return;
                 }
-                let next = start + db.interval;
-                match stopped.recv_timeout(next.saturating_duration_since(Instant::now())) {
-                    Err(RecvTimeoutError::Timeout) => {}
-                    _ => return,
+                let mut next = start + pace_of(&pace, &db);
+                loop {
+                    match prober.wait(next, &stopped) {
+                        Wake::Due => break,
+                        Wake::Stop => return,
+                        Wake::Lost(f) => {
+                            pace.observe(false);
+                            if !send(Err(f), Duration::ZERO) {
+                                return;
+                            }
+                            next = Instant::now() + pace_of(&pace, &db);
+                        }
+                    }
                 }
             }
         })?;
-    Ok(stop)
+    Ok(Stop { _peer: handle })
+}
+
+/// How long until the next probe: `fastinter` while a verdict is pending (a
+/// failure or success counted toward `fall` or `rise`, or no verdict yet),
+/// `interval` otherwise.
+fn pace_of(t: &Tracker, db: &Database) -> Duration {
+    if t.pending() {
+        db.fastinter
+    } else {
+        db.interval
+    }
 }
 
 /// The answer of a name lookup.

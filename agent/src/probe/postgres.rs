@@ -4,7 +4,9 @@
 //! anything else, or silence, means down). When the server opens a session (trust,
 //! or a password from the configuration: md5 or SCRAM-SHA-256), the check also reads
 //! the server's role and `default_transaction_read_only`: from the startup
-//! ParameterStatus messages (PostgreSQL 14+), else by one query. Messages and authentication go through
+//! ParameterStatus messages (PostgreSQL 14+), else by one status query, which
+//! also reads the WAL position and a standby's replay delay. A held session
+//! ([`Held`]) runs that query once per probe on a session opened once. Messages and authentication go through
 //! `postgres-protocol`, TLS through rustls (see [`super::tls`] for `sslmode`); no
 //! hand-written crypto. A password is never sent in cleartext unless
 //! `allow_cleartext_password` is set, and then only over TLS.
@@ -18,6 +20,7 @@ use postgres_protocol::message::backend::{ErrorFields, Message};
 use postgres_protocol::message::frontend;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 /// No message the probe reads (authentication, parameters, an error, one boolean
@@ -211,7 +214,39 @@ fn encode(f: impl FnOnce(&mut BytesMut) -> io::Result<()>) -> Result<BytesMut, F
     Ok(buf)
 }
 
+/// One probe on a new connection, closed afterwards.
 pub fn check(stream: TcpStream, deadline: Instant, timeout: Duration, db: &Database) -> Outcome {
+    let (outcome, session) = login(stream, deadline, timeout, db);
+    if let Some(s) = session {
+        Held { s }.close();
+    }
+    outcome
+}
+
+/// A first probe on a new connection; the session is handed back when the
+/// probe logged in, to be held.
+pub fn open(
+    stream: TcpStream,
+    deadline: Instant,
+    timeout: Duration,
+    db: &Database,
+) -> (Outcome, Option<Held>) {
+    let (outcome, session) = login(stream, deadline, timeout, db);
+    let held = session.map(|s| Held { s });
+    if let Some(h) = &held {
+        h.keep_alive(db);
+    }
+    (outcome, held)
+}
+
+/// TLS, the startup message and authentication, and the status query when
+/// wanted; the session when one was opened and the verdict is a success.
+fn login(
+    stream: TcpStream,
+    deadline: Instant,
+    timeout: Duration,
+    db: &Database,
+) -> (Outcome, Option<Session>) {
     let mut s = Session {
         stream: Stream::Plain(stream),
         buf: BytesMut::new(),
@@ -220,18 +255,131 @@ pub fn check(stream: TcpStream, deadline: Instant, timeout: Duration, db: &Datab
         started: false,
     };
     let verdict = negotiate_tls(&mut s, db).and_then(|()| converse(&mut s, db));
-    // Politely: a session that exists gets Terminate; otherwise just close, which
-    // the server takes silently during authentication, as it does for pg_isready.
-    if verdict.as_ref().is_ok_and(|(_, session)| *session) {
+    match verdict {
+        Ok((up, true)) => {
+            // The status query: before 14 the role needs it (converse ran it
+            // then); held sessions and lag limits need the WAL position and
+            // the replay delay.
+            let wanted = up.wal.is_none()
+                && (db.session == crate::config::Session::Held
+                    || db.max_replica_lag.is_some()
+                    || db.max_replica_lag_bytes.is_some());
+            let outcome = if wanted { status(&mut s, db) } else { Ok(up) };
+            match outcome {
+                Ok(up) => (Ok(up), Some(s)),
+                Err(f) => {
+                    Held { s }.close();
+                    (Err(f), None)
+                }
+            }
+        }
+        // Without a session, just close, which the server takes silently during
+        // authentication, as it does for pg_isready.
+        other => {
+            let _ = s.stream.tcp().shutdown(Shutdown::Both);
+            (other.map(|(up, _)| up), None)
+        }
+    }
+}
+
+/// A logged-in session kept between probes.
+pub struct Held {
+    s: Session,
+}
+
+impl Held {
+    /// One probe: the status query, within `deadline`.
+    pub fn probe(&mut self, deadline: Instant, db: &Database) -> Outcome {
+        self.s.deadline = deadline;
+        // Whatever arrived since the last probe first: an error there ends the
+        // session before the query is sent.
+        if !self.s.buf.is_empty() {
+            self.drain(db)?;
+        }
+        status(&mut self.s, db)
+    }
+
+    /// The socket to wait on between probes.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.s.stream.tcp().as_fd()
+    }
+
+    /// Reads what the server sent between probes (the socket is readable): a
+    /// notice or a parameter change is passed over; an error, a close or
+    /// anything unexpected ends the session.
+    pub fn drain(&mut self, db: &Database) -> Result<(), Failure> {
+        // A short bound: the socket was readable, so data (or the close) is there;
+        // a partial TLS record or message waits for the next wake.
+        self.s.deadline = Instant::now() + Duration::from_millis(20);
+        let lost = |why: String| Failure::Lost(why);
+        let mut chunk = [0u8; 4096];
+        if self.s.bound().is_ok() {
+            match self.s.stream.read(&mut chunk) {
+                Ok(0) => return Err(lost("the server closed it".into())),
+                Ok(n) => self.s.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => return Err(lost(self.s.io_failure(e).to_string())),
+            }
+        }
+        loop {
+            if let Some(f) = too_long(&self.s.buf) {
+                return Err(f);
+            }
+            match Message::parse(&mut self.s.buf) {
+                Ok(None) => return Ok(()),
+                Ok(Some(Message::NoticeResponse(_) | Message::ParameterStatus(_))) => {}
+                Ok(Some(Message::ErrorResponse(body))) => {
+                    return Err(lost(server_error(body.fields(), db).to_string()))
+                }
+                Ok(Some(_)) => return Err(lost("an unexpected message between probes".into())),
+                Err(e) => return Err(Failure::NotPostgres(e.to_string())),
+            }
+        }
+    }
+
+    /// Keepalive, and `TCP_USER_TIMEOUT` = the probe timeout: a peer that stops
+    /// acknowledging (a blackholed host) ends the session within `timeout`, also
+    /// between probes, without waiting for the kernel's retransmissions.
+    fn keep_alive(&self, db: &Database) {
+        use nix::sys::socket::{setsockopt, sockopt};
+        let fd = self.fd();
+        let ms = db.timeout.as_millis().min(u128::from(u32::MAX)) as u32;
+        let idle = db.interval.as_secs().clamp(1, 7200) as u32;
+        let _ = setsockopt(&fd, sockopt::KeepAlive, &true);
+        let _ = setsockopt(&fd, sockopt::TcpKeepIdle, &idle);
+        let _ = setsockopt(&fd, sockopt::TcpKeepInterval, &1);
+        let _ = setsockopt(&fd, sockopt::TcpKeepCount, &3);
+        let _ = setsockopt(&fd, sockopt::TcpUserTimeout, &ms);
+    }
+
+    /// Terminate, politely, then close.
+    pub fn close(mut self) {
         if let Ok(bye) = encode(|b| {
             frontend::terminate(b);
             Ok(())
         }) {
-            let _ = s.stream.write_all(&bye).and_then(|()| s.stream.flush());
+            self.s.deadline = Instant::now() + Duration::from_millis(100);
+            let _ = self.s.bound();
+            let _ = self
+                .s
+                .stream
+                .write_all(&bye)
+                .and_then(|()| self.s.stream.flush());
         }
+        let _ = self.s.stream.tcp().shutdown(Shutdown::Both);
     }
-    let _ = s.stream.tcp().shutdown(Shutdown::Both);
-    verdict.map(|(up, _)| up)
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _ = self.s.stream.tcp().shutdown(Shutdown::Both);
+    }
 }
 
 /// SSLRequest, then the TLS handshake when the server accepts ('S'). A server
@@ -315,10 +463,7 @@ fn converse(s: &mut Session, db: &Database) -> Result<(Up, bool), Failure> {
         )
     })?;
     s.send(&startup)?;
-    let unknown = Up {
-        role: None,
-        read_only: false,
-    };
+    let unknown = Up::default();
     let password = db.password.as_ref().map(|p| p.expose().as_bytes());
     match s.recv()? {
         Message::AuthenticationOk => {}
@@ -414,35 +559,58 @@ fn converse(s: &mut Session, db: &Database) -> Result<(Up, bool), Failure> {
             _ => {}
         }
     }
-    let in_recovery = match hot_standby {
-        Some(v) => v,
+    match hot_standby {
+        Some(in_recovery) => Ok((
+            Up {
+                role: Some(if in_recovery {
+                    Role::Standby
+                } else {
+                    Role::Primary
+                }),
+                read_only,
+                ..Up::default()
+            },
+            true,
+        )),
         // Before PostgreSQL 14 the server reports neither in_hot_standby nor
-        // default_transaction_read_only: ask for both.
-        None => {
-            let sql =
-                "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only')";
-            let row = query_row(s, db, sql)?;
-            let col = |i: usize| row.get(i).and_then(|v| v.as_deref());
-            read_only = matches!(col(1), Some(b"on"));
-            match col(0) {
-                Some(b"t") => true,
-                Some(b"f") => false,
-                _ => return Err(Failure::Rejected(format!("{sql} returned no boolean"))),
-            }
+        // default_transaction_read_only: ask.
+        None => Ok((status(s, db)?, true)),
+    }
+}
+
+/// The status query: role, read-only setting, WAL position (a primary's current
+/// write position, a standby's replay position, as bytes from 0/0) and a
+/// standby's replay delay (0 when it has replayed all it received).
+const STATUS_SQL: &str = "SELECT pg_is_in_recovery(), \
+current_setting('default_transaction_read_only'), \
+((CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END) - '0/0'::pg_lsn)::bigint, \
+CASE WHEN NOT pg_is_in_recovery() THEN NULL \
+WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
+ELSE greatest(0, extract(epoch FROM now() - pg_last_xact_replay_timestamp())) END";
+
+/// Runs [`STATUS_SQL`] and reads its row.
+fn status(s: &mut Session, db: &Database) -> Outcome {
+    let row = query_row(s, db, STATUS_SQL)?;
+    let col = |i: usize| row.get(i).and_then(|v| v.as_deref());
+    let text = |i: usize| col(i).and_then(|v| std::str::from_utf8(v).ok());
+    let role = match col(0) {
+        Some(b"t") => Role::Standby,
+        Some(b"f") => Role::Primary,
+        _ => {
+            return Err(Failure::Rejected(
+                "the status query returned no boolean for pg_is_in_recovery()".into(),
+            ))
         }
     };
-    let role = if in_recovery {
-        Role::Standby
-    } else {
-        Role::Primary
-    };
-    Ok((
-        Up {
-            role: Some(role),
-            read_only,
-        },
-        true,
-    ))
+    Ok(Up {
+        role: Some(role),
+        read_only: matches!(col(1), Some(b"on")),
+        wal: text(2).and_then(|v| v.parse().ok()),
+        replay_delay: text(3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|v| v.is_finite() && *v >= 0.0)
+            .map(|v| Duration::from_secs_f64(v.min(1e9))),
+    })
 }
 
 fn expect_auth_ok(s: &mut Session, db: &Database) -> Result<(), Failure> {
