@@ -475,6 +475,13 @@ impl Agent {
         if let Err(f) = &r.outcome {
             self.metrics
                 .failed_probe(&alias, probe_result::name(f.kind()));
+            // A lost session says more than the failure count that follows.
+            if matches!(f, Failure::Lost(_)) {
+                info!(
+                    "{alias}: {f}; probing again every {:?} until a verdict",
+                    e.db.fastinter
+                );
+            }
             // A host name that stops resolving is worth a warning of its own, once
             // per streak: the probe's verdict alone reads like any other failure.
             if matches!(f, Failure::Resolve(_)) && !matches!(e.last, Some(Err(Failure::Resolve(_))))

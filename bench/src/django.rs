@@ -8,10 +8,10 @@
 //! Then the backend's cost per query against Django's own backend.
 
 use crate::common::percentile;
-use crate::netfault::Blackhole;
 use dbha_harness::pg::StopMode;
 use dbha_tests::agentproc::{config, AgentProc, Timing};
 use dbha_tests::live::Live;
+use dbha_tests::netfault::Blackhole;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;

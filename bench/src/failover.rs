@@ -1,5 +1,6 @@
 //! The agent's detection: a refused connection to the switch a reader sees
-//! (`switch`), and live PostgreSQL servers stopped and frozen (`live`).
+//! (`switch`), and live PostgreSQL servers stopped and frozen (`live`), probed
+//! with a connection per probe (held sessions: `haproxy`).
 
 use crate::common::{live_setup, open_reader, percentile, spawn_agent, summary_row, until_write};
 use dbha_harness::pg::{Scratch, StopMode};
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 pub fn live(trials: usize) {
     let (live, t) = live_setup("live");
     let agent = AgentProc::start(live.dir.path(), "agent", |s| {
-        config(s, &t, &live.dbs("postgres"), "")
+        config(s, &t, &live.dbs("postgres"), "session = \"per-probe\"")
     });
     let r = agent.reader();
     until_write(&r, "default");
@@ -37,17 +38,17 @@ pub fn live(trials: usize) {
         default.thaw();
         until_write(&r, "default");
     }
-    println!("| fault (interval=100ms, timeout=200ms, fall=2, rise=2) | trials | p50 ms | p99 ms | min ms | max ms | expected |");
+    println!("| fault (per-probe, interval=100ms, fastinter=10ms, timeout=200ms, fall=2, rise=2) | trials | p50 ms | p99 ms | min ms | max ms | expected |");
     println!("|---|---:|---:|---:|---:|---:|---|");
     summary_row(
         "default stopped (pg_ctl stop -m immediate)",
         &mut stopped,
-        "phase (0-100) + (fall-1) x interval: 100-200",
+        "phase (0-100) + (fall-1) x fastinter: 10-110",
     );
     summary_row(
         "default frozen (SIGSTOP)",
         &mut frozen,
-        "phase (0-200) + fall x timeout: 400-600",
+        "phase (0-100) + fall x timeout: 400-500",
     );
 }
 
@@ -81,12 +82,16 @@ pub fn switch(trials: usize) {
     }
     drop((a, b, children));
     times.sort_by(f64::total_cmp);
-    let expected = (fall - 1) as f64 * interval_ms as f64;
-    println!("| refused connection -> reader switch (interval={interval_ms}ms, fall={fall}, {trials} trials) | ms |");
+    let fastinter = dbha_agent::config::default_fastinter(Duration::from_millis(interval_ms));
+    let expected = (fall - 1) as f64 * fastinter.as_secs_f64() * 1e3;
+    println!("| refused connection -> reader switch (interval={interval_ms}ms, fastinter={}ms, fall={fall}, {trials} trials) | ms |", fastinter.as_millis());
     println!("|---|---:|");
     println!("| p50 | {:.1} |", percentile(&times, 0.5));
     println!("| p99 | {:.1} |", percentile(&times, 0.99));
     println!("| min | {:.1} |", times[0]);
     println!("| max | {:.1} |", times[times.len() - 1]);
-    println!("| (fall - 1) x interval | {expected:.1} |");
+    println!(
+        "| expected: phase (0-{interval_ms}) + (fall - 1) x fastinter | {expected:.1}-{:.1} |",
+        expected + interval_ms as f64
+    );
 }

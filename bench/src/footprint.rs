@@ -43,16 +43,21 @@ pub fn footprint(seconds: u64) {
     println!("| endpoints | check | RSS (MiB) | CPU per hour (s) | CPU share of one core |");
     println!("|---:|---|---:|---:|---:|");
     for n in [3usize, 64] {
-        for check in ["tcp", "postgres"] {
+        // tcp: plain listeners; postgres: fake servers asking for a password
+        // (every probe a new connection and the startup exchange), or letting the
+        // agent in (a held session, one query per probe).
+        for (label, reply) in [
+            ("tcp", None),
+            ("postgres, per probe", Some(Reply::AuthMd5)),
+            ("postgres, held session", Some(Reply::AuthOk)),
+        ] {
+            let check = if reply.is_some() { "postgres" } else { "tcp" };
             let scratch = Scratch::new("bench-footprint").unwrap();
             let dir = scratch.path();
-            // tcp: plain listeners; postgres: fake servers asking for a password,
-            // so every probe does the full startup exchange.
             let listeners: Vec<Listener> = (0..n).map(|_| Listener::bind(0).unwrap()).collect();
-            let fakes: Vec<FakePg> = if check == "postgres" {
-                (0..n).map(|_| FakePg::start(Reply::AuthMd5)).collect()
-            } else {
-                Vec::new()
+            let fakes: Vec<FakePg> = match reply {
+                Some(reply) => (0..n).map(|_| FakePg::start(reply)).collect(),
+                None => Vec::new(),
             };
             let mut config = format!(
                 "state_file = \"{}\"\ninterval = \"1s\"\ntimeout = \"1s\"\n",
@@ -81,7 +86,7 @@ pub fn footprint(seconds: u64) {
             let window = t0.elapsed().as_secs_f64();
             let per_hour = (cpu1 - cpu0) / window * 3600.0;
             println!(
-                "| {n} | {check} | {:.1} | {per_hour:.1} | {:.3}% |",
+                "| {n} | {label} | {:.1} | {per_hour:.1} | {:.3}% |",
                 rss as f64 / 1024.0,
                 per_hour / 3600.0 * 100.0
             );

@@ -1,9 +1,11 @@
 //! Failover detection against HAProxy (pgsql-check, backup servers) and libpq
-//! multi-host, with the same settings and the same three live servers.
+//! multi-host, on the same three live servers, in one run: dbha with held
+//! sessions at `interval = 1s` and at HAProxy's `inter 100ms`, and dbha with a
+//! connection per probe at 100 ms.
 
 use crate::common::{live_setup, percentile, until, until_write};
 use dbha_harness::pg::{self, StopMode};
-use dbha_tests::agentproc::{config, AgentProc};
+use dbha_tests::agentproc::{config, AgentProc, Timing};
 use dbha_tests::Children;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -65,9 +67,35 @@ pub fn haproxy(trials: usize) {
             .spawn()
             .expect("start haproxy"),
     );
-    let agent = AgentProc::start(dir, "agent", |s| config(s, &t, &live.dbs("postgres"), ""));
-    let r = agent.reader();
-    until_write(&r, "default");
+    // (column, timing, session): every agent watches the same servers.
+    let slow = Timing {
+        interval_ms: 1000,
+        stale_after_ms: 3000,
+        ..t.clone()
+    };
+    let setups = [
+        ("dbha held, interval 1s", &slow, "held"),
+        ("dbha held, interval 100ms", &t, "held"),
+        ("dbha per-probe, interval 100ms", &t, "per-probe"),
+    ];
+    let agents: Vec<AgentProc> = setups
+        .iter()
+        .enumerate()
+        .map(|(i, (_, timing, session))| {
+            AgentProc::start(dir, &format!("agent{i}"), |s| {
+                config(
+                    s,
+                    timing,
+                    &live.dbs("postgres"),
+                    &format!("session = \"{session}\""),
+                )
+            })
+        })
+        .collect();
+    let readers: Vec<dbha::Reader> = agents.iter().map(AgentProc::reader).collect();
+    for r in &readers {
+        until_write(r, "default");
+    }
     until("HAProxy to see default up", || {
         haproxy_down(&socket, "default") == Some(false)
     });
@@ -112,7 +140,7 @@ pub fn haproxy(trials: usize) {
         ),
     ];
     // A blackholed host: every packet to its port dropped (nftables, as root).
-    let blackhole = crate::netfault::Blackhole::for_port(port("default"));
+    let blackhole = dbha_tests::netfault::Blackhole::for_port(port("default"));
     let mut faults = faults;
     match &blackhole {
         Some(b) => faults.push((
@@ -124,54 +152,68 @@ pub fn haproxy(trials: usize) {
             eprintln!("dbha-bench haproxy: nft is not installed: the blackholed row is left out")
         }
     }
-    println!("| fault (interval=100ms, timeout=200ms, fall=2, rise=2; {trials} trials) | dbha p50 | dbha p99 | HAProxy p50 | HAProxy p99 | dbha / HAProxy (p50) | libpq p50 | libpq p99 |");
+    println!("| fault ({trials} trials; timeout=200ms, fall=2, rise=2) | {} | {} | {} | HAProxy inter 100ms | held 100ms / HAProxy | per-probe 100ms / HAProxy | libpq |", setups[0].0, setups[1].0, setups[2].0);
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for (name, fault, repair) in &faults {
-        let (mut d, mut h, mut l) = (Vec::new(), Vec::new(), Vec::new());
+        // Per watcher: the agents in order, then HAProxy, then libpq.
+        let mut times: Vec<Vec<f64>> = vec![Vec::new(); readers.len() + 2];
         for i in 0..trials {
-            std::thread::sleep(Duration::from_millis(300 + (i as u64 * 37) % t.interval_ms));
+            // Faults land anywhere in the slow agent's 1 s probe cycle.
+            std::thread::sleep(Duration::from_millis(300 + (i as u64 * 137) % 1000));
+            // All watching before the fault, timed from the instant it begins
+            // (pg_ctl stop returns only once the server is gone).
             let start = Instant::now();
-            fault();
-            // All three watched at once, from the same instant.
-            let (dt, ht, lt) = std::thread::scope(|sc| {
-                let hp = sc.spawn(|| {
+            let took: Vec<Duration> = std::thread::scope(|sc| {
+                let mut watchers: Vec<_> = readers
+                    .iter()
+                    .map(|r| {
+                        sc.spawn(move || {
+                            until_write(r, "failover1");
+                            start.elapsed()
+                        })
+                    })
+                    .collect();
+                watchers.push(sc.spawn(|| {
                     until("HAProxy to mark default down", || {
                         haproxy_down(&socket, "default") == Some(true)
                     });
                     start.elapsed()
-                });
-                let lq = sc.spawn(|| {
+                }));
+                watchers.push(sc.spawn(|| {
                     until("a libpq connection to land on a working server", &lands);
                     start.elapsed()
-                });
-                until_write(&r, "failover1");
-                let dt = start.elapsed();
-                (dt, hp.join().unwrap(), lq.join().unwrap())
+                }));
+                fault();
+                watchers.into_iter().map(|w| w.join().unwrap()).collect()
             });
-            d.push(dt.as_secs_f64() * 1e3);
-            h.push(ht.as_secs_f64() * 1e3);
-            l.push(lt.as_secs_f64() * 1e3);
+            for (v, d) in times.iter_mut().zip(took) {
+                v.push(d.as_secs_f64() * 1e3);
+            }
             repair();
-            until_write(&r, "default");
+            for r in &readers {
+                until_write(r, "default");
+            }
             until("HAProxy to see default up", || {
                 haproxy_down(&socket, "default") == Some(false)
             });
         }
-        for v in [&mut d, &mut h, &mut l] {
+        for v in &mut times {
             v.sort_by(f64::total_cmp);
         }
-        let p = |v: &[f64], q| percentile(v, q);
+        let cell = |v: &[f64]| format!("{:.0} / {:.0}", percentile(v, 0.5), percentile(v, 0.99));
+        let ratio = |a: &[f64], b: &[f64]| percentile(a, 0.5) / percentile(b, 0.5);
+        let haproxy = &times[readers.len()];
         println!(
-            "| default {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} |",
-            p(&d, 0.5),
-            p(&d, 0.99),
-            p(&h, 0.5),
-            p(&h, 0.99),
-            p(&d, 0.5) / p(&h, 0.5),
-            p(&l, 0.5),
-            p(&l, 0.99)
+            "| default {name} | {} | {} | {} | {} | {:.2} | {:.2} | {} |",
+            cell(&times[0]),
+            cell(&times[1]),
+            cell(&times[2]),
+            cell(haproxy),
+            ratio(&times[1], haproxy),
+            ratio(&times[2], haproxy),
+            cell(&times[readers.len() + 1])
         );
     }
-    println!("\nall times in ms from the fault; libpq: psql with \"{libpq}\", each attempt a new process and connection (about {connect_floor:.0} ms each when nothing is wrong)");
+    println!("\nms from the fault to what each sees, p50 / p99; ratios of p50s. libpq: psql with \"{libpq}\", each attempt a new process and connection (about {connect_floor:.0} ms each when nothing is wrong)");
     drop(children);
 }

@@ -15,7 +15,7 @@ mod django;
 mod failover;
 mod footprint;
 mod haproxy;
-mod netfault;
+mod probecost;
 mod reader;
 mod report;
 mod scaling;
@@ -65,6 +65,9 @@ enum What {
         #[arg(long, default_value_t = 20)]
         trials: usize,
     },
+    /// What a probe costs the database server: a held session's query, a new
+    /// SCRAM login per probe, HAProxy's pgsql-check.
+    ProbeCost,
     /// Chaos soak: reader processes check the decision's invariants on every read
     /// while the agent is SIGKILLed and restarted, SIGHUP'd in storms, and its
     /// endpoints refused, frozen and blackholed. Fails on any violation.
@@ -148,5 +151,6 @@ fn main() {
             seed,
         } => soak::run(if cli.quick { 15 } else { seconds }, readers, seed),
         What::SoakReader { state, seconds } => soak::reader(&state, seconds),
+        What::ProbeCost => probecost::probecost(cli.quick),
     }
 }

@@ -10,9 +10,9 @@
 //! the process being descheduled, not waiting) and how long readers saw "stale"
 //! after each kill.
 
-use crate::netfault::Blackhole;
 use dbha::{Reader, Status};
 use dbha_tests::agentproc::{config, AgentProc, Timing};
+use dbha_tests::netfault::Blackhole;
 use nix::sys::signal::Signal;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -195,3 +195,43 @@ fn a_server_before_14_is_asked_its_role_and_read_only_setting() {
         assert_eq!(server.seen.queries.load(Ordering::Relaxed), 1);
     }
 }
+
+#[test]
+fn a_held_session_is_probed_with_one_query_each_and_its_loss_is_seen_at_once() {
+    use dbha_agent::config::Session;
+    use dbha_agent::probe::{Prober, Wake};
+    let server = FakePg::start(Reply::AuthOk);
+    let mut prober = Prober::new(dbha_agent::config::Database {
+        session: Session::Held,
+        ..db(server.port, Check::Postgres, 500)
+    });
+    for _ in 0..3 {
+        assert_eq!(prober.probe().map(|u| u.role), Ok(Some(Role::Primary)));
+    }
+    // One login, then one status query per probe on it.
+    assert_eq!(server.seen.startups.load(Ordering::Relaxed), 1);
+    assert_eq!(server.seen.queries.load(Ordering::Relaxed), 3);
+    let (stop, peer) = std::os::unix::net::UnixStream::pair().unwrap();
+    let start = Instant::now();
+    assert_eq!(
+        prober.wait(start + Duration::from_millis(50), &stop),
+        Wake::Due
+    );
+    // The server goes away between probes: the wait ends at once, long before
+    // its 30 s limit, with the session lost.
+    drop(server);
+    let start = Instant::now();
+    let woke = prober.wait(start + Duration::from_secs(30), &stop);
+    assert!(matches!(woke, Wake::Lost(_)), "{woke:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    // Dropping the other end of the stop pair ends a wait too.
+    drop(peer);
+    assert_eq!(
+        prober.wait(Instant::now() + Duration::from_secs(30), &stop),
+        Wake::Stop
+    );
+}

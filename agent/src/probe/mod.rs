@@ -173,11 +173,6 @@ impl Prober {
         }
     }
 
-    /// A session is held now.
-    pub fn holds_session(&self) -> bool {
-        self.held.is_some()
-    }
-
     /// One probe within the timeout: the status query on the held session, or a
     /// new connection (which is kept when the session is to be held). A session
     /// whose probe failed is closed: the next probe connects anew.

@@ -1,11 +1,13 @@
-//! Network faults for the failover benchmarks: a blackholed server.
+//! Network faults for the live tests and the failover benchmarks: a blackholed
+//! server.
 
 use std::cell::Cell;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-/// Drops every packet to one TCP port on this host (a nftables table of its own),
-/// as a blackholed host does; the table is removed when this is dropped.
+/// Drops every packet to one TCP port on this host (a nftables table of its own,
+/// named after the port), as a blackholed host does; the table is removed when
+/// this is dropped.
 pub struct Blackhole {
     nft: PathBuf,
     port: u16,
@@ -13,7 +15,9 @@ pub struct Blackhole {
 }
 
 impl Blackhole {
-    const TABLE: &'static str = "dbha_bench_blackhole";
+    fn table(&self) -> String {
+        format!("dbha_blackhole_{}", self.port)
+    }
 
     fn nft(&self, args: &[&str]) -> bool {
         Command::new(&self.nft)
@@ -26,9 +30,10 @@ impl Blackhole {
     pub fn on(&self) {
         let chain = "{ type filter hook input priority 0; }";
         let rule = format!("tcp dport {} drop", self.port);
-        let ok = self.nft(&["add", "table", "inet", Self::TABLE])
-            && self.nft(&["add", "chain", "inet", Self::TABLE, "input", chain])
-            && self.nft(&["add", "rule", "inet", Self::TABLE, "input", &rule]);
+        let table = self.table();
+        let ok = self.nft(&["add", "table", "inet", &table])
+            && self.nft(&["add", "chain", "inet", &table, "input", chain])
+            && self.nft(&["add", "rule", "inet", &table, "input", &rule]);
         assert!(
             ok,
             "nft could not add the blackhole rule (root and nftables are needed)"
@@ -38,7 +43,7 @@ impl Blackhole {
 
     pub fn off(&self) {
         if self.on.replace(false) {
-            self.nft(&["delete", "table", "inet", Self::TABLE]);
+            self.nft(&["delete", "table", "inet", &self.table()]);
         }
     }
 }
@@ -53,10 +58,7 @@ impl Blackhole {
     /// A blackhole for `port` (not yet on), or None when nft is missing (and not
     /// under CI, where that fails).
     pub fn for_port(port: u16) -> Option<Blackhole> {
-        let nft = dbha_tests::require(
-            "nft",
-            "to blackhole a server for the comparison (apt-get install nftables)",
-        )?;
+        let nft = crate::require("nft", "to blackhole a server (apt-get install nftables)")?;
         Some(Blackhole {
             nft,
             port,

@@ -1,0 +1,202 @@
+//! What a probe costs the database server: PostgreSQL's CPU per probe (the
+//! postmaster, its live children, and the children it reaped, from /proc) for a
+//! held session's status query, a new SCRAM login per probe, and HAProxy's
+//! pgsql-check, all against one server in one run, less the server's idle CPU.
+
+use dbha_agent::config::{Check, Database, Secret, Session, SslMode};
+use dbha_agent::probe::Prober;
+use dbha_harness::pg::Cluster;
+use dbha_tests::live::Live;
+use dbha_tests::Children;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Clock ticks of CPU the server has used so far: the postmaster's own and its
+/// reaped children's (cutime, cstime), plus every live child's.
+fn server_ticks(c: &Cluster) -> u64 {
+    let Some(pm) = c.postmaster_pid() else {
+        return 0;
+    };
+    let pm = pm.as_raw();
+    // (ppid, utime + stime, cutime + cstime) from /proc/PID/stat.
+    let stat = |pid: i32| -> Option<(i32, u64, u64)> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let f: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
+        let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
+        // After the comm: state, ppid (1), ... utime (11), stime (12), cutime
+        // (13), cstime (14).
+        Some((f.get(1)?.parse().ok()?, n(11)? + n(12)?, n(13)? + n(14)?))
+    };
+    let Some((_, own, reaped)) = stat(pm) else {
+        return 0;
+    };
+    let children: u64 = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(stat)
+        .filter(|(ppid, _, _)| *ppid == pm)
+        .map(|(_, t, _)| t)
+        .sum();
+    own + reaped + children
+}
+
+fn clk_tck() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// The server's CPU (ms) over `work`, less what it uses idle in as long.
+fn cpu_ms(c: &Cluster, idle_per_s: f64, work: impl FnOnce()) -> (f64, Duration) {
+    let (t0, start) = (server_ticks(c), Instant::now());
+    work();
+    let (t1, took) = (server_ticks(c), start.elapsed());
+    let ms = (t1.saturating_sub(t0)) as f64 * 1e3 / clk_tck();
+    ((ms - idle_per_s * took.as_secs_f64()).max(0.0), took)
+}
+
+/// Connections the server logged (log_connections) so far.
+fn connections(c: &Cluster) -> usize {
+    std::fs::read_to_string(&c.log_file)
+        .unwrap_or_default()
+        .matches("connection received:")
+        .count()
+}
+
+pub fn probecost(quick: bool) {
+    let password = "bench-password";
+    let Some(mut live) = Live::replicated("db", &[], "scram-sha-256", Some(password)) else {
+        eprintln!("dbha-bench probe-cost needs the PostgreSQL server (apt-get install postgresql)");
+        std::process::exit(1);
+    };
+    // Every connection logged: how HAProxy's checks are counted.
+    let c = &mut live.clusters[0];
+    c.set("log_connections=on");
+    c.stop(dbha_harness::pg::StopMode::Fast).expect("stop");
+    c.start().expect("start with log_connections");
+    let c = live.cluster("db");
+    let db = |session| Database {
+        alias: "db".into(),
+        host: c.host.clone(),
+        port: c.port,
+        check: Check::Postgres,
+        interval: Duration::from_secs(1),
+        fastinter: Duration::from_millis(10),
+        timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(5),
+        rise: 2,
+        fall: 2,
+        session,
+        session_lifetime: Duration::from_secs(3600),
+        max_replica_lag: None,
+        max_replica_lag_bytes: None,
+        user: "postgres".into(),
+        dbname: "postgres".into(),
+        password: Secret::new(password),
+        password_source: Some("bench".into()),
+        sslmode: SslMode::Disable,
+        sslrootcert: None,
+        allow_cleartext_password: false,
+    };
+    let (held_n, login_n, window) = if quick {
+        (300, 30, Duration::from_secs(1))
+    } else {
+        (20_000, 1_000, Duration::from_secs(10))
+    };
+    // The server idle (its background processes), to subtract.
+    let (idle_ms, _) = cpu_ms(c, 0.0, || std::thread::sleep(window));
+    let idle_per_s = idle_ms / window.as_secs_f64();
+
+    let mut held = Prober::new(db(Session::Held));
+    held.probe().expect("a held session");
+    let (held_ms, held_took) = cpu_ms(c, idle_per_s, || {
+        for _ in 0..held_n {
+            held.probe().expect("a probe on the held session");
+        }
+    });
+    drop(held);
+
+    let mut login = Prober::new(db(Session::PerProbe));
+    let (login_ms, login_took) = cpu_ms(c, idle_per_s, || {
+        for _ in 0..login_n {
+            login.probe().expect("a probe with a new login");
+        }
+    });
+
+    // HAProxy's pgsql-check at its fastest useful pace, counted by the server's
+    // connection log.
+    let haproxy = dbha_tests::require(
+        "haproxy",
+        "for HAProxy's pgsql-check (apt-get install haproxy)",
+    );
+    let check_row = haproxy.map(|bin| {
+        let cfg = live.dir.path().join("probecost-haproxy.cfg");
+        std::fs::write(
+            &cfg,
+            format!(
+                "global\n  stats socket {} mode 600 level admin\n\
+                 defaults\n  mode tcp\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\n  timeout check 1s\n\
+                 backend pg\n  option pgsql-check user postgres\n  server db {}:{} check inter 10ms\n",
+                live.dir.path().join("probecost-haproxy.sock").display(),
+                c.host,
+                c.port
+            ),
+        )
+        .unwrap();
+        let mut children = Children::default();
+        let n0 = connections(c);
+        let (ms, took) = cpu_ms(c, idle_per_s, || {
+            children.push(
+                Command::new(bin)
+                    .args(["-db", "-f"])
+                    .arg(&cfg)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("start haproxy"),
+            );
+            std::thread::sleep(window);
+            drop(children);
+        });
+        let checks = connections(c).saturating_sub(n0).max(1);
+        (ms, took, checks)
+    });
+
+    let per = |ms: f64, n: usize| ms * 1e3 / n as f64;
+    let held_us = per(held_ms, held_n);
+    let login_us = per(login_ms, login_n);
+    println!("| probe | probes | server CPU (ms) | server CPU per probe (µs) | vs a new login per probe |");
+    println!("|---|---:|---:|---:|---:|");
+    println!(
+        "| held session: one status query | {held_n} in {:.1} s | {held_ms:.0} | {held_us:.1} | 1/{:.0} |",
+        held_took.as_secs_f64(),
+        login_us / held_us.max(0.001)
+    );
+    println!(
+        "| new connection and SCRAM login per probe | {login_n} in {:.1} s | {login_ms:.0} | {login_us:.0} | 1 |",
+        login_took.as_secs_f64()
+    );
+    if let Some((ms, took, checks)) = check_row {
+        let us = per(ms, checks);
+        println!(
+            "| HAProxy pgsql-check (startup message, no login) | {checks} in {:.1} s | {ms:.0} | {us:.0} | {:.2} |",
+            took.as_secs_f64(),
+            us / login_us
+        );
+    }
+    // The held session is reopened every session_lifetime (60 s by default).
+    let amortized = held_us + login_us / 60.0;
+    println!(
+        "\nwith the session reopened every 60 s (session_lifetime) at interval = 1s: {amortized:.1} µs per probe, 1/{:.0} of a login per probe",
+        login_us / amortized
+    );
+    println!(
+        "server idle: {idle_per_s:.1} ms of CPU per second, subtracted; PostgreSQL {}, SCRAM-SHA-256, loopback; /proc ticks of {:.0} Hz",
+        dbha_harness::pg::find().ok().and_then(|i| i.version()).map_or("?".into(), |v| v.to_string()),
+        clk_tck()
+    );
+}

@@ -1,0 +1,319 @@
+//! Held sessions, the postgres check's default: a server that closes the probe's
+//! session is seen at once rather than at the next probe; a lost session alone
+//! moves nothing; a promotion, a freeze, a blackhole, a restart and a smart
+//! shutdown are still seen; a standby whose replay is paused leaves the reads.
+//! Real PostgreSQL clusters and the real agent. Time bounds only catch hangs,
+//! except where a bound far below `interval` is what shows that the session, and
+//! not a scheduled probe, saw the fault. Figures: `dbha-bench held` (BENCHMARKS.md).
+
+use dbha_harness::pg::{Cluster, StopMode};
+use dbha_tests::agentproc::{config, wait_for, wait_write, AgentProc, Timing};
+use dbha_tests::live::Live;
+use dbha_tests::netfault::Blackhole;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Probes every `interval_ms`, a 1 s timeout, rise and fall 2.
+fn timing(interval_ms: u64) -> Timing {
+    Timing {
+        interval_ms,
+        timeout_ms: 1000,
+        rise: 2,
+        fall: 2,
+        stale_after_ms: interval_ms * 3,
+        failback: "sticky",
+    }
+}
+
+/// The pid of the agent's session on `c`, once there is exactly one.
+fn agent_session(c: &Cluster) -> u32 {
+    wait_for(&format!("one dbha-agent session on {}", c.name), || {
+        let out = c
+            .psql("SELECT pid FROM pg_stat_activity WHERE application_name = 'dbha-agent'")
+            .ok()?;
+        let pids: Vec<u32> = out.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        match pids[..] {
+            [pid] => Some(pid),
+            _ => None,
+        }
+    })
+}
+
+/// Every write alias a reader thread sees until stopped.
+struct Writes {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Option<String>>>,
+}
+
+impl Writes {
+    fn watch(agent: &AgentProc) -> Writes {
+        let (stop, r) = (Arc::new(AtomicBool::new(false)), agent.reader());
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut seen: Vec<Option<String>> = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                let now = r.write_alias().map(String::from);
+                if seen.last() != Some(&now) {
+                    seen.push(now);
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            seen
+        });
+        Writes { stop, thread }
+    }
+
+    fn finish(self) -> Vec<Option<String>> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+#[test]
+fn a_crash_is_seen_through_the_held_session_long_before_the_next_probe() {
+    let Some(live) = Live::start(&["default", "failover1"]) else {
+        return;
+    };
+    // Probes every 30 s: only the session's close can explain a switch in less.
+    let t = timing(30_000);
+    let agent = AgentProc::start(live.dir.path(), "agent", |s| {
+        config(s, &t, &live.dbs("postgres"), "")
+    });
+    let r = agent.reader();
+    wait_write(&r, "default");
+    let default = live.cluster("default");
+    agent_session(default);
+    wait_for("both verdicts", || {
+        (r.snapshot().ok()?.health_mask == 0b11).then_some(())
+    });
+    // Well away from the probe that made the last verdict.
+    std::thread::sleep(Duration::from_secs(1));
+    let crash = Instant::now();
+    default.stop(StopMode::Immediate).unwrap();
+    wait_write(&r, "failover1");
+    let took = crash.elapsed();
+    println!(
+        "immediate stop -> failover1: {} ms at interval 30 s",
+        took.as_millis()
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "{took:?}: the switch waited for a scheduled probe\n{}",
+        agent.log()
+    );
+    agent.wait_log("default: session lost");
+    agent.wait_log("default: down after 2 failed probes");
+}
+
+#[test]
+fn terminating_the_probes_session_alone_does_not_move_the_app() {
+    let Some(live) = Live::start(&["default", "failover1"]) else {
+        return;
+    };
+    let t = timing(30_000);
+    let agent = AgentProc::start(live.dir.path(), "agent", |s| {
+        config(s, &t, &live.dbs("postgres"), "")
+    });
+    let r = agent.reader();
+    wait_write(&r, "default");
+    let default = live.cluster("default");
+    let before = agent_session(default);
+    let writes = Writes::watch(&agent);
+    let killed = Instant::now();
+    default
+        .psql(&format!("SELECT pg_terminate_backend({before})"))
+        .unwrap();
+    // A new session long before the next scheduled probe (30 s): the loss was
+    // seen, and the fast re-probe found the server fine.
+    let after = wait_for("a new session", || {
+        Some(agent_session(default)).filter(|&p| p != before)
+    });
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(10), "reconnected after {took:?}");
+    agent.wait_log("default: session lost");
+    std::thread::sleep(Duration::from_millis(500));
+    let seen = writes.finish();
+    assert_eq!(
+        seen,
+        [Some("default".to_owned())],
+        "writes moved on a lost session alone\n{}",
+        agent.log()
+    );
+    assert!(!agent.log().contains("default: down"), "{}", agent.log());
+    println!(
+        "session {before} terminated, {after} opened {} ms later",
+        took.as_millis()
+    );
+}
+
+#[test]
+fn a_promotion_is_seen_through_the_same_held_session() {
+    let Some(live) = Live::replicated("primary", &["standby"], "trust", None) else {
+        return;
+    };
+    let t = timing(200);
+    let agent = AgentProc::start(live.dir.path(), "agent", |s| {
+        config(
+            s,
+            &t,
+            &live.dbs("postgres"),
+            "writes = \"primary\"\nreads = \"prefer-standby\"",
+        )
+    });
+    let r = agent.reader();
+    wait_write(&r, "primary");
+    wait_for("reads on the standby", || {
+        (r.read_alias()? == "standby").then_some(())
+    });
+    let standby = live.cluster("standby");
+    let session = agent_session(standby);
+    live.cluster("primary").stop(StopMode::Fast).unwrap();
+    wait_for("writes NONE", || r.write_alias().is_none().then_some(()));
+    standby.promote().unwrap();
+    wait_write(&r, "standby");
+    assert_eq!(
+        agent_session(standby),
+        session,
+        "the role change was not seen through the held session"
+    );
+}
+
+#[test]
+fn a_frozen_and_a_blackholed_server_are_still_detected() {
+    let Some(live) = Live::start(&["default", "failover1"]) else {
+        return;
+    };
+    let Some(blackhole) = Blackhole::for_port(live.cluster("failover1").port) else {
+        return;
+    };
+    // A 300 ms timeout and 1 s interval: detection within about fall x timeout
+    // plus the interval's phase; the bound here is ten times that.
+    let t = Timing {
+        timeout_ms: 300,
+        ..timing(1000)
+    };
+    let bound = Duration::from_millis(10 * (2 * 300 + 1000));
+    let agent = AgentProc::start(live.dir.path(), "agent", |s| {
+        config(s, &t, &live.dbs("postgres"), "")
+    });
+    let r = agent.reader();
+    wait_write(&r, "default");
+    agent_session(live.cluster("failover1"));
+    let default = live.cluster("default");
+    let fault = Instant::now();
+    default.freeze();
+    wait_write(&r, "failover1");
+    let frozen = fault.elapsed();
+    default.thaw();
+    wait_for("default up again", || {
+        r.snapshot().ok()?.is_healthy(0).then_some(())
+    });
+    // Sticky: writes stay on failover1, which is now blackholed.
+    let fault = Instant::now();
+    blackhole.on();
+    wait_write(&r, "default");
+    let blackholed = fault.elapsed();
+    blackhole.off();
+    println!(
+        "freeze -> switch {} ms, blackhole -> switch {} ms (timeout 300 ms, fall 2, interval 1 s)",
+        frozen.as_millis(),
+        blackholed.as_millis()
+    );
+    assert!(frozen < bound && blackholed < bound, "{}", agent.log());
+}
+
+#[test]
+fn a_standby_with_paused_replay_leaves_the_reads_and_returns_after_resume() {
+    let Some(live) = Live::replicated("primary", &["standby"], "trust", None) else {
+        return;
+    };
+    let t = timing(200);
+    let agent = AgentProc::start(live.dir.path(), "agent", |s| {
+        config(
+            s,
+            &t,
+            &live.dbs("postgres"),
+            "writes = \"primary\"\nreads = \"prefer-standby\"\nmax_replica_lag = \"1s\"",
+        )
+    });
+    let r = agent.reader();
+    let on_standby = || (r.read_alias()? == "standby").then_some(());
+    wait_for("reads on the standby", on_standby);
+    let (primary, standby) = (live.cluster("primary"), live.cluster("standby"));
+    primary.psql("CREATE TABLE load (x int)").unwrap();
+    standby.psql("SELECT pg_wal_replay_pause()").unwrap();
+    // Commits keep coming; the standby receives them and does not replay them.
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = primary.psql("INSERT INTO load VALUES (1)");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        wait_for("reads off the lagging standby", || {
+            (r.read_alias()? == "primary").then_some(())
+        });
+        agent.wait_log("standby: replication lag over the limit");
+        standby.psql("SELECT pg_wal_replay_resume()").unwrap();
+        wait_for("reads back on the standby", on_standby);
+        agent.wait_log("standby: replication lag within the limit again");
+        stop.store(true, Ordering::Relaxed);
+    });
+}
+
+#[test]
+fn a_restarted_server_gets_a_new_session() {
+    let Some(live) = Live::start(&["default", "failover1"]) else {
+        return;
+    };
+    // A server that went down is probed every interval (1 s here), as HAProxy
+    // probes a down server every `downinter`; its first success brings fast
+    // probes until `rise`.
+    let t = timing(1000);
+    let agent = AgentProc::start(live.dir.path(), "agent", |s| {
+        config(s, &t, &live.dbs("postgres"), "")
+    });
+    let r = agent.reader();
+    wait_write(&r, "default");
+    let default = live.cluster("default");
+    let before = agent_session(default);
+    default.stop(StopMode::Fast).unwrap();
+    agent.wait_log("default: session lost");
+    wait_for("default down", || {
+        (!r.snapshot().ok()?.is_healthy(0)).then_some(())
+    });
+    default.start().unwrap();
+    wait_for("default up again", || {
+        r.snapshot().ok()?.is_healthy(0).then_some(())
+    });
+    assert_ne!(
+        before,
+        agent_session(default),
+        "the same session after a restart"
+    );
+}
+
+#[test]
+fn a_smart_shutdown_is_seen_when_the_session_is_renewed_and_never_waits_on_the_agent() {
+    let Some(live) = Live::start(&["default", "failover1"]) else {
+        return;
+    };
+    let t = timing(200);
+    let agent = AgentProc::start(live.dir.path(), "agent", |s| {
+        config(s, &t, &live.dbs("postgres"), "session_lifetime = \"1s\"")
+    });
+    let r = agent.reader();
+    wait_write(&r, "default");
+    let default = live.cluster("default");
+    agent_session(default);
+    // A smart shutdown lets sessions run, the agent's too, and refuses new ones
+    // (57P03). The agent renews its session within a second: it is refused, and
+    // the shutdown no longer waits on it.
+    default.begin_stop(StopMode::Smart).unwrap();
+    wait_write(&r, "failover1");
+    wait_for("the smart shutdown to complete", || {
+        default.postmaster_pid().is_none().then_some(())
+    });
+}
