@@ -478,7 +478,7 @@ impl Agent {
             // A lost session says more than the failure count that follows.
             if matches!(f, Failure::Lost(_)) {
                 info!(
-                    "{alias}: {f}; probing again every {:?} until a verdict",
+                    "{alias}: {f}; probing again now, then every {:?} until a verdict",
                     e.db.fastinter
                 );
             }

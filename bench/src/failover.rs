@@ -21,11 +21,18 @@ pub fn live(trials: usize) {
     for i in 0..trials {
         // Vary the fault's phase against the probe schedule.
         std::thread::sleep(Duration::from_millis(300 + (i as u64 * 37) % t.interval_ms));
-        // pg_ctl signals the server at once, then waits for it to exit.
+        // pg_ctl signals the server at once, then waits for it to exit: the
+        // reader is watched from before, on its own thread.
         let fault = Instant::now();
-        default.stop(StopMode::Immediate).unwrap();
-        until_write(&r, "failover1");
-        stopped.push(fault.elapsed().as_secs_f64() * 1e3);
+        let took = std::thread::scope(|sc| {
+            let watcher = sc.spawn(|| {
+                until_write(&r, "failover1");
+                fault.elapsed()
+            });
+            default.stop(StopMode::Immediate).unwrap();
+            watcher.join().unwrap()
+        });
+        stopped.push(took.as_secs_f64() * 1e3);
         default.start().unwrap();
         until_write(&r, "default");
     }

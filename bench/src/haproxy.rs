@@ -160,8 +160,9 @@ pub fn haproxy(trials: usize) {
         for i in 0..trials {
             // Faults land anywhere in the slow agent's 1 s probe cycle.
             std::thread::sleep(Duration::from_millis(300 + (i as u64 * 137) % 1000));
-            // All watching before the fault, timed from the instant it begins
-            // (pg_ctl stop returns only once the server is gone).
+            // The readers and HAProxy watched from before the fault, all timed
+            // from the instant it begins (pg_ctl stop returns only once the
+            // server is gone).
             let start = Instant::now();
             let took: Vec<Duration> = std::thread::scope(|sc| {
                 let mut watchers: Vec<_> = readers
@@ -179,11 +180,14 @@ pub fn haproxy(trials: usize) {
                     });
                     start.elapsed()
                 }));
+                fault();
+                // New connections from the fault on: one opened before it could
+                // wait forever on a blackholed server (connect_timeout bounds
+                // connecting, not a query).
                 watchers.push(sc.spawn(|| {
                     until("a libpq connection to land on a working server", &lands);
                     start.elapsed()
                 }));
-                fault();
                 watchers.into_iter().map(|w| w.join().unwrap()).collect()
             });
             for (v, d) in times.iter_mut().zip(took) {

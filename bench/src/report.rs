@@ -5,13 +5,14 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 /// The sections `all` fills, in order: (marker name, arguments).
-const SECTIONS: [(&str, &[&str]); 9] = [
+const SECTIONS: [(&str, &[&str]); 10] = [
     ("reader", &["reader"]),
     ("scaling", &["scaling"]),
     ("switch", &["switch"]),
     ("footprint", &["footprint"]),
     ("live", &["live"]),
     ("haproxy", &["haproxy"]),
+    ("probe-cost", &["probe-cost"]),
     ("django", &["django"]),
     ("soak", &["soak"]),
     ("python", &[]),

@@ -148,7 +148,7 @@ pub struct Seen {
     pub ssl_requests: AtomicUsize,
     /// Complete startup messages.
     pub startups: AtomicUsize,
-    /// Simple queries ('Q') answered.
+    /// Queries answered: simple ('Q') or prepared (each Execute).
     pub queries: AtomicUsize,
     /// Password messages ('p') received after the reply.
     pub passwords: AtomicUsize,
@@ -243,27 +243,36 @@ fn serve(mut conn: TcpStream, reply: Reply, stop: &AtomicBool, seen: &Seen) {
                 }
             }
         }
-        // A query (the probe's status query) gets one row: in recovery, the
-        // read-only setting, a WAL position and (for a standby) a replay delay.
+        // The probe's status query, simple ('Q') or prepared (Parse, Bind,
+        // Execute, Sync), gets one row: in recovery, the read-only setting, a
+        // WAL position and (for a standby) a replay delay.
         let status = match reply {
             Reply::AuthOk => Some(("f", false)),
             Reply::AuthOkStandby => Some(("t", false)),
             Reply::AuthOkBefore14 { read_only } => Some(("f", read_only)),
             _ => None,
         };
-        if let (true, Some((in_recovery, read_only)), Some(b'Q')) = (replied, status, buf.first()) {
-            let len = buf
+        while let (true, Some((in_recovery, read_only)), Some(&tag)) =
+            (replied, status, buf.first())
+        {
+            if !b"QPBES".contains(&tag) {
+                break;
+            }
+            let Some(len) = buf
                 .get(1..5)
-                .map(|l| u32::from_be_bytes(l.try_into().unwrap()) as usize);
-            if let Some(len) = len.filter(|len| buf.len() > *len) {
-                buf.drain(..=len);
-                seen.queries.fetch_add(1, Ordering::Relaxed);
+                .map(|l| u32::from_be_bytes(l.try_into().unwrap()) as usize)
+                .filter(|len| buf.len() > *len)
+            else {
+                break;
+            };
+            buf.drain(..=len);
+            let row = || {
                 let delay = if in_recovery == "t" { "0" } else { "" };
                 let mut row = 4u16.to_be_bytes().to_vec();
                 for v in [
                     in_recovery,
                     if read_only { "on" } else { "off" },
-                    "4096",
+                    "0/1000",
                     delay,
                 ] {
                     if v.is_empty() {
@@ -275,9 +284,24 @@ fn serve(mut conn: TcpStream, reply: Reply, stop: &AtomicBool, seen: &Seen) {
                 }
                 let mut m = message(b'D', &row);
                 m.extend(message(b'C', b"SELECT 1\0"));
-                m.extend(message(b'Z', b"I"));
-                let _ = conn.write_all(&m);
-            }
+                m
+            };
+            let answer = match tag {
+                b'Q' => {
+                    seen.queries.fetch_add(1, Ordering::Relaxed);
+                    let mut m = row();
+                    m.extend(message(b'Z', b"I"));
+                    m
+                }
+                b'P' => message(b'1', b""),
+                b'B' => message(b'2', b""),
+                b'E' => {
+                    seen.queries.fetch_add(1, Ordering::Relaxed);
+                    row()
+                }
+                _ => message(b'Z', b"I"),
+            };
+            let _ = conn.write_all(&answer);
         }
         if replied && buf.first() == Some(&b'p') {
             seen.passwords.fetch_add(1, Ordering::Relaxed);

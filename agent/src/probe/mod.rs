@@ -282,8 +282,8 @@ impl Stop {
 /// Starts the probe thread `id` of an endpoint. It probes every `db.interval`, or
 /// every `db.fastinter` while a verdict is pending (measured from the start of
 /// each probe), and sends a [`Report`] per probe, each within the probe's
-/// timeout, plus one as soon as a held session is lost, until the returned
-/// handle is dropped or the receiver is gone.
+/// timeout, plus one as soon as a held session is lost (then probes again at
+/// once), until the returned handle is dropped or the receiver is gone.
 pub fn spawn<E: From<Report> + Send + 'static>(
     id: u64,
     db: Database,
@@ -315,17 +315,17 @@ pub fn spawn<E: From<Report> + Send + 'static>(
                 if !send(outcome, start.elapsed()) {
                     return;
                 }
-                let mut next = start + pace_of(&pace, &db);
-                loop {
-                    match prober.wait(next, &stopped) {
-                        Wake::Due => break,
-                        Wake::Stop => return,
-                        Wake::Lost(f) => {
-                            pace.observe(false);
-                            if !send(Err(f), Duration::ZERO) {
-                                return;
-                            }
-                            next = Instant::now() + pace_of(&pace, &db);
+                match prober.wait(start + pace_of(&pace, &db), &stopped) {
+                    Wake::Due => {}
+                    Wake::Stop => return,
+                    // The loss is one failed probe, and the next probe follows
+                    // at once: a server that closed only this session lets it in
+                    // again, and nothing moves; one that went down refuses it,
+                    // which makes a second failure.
+                    Wake::Lost(f) => {
+                        pace.observe(false);
+                        if !send(Err(f), Duration::ZERO) {
+                            return;
                         }
                     }
                 }

@@ -95,7 +95,7 @@ impl Session {
         }
         match e.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Failure::Timeout(self.timeout),
-            io::ErrorKind::UnexpectedEof => Failure::Closed,
+            io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset => Failure::Closed,
             _ => Failure::Io(format!("PostgreSQL handshake: {e}")),
         }
     }
@@ -218,7 +218,7 @@ fn encode(f: impl FnOnce(&mut BytesMut) -> io::Result<()>) -> Result<BytesMut, F
 pub fn check(stream: TcpStream, deadline: Instant, timeout: Duration, db: &Database) -> Outcome {
     let (outcome, session) = login(stream, deadline, timeout, db);
     if let Some(s) = session {
-        Held { s }.close();
+        Held { s, prepared: false }.close();
     }
     outcome
 }
@@ -232,7 +232,7 @@ pub fn open(
     db: &Database,
 ) -> (Outcome, Option<Held>) {
     let (outcome, session) = login(stream, deadline, timeout, db);
-    let held = session.map(|s| Held { s });
+    let held = session.map(|s| Held { s, prepared: false });
     if let Some(h) = &held {
         h.keep_alive(db);
     }
@@ -268,7 +268,7 @@ fn login(
             match outcome {
                 Ok(up) => (Ok(up), Some(s)),
                 Err(f) => {
-                    Held { s }.close();
+                    Held { s, prepared: false }.close();
                     (Err(f), None)
                 }
             }
@@ -285,10 +285,16 @@ fn login(
 /// A logged-in session kept between probes.
 pub struct Held {
     s: Session,
+    /// [`STATUS_SQL`] is prepared on the session (after its first probe).
+    prepared: bool,
 }
 
 impl Held {
-    /// One probe: the status query, within `deadline`.
+    /// One probe: the status query, within `deadline`. A server whose kernel
+    /// has not even acknowledged the query after `connect_timeout` is as gone as
+    /// one that does not accept a connection in that time (a blackholed host):
+    /// the probe fails then. One that acknowledged it (busy, or frozen) gets the
+    /// whole timeout to answer, as on a new connection.
     pub fn probe(&mut self, deadline: Instant, db: &Database) -> Outcome {
         self.s.deadline = deadline;
         // Whatever arrived since the last probe first: an error there ends the
@@ -296,7 +302,42 @@ impl Held {
         if !self.s.buf.is_empty() {
             self.drain(db)?;
         }
-        status(&mut self.s, db)
+        // A prepared statement: parsed and planned once per session, then
+        // only bound and executed.
+        let request = encode(|b| {
+            if !self.prepared {
+                frontend::parse(STATUS_STATEMENT, STATUS_SQL, std::iter::empty(), b)?;
+            }
+            frontend::bind(
+                "",
+                STATUS_STATEMENT,
+                std::iter::empty::<i16>(),
+                std::iter::empty::<()>(),
+                |(), _| Ok(postgres_protocol::IsNull::No),
+                std::iter::empty::<i16>(),
+                b,
+            )
+            .map_err(|_| io::Error::other("cannot encode Bind"))?;
+            frontend::execute("", 0, b)?;
+            frontend::sync(b);
+            Ok(())
+        })?;
+        self.s.send(&request)?;
+        self.prepared = true;
+        let early = deadline.min(Instant::now() + db.connect_timeout);
+        self.s.deadline = early;
+        let mut row = RowReader::default();
+        match row.read(&mut self.s, db) {
+            Err(Failure::Timeout(_)) if early < deadline => {
+                if unacknowledged(self.s.stream.tcp()) {
+                    return Err(Failure::Timeout(db.connect_timeout));
+                }
+                self.s.deadline = deadline;
+                row.read(&mut self.s, db)
+            }
+            other => other,
+        }
+        .and_then(|row| status_of(&row))
     }
 
     /// The socket to wait on between probes.
@@ -581,16 +622,33 @@ fn converse(s: &mut Session, db: &Database) -> Result<(Up, bool), Failure> {
 /// The status query: role, read-only setting, WAL position (a primary's current
 /// write position, a standby's replay position, as bytes from 0/0) and a
 /// standby's replay delay (0 when it has replayed all it received).
-const STATUS_SQL: &str = "SELECT pg_is_in_recovery(), \
+/// Cheap to run: pg_is_in_recovery() once, the LSN as text (parsed here, no
+/// numeric arithmetic), the delay as float8 (date_part, not extract's numeric).
+const STATUS_SQL: &str = "SELECT r, \
 current_setting('default_transaction_read_only'), \
-((CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END) - '0/0'::pg_lsn)::bigint, \
-CASE WHEN NOT pg_is_in_recovery() THEN NULL \
+CASE WHEN r THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, \
+CASE WHEN NOT r THEN NULL \
 WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
-ELSE greatest(0, extract(epoch FROM now() - pg_last_xact_replay_timestamp())) END";
+ELSE greatest(0, date_part('epoch', now() - pg_last_xact_replay_timestamp())) END \
+FROM pg_is_in_recovery() AS r";
+
+/// The name a held session prepares [`STATUS_SQL`] under.
+const STATUS_STATEMENT: &str = "dbha_status";
+
+/// A `pg_lsn` as PostgreSQL prints it ("16/B374D848") as a byte position.
+fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
 
 /// Runs [`STATUS_SQL`] and reads its row.
 fn status(s: &mut Session, db: &Database) -> Outcome {
-    let row = query_row(s, db, STATUS_SQL)?;
+    s.send(&encode(|b| frontend::query(STATUS_SQL, b))?)?;
+    status_of(&RowReader::default().read(s, db)?)
+}
+
+/// What the status query's row says.
+fn status_of(row: &Row) -> Outcome {
     let col = |i: usize| row.get(i).and_then(|v| v.as_deref());
     let text = |i: usize| col(i).and_then(|v| std::str::from_utf8(v).ok());
     let role = match col(0) {
@@ -605,7 +663,7 @@ fn status(s: &mut Session, db: &Database) -> Outcome {
     Ok(Up {
         role: Some(role),
         read_only: matches!(col(1), Some(b"on")),
-        wal: text(2).and_then(|v| v.parse().ok()),
+        wal: text(2).and_then(parse_lsn),
         replay_delay: text(3)
             .and_then(|v| v.parse::<f64>().ok())
             .filter(|v| v.is_finite() && *v >= 0.0)
@@ -623,26 +681,69 @@ fn expect_auth_ok(s: &mut Session, db: &Database) -> Result<(), Failure> {
     }
 }
 
-/// The first row `sql` returns, as raw column values (NULL as None).
-fn query_row(s: &mut Session, db: &Database, sql: &str) -> Result<Vec<Option<Vec<u8>>>, Failure> {
-    s.send(&encode(|b| frontend::query(sql, b))?)?;
-    let mut first = None;
-    loop {
-        match s.recv()? {
-            Message::DataRow(row) if first.is_none() => {
-                let mut values = Vec::new();
-                let mut ranges = row.ranges();
-                while let Ok(Some(r)) = ranges.next() {
-                    values.push(r.and_then(|r| row.buffer().get(r)).map(<[u8]>::to_vec));
+/// A row as raw column values (NULL as None).
+type Row = Vec<Option<Vec<u8>>>;
+
+/// Reads a simple query's answer up to ReadyForQuery, keeping its first row; a
+/// read cut short by the deadline can be resumed.
+#[derive(Default)]
+struct RowReader {
+    first: Option<Row>,
+}
+
+impl RowReader {
+    fn read(&mut self, s: &mut Session, db: &Database) -> Result<Row, Failure> {
+        loop {
+            match s.recv()? {
+                Message::DataRow(row) if self.first.is_none() => {
+                    let mut values = Vec::new();
+                    let mut ranges = row.ranges();
+                    while let Ok(Some(r)) = ranges.next() {
+                        values.push(r.and_then(|r| row.buffer().get(r)).map(<[u8]>::to_vec));
+                    }
+                    self.first = Some(values);
                 }
-                first = Some(values);
+                Message::ReadyForQuery(_) => break,
+                Message::ErrorResponse(body) => return Err(server_error(body.fields(), db)),
+                _ => {}
             }
-            Message::ReadyForQuery(_) => break,
-            Message::ErrorResponse(body) => return Err(server_error(body.fields(), db)),
-            _ => {}
         }
+        self.first
+            .take()
+            .ok_or_else(|| Failure::Rejected("the status query returned no row".into()))
     }
-    first.ok_or_else(|| Failure::Rejected(format!("{sql} returned no row")))
+}
+
+/// Whether bytes this side sent on `tcp` still wait for the peer's TCP
+/// acknowledgement: the socket's send queue in /proc/net/tcp (or tcp6), which
+/// counts sent but unacknowledged bytes. False when it cannot be told.
+fn unacknowledged(tcp: &TcpStream) -> bool {
+    let (Ok(local), Ok(peer)) = (tcp.local_addr(), tcp.peer_addr()) else {
+        return false;
+    };
+    let table = if local.is_ipv4() {
+        "/proc/net/tcp"
+    } else {
+        "/proc/net/tcp6"
+    };
+    let Ok(text) = std::fs::read_to_string(table) else {
+        return false;
+    };
+    let (l, p) = (
+        format!(":{:04X}", local.port()),
+        format!(":{:04X}", peer.port()),
+    );
+    text.lines().skip(1).any(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        f.len() > 4
+            && f[1].ends_with(&l)
+            && f[2].ends_with(&p)
+            && f[4]
+                .split(':')
+                .next()
+                .and_then(|q| u64::from_str_radix(q, 16).ok())
+                .is_some_and(|q| q > 0)
+    })
 }
 
 /// An ErrorResponse as a probe failure: 57P03 is "not ready"; invalid password or
