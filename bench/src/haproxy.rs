@@ -11,13 +11,20 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Whether HAProxy's runtime API reports server `name` of backend `pg` down.
-fn haproxy_down(socket: &Path, name: &str) -> Option<bool> {
+/// What HAProxy's runtime API answers to `command`.
+fn haproxy_says(socket: &Path, command: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::os::unix::net::UnixStream::connect(socket).ok()?;
-    s.write_all(b"show servers state pg\n").ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(format!("{command}\n").as_bytes()).ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+/// Whether HAProxy's runtime API reports server `name` of backend `pg` down.
+fn haproxy_down(socket: &Path, name: &str) -> Option<bool> {
+    let out = haproxy_says(socket, "show servers state pg")?;
     // "be_id be_name srv_id srv_name srv_addr srv_op_state ...": 0 is stopped.
     out.lines()
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
@@ -25,7 +32,9 @@ fn haproxy_down(socket: &Path, name: &str) -> Option<bool> {
         .and_then(|f| f.get(5).map(|state| *state == "0"))
 }
 
-pub fn haproxy(trials: usize) {
+/// `only`: just the faults whose name contains it ("stopped", "frozen",
+/// "blackholed").
+pub fn haproxy(trials: usize, only: Option<&str>) {
     let Some(haproxy) = dbha_tests::require(
         "haproxy",
         "for the HAProxy comparison (apt-get install haproxy)",
@@ -34,6 +43,21 @@ pub fn haproxy(trials: usize) {
         std::process::exit(1);
     };
     let (live, t) = live_setup("haproxy");
+    // A blackhole drops the client's FIN too: the backend of every connection
+    // given up during one (a held session, a check, a psql) would stay until
+    // the server's TCP keepalive ends it, two hours by default, and twenty
+    // trials would use up max_connections. Server keepalive reaps them within
+    // seconds of the blackhole's end, as the operator's guide advises.
+    for c in &live.clusters {
+        for sql in [
+            "ALTER SYSTEM SET tcp_keepalives_idle = 1",
+            "ALTER SYSTEM SET tcp_keepalives_interval = 1",
+            "ALTER SYSTEM SET tcp_keepalives_count = 2",
+            "SELECT pg_reload_conf()",
+        ] {
+            c.psql(sql).expect("server keepalive");
+        }
+    }
     let dir = live.dir.path();
     let socket = dir.join("haproxy.sock");
     let port = |n: &str| live.cluster(n).port;
@@ -154,7 +178,10 @@ pub fn haproxy(trials: usize) {
     }
     println!("| fault ({trials} trials; timeout=200ms, fall=2, rise=2) | {} | {} | {} | HAProxy inter 100ms | held 100ms / HAProxy | per-probe 100ms / HAProxy | libpq |", setups[0].0, setups[1].0, setups[2].0);
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    for (name, fault, repair) in &faults {
+    for (name, fault, repair) in faults
+        .iter()
+        .filter(|(name, _, _)| only.is_none_or(|o| name.contains(o)))
+    {
         // Per watcher: the agents in order, then HAProxy, then libpq.
         let mut times: Vec<Vec<f64>> = vec![Vec::new(); readers.len() + 2];
         for i in 0..trials {
@@ -197,9 +224,15 @@ pub fn haproxy(trials: usize) {
             for r in &readers {
                 until_write(r, "default");
             }
-            until("HAProxy to see default up", || {
-                haproxy_down(&socket, "default") == Some(false)
-            });
+            let up =
+                dbha_harness::wait::poll(Duration::from_millis(1), Duration::from_secs(60), || {
+                    (haproxy_down(&socket, "default") == Some(false)).then_some(())
+                });
+            assert!(
+                up.is_some(),
+                "HAProxy never saw default up again after {name}:\n{}",
+                haproxy_says(&socket, "show stat").unwrap_or_default()
+            );
         }
         for v in &mut times {
             v.sort_by(f64::total_cmp);

@@ -64,6 +64,9 @@ enum What {
     Haproxy {
         #[arg(long, default_value_t = 20)]
         trials: usize,
+        /// Only this fault: stopped, frozen or blackholed.
+        #[arg(long)]
+        fault: Option<String>,
     },
     /// What a probe costs the database server: a held session's query, a new
     /// SCRAM login per probe, HAProxy's pgsql-check.
@@ -136,9 +139,10 @@ fn main() {
         What::Live { trials } => failover::live(if cli.quick { 2 } else { trials_said(trials) }),
         What::Scaling { seconds } => scaling::scaling(if cli.quick { 0.5 } else { seconds }),
         What::ReadLoop { state, seconds } => scaling::read_loop(&state, seconds),
-        What::Haproxy { trials } => {
-            haproxy::haproxy(if cli.quick { 2 } else { trials_said(trials) })
-        }
+        What::Haproxy { trials, fault } => haproxy::haproxy(
+            if cli.quick { 2 } else { trials_said(trials) },
+            fault.as_deref(),
+        ),
         What::Django {
             repeats,
             fault,

@@ -4,11 +4,14 @@
 //! TLS records when it said 'S'). A verdict, never a panic, and never an
 //! allocation sized by the server (the length cap is checked before parsing).
 //!
-//! The first input byte chooses sslmode (even: prefer, odd: disable); the rest is
-//! what the server sends, at once, before closing its side.
+//! The first input byte chooses sslmode (even: prefer, odd: disable), whether a
+//! cleartext password may go (bit 1) and whether the session is held (bit 2:
+//! then what follows the login is read as a held session reads between probes);
+//! the rest is what the server sends, at once, before closing its side.
 #![no_main]
 
-use dbha_agent::config::{Check, Database, Secret, SslMode};
+use dbha_agent::config::{Check, Database, Secret, Session, SslMode};
+use dbha_agent::probe::Prober;
 use libfuzzer_sys::fuzz_target;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener};
@@ -57,9 +60,19 @@ fuzz_target!(|data: &[u8]| {
         port: *port,
         check: Check::Postgres,
         interval: Duration::from_millis(100),
+        fastinter: Duration::from_millis(10),
         timeout: Duration::from_millis(500),
+        connect_timeout: Duration::from_millis(500),
         rise: 1,
         fall: 1,
+        session: if mode & 4 != 0 {
+            Session::Held
+        } else {
+            Session::PerProbe
+        },
+        session_lifetime: Duration::from_secs(60),
+        max_replica_lag: None,
+        max_replica_lag_bytes: None,
         user: "postgres".into(),
         dbname: "postgres".into(),
         password: Secret::new("fuzz-password"),
@@ -72,5 +85,12 @@ fuzz_target!(|data: &[u8]| {
         sslrootcert: None,
         allow_cleartext_password: mode & 2 != 0,
     };
-    let _ = dbha_agent::probe::probe(&db).map_err(|f| f.to_string());
+    let held = db.session == Session::Held;
+    let mut prober = Prober::new(db);
+    let _ = prober.probe().map_err(|f| f.to_string());
+    // A held session: read what else the server sent (then its close), as
+    // between probes.
+    if let (true, Ok((stop, _peer))) = (held, std::os::unix::net::UnixStream::pair()) {
+        let _ = prober.wait(std::time::Instant::now() + Duration::from_millis(2), &stop);
+    }
 });
