@@ -358,12 +358,12 @@ impl Held {
             match self.s.stream.read(&mut chunk) {
                 Ok(0) => return Err(lost("the server closed it".into())),
                 Ok(n) => self.s.buf.extend_from_slice(&chunk[..n]),
+                // Nothing complete yet (the read timeout is EAGAIN). A socket
+                // error such as ETIMEDOUT from TCP_USER_TIMEOUT ends the session.
                 Err(e)
                     if matches!(
                         e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
                     ) => {}
                 Err(e) => return Err(lost(self.s.io_failure(e).to_string())),
             }
