@@ -229,23 +229,56 @@ fn a_standby_with_paused_replay_leaves_the_reads_and_returns_after_resume() {
         return;
     };
     let t = timing(200);
+    let metrics = format!(
+        "127.0.0.1:{}",
+        dbha_harness::pg::free_port("127.0.0.1").unwrap()
+    );
     let agent = AgentProc::start(live.dir.path(), "agent", |s| {
         config(
             s,
             &t,
             &live.dbs("postgres"),
-            "writes = \"primary\"\nreads = \"prefer-standby\"\nmax_replica_lag = \"1s\"",
+            &format!("writes = \"primary\"\nreads = \"prefer-standby\"\nmax_replica_lag = \"1s\"\nmetrics_listen = \"{metrics}\""),
         )
     });
+    // A metric's value, once the metrics endpoint serves it.
+    let gauge = |line: &str| -> Option<f64> {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(&metrics).ok()?;
+        c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .ok()?;
+        let mut text = String::new();
+        c.read_to_string(&mut text).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(line)?.strip_prefix(' ')?.parse().ok())
+    };
     let r = agent.reader();
     let on_standby = || (r.read_alias()? == "standby").then_some(());
     wait_for("reads on the standby", on_standby);
     let (primary, standby) = (live.cluster("primary"), live.cluster("standby"));
     primary.psql("CREATE TABLE load (x int)").unwrap();
+    // Paused once the standby has replayed a transaction: its replay delay is
+    // the age of the last one (unknown before any).
+    wait_for("the table on the standby", || {
+        let found = standby
+            .psql("SELECT to_regclass('load') IS NOT NULL")
+            .ok()?;
+        (found.trim() == "t").then_some(())
+    });
     standby.psql("SELECT pg_wal_replay_pause()").unwrap();
     // Commits keep coming; the standby receives them and does not replay them.
     let stop = AtomicBool::new(false);
+    /// Stops the writer however the test ends: a failed assertion must not
+    /// leave the scope waiting for it forever.
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
     std::thread::scope(|scope| {
+        let _stop = StopOnDrop(&stop);
         scope.spawn(|| {
             while !stop.load(Ordering::Relaxed) {
                 let _ = primary.psql("INSERT INTO load VALUES (1)");
@@ -256,10 +289,19 @@ fn a_standby_with_paused_replay_leaves_the_reads_and_returns_after_resume() {
             (r.read_alias()? == "primary").then_some(())
         });
         agent.wait_log("standby: replication lag over the limit");
+        // The lag is shown where operators look: the metrics.
+        wait_for("the lagging gauge at 1", || {
+            (gauge("dbha_endpoint_lagging{alias=\"standby\"}")? == 1.0).then_some(())
+        });
+        let lag = gauge("dbha_endpoint_replica_lag_seconds{alias=\"standby\"}");
+        assert!(lag.is_some_and(|l| l > 1.0), "{lag:?}");
+        assert_eq!(gauge("dbha_endpoint_lagging{alias=\"primary\"}"), Some(0.0));
         standby.psql("SELECT pg_wal_replay_resume()").unwrap();
         wait_for("reads back on the standby", on_standby);
         agent.wait_log("standby: replication lag within the limit again");
-        stop.store(true, Ordering::Relaxed);
+        wait_for("the lagging gauge back to 0", || {
+            (gauge("dbha_endpoint_lagging{alias=\"standby\"}")? == 0.0).then_some(())
+        });
     });
 }
 

@@ -118,7 +118,8 @@ pub struct Up {
     /// its status query (held sessions, lag limits, servers before 14).
     pub wal: Option<u64>,
     /// A standby's replay delay: 0 when it has replayed all it received, else
-    /// the age of the last transaction it replayed.
+    /// the age of the last transaction it replayed; None before it replayed
+    /// any (then only `max_replica_lag_bytes` can judge it).
     pub replay_delay: Option<Duration>,
 }
 

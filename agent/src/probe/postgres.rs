@@ -621,7 +621,8 @@ fn converse(s: &mut Session, db: &Database) -> Result<(Up, bool), Failure> {
 
 /// The status query: role, read-only setting, WAL position (a primary's current
 /// write position, a standby's replay position, as bytes from 0/0) and a
-/// standby's replay delay (0 when it has replayed all it received).
+/// standby's replay delay (0 when it has replayed all it received; NULL when
+/// it has replayed no transaction yet).
 /// Cheap to run: pg_is_in_recovery() once, the LSN as text (parsed here, no
 /// numeric arithmetic), the delay as float8 (date_part, not extract's numeric).
 const STATUS_SQL: &str = "SELECT r, \
@@ -629,7 +630,7 @@ current_setting('default_transaction_read_only'), \
 CASE WHEN r THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, \
 CASE WHEN NOT r THEN NULL \
 WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
-ELSE greatest(0, date_part('epoch', now() - pg_last_xact_replay_timestamp())) END \
+ELSE date_part('epoch', now() - pg_last_xact_replay_timestamp()) END \
 FROM pg_is_in_recovery() AS r";
 
 /// The name a held session prepares [`STATUS_SQL`] under.
@@ -664,10 +665,12 @@ fn status_of(row: &Row) -> Outcome {
         role: Some(role),
         read_only: matches!(col(1), Some(b"on")),
         wal: text(2).and_then(parse_lsn),
+        // NULL (a standby that has replayed no transaction yet) is unknown, not
+        // 0; a negative age (the primary's clock ahead) counts as 0.
         replay_delay: text(3)
             .and_then(|v| v.parse::<f64>().ok())
-            .filter(|v| v.is_finite() && *v >= 0.0)
-            .map(|v| Duration::from_secs_f64(v.min(1e9))),
+            .filter(|v| v.is_finite())
+            .map(|v| Duration::from_secs_f64(v.clamp(0.0, 1e9))),
     })
 }
 
