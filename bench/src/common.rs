@@ -86,3 +86,35 @@ pub fn until(what: &str, mut done: impl FnMut() -> bool) -> Duration {
     .unwrap_or_else(|| panic!("{what} never happened"))
     .1
 }
+
+/// A process's CPU from `/proc/PID/stat`, in clock ticks (see [`clk_tck`]).
+pub struct ProcStat {
+    pub ppid: i32,
+    /// utime + stime: its own.
+    pub own: u64,
+    /// cutime + cstime: its children's that it has reaped.
+    pub reaped: u64,
+}
+
+pub fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let f: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
+    // After the comm: state, ppid (1), ... utime (11), stime (12), cutime (13),
+    // cstime (14).
+    Some(ProcStat {
+        ppid: f.get(1)?.parse().ok()?,
+        own: n(11)? + n(12)?,
+        reaped: n(13)? + n(14)?,
+    })
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100 on every Linux dbha targets).
+pub fn clk_tck() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}

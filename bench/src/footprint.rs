@@ -1,11 +1,10 @@
 //! The agent's resident memory and CPU at 3 and 64 endpoints.
 
-use crate::common::{open_reader, spawn_agent};
+use crate::common::{clk_tck, open_reader, proc_stat, spawn_agent};
 use dbha_harness::pg::Scratch;
 use dbha_harness::Listener;
 use dbha_tests::fakepg::{FakePg, Reply};
 use dbha_tests::Children;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// (resident KiB, CPU seconds) of a process, from /proc.
@@ -16,27 +15,8 @@ fn usage(pid: u32) -> (u64, f64) {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    // utime and stime are fields 14 and 15 of stat (11 and 12 after the comm).
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    let hz = nix_clk_tck();
-    (rss, ticks / hz)
-}
-
-fn nix_clk_tck() -> f64 {
-    // getconf CLK_TCK; 100 on every Linux dbha targets.
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
+    let ticks = proc_stat(pid).expect("the agent's /proc/PID/stat").own;
+    (rss, ticks as f64 / clk_tck())
 }
 
 pub fn footprint(seconds: u64) {

@@ -3,6 +3,7 @@
 //! held session's status query, a new SCRAM login per probe, and HAProxy's
 //! pgsql-check, all against one server in one run, less the server's idle CPU.
 
+use crate::common::{clk_tck, proc_stat};
 use dbha_agent::config::{Check, Database, Secret, Session, SslMode};
 use dbha_agent::probe::Prober;
 use dbha_harness::pg::Cluster;
@@ -14,40 +15,24 @@ use std::time::{Duration, Instant};
 /// Clock ticks of CPU the server has used so far: the postmaster's own and its
 /// reaped children's (cutime, cstime), plus every live child's.
 fn server_ticks(c: &Cluster) -> u64 {
-    let Some(pm) = c.postmaster_pid() else {
+    let Some(pm) = c
+        .postmaster_pid()
+        .and_then(|p| u32::try_from(p.as_raw()).ok())
+    else {
         return 0;
     };
-    let pm = pm.as_raw();
-    // (ppid, utime + stime, cutime + cstime) from /proc/PID/stat.
-    let stat = |pid: i32| -> Option<(i32, u64, u64)> {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let f: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
-        let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
-        // After the comm: state, ppid (1), ... utime (11), stime (12), cutime
-        // (13), cstime (14).
-        Some((f.get(1)?.parse().ok()?, n(11)? + n(12)?, n(13)? + n(14)?))
-    };
-    let Some((_, own, reaped)) = stat(pm) else {
+    let Some(postmaster) = proc_stat(pm) else {
         return 0;
     };
     let children: u64 = std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(stat)
-        .filter(|(ppid, _, _)| *ppid == pm)
-        .map(|(_, t, _)| t)
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(proc_stat)
+        .filter(|s| u32::try_from(s.ppid).ok() == Some(pm))
+        .map(|s| s.own)
         .sum();
-    own + reaped + children
-}
-
-fn clk_tck() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
+    postmaster.own + postmaster.reaped + children
 }
 
 /// The server's CPU (ms) over `work`, less what it uses idle in as long.
