@@ -6,6 +6,7 @@
 //! except where a bound far below `interval` is what shows that the session, and
 //! not a scheduled probe, saw the fault. Figures: `dbha-bench held` (BENCHMARKS.md).
 
+use dbha::Reader;
 use dbha_harness::pg::{Cluster, StopMode};
 use dbha_tests::agentproc::{config, wait_for, wait_write, AgentProc, Timing};
 use dbha_tests::live::Live;
@@ -24,6 +25,16 @@ fn timing(interval_ms: u64) -> Timing {
         stale_after_ms: interval_ms * 3,
         failback: "sticky",
     }
+}
+
+/// The agent on every cluster of `live`, with `extra` configuration, and a
+/// reader on its state file.
+fn start(live: &Live, t: &Timing, extra: &str) -> (AgentProc, Reader) {
+    let agent = AgentProc::start(live.dir.path(), "agent", |s| {
+        config(s, t, &live.dbs("postgres"), extra)
+    });
+    let r = agent.reader();
+    (agent, r)
 }
 
 /// The pid of the agent's session on `c`, once there is exactly one.
@@ -77,10 +88,7 @@ fn a_crash_is_seen_through_the_held_session_long_before_the_next_probe() {
     };
     // Probes every 30 s: only the session's close can explain a switch in less.
     let t = timing(30_000);
-    let agent = AgentProc::start(live.dir.path(), "agent", |s| {
-        config(s, &t, &live.dbs("postgres"), "")
-    });
-    let r = agent.reader();
+    let (agent, r) = start(&live, &t, "");
     wait_write(&r, "default");
     let default = live.cluster("default");
     agent_session(default);
@@ -112,10 +120,7 @@ fn terminating_the_probes_session_alone_does_not_move_the_app() {
         return;
     };
     let t = timing(30_000);
-    let agent = AgentProc::start(live.dir.path(), "agent", |s| {
-        config(s, &t, &live.dbs("postgres"), "")
-    });
-    let r = agent.reader();
+    let (agent, r) = start(&live, &t, "");
     wait_write(&r, "default");
     let default = live.cluster("default");
     let before = agent_session(default);
@@ -153,15 +158,11 @@ fn a_promotion_is_seen_through_the_same_held_session() {
         return;
     };
     let t = timing(200);
-    let agent = AgentProc::start(live.dir.path(), "agent", |s| {
-        config(
-            s,
-            &t,
-            &live.dbs("postgres"),
-            "writes = \"primary\"\nreads = \"prefer-standby\"",
-        )
-    });
-    let r = agent.reader();
+    let (_agent, r) = start(
+        &live,
+        &t,
+        "writes = \"primary\"\nreads = \"prefer-standby\"",
+    );
     wait_write(&r, "primary");
     wait_for("reads on the standby", || {
         (r.read_alias()? == "standby").then_some(())
@@ -194,10 +195,7 @@ fn a_frozen_and_a_blackholed_server_are_still_detected() {
         ..timing(1000)
     };
     let bound = Duration::from_millis(10 * (2 * 300 + 1000));
-    let agent = AgentProc::start(live.dir.path(), "agent", |s| {
-        config(s, &t, &live.dbs("postgres"), "")
-    });
-    let r = agent.reader();
+    let (agent, r) = start(&live, &t, "");
     wait_write(&r, "default");
     agent_session(live.cluster("failover1"));
     let default = live.cluster("default");
@@ -233,14 +231,11 @@ fn a_standby_with_paused_replay_leaves_the_reads_and_returns_after_resume() {
         "127.0.0.1:{}",
         dbha_harness::pg::free_port("127.0.0.1").unwrap()
     );
-    let agent = AgentProc::start(live.dir.path(), "agent", |s| {
-        config(
-            s,
-            &t,
-            &live.dbs("postgres"),
-            &format!("writes = \"primary\"\nreads = \"prefer-standby\"\nmax_replica_lag = \"1s\"\nmetrics_listen = \"{metrics}\""),
-        )
-    });
+    let (agent, r) = start(
+        &live,
+        &t,
+        &format!("writes = \"primary\"\nreads = \"prefer-standby\"\nmax_replica_lag = \"1s\"\nmetrics_listen = \"{metrics}\""),
+    );
     // A metric's value, once the metrics endpoint serves it.
     let gauge = |line: &str| -> Option<f64> {
         use std::io::{Read, Write};
@@ -253,7 +248,6 @@ fn a_standby_with_paused_replay_leaves_the_reads_and_returns_after_resume() {
         text.lines()
             .find_map(|l| l.strip_prefix(line)?.strip_prefix(' ')?.parse().ok())
     };
-    let r = agent.reader();
     let on_standby = || (r.read_alias()? == "standby").then_some(());
     wait_for("reads on the standby", on_standby);
     let (primary, standby) = (live.cluster("primary"), live.cluster("standby"));
@@ -314,10 +308,7 @@ fn a_restarted_server_gets_a_new_session() {
     // probes a down server every `downinter`; its first success brings fast
     // probes until `rise`.
     let t = timing(1000);
-    let agent = AgentProc::start(live.dir.path(), "agent", |s| {
-        config(s, &t, &live.dbs("postgres"), "")
-    });
-    let r = agent.reader();
+    let (agent, r) = start(&live, &t, "");
     wait_write(&r, "default");
     let default = live.cluster("default");
     let before = agent_session(default);
@@ -343,10 +334,7 @@ fn a_smart_shutdown_is_seen_when_the_session_is_renewed_and_never_waits_on_the_a
         return;
     };
     let t = timing(200);
-    let agent = AgentProc::start(live.dir.path(), "agent", |s| {
-        config(s, &t, &live.dbs("postgres"), "session_lifetime = \"1s\"")
-    });
-    let r = agent.reader();
+    let (_agent, r) = start(&live, &t, "session_lifetime = \"1s\"");
     wait_write(&r, "default");
     let default = live.cluster("default");
     agent_session(default);
