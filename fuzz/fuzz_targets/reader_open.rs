@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = (s.write_alias(), s.read_alias(), s.endpoint_count());
         let _ = (s.write_endpoint(), s.read_endpoint());
         for i in 0..70 {
-            let _ = (s.last_probe_name(i), s.is_healthy(i));
+            let _ = (s.last_probe_name(i), s.is_healthy(i), s.replica_lag(i));
         }
     }
 });

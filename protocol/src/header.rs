@@ -5,8 +5,8 @@
 
 use crate::{
     ADDRESSES_OFFSET, ADDRESS_WIDTH, ALIASES_OFFSET, ALIAS_WIDTH, DETAILS_OFFSET, DETAILS_SIZE,
-    FILE_SIZE, HEADER_SIZE, LAYOUT_VERSION, MAGIC, MAX_ALIAS_LEN, MAX_ENDPOINTS, MAX_HOST_LEN,
-    RECORD_OFFSET, RECORD_SIZE,
+    FILE_SIZE, HEADER_SIZE, LAG_OFFSET, LAG_WIDTH, LAYOUT_VERSION, MAGIC, MAX_ALIAS_LEN,
+    MAX_ENDPOINTS, MAX_HOST_LEN, RECORD_OFFSET, RECORD_SIZE,
 };
 use std::fmt;
 
@@ -37,6 +37,10 @@ pub struct Header {
     pub addresses_offset: u32,
     /// Bytes per address slot ([`ADDRESS_WIDTH`] when there is a table, else 0).
     pub address_width: u32,
+    /// Where the replication-lag area is; 0 when the file has none.
+    pub lag_offset: u32,
+    /// Bytes per replication-lag slot ([`LAG_WIDTH`] when there is an area, else 0).
+    pub lag_width: u32,
 }
 
 /// Why a byte buffer is not a header this version understands.
@@ -99,6 +103,8 @@ impl Header {
             created_wall_ns,
             addresses_offset: ADDRESSES_OFFSET,
             address_width: ADDRESS_WIDTH,
+            lag_offset: LAG_OFFSET,
+            lag_width: LAG_WIDTH,
         }
     }
 
@@ -118,6 +124,8 @@ impl Header {
         b[48..56].copy_from_slice(&self.created_wall_ns.to_ne_bytes());
         b[56..60].copy_from_slice(&self.addresses_offset.to_ne_bytes());
         b[60..64].copy_from_slice(&self.address_width.to_ne_bytes());
+        b[64..68].copy_from_slice(&self.lag_offset.to_ne_bytes());
+        b[68..72].copy_from_slice(&self.lag_width.to_ne_bytes());
         b
     }
 
@@ -159,6 +167,8 @@ impl Header {
             created_wall_ns: u64_at(bytes, 48),
             addresses_offset: u32_at(bytes, 56),
             address_width: u32_at(bytes, 60),
+            lag_offset: u32_at(bytes, 64),
+            lag_width: u32_at(bytes, 68),
         };
         h.validate()?;
         Ok(h)
@@ -200,7 +210,7 @@ impl Header {
         if self.details_offset != 0
             && (!self.details_offset.is_multiple_of(8)
                 || u64::from(self.details_offset) < self.aliases_end()
-                || u64::from(self.details_offset) + u64::from(DETAILS_SIZE) > self.file_size)
+                || self.details_end() > self.file_size)
         {
             return corrupt(format!(
                 "probe results at {} are not an aligned area after the alias table inside the file",
@@ -214,6 +224,23 @@ impl Header {
                 self.aliases_end()
             ));
         }
+        if self.lag_offset != 0 {
+            if self.lag_width != LAG_WIDTH {
+                return corrupt(format!(
+                    "replication-lag width {} (expected {LAG_WIDTH})",
+                    self.lag_width
+                ));
+            }
+            if !self.lag_offset.is_multiple_of(8)
+                || u64::from(self.lag_offset) < self.aliases_end().max(self.details_end())
+                || self.lag_end() > self.file_size
+            {
+                return corrupt(format!(
+                    "replication lag at {} is not an aligned area after the alias table and probe results inside the file",
+                    self.lag_offset
+                ));
+            }
+        }
         if self.addresses_offset != 0 {
             if self.address_width != ADDRESS_WIDTH {
                 return corrupt(format!(
@@ -221,22 +248,38 @@ impl Header {
                     self.address_width
                 ));
             }
-            let details_end = if self.details_offset == 0 {
-                0
-            } else {
-                u64::from(self.details_offset) + u64::from(DETAILS_SIZE)
-            };
             if !self.addresses_offset.is_multiple_of(8)
-                || u64::from(self.addresses_offset) < self.aliases_end().max(details_end)
+                || u64::from(self.addresses_offset)
+                    < self
+                        .aliases_end()
+                        .max(self.details_end())
+                        .max(self.lag_end())
                 || self.addresses_end() > self.file_size
             {
                 return corrupt(format!(
-                    "address table at {} is not an aligned area after the alias table and probe results inside the file",
+                    "address table at {} is not an aligned area after the alias table, probe results and replication lag inside the file",
                     self.addresses_offset
                 ));
             }
         }
         Ok(())
+    }
+
+    /// Offset one past the probe results (0 when the file has none).
+    pub fn details_end(&self) -> u64 {
+        if self.details_offset == 0 {
+            return 0;
+        }
+        u64::from(self.details_offset) + u64::from(DETAILS_SIZE)
+    }
+
+    /// Offset one past the last replication-lag slot in use (0 when the file has
+    /// no lag area).
+    pub fn lag_end(&self) -> u64 {
+        if self.lag_offset == 0 {
+            return 0;
+        }
+        u64::from(self.lag_offset) + u64::from(self.endpoint_count) * u64::from(self.lag_width)
     }
 
     /// Offset one past the last address slot (0 when the file has no address table).
@@ -427,6 +470,36 @@ mod tests {
     }
 
     #[test]
+    fn a_header_without_a_lag_area_is_valid_and_a_misplaced_area_is_corrupt() {
+        // Files written before the lag area existed have zeros there.
+        let mut bytes = Header::new(3, 42).encode();
+        bytes[64..72].fill(0);
+        let h = Header::decode(&bytes).unwrap();
+        assert_eq!((h.lag_offset, h.lag_end()), (0, 0));
+        let h = Header::new(64, 42);
+        assert_eq!(h.lag_end(), u64::from(LAG_OFFSET + 64 * LAG_WIDTH));
+        assert!(h.lag_end() <= u64::from(ADDRESSES_OFFSET));
+        for (offset, width) in [
+            // Inside the alias table, inside the probe results, unaligned.
+            (4096u32, 32u32),
+            (DETAILS_OFFSET + 8, 32),
+            (LAG_OFFSET + 4, 32),
+            // Another width; running into the address table; past the file.
+            (LAG_OFFSET, 24),
+            (ADDRESSES_OFFSET - 64, 32),
+            (FILE_SIZE as u32 - 32, 32),
+        ] {
+            let mut bytes = Header::new(3, 42).encode();
+            bytes[64..68].copy_from_slice(&offset.to_ne_bytes());
+            bytes[68..72].copy_from_slice(&width.to_ne_bytes());
+            assert!(
+                matches!(Header::decode(&bytes), Err(HeaderError::Corrupt(_))),
+                "lag area at {offset} width {width}"
+            );
+        }
+    }
+
+    #[test]
     fn same_layout_ignores_only_the_creation_time() {
         let h = Header::new(3, 42);
         assert!(h.same_layout(&Header::new(3, 7)));
@@ -437,6 +510,12 @@ mod tests {
             ..Header::new(3, 42)
         };
         assert!(!h.same_layout(&old));
+        let no_lag = Header {
+            lag_offset: 0,
+            lag_width: 0,
+            ..Header::new(3, 42)
+        };
+        assert!(!h.same_layout(&no_lag));
     }
 
     #[test]

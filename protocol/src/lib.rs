@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod header;
+pub mod lag;
 #[cfg(not(loom))]
 pub mod mapping;
 pub mod record;
@@ -18,6 +19,7 @@ pub mod seqlock;
 pub mod writer;
 
 pub use header::{Endpoint, Header, HeaderError};
+pub use lag::ReplicaLag;
 pub use record::{RecordValues, Status};
 
 /// The first eight bytes of every state file.
@@ -42,8 +44,15 @@ pub const MAX_ALIAS_LEN: usize = ALIAS_WIDTH as usize - 1;
 pub const DETAILS_OFFSET: u32 = ALIASES_OFFSET + MAX_ENDPOINTS * ALIAS_WIDTH;
 /// Size of the probe results (one byte per possible endpoint).
 pub const DETAILS_SIZE: u32 = MAX_ENDPOINTS;
+/// Offset of the replication-lag area, right after the probe results.
+pub const LAG_OFFSET: u32 = DETAILS_OFFSET + DETAILS_SIZE;
+/// Bytes per endpoint in the replication-lag area: four 64-bit words.
+pub const LAG_WIDTH: u32 = 32;
+/// Size of the replication-lag area (one slot per possible endpoint).
+pub const LAG_SIZE: u32 = MAX_ENDPOINTS * LAG_WIDTH;
 /// Offset of the address table, after the first two pages (header, record, alias
-/// table, probe results). Files written before addresses existed end there.
+/// table, probe results, replication lag). Files written before addresses existed
+/// end there.
 pub const ADDRESSES_OFFSET: u32 = 8192;
 /// Bytes per address slot: a 16-bit port, then the host, NUL-terminated.
 pub const ADDRESS_WIDTH: u32 = 256;

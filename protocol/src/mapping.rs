@@ -1,5 +1,6 @@
 //! The one place where bytes of a mapped state file become atomic words: the
-//! record (sequence word and data words) and the probe-results area. The writer,
+//! record (sequence word and data words), the probe-results area and the
+//! replication-lag slots. The writer,
 //! the reader, the stress test and the benchmarks all go through here.
 //!
 //! Every process that maps a state file accesses these bytes only as aligned
@@ -43,6 +44,16 @@ pub fn probe_results(map: &MmapRaw, offset: usize) -> Option<&[AtomicU64; 8]> {
     words(map, offset)
 }
 
+/// Endpoint `index`'s four-word slot of the replication-lag area at byte `offset`
+/// of `map`; None when it is not inside the mapping or not aligned.
+#[inline(always)]
+pub fn lag_slot(map: &MmapRaw, offset: usize, index: usize) -> Option<&[AtomicU64; 4]> {
+    let at = index
+        .checked_mul(crate::LAG_WIDTH as usize)?
+        .checked_add(offset)?;
+    words(map, at)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,6 +67,9 @@ mod tests {
         assert!(record(&raw, 4096 - 120).is_none());
         assert!(record(&raw, 132).is_none());
         assert!(probe_results(&raw, usize::MAX - 7).is_none());
+        assert!(lag_slot(&raw, 4096 - 64, 1).is_some());
+        assert!(lag_slot(&raw, 4096 - 64, 2).is_none());
+        assert!(lag_slot(&raw, 8, usize::MAX).is_none());
         assert!(words::<1>(&raw, 4088).is_some());
         assert!(words::<1>(&raw, 4096).is_none());
     }

@@ -18,8 +18,8 @@ use crate::header::{
 };
 use crate::record::RecordValues;
 use crate::{
-    flags, seqlock, DATA_WORDS, DETAILS_OFFSET, FILE_SIZE, HEADER_SIZE, MAX_ENDPOINTS, NONE,
-    RECORD_OFFSET, RECORD_SIZE, RECORD_WORDS,
+    flags, seqlock, ReplicaLag, DATA_WORDS, DETAILS_OFFSET, FILE_SIZE, HEADER_SIZE, LAG_OFFSET,
+    MAX_ENDPOINTS, NONE, RECORD_OFFSET, RECORD_SIZE, RECORD_WORDS,
 };
 use memmap2::{MmapOptions, MmapRaw};
 use std::fmt;
@@ -27,7 +27,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Everything that can go wrong on the writer's side, with the path it concerns.
@@ -214,8 +214,11 @@ pub struct StateFile {
     /// Offset of the record in the mapping (another writer's file, about to be
     /// replaced, may have it elsewhere than [`RECORD_OFFSET`]).
     record_offset: usize,
-    /// Offset of the probe results, when this writer may write them.
-    details: Option<usize>,
+    /// The file has this writer's own layout, mapped whole: the probe results and
+    /// the replication-lag area are at [`DETAILS_OFFSET`] and [`LAG_OFFSET`] and
+    /// this writer writes them. False for another writer's file about to be
+    /// replaced, of which only the record is touched.
+    ours: bool,
     /// The mapped file, for its permissions.
     file: File,
     lock: File,
@@ -535,11 +538,11 @@ impl StateFile {
                 // this writer's offsets; of any other, only its own record is touched
                 // (to flag it superseded), where its own header says it is.
                 let ours = header.same_layout(&Header::new(endpoints.len() as u32, 0));
-                let (len, record_offset, details) = if ours {
-                    (FILE_SIZE, RECORD_OFFSET, Some(DETAILS_OFFSET as usize))
+                let (len, record_offset) = if ours {
+                    (FILE_SIZE, RECORD_OFFSET)
                 } else {
                     let end = u64::from(header.record_offset) + u64::from(RECORD_SIZE);
-                    (end, header.record_offset, None)
+                    (end, header.record_offset)
                 };
                 let old_map = map(&file, path, len)?;
                 let mut old = StateFile {
@@ -548,7 +551,7 @@ impl StateFile {
                     map: old_map,
                     endpoints: old_endpoints,
                     record_offset: record_offset as usize,
-                    details,
+                    ours,
                     file,
                     lock,
                 };
@@ -569,6 +572,9 @@ impl StateFile {
                     v.config_generation += 1;
                     set_access(&old.file, path, settings.mode)?;
                     old.store(v);
+                    // The previous writer's probe results and lags are as
+                    // unknown to this one as its health masks.
+                    old.clear_details();
                     return Ok((old, Opened::Reused));
                 }
                 old.replace(endpoints, &tables, settings, initial)?;
@@ -596,7 +602,7 @@ impl StateFile {
                 endpoints: endpoints.to_vec(),
                 values,
                 record_offset: RECORD_OFFSET as usize,
-                details: Some(DETAILS_OFFSET as usize),
+                ours: true,
                 file,
                 lock,
             },
@@ -680,7 +686,7 @@ impl StateFile {
         self.map = new_map;
         self.file = file;
         self.record_offset = RECORD_OFFSET as usize;
-        self.details = Some(DETAILS_OFFSET as usize);
+        self.ours = true;
         self.values = read_own(&self.map, self.record_offset);
         Ok(())
     }
@@ -740,25 +746,44 @@ impl StateFile {
     /// [`crate::probe_result`] constant). Outside the seqlock: each byte stands alone,
     /// for display.
     pub fn set_probe_result(&mut self, index: usize, kind: u8) {
-        let Some(offset) = self.details else { return };
-        if index >= crate::DETAILS_SIZE as usize {
+        if !self.ours || index >= crate::DETAILS_SIZE as usize {
             return;
         }
-        // `details` is only set for a file of this writer's own layout, mapped
-        // FILE_SIZE bytes, which holds the area; checked again all the same.
-        let Some(words) = crate::mapping::probe_results(&self.map, offset) else {
+        // A file of this writer's own layout is mapped FILE_SIZE bytes, which
+        // holds the area; checked again all the same.
+        let Some(words) = crate::mapping::probe_results(&self.map, DETAILS_OFFSET as usize) else {
             return;
         };
         let word = &words[index / 8];
         // The single writer is the only one to store: a relaxed read-modify-write.
-        let mut bytes = word
-            .load(std::sync::atomic::Ordering::Relaxed)
-            .to_ne_bytes();
+        let mut bytes = word.load(Ordering::Relaxed).to_ne_bytes();
         bytes[index % 8] = kind;
-        word.store(
-            u64::from_ne_bytes(bytes),
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        word.store(u64::from_ne_bytes(bytes), Ordering::Relaxed);
+    }
+
+    /// Records endpoint `index`'s replication lag, for display. Outside the
+    /// seqlock: each word stands alone.
+    pub fn set_lag(&mut self, index: usize, lag: &ReplicaLag) {
+        if !self.ours || index >= MAX_ENDPOINTS as usize {
+            return;
+        }
+        let Some(slot) = crate::mapping::lag_slot(&self.map, LAG_OFFSET as usize, index) else {
+            return;
+        };
+        for (w, v) in slot.iter().zip(lag.to_words()) {
+            // Unchanged words are not stored again: most probes change nothing.
+            if w.load(Ordering::Relaxed) != v {
+                w.store(v, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Every probe result unknown and every lag unmeasured.
+    fn clear_details(&mut self) {
+        for i in 0..MAX_ENDPOINTS as usize {
+            self.set_probe_result(i, crate::probe_result::UNKNOWN);
+            self.set_lag(i, &ReplicaLag::default());
+        }
     }
 
     /// What was last published.
@@ -803,7 +828,6 @@ fn record(map: &MmapRaw, offset: usize) -> (&AtomicU64, &[AtomicU64; DATA_WORDS]
 
 /// Reads the record of a mapping this process is about to own as the writer.
 fn read_own(map: &MmapRaw, offset: usize) -> RecordValues {
-    use std::sync::atomic::Ordering;
     let (_, data) = record(map, offset);
     RecordValues::from_words(&std::array::from_fn(|i| data[i].load(Ordering::Relaxed)))
 }

@@ -31,8 +31,8 @@ compile_error!(
 );
 
 use dbha_protocol::header::{decode_addresses, decode_aliases, Header, HeaderError};
-pub use dbha_protocol::Status;
 use dbha_protocol::{flags, seqlock, RecordValues, DATA_WORDS, NONE};
+pub use dbha_protocol::{ReplicaLag, Status};
 use memmap2::{MmapOptions, MmapRaw};
 use std::ffi::{CStr, CString};
 use std::fmt;
@@ -246,6 +246,8 @@ struct Generation {
     record_offset: usize,
     /// Where the probe results are in the mapping, when the file has them.
     details_offset: Option<usize>,
+    /// Where the replication-lag area is in the mapping, when the file has one.
+    lag_offset: Option<usize>,
     aliases: Vec<Name>,
     /// One per alias; empty when the file has no address table (an agent from
     /// before addresses were published).
@@ -323,12 +325,11 @@ impl Generation {
         };
         let record_end = u64::from(header.record_offset) + u64::from(header.record_size);
         let details_offset = (header.details_offset != 0).then_some(header.details_offset as usize);
-        // The header check keeps the details inside file_size, which the file has.
-        let details_end =
-            details_offset.map_or(0, |o| o as u64 + u64::from(dbha_protocol::DETAILS_SIZE));
+        let lag_offset = (header.lag_offset != 0).then_some(header.lag_offset as usize);
+        // The header check keeps both areas inside file_size, which the file has.
         let map = MmapOptions::new()
             .offset(0)
-            .len(record_end.max(details_end) as usize)
+            .len(record_end.max(header.details_end()).max(header.lag_end()) as usize)
             .map_raw_read_only(&file)
             .map_err(|e| Error::from_io(path, "mmap", e))?;
         Ok(Generation {
@@ -337,6 +338,7 @@ impl Generation {
             map,
             record_offset: header.record_offset as usize,
             details_offset,
+            lag_offset,
             aliases,
             addresses,
             dev: meta.dev(),
@@ -383,6 +385,33 @@ impl Generation {
             chunk.copy_from_slice(&w.load(Ordering::Relaxed).to_ne_bytes());
         }
         out
+    }
+}
+
+impl fmt::Debug for Generation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Generation")
+            .field("number", &self.number)
+            .field("dev", &self.dev)
+            .field("ino", &self.ino)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Generation {
+    /// Endpoint `index`'s replication lag as last written (empty when the file has
+    /// no lag area or the index is past its endpoints). Each word stands alone.
+    fn replica_lag(&self, index: u32) -> ReplicaLag {
+        if index as usize >= self.aliases.len() {
+            return ReplicaLag::default();
+        }
+        let Some(slot) = self
+            .lag_offset
+            .and_then(|o| dbha_protocol::mapping::lag_slot(&self.map, o, index as usize))
+        else {
+            return ReplicaLag::default();
+        };
+        ReplicaLag::from_words(&std::array::from_fn(|i| slot[i].load(Ordering::Relaxed)))
     }
 }
 
@@ -785,6 +814,7 @@ pub struct Snapshot<'r> {
     pub status: Status,
     /// The kind of each endpoint's last probe result (`dbha_protocol::probe_result`).
     pub last_probe: [u8; 64],
+    file: &'r Generation,
     aliases: &'r [Name],
     addresses: &'r [Address],
 }
@@ -809,6 +839,7 @@ impl<'r> Snapshot<'r> {
             generation: g.number,
             status: v.status(now),
             last_probe: g.probe_results(),
+            file: g,
             aliases: &g.aliases,
             addresses: &g.addresses,
         }
@@ -889,6 +920,14 @@ impl<'r> Snapshot<'r> {
     /// "auth_failed", ...; "unknown" when not reported).
     pub fn last_probe_name(&self, index: u32) -> &'static str {
         dbha_protocol::probe_result::name(self.last_probe.get(index as usize).copied().unwrap_or(0))
+    }
+
+    /// Endpoint `index`'s replication lag, for display: read from this snapshot's
+    /// file when called (like the probe results, it is outside the seqlock and
+    /// may be a probe newer than the snapshot). Empty for a primary, an endpoint
+    /// not measured yet, and a file from an agent that does not publish lag.
+    pub fn replica_lag(&self, index: u32) -> ReplicaLag {
+        self.file.replica_lag(index)
     }
 
     /// The agent stopped cleanly (flag STOPPED).

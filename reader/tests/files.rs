@@ -504,6 +504,53 @@ fn probe_results_are_published_per_endpoint() {
 }
 
 #[test]
+fn replica_lag_is_published_per_endpoint_and_a_restarted_writer_starts_it_unmeasured() {
+    use dbha::ReplicaLag;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let names = ["default", "failover1", "failover2"];
+    let mut w = writer(&path, &names);
+    let r = Reader::open(&path).unwrap();
+    assert!(r.snapshot().unwrap().replica_lag(1).is_empty());
+    let behind = ReplicaLag {
+        delay: Some(Duration::from_millis(7_250)),
+        bytes: Some(1 << 20),
+        lagging: true,
+    };
+    let caught_up = ReplicaLag {
+        delay: Some(Duration::ZERO),
+        bytes: Some(0),
+        lagging: false,
+    };
+    w.set_lag(1, &behind);
+    w.set_lag(2, &caught_up);
+    w.set_probe_result(1, dbha_protocol::probe_result::OK);
+    let s = r.snapshot().unwrap();
+    assert_eq!(
+        [s.replica_lag(0), s.replica_lag(1), s.replica_lag(2)],
+        [ReplicaLag::default(), behind, caught_up]
+    );
+    // Past the endpoints: nothing, never a neighbour's slot or a fault.
+    assert!(s.replica_lag(3).is_empty());
+    assert!(s.replica_lag(u32::MAX).is_empty());
+    drop(w);
+
+    // A new writer has measured nothing yet: the last writer's lags and probe
+    // results are gone with it, as its health masks are.
+    let (_w, opened) = StateFile::open(
+        &path,
+        &aliases(&names),
+        settings(5 * SECOND),
+        &Publication::NOTHING,
+    )
+    .unwrap();
+    assert_eq!(opened, Opened::Reused);
+    let s = r.snapshot().unwrap();
+    assert!(s.replica_lag(1).is_empty());
+    assert_eq!(s.last_probe_name(1), "unknown");
+}
+
+#[test]
 fn endpoints_carry_the_configured_address_of_the_chosen_index() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state");
@@ -561,11 +608,12 @@ fn a_changed_address_supersedes_the_file_and_slots_keep_their_own_address() {
 }
 
 /// Rewrites a writer's file as an agent from before the address table wrote it:
-/// the two header words zero, the table's bytes zero, the file 8192 bytes long.
+/// the header words of the address table and of the lag area zero, the file 8192
+/// bytes long.
 fn strip_addresses(path: &Path) {
     let mut bytes = std::fs::read(path).unwrap();
     bytes[16..24].copy_from_slice(&8192u64.to_ne_bytes());
-    bytes[56..64].fill(0);
+    bytes[56..72].fill(0);
     bytes.truncate(8192);
     std::fs::write(path, bytes).unwrap();
 }
@@ -576,6 +624,14 @@ fn a_file_of_the_layout_without_addresses_is_read_and_replaced_not_reused() {
     let path = dir.path().join("state");
     let mut w = writer(&path, &["default", "failover1"]);
     let epoch = w.publish(&active(1)).unwrap();
+    // Bytes where the lag area would be mean nothing when the header has none.
+    w.set_lag(
+        1,
+        &dbha::ReplicaLag {
+            lagging: true,
+            ..Default::default()
+        },
+    );
     drop(w);
     strip_addresses(&path);
 
@@ -583,6 +639,10 @@ fn a_file_of_the_layout_without_addresses_is_read_and_replaced_not_reused() {
     assert_eq!(r.active_alias(), Some("failover1"));
     assert_eq!(r.write_endpoint(), None, "no addresses to hand out");
     assert_eq!(r.snapshot().unwrap().endpoint(0), None);
+    assert!(
+        r.snapshot().unwrap().replica_lag(1).is_empty(),
+        "no lag area"
+    );
 
     // The current writer never uses another layout's file in place.
     let (w, opened) = StateFile::open(
@@ -715,6 +775,8 @@ fn foreign_layout(dir: &Path) -> PathBuf {
     h.addresses_offset = 0;
     h.address_width = 0;
     h.details_offset = (FILE_SIZE - 64) as u32;
+    h.lag_offset = 0;
+    h.lag_width = 0;
     bytes[..128].copy_from_slice(&h.encode());
     bytes[512..512 + aliases.len()].copy_from_slice(&aliases);
     let planted = dbha_protocol::RecordValues {

@@ -57,10 +57,11 @@ fn prepare(dir: &Path) -> u64 {
     patched("badmagic", 0, b"NOTDBHA!");
     patched("v3", 8, &3u32.to_ne_bytes());
     patched("corrupt", 40, &99u32.to_ne_bytes());
-    // As an agent from before the address table wrote it: 8192 bytes, no table.
+    // As an agent from before the address table wrote it: 8192 bytes, no table
+    // and no lag area.
     let mut old = good[..8192].to_vec();
     old[16..24].copy_from_slice(&8192u64.to_ne_bytes());
-    old[56..64].fill(0);
+    old[56..72].fill(0);
     std::fs::write(dir.join("noaddr"), old).unwrap();
     epoch
 }
