@@ -223,22 +223,6 @@ impl Readiness {
     }
 }
 
-/// A standby's lag for a log line: "replay 7.2s behind, 1048576 bytes behind".
-fn describe_lag(lag: &crate::state::Lag) -> String {
-    let mut parts = Vec::new();
-    if let Some(d) = lag.delay {
-        parts.push(format!("replay {:.1}s behind", d.as_secs_f64()));
-    }
-    if let Some(b) = lag.bytes {
-        parts.push(format!("{b} bytes of WAL behind"));
-    }
-    if parts.is_empty() {
-        "not measured".to_owned()
-    } else {
-        parts.join(", ")
-    }
-}
-
 /// What `systemctl status` shows.
 fn status_line(state: &State, file: &StateFile) -> String {
     format!(
@@ -402,6 +386,8 @@ impl Agent {
             );
             self.state.force_down(i);
             self.file.set_probe_result(i, probe_result::TIMEOUT);
+            self.file
+                .set_lag(i, &self.state.endpoints[i].lag.published());
         }
         self.probes.start_missing(&self.state.config.databases);
     }
@@ -495,19 +481,22 @@ impl Agent {
             .map_or_else(|f| f.kind(), |_| probe_result::OK);
         self.file.set_probe_result(i, kind);
         let observed = self.state.observe(i, r.outcome, r.took);
+        let lag = self.state.endpoints[i].lag.published();
+        self.file.set_lag(i, &lag);
         if observed.lag_changed {
-            let e = &self.state.endpoints[i];
-            if e.lag.lagging {
-                warn!(
+            match (lag.lagging, crate::status::describe_lag(&lag)) {
+                (true, measured) => warn!(
                     "{alias}: replication lag over the limit ({}): no reads until {} probes within it",
-                    describe_lag(&e.lag),
-                    e.db.rise
-                );
-            } else {
-                info!(
-                    "{alias}: replication lag within the limit again ({})",
-                    describe_lag(&e.lag)
-                );
+                    measured.as_deref().unwrap_or("not measured"),
+                    self.state.endpoints[i].db.rise
+                ),
+                (false, Some(measured)) => {
+                    info!("{alias}: replication lag within the limit again ({measured})")
+                }
+                // Down, or no longer a standby: no lag to hold against it.
+                (false, None) => info!(
+                    "{alias}: replication lag no longer measured (down, or not a standby); its limit no longer applies"
+                ),
             }
         }
         if let Some(t) = observed.transition {
@@ -669,6 +658,11 @@ impl Agent {
             self.file.values().config_generation
         );
         self.probes.start_missing(&self.state.config.databases);
+        // A replacing file starts with no lag shown; the carried-over lags go in
+        // now rather than at each endpoint's next probe.
+        for (i, e) in self.state.endpoints.iter().enumerate() {
+            self.file.set_lag(i, &e.lag.published());
+        }
         let after = self.state.alias(self.state.choice.write);
         if opened == Opened::Replaced && before != after {
             info!(

@@ -43,6 +43,17 @@ pub struct Lag {
     within: u32,
 }
 
+impl Lag {
+    /// What the state file shows of it (`dbha-agent status`).
+    pub fn published(&self) -> dbha_protocol::ReplicaLag {
+        dbha_protocol::ReplicaLag {
+            delay: self.delay,
+            bytes: self.bytes,
+            lagging: self.lagging,
+        }
+    }
+}
+
 impl Endpoint {
     fn new(db: &Database) -> Endpoint {
         Endpoint {

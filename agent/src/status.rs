@@ -1,7 +1,7 @@
 //! `dbha-agent status` and `watch`: what a reader sees, through the same reader
 //! library the applications use.
 
-use dbha::{Reader, Snapshot, Status};
+use dbha::{Reader, ReplicaLag, Role, Snapshot, Status};
 use serde_json::json;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,6 +16,7 @@ pub fn to_json(path: &Path, s: &Snapshot<'_>) -> serde_json::Value {
                 "healthy": s.is_healthy(i),
                 "role": s.role(i).name(),
                 "last_probe": s.last_probe_name(i),
+                "replica_lag": lag_json(&s.replica_lag(i)),
             })
         })
         .collect();
@@ -107,21 +108,85 @@ fn human(path: &Path, s: &Snapshot<'_>) -> String {
         },
     );
     out.push_str(&format!(
-        "\n{:<5} {:<24} {:<8} {}\n",
-        "INDEX", "ALIAS", "HEALTH", "ROLE"
+        "\n{:<5} {:<24} {:<6} {:<10} {:<12} {}\n",
+        "INDEX", "ALIAS", "HEALTH", "ROLE", "LAST PROBE", "REPLICA LAG"
     ));
     for i in 0..s.endpoint_count() {
-        let mark = if s.write_index == Some(i) { " *" } else { "" };
-        out.push_str(&format!(
-            "{:<5} {:<24} {:<8} {}{}\n",
-            i,
-            s.alias(i).unwrap_or("?"),
-            if s.is_healthy(i) { "up" } else { "down" },
-            s.role(i).name(),
-            mark
-        ));
+        let mut role = s.role(i).name().to_string();
+        if s.write_index == Some(i) {
+            role.push_str(" *");
+        }
+        let lag = match (s.role(i), s.replica_lag(i)) {
+            (Role::Primary, _) => "-".to_string(),
+            (_, lag) => lag_column(&lag),
+        };
+        out.push_str(
+            format!(
+                "{:<5} {:<24} {:<6} {:<10} {:<12} {}",
+                i,
+                s.alias(i).unwrap_or("?"),
+                if s.is_healthy(i) { "up" } else { "down" },
+                role,
+                s.last_probe_name(i),
+                lag
+            )
+            .trim_end(),
+        );
+        out.push('\n');
+    }
+    out.push_str("\n* the write endpoint\n");
+    out
+}
+
+/// A standby's measured lag, "1.250s, 4.0 MiB" (replay delay, WAL bytes behind
+/// the primary); None when nothing was measured. The status table and the log
+/// both say it so.
+pub fn describe_lag(lag: &ReplicaLag) -> Option<String> {
+    let parts: Vec<String> = [
+        lag.delay.map(|d| format!("{:.3}s", d.as_secs_f64())),
+        lag.bytes.map(bytes),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
+/// The status table's lag column: the measured lag, and whether it keeps the
+/// standby out of the reads.
+fn lag_column(lag: &ReplicaLag) -> String {
+    let mut out = describe_lag(lag).unwrap_or_else(|| "-".into());
+    if lag.lagging {
+        out.push_str(" (over the limit: no reads)");
     }
     out
+}
+
+/// A byte count in the largest binary unit that keeps it at 1 or more.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// The JSON form of a lag: null when nothing was measured.
+fn lag_json(lag: &ReplicaLag) -> serde_json::Value {
+    if lag.is_empty() {
+        return serde_json::Value::Null;
+    }
+    json!({
+        "seconds": lag.delay.map(|d| d.as_secs_f64()),
+        "bytes": lag.bytes,
+        "lagging": lag.lagging,
+    })
 }
 
 /// UTC time as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
@@ -233,6 +298,30 @@ pub fn watch(path: &Path, poll: Duration) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lag_is_shown_in_seconds_and_binary_units_and_says_when_it_takes_no_reads() {
+        let lag = |ms: Option<u64>, b: Option<u64>, lagging| ReplicaLag {
+            delay: ms.map(Duration::from_millis),
+            bytes: b,
+            lagging,
+        };
+        assert_eq!(describe_lag(&ReplicaLag::default()), None);
+        assert_eq!(lag_column(&ReplicaLag::default()), "-");
+        assert_eq!(lag_column(&lag(Some(0), Some(0), false)), "0.000s, 0 B");
+        assert_eq!(
+            lag_column(&lag(Some(7_250), Some(5 << 20), true)),
+            "7.250s, 5.0 MiB (over the limit: no reads)"
+        );
+        assert_eq!(lag_column(&lag(None, Some(1536), false)), "1.5 KiB");
+        assert_eq!(bytes(u64::MAX), "16.0 EiB");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(lag_json(&ReplicaLag::default()), serde_json::Value::Null);
+        assert_eq!(
+            lag_json(&lag(Some(1_500), None, true)),
+            json!({"seconds": 1.5, "bytes": null, "lagging": true})
+        );
+    }
 
     #[test]
     fn utc_formats_known_instants() {

@@ -254,7 +254,13 @@ fn status_json_matches_what_the_reader_sees() {
         assert_eq!(e["alias"], s.alias(i as u32).unwrap());
         assert_eq!(e["healthy"], s.is_healthy(i as u32));
         assert_eq!(e["role"], "unknown");
+        // TCP checks measure no replication lag.
+        assert_eq!(e["replica_lag"], serde_json::Value::Null);
     }
+    assert_eq!(
+        (eps[0]["last_probe"].as_str(), eps[1]["last_probe"].as_str()),
+        (Some("ok"), Some("refused"))
+    );
     // DBHA_STATE stands in for --state; the human table names the active endpoint.
     let out = agent_cmd()
         .arg("status")
@@ -263,6 +269,11 @@ fn status_json_matches_what_the_reader_sees() {
         .unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("write        default"), "{table}");
+    let row = table.lines().find(|l| l.contains("failover1")).unwrap();
+    assert!(
+        row.contains(" down ") && row.contains(" refused"),
+        "{table}"
+    );
     drop((a, b));
 }
 

@@ -37,6 +37,29 @@ fn start(live: &Live, t: &Timing, extra: &str) -> (AgentProc, Reader) {
     (agent, r)
 }
 
+/// `dbha-agent status` on the agent's state file; `json` for `--json`.
+fn status(agent: &AgentProc, json: bool) -> String {
+    let mut cmd = std::process::Command::new(dbha_tests::agent_bin());
+    cmd.arg("status");
+    if json {
+        cmd.arg("--json");
+    }
+    let out = cmd.arg("--state").arg(&agent.state).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The `replica_lag` that `status --json` shows for endpoint `index`.
+fn status_lag(agent: &AgentProc, index: usize) -> serde_json::Value {
+    let j: serde_json::Value = serde_json::from_str(&status(agent, true)).unwrap();
+    j["endpoints"][index]["replica_lag"].clone()
+}
+
+/// The human `status` output.
+fn status_table(agent: &AgentProc) -> String {
+    status(agent, false)
+}
+
 /// The pid of the agent's session on `c`, once there is exactly one.
 fn agent_session(c: &Cluster) -> u32 {
     wait_for(&format!("one dbha-agent session on {}", c.name), || {
@@ -290,11 +313,23 @@ fn a_standby_with_paused_replay_leaves_the_reads_and_returns_after_resume() {
         let lag = gauge("dbha_endpoint_replica_lag_seconds{alias=\"standby\"}");
         assert!(lag.is_some_and(|l| l > 1.0), "{lag:?}");
         assert_eq!(gauge("dbha_endpoint_lagging{alias=\"primary\"}"), Some(0.0));
+        // And in `dbha-agent status`, read from the state file.
+        let lag = status_lag(&agent, 1);
+        assert_eq!(lag["lagging"], true, "{lag}");
+        assert!(lag["seconds"].as_f64().is_some_and(|l| l > 1.0), "{lag}");
+        assert!(lag["bytes"].as_u64().is_some(), "{lag}");
+        assert_eq!(status_lag(&agent, 0), serde_json::Value::Null, "a primary");
+        let table = status_table(&agent);
+        let row = table.lines().find(|l| l.contains(" standby ")).unwrap();
+        assert!(row.ends_with("(over the limit: no reads)"), "{table}");
         standby.psql("SELECT pg_wal_replay_resume()").unwrap();
         wait_for("reads back on the standby", on_standby);
         agent.wait_log("standby: replication lag within the limit again");
         wait_for("the lagging gauge back to 0", || {
             (gauge("dbha_endpoint_lagging{alias=\"standby\"}")? == 0.0).then_some(())
+        });
+        wait_for("status shows the standby within the limit", || {
+            (status_lag(&agent, 1)["lagging"] == false).then_some(())
         });
     });
 }
