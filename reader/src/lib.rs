@@ -371,6 +371,21 @@ impl Generation {
         endpoint(&self.aliases, &self.addresses, index)
     }
 
+    /// Endpoint `index`'s replication lag as last written (empty when the file has
+    /// no lag area or the index is past its endpoints). Each word stands alone.
+    fn replica_lag(&self, index: u32) -> ReplicaLag {
+        if index as usize >= self.aliases.len() {
+            return ReplicaLag::default();
+        }
+        let Some(slot) = self
+            .lag_offset
+            .and_then(|o| dbha_protocol::mapping::lag_slot(&self.map, o, index as usize))
+        else {
+            return ReplicaLag::default();
+        };
+        ReplicaLag::from_words(&std::array::from_fn(|i| slot[i].load(Ordering::Relaxed)))
+    }
+
     /// The kind of each endpoint's last probe result (all UNKNOWN when the file
     /// has none). Each byte stands alone: no seqlock.
     fn probe_results(&self) -> [u8; 64] {
@@ -395,23 +410,6 @@ impl fmt::Debug for Generation {
             .field("dev", &self.dev)
             .field("ino", &self.ino)
             .finish_non_exhaustive()
-    }
-}
-
-impl Generation {
-    /// Endpoint `index`'s replication lag as last written (empty when the file has
-    /// no lag area or the index is past its endpoints). Each word stands alone.
-    fn replica_lag(&self, index: u32) -> ReplicaLag {
-        if index as usize >= self.aliases.len() {
-            return ReplicaLag::default();
-        }
-        let Some(slot) = self
-            .lag_offset
-            .and_then(|o| dbha_protocol::mapping::lag_slot(&self.map, o, index as usize))
-        else {
-            return ReplicaLag::default();
-        };
-        ReplicaLag::from_words(&std::array::from_fn(|i| slot[i].load(Ordering::Relaxed)))
     }
 }
 
@@ -814,9 +812,8 @@ pub struct Snapshot<'r> {
     pub status: Status,
     /// The kind of each endpoint's last probe result (`dbha_protocol::probe_result`).
     pub last_probe: [u8; 64],
+    /// The file this snapshot was read from: its names, addresses and lags.
     file: &'r Generation,
-    aliases: &'r [Name],
-    addresses: &'r [Address],
 }
 
 impl<'r> Snapshot<'r> {
@@ -840,34 +837,32 @@ impl<'r> Snapshot<'r> {
             status: v.status(now),
             last_probe: g.probe_results(),
             file: g,
-            aliases: &g.aliases,
-            addresses: &g.addresses,
         }
     }
 
     /// Number of endpoints in the file this snapshot was read from.
     pub fn endpoint_count(&self) -> u32 {
-        self.aliases.len() as u32
+        self.file.aliases.len() as u32
     }
 
     /// Alias of endpoint `index` in this snapshot's file.
     pub fn alias(&self, index: u32) -> Option<&'r str> {
-        self.aliases.get(index as usize).map(|a| &*a.s)
+        self.file.alias(index).map(|a| &*a.s)
     }
 
     pub(crate) fn alias_c(&self, index: u32) -> Option<&'r CStr> {
-        self.aliases.get(index as usize).map(|a| a.c.as_c_str())
+        self.file.alias(index).map(|a| a.c.as_c_str())
     }
 
     /// All aliases, in priority (index) order.
     pub fn aliases(&self) -> impl Iterator<Item = &'r str> + 'r {
-        self.aliases.iter().map(|a| &*a.s)
+        self.file.aliases.iter().map(|a| &*a.s)
     }
 
     /// Endpoint `index` of this snapshot's file, with its address; `None` when out
     /// of range or the file has no addresses.
     pub fn endpoint(&self, index: u32) -> Option<Endpoint<'r>> {
-        endpoint(self.aliases, self.addresses, index)
+        self.file.endpoint(index)
     }
 
     /// The write endpoint when the status is Active (and the file has addresses).
