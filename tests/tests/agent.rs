@@ -373,8 +373,8 @@ fn an_agent_killed_and_restarted_continues_the_same_file_and_epoch() {
     });
     assert_eq!((s.generation, s.write_alias()), (1, Some("failover1")));
     assert!(s.epoch >= e1);
-    agent.wait_log("state file");
-    assert!(agent.log().contains("reused (epoch"), "{}", agent.log());
+    // The reused file is live before the new agent has logged how it opened it.
+    agent.wait_log("reused (epoch");
 }
 
 #[test]
