@@ -25,7 +25,9 @@ fn settings(stale_after_ns: u64) -> Settings {
     }
 }
 
-fn writer(path: &Path, names: &[&str]) -> StateFile {
+/// A writer on `path` for `names`, as an agent starts: nothing published yet;
+/// with how it opened the file.
+fn open_writer(path: &Path, names: &[&str]) -> (StateFile, Opened) {
     StateFile::open(
         path,
         &aliases(names),
@@ -33,7 +35,10 @@ fn writer(path: &Path, names: &[&str]) -> StateFile {
         &Publication::NOTHING,
     )
     .unwrap()
-    .0
+}
+
+fn writer(path: &Path, names: &[&str]) -> StateFile {
+    open_writer(path, names).0
 }
 
 fn active(index: u32) -> Publication {
@@ -146,13 +151,7 @@ fn restarted_writer_reuses_the_file_and_the_epoch_continues() {
     let r = Reader::open(&path).unwrap();
     drop(w);
 
-    let (mut w, opened) = StateFile::open(
-        &path,
-        &aliases(&names),
-        settings(5 * SECOND),
-        &Publication::NOTHING,
-    )
-    .unwrap();
+    let (mut w, opened) = open_writer(&path, &names);
     assert_eq!(opened, Opened::Reused);
     // Health is what the new writer has verified: nothing yet.
     assert_eq!(r.snapshot().unwrap().health_mask, 0);
@@ -537,13 +536,7 @@ fn replica_lag_is_published_per_endpoint_and_a_restarted_writer_starts_it_unmeas
 
     // A new writer has measured nothing yet: the last writer's lags and probe
     // results are gone with it, as its health masks are.
-    let (_w, opened) = StateFile::open(
-        &path,
-        &aliases(&names),
-        settings(5 * SECOND),
-        &Publication::NOTHING,
-    )
-    .unwrap();
+    let (_w, opened) = open_writer(&path, &names);
     assert_eq!(opened, Opened::Reused);
     let s = r.snapshot().unwrap();
     assert!(s.replica_lag(1).is_empty());
@@ -645,13 +638,7 @@ fn a_file_of_the_layout_without_addresses_is_read_and_replaced_not_reused() {
     );
 
     // The current writer never uses another layout's file in place.
-    let (w, opened) = StateFile::open(
-        &path,
-        &aliases(&["default", "failover1"]),
-        settings(5 * SECOND),
-        &Publication::NOTHING,
-    )
-    .unwrap();
+    let (w, opened) = open_writer(&path, &["default", "failover1"]);
     assert_eq!(opened, Opened::Replaced);
     assert!(w.values().epoch > epoch);
     assert_eq!(std::fs::metadata(&path).unwrap().len(), FILE_SIZE);
@@ -811,13 +798,7 @@ fn a_file_with_other_offsets_is_replaced_touching_only_its_own_record() {
     assert_eq!(r.snapshot().unwrap().write_alias(), Some("default"));
     let old = std::fs::File::open(&path).unwrap();
     let before = std::fs::read(&path).unwrap();
-    let (mut w, opened) = StateFile::open(
-        &path,
-        &aliases(&["default", "failover1"]),
-        settings(5 * SECOND),
-        &Publication::NOTHING,
-    )
-    .unwrap();
+    let (mut w, opened) = open_writer(&path, &["default", "failover1"]);
     assert_eq!(opened, Opened::Replaced);
     for i in 0..2 {
         w.set_probe_result(i, dbha_protocol::probe_result::REFUSED);
