@@ -207,16 +207,13 @@ impl Header {
                 self.aliases_offset
             ));
         }
-        if self.details_offset != 0
-            && (!self.details_offset.is_multiple_of(8)
-                || u64::from(self.details_offset) < self.aliases_end()
-                || self.details_end() > self.file_size)
-        {
-            return corrupt(format!(
-                "probe results at {} are not an aligned area after the alias table inside the file",
-                self.details_offset
-            ));
-        }
+        self.area(
+            "probe-results area",
+            self.details_offset,
+            self.details_end(),
+            self.aliases_end(),
+            "the alias table",
+        )?;
         if self.file_size < self.aliases_end() {
             return corrupt(format!(
                 "file size {} < end of alias table {}",
@@ -224,43 +221,53 @@ impl Header {
                 self.aliases_end()
             ));
         }
-        if self.lag_offset != 0 {
-            if self.lag_width != LAG_WIDTH {
-                return corrupt(format!(
-                    "replication-lag width {} (expected {LAG_WIDTH})",
-                    self.lag_width
-                ));
-            }
-            if !self.lag_offset.is_multiple_of(8)
-                || u64::from(self.lag_offset) < self.aliases_end().max(self.details_end())
-                || self.lag_end() > self.file_size
-            {
-                return corrupt(format!(
-                    "replication lag at {} is not an aligned area after the alias table and probe results inside the file",
-                    self.lag_offset
-                ));
-            }
+        if self.lag_offset != 0 && self.lag_width != LAG_WIDTH {
+            return corrupt(format!(
+                "replication-lag width {} (expected {LAG_WIDTH})",
+                self.lag_width
+            ));
         }
-        if self.addresses_offset != 0 {
-            if self.address_width != ADDRESS_WIDTH {
-                return corrupt(format!(
-                    "address width {} (expected {ADDRESS_WIDTH})",
-                    self.address_width
-                ));
-            }
-            if !self.addresses_offset.is_multiple_of(8)
-                || u64::from(self.addresses_offset)
-                    < self
-                        .aliases_end()
-                        .max(self.details_end())
-                        .max(self.lag_end())
-                || self.addresses_end() > self.file_size
-            {
-                return corrupt(format!(
-                    "address table at {} is not an aligned area after the alias table, probe results and replication lag inside the file",
-                    self.addresses_offset
-                ));
-            }
+        self.area(
+            "replication-lag area",
+            self.lag_offset,
+            self.lag_end(),
+            self.aliases_end().max(self.details_end()),
+            "the alias table and probe results",
+        )?;
+        if self.addresses_offset != 0 && self.address_width != ADDRESS_WIDTH {
+            return corrupt(format!(
+                "address width {} (expected {ADDRESS_WIDTH})",
+                self.address_width
+            ));
+        }
+        self.area(
+            "address table",
+            self.addresses_offset,
+            self.addresses_end(),
+            self.aliases_end()
+                .max(self.details_end())
+                .max(self.lag_end()),
+            "the alias table, probe results and replication lag",
+        )
+    }
+
+    /// An optional area (`offset` 0: the file has none) starts at a multiple of 8,
+    /// at or after `after`, the end of what must precede it (`precedes`), and
+    /// ends (`end`) inside the file.
+    fn area(
+        &self,
+        what: &str,
+        offset: u32,
+        end: u64,
+        after: u64,
+        precedes: &str,
+    ) -> Result<(), HeaderError> {
+        if offset != 0
+            && (!offset.is_multiple_of(8) || u64::from(offset) < after || end > self.file_size)
+        {
+            return Err(HeaderError::Corrupt(format!(
+                "{what} at {offset} is not an aligned area after {precedes} inside the file"
+            )));
         }
         Ok(())
     }
