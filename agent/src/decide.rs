@@ -32,6 +32,8 @@ pub struct Tracker {
     pub health: Health,
     successes: u32,
     failures: u32,
+    /// Consecutive probes while a verdict was pending (see [`Tracker::fast`]).
+    undecided: u32,
 }
 
 impl Tracker {
@@ -42,7 +44,29 @@ impl Tracker {
             health: Health::Unknown,
             successes: 0,
             failures: 0,
+            undecided: 0,
         }
+    }
+
+    /// The number of fast probes one attempt at a verdict may take:
+    /// `max(rise, fall)`, enough for either verdict.
+    fn attempt(&self) -> u32 {
+        self.rise.max(self.fall)
+    }
+
+    /// The next probe should come at `fastinter`: a verdict is pending and the
+    /// attempt at it is not used up. Results that alternate (a server admitting
+    /// some logins and refusing others) never reach a verdict; after
+    /// `max(rise, fall)` probes such an endpoint is probed at `interval` again
+    /// until a verdict, or a result that ends the pending streak.
+    pub fn fast(&self) -> bool {
+        self.pending() && self.undecided < self.attempt()
+    }
+
+    /// The last result used up an attempt at a verdict without reaching one
+    /// (true once per such streak, for a log line).
+    pub fn stalled(&self) -> bool {
+        self.pending() && self.undecided == self.attempt()
     }
 
     /// Consecutive failed probes so far (0 after a success).
@@ -66,6 +90,7 @@ impl Tracker {
         self.health = Health::Down;
         self.successes = 0;
         self.failures = self.failures.max(self.fall);
+        self.undecided = 0;
     }
 
     /// Records one probe result; returns the transition it caused, if any.
@@ -84,7 +109,13 @@ impl Tracker {
                 self.health = Health::Down;
             }
         }
-        (self.health != from).then_some(Transition {
+        let changed = self.health != from;
+        self.undecided = if changed || !self.pending() {
+            0
+        } else {
+            self.undecided.saturating_add(1)
+        };
+        changed.then_some(Transition {
             from,
             to: self.health,
             after: if ok { self.successes } else { self.failures },
@@ -153,6 +184,13 @@ pub struct Seen {
     pub claim: Option<Claim>,
     /// A standby too far behind its primary to take reads.
     pub lagging: bool,
+    /// Takes no writes: it claimed primary beside the write endpoint, or on an
+    /// older timeline (see `State::fence`).
+    pub fenced: bool,
+    /// Down for longer than its tolerance (`fall` x `interval`): writes, under
+    /// `writes = "any"`, may move away from it. Down for less, it is only
+    /// unavailable: writes wait for it.
+    pub given_up: bool,
 }
 
 impl Seen {
@@ -160,20 +198,36 @@ impl Seen {
         self.claim.map(|c| c.role)
     }
 
+    /// Down, but not for as long as its tolerance.
+    fn unavailable(&self) -> bool {
+        self.health == Health::Down && !self.given_up
+    }
+
     fn up_as(&self, role: Role) -> bool {
         self.health == Health::Up && self.role() == Some(role)
     }
 
     fn writable(&self) -> bool {
-        self.up_as(Role::Primary) && self.claim.is_some_and(|c| !c.read_only)
+        self.up_as(Role::Primary) && self.claim.is_some_and(|c| !c.read_only) && !self.fenced
     }
 }
 
 /// Where writes and reads go: indexes into the endpoints, in priority order.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Choice {
+    /// Published: where writes go now.
     pub write: Option<usize>,
     pub read: Option<usize>,
+    /// Not published: the endpoint writes belong to while it cannot serve them
+    /// (`write` is None meanwhile), and return to when it can.
+    pub waiting: Option<usize>,
+}
+
+impl Choice {
+    /// The endpoint writes belong to: where they go, or wait to go.
+    pub fn owner(&self) -> Option<usize> {
+        self.write.or(self.waiting)
+    }
 }
 
 /// The configured rules a decision follows.
@@ -197,46 +251,82 @@ pub struct Decision {
 
 /// Decides the write and read endpoints (index = priority order).
 ///
-/// `writes = Any` is [`choose`] on health alone. `writes = Primary` only ever
-/// chooses an endpoint seen as a writable primary: the current one is kept while
-/// it is not known to be down and nothing shows it is no longer primary; a new one
-/// is chosen only when exactly one endpoint is a writable primary (two means a
-/// split brain, and guessing could send writes to the wrong side); auto failback
-/// never moves writes, since moving would mean two primaries.
+/// Two questions are kept apart: whether the endpoint writes belong to can serve
+/// them now (if it is down it cannot, and `write` is published as None at once:
+/// the truth, and the application fails fast), and whether writes move to another
+/// endpoint, which needs more than a few lost probes:
+///
+/// - `writes = Any` is [`choose`] on health alone; an endpoint down for less than
+///   its tolerance ([`Seen::given_up`]) still holds the writes, which wait for it.
+/// - `writes = Primary` only ever chooses an endpoint seen as a writable primary:
+///   the current one is kept while nothing shows it is no longer primary; writes
+///   move only to a confirmed primary elsewhere, and only when exactly one endpoint
+///   is a writable primary (two means a split brain, and guessing could send
+///   writes to the wrong side); auto failback never moves writes, since moving
+///   would mean two primaries.
+///
+/// A fenced endpoint is never chosen for writes.
 pub fn decide(seen: &[Seen], current: Choice, policy: Policy, phase: Phase) -> Decision {
     let primaries: Vec<usize> = (0..seen.len())
         .filter(|&i| seen[i].up_as(Role::Primary))
         .collect();
     let mut ambiguous = false;
     let health: Vec<Health> = seen.iter().map(|s| s.health).collect();
-    let write = match policy.writes {
-        Writes::Any => choose(&health, current.write, policy.failback, phase),
+    let owner = current.owner();
+    let owner = match policy.writes {
+        Writes::Any => {
+            // For the choice, fenced counts as down, and down within the
+            // tolerance as not judged yet (which `choose` keeps).
+            let judged: Vec<Health> = seen
+                .iter()
+                .map(|s| match s {
+                    _ if s.fenced => Health::Down,
+                    _ if s.unavailable() => Health::Unknown,
+                    _ => s.health,
+                })
+                .collect();
+            choose(&judged, owner, policy.failback, phase)
+        }
         Writes::Primary => {
-            let keep = current.write.filter(|&c| {
+            let keep = owner.filter(|&c| {
                 seen.get(c).is_some_and(|s| {
-                    s.health != Health::Down
+                    !s.fenced
                         && s.role() != Some(Role::Standby)
                         && !s.claim.is_some_and(|c| c.read_only)
                 })
             });
-            keep.or_else(|| {
-                let writable: Vec<usize> =
-                    (0..seen.len()).filter(|&i| seen[i].writable()).collect();
-                match writable[..] {
-                    [only] if !passes_over_unknown(phase, &health[..only]) => Some(only),
-                    [_, _, ..] => {
-                        ambiguous = true;
-                        None
+            match keep {
+                Some(c) if seen[c].health != Health::Down => Some(c),
+                kept => {
+                    let writable: Vec<usize> =
+                        (0..seen.len()).filter(|&i| seen[i].writable()).collect();
+                    match writable[..] {
+                        [only] if !passes_over_unknown(phase, &health[..only]) => Some(only),
+                        [_, _, ..] => {
+                            ambiguous = true;
+                            kept
+                        }
+                        _ => kept,
                     }
-                    _ => None,
                 }
-            })
+            }
         }
+    };
+    let down = |i: usize| seen.get(i).is_some_and(|s| s.health == Health::Down);
+    let (write, waiting) = match owner {
+        Some(o) if down(o) => (None, Some(o)),
+        o => (o, None),
     };
     let fit = |i: usize, want: Option<Role>| {
         seen.get(i).is_some_and(|s| {
             s.health == Health::Up && !s.lagging && want.is_none_or(|r| s.role() == Some(r))
         })
+    };
+    // The current read endpoint is kept while it has no verdict yet: a restarted
+    // agent keeps the published reads until its probes conclude, as it keeps the
+    // writes.
+    let keep_read = |i: usize, want: Option<Role>| {
+        fit(i, want) || seen.get(i).is_some_and(|s| s.health == Health::Unknown)
     };
     // A new read endpoint is the first fit one; while settling, not one past an
     // endpoint still Unknown (as for writes in `choose`): otherwise whichever
@@ -250,17 +340,21 @@ pub fn decide(seen: &[Seen], current: Choice, policy: Policy, phase: Phase) -> D
         Reads::Primary => write,
         Reads::PreferStandby => current
             .read
-            .filter(|&r| fit(r, Some(Role::Standby)))
+            .filter(|&r| keep_read(r, Some(Role::Standby)))
             .or_else(|| first_fit(Some(Role::Standby)))
             .or(write),
         Reads::Any => current
             .read
-            .filter(|&r| fit(r, None))
+            .filter(|&r| keep_read(r, None))
             .or_else(|| first_fit(None))
             .or(write),
     };
     Decision {
-        choice: Choice { write, read },
+        choice: Choice {
+            write,
+            read,
+            waiting,
+        },
         primaries,
         ambiguous,
     }
@@ -321,6 +415,36 @@ mod tests {
         for i in 0..100 {
             assert_eq!(t.observe(i % 2 == 0), None, "probe {i}");
         }
+    }
+
+    #[test]
+    fn alternating_results_get_one_fast_attempt_then_the_normal_pace() {
+        // Issue 20 row 7: a server that admits every other login never reached a
+        // verdict and was probed at fastinter forever.
+        let mut t = Tracker::new(2, 3);
+        let mut fast = Vec::new();
+        let mut stalled = 0;
+        for i in 0..12 {
+            t.observe(i % 2 == 0);
+            fast.push(t.fast());
+            stalled += usize::from(t.stalled());
+        }
+        assert_eq!(t.health, Unknown);
+        // max(rise, fall) = 3 probes at fastinter, then interval.
+        assert_eq!(fast[..3], [true, true, false]);
+        assert!(fast[3..].iter().all(|f| !f), "{fast:?}");
+        assert_eq!(stalled, 1, "logged once per streak");
+        // A verdict starts a new attempt the next time one is pending.
+        t.observe(true);
+        t.observe(true);
+        assert_eq!(t.health, Up);
+        assert!(!t.fast());
+        t.observe(false);
+        assert!(t.fast(), "a first failure while up is probed again fast");
+        // Up with alternating results: one fast probe after each failure, never
+        // a run of them.
+        t.observe(true);
+        assert!(!t.fast());
     }
 
     #[test]
@@ -512,6 +636,8 @@ mod tests {
                     health,
                     claim,
                     lagging: c == 'L',
+                    fenced: false,
+                    given_up: health == Down,
                 }
             })
             .collect()
@@ -620,7 +746,7 @@ mod tests {
             };
             let current = Choice {
                 write: *current,
-                read: None,
+                ..Choice::default()
             };
             let d = decide(&seen(spec), current, policy, Settled);
             assert_eq!((d.choice.write, d.ambiguous), (*want, *ambiguous), "{what}");
@@ -640,7 +766,7 @@ mod tests {
     fn writing_to(i: usize) -> Choice {
         Choice {
             write: Some(i),
-            read: None,
+            ..Choice::default()
         }
     }
 

@@ -20,3 +20,4 @@ pub mod run;
 mod signals;
 pub mod state;
 pub mod status;
+pub mod unfence;

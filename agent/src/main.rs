@@ -1,4 +1,4 @@
-//! The `dbha-agent` command line: run, check, status, watch, demo.
+//! The `dbha-agent` command line: run, check, status, watch, unfence, demo.
 
 #![forbid(unsafe_code)]
 
@@ -39,6 +39,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Clear the fence on an endpoint (one that claimed primary beside the write
+    /// endpoint, or on an older timeline): it may take writes again.
+    Unfence {
+        /// The endpoint's alias.
+        alias: String,
+        #[arg(long, env = "DBHA_STATE", default_value = config::DEFAULT_STATE_FILE)]
+        state: PathBuf,
+    },
     /// Print one line per change of the published decision, until interrupted.
     Watch {
         #[arg(long, env = "DBHA_STATE", default_value = config::DEFAULT_STATE_FILE)]
@@ -74,14 +82,14 @@ fn main() -> ExitCode {
         Command::Check { config } => match config::Config::load(&config) {
             Ok(c) => {
                 // Valid TOML throughout: the notes are comments.
-                println!(
-                    "# {}: valid; as resolved, defaults filled in:",
+                let mut text = format!(
+                    "# {}: valid; as resolved, defaults filled in:\n{c}",
                     config.display()
                 );
-                print!("{c}");
                 for w in c.unresolvable_hosts() {
-                    println!("# warning: {w}");
+                    text += &format!("# warning: {w}\n");
                 }
+                status::out(&text);
                 0
             }
             Err(e) => {
@@ -90,6 +98,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Status { state, json } => status::status(&state, json),
+        Command::Unfence { alias, state } => dbha_agent::unfence::unfence(&state, &alias),
         Command::Watch { state } => status::watch(&state, Duration::from_millis(20)),
         #[cfg(feature = "demo")]
         Command::Demo { short, listeners } => dbha_agent::demo::demo(short, listeners),

@@ -30,6 +30,8 @@ pub struct EndpointMetrics {
     pub lag_bytes: Option<u64>,
     /// Too far behind to take reads.
     pub lagging: bool,
+    /// Takes no writes (see `State::fence`).
+    pub fenced: bool,
 }
 
 /// What a scrape reports.
@@ -121,6 +123,12 @@ impl Metrics {
             "gauge",
             "1 when a standby is over max_replica_lag or max_replica_lag_bytes and takes no reads.",
             per(&|e| u8::from(e.lagging).to_string()),
+        );
+        family(
+            "dbha_endpoint_fenced",
+            "gauge",
+            "1 when an endpoint is fenced: it claimed primary beside the write endpoint or on an older timeline, and takes no writes.",
+            per(&|e| u8::from(e.fenced).to_string()),
         );
         family(
             "dbha_probe_errors_total",
@@ -236,17 +244,14 @@ impl Feed {
             .map(|e| EndpointMetrics {
                 alias: e.db.alias.clone(),
                 up: e.tracker.health == Health::Up,
-                role: e
-                    .seen()
-                    .role()
-                    .map_or(dbha::Role::Unknown, Into::into)
-                    .name(),
+                role: e.role().map_or(dbha::Role::Unknown, Into::into).name(),
                 last_probe: e.took,
                 consecutive_failures: e.tracker.failures(),
                 errors: self.errors.get(&e.db.alias).cloned().unwrap_or_default(),
                 lag: e.lag.delay,
                 lag_bytes: e.lag.bytes,
                 lagging: e.lag.lagging,
+                fenced: e.fenced,
             })
             .collect();
         let name = |i: Option<usize>| i.map(|i| state.endpoints[i].db.alias.clone());

@@ -11,7 +11,7 @@ use crate::metrics;
 use crate::notify::Notifier;
 use crate::probe::{self, Failure, Report};
 use crate::signals;
-use crate::state::State;
+use crate::state::{Masks, State};
 use dbha_protocol::probe_result;
 use dbha_protocol::writer::{Opened, Publication, Settings, StateFile};
 use log::{error, info, warn};
@@ -264,6 +264,7 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
     signals::forward(tx.clone())
         .map_err(|e| StartError(format!("cannot install signal handlers: {e}")))?;
     let mut agent = Agent::start(config_path, config, tx)?;
+    agent.take_unfence_requests();
     agent.probes.start_missing(&agent.state.config.databases);
     agent.run(rx);
     Ok(())
@@ -295,12 +296,14 @@ impl Agent {
             &Publication::NOTHING,
         )
         .map_err(|e| StartError(e.to_string()))?;
-        // A reused file keeps its published decision until the probes have a verdict.
+        // A reused file keeps its published decision until the probes have a
+        // verdict, and the previous agent's fences.
         let index = |i: u32| Some(i as usize);
         let choice = match opened {
             Opened::Reused => Choice {
                 write: index(file.values().write_index),
                 read: index(file.values().read_index),
+                waiting: None,
             },
             _ => Choice::default(),
         };
@@ -320,9 +323,28 @@ impl Agent {
         );
         let metrics = metrics::Feed::start(config.metrics_listen);
         let count = config.databases.len();
+        let mut state = State::new(config, choice, Instant::now());
+        if opened == Opened::Reused {
+            let v = file.values();
+            state.carry(Masks {
+                health: v.health_mask,
+                primary: v.primary_mask,
+                standby: v.standby_mask,
+            });
+            for i in 0..count {
+                let fence = file.fence(i);
+                if fence.fenced {
+                    warn!(
+                        "{}: fenced, as the previous agent left it: no writes until it is seen as a standby or `dbha-agent unfence {}`",
+                        state.endpoints[i].db.alias, state.endpoints[i].db.alias
+                    );
+                }
+                state.remember(i, fence);
+            }
+        }
         Ok(Agent {
             config_path: config_path.to_owned(),
-            state: State::new(config, choice, Instant::now()),
+            state,
             file,
             probes: Probes::new(count, tx),
             readiness: Readiness {
@@ -384,8 +406,9 @@ impl Agent {
                 "{}: no probe report for {silent:?}: counted as down, its probe restarted",
                 self.state.endpoints[i].db.alias
             );
-            self.state.force_down(i);
+            self.state.force_down(i, Instant::now());
             self.file.set_probe_result(i, probe_result::TIMEOUT);
+            self.file.set_down(i, true);
             self.file
                 .set_lag(i, &self.state.endpoints[i].lag.published());
         }
@@ -436,16 +459,19 @@ impl Agent {
                 Ok(Event::Stop) => {
                     self.readiness.notifier.stopping();
                     self.probes.stop_all();
-                    self.file.mark_stopped();
-                    info!("stopping: state file marked \"agent stopped\"");
+                    // A hand-over, as HAProxy's seamless reload: the decision stays
+                    // published, so readers see nothing of a restart (an upgrade,
+                    // `systemctl restart`) whose new agent reuses the file within
+                    // `stale_after`; a real stop shows as stale after that.
+                    info!(
+                        "stopping: the last decision stays published; readers see it as stale after {:?} unless a new agent takes over",
+                        self.state.config.stale_after
+                    );
                     return;
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 // We hold a sender, so this cannot happen; stop cleanly if it does.
-                Err(RecvTimeoutError::Disconnected) => {
-                    self.file.mark_stopped();
-                    return;
-                }
+                Err(RecvTimeoutError::Disconnected) => return,
             }
         }
     }
@@ -480,7 +506,25 @@ impl Agent {
             .as_ref()
             .map_or_else(|f| f.kind(), |_| probe_result::OK);
         self.file.set_probe_result(i, kind);
-        let observed = self.state.observe(i, r.outcome, r.took);
+        let observed = self.state.observe(i, r.outcome, r.took, Instant::now());
+        let e = &self.state.endpoints[i];
+        self.file.set_down(i, e.tracker.health == Health::Down);
+        if observed.unfenced {
+            info!("{alias}: seen as a standby: no longer fenced");
+        }
+        if e.tracker.stalled() {
+            warn!(
+                "{alias}: no verdict after {} probes in a row (results alternate: {}); probing every {:?} until one",
+                e.db.rise.max(e.db.fall),
+                e.last
+                    .as_ref()
+                    .map_or("no result".into(), |o| match o {
+                        Ok(_) => "last one succeeded".to_string(),
+                        Err(f) => format!("last one: {f}"),
+                    }),
+                e.db.interval
+            );
+        }
         let lag = self.state.endpoints[i].lag.published();
         self.file.set_lag(i, &lag);
         if observed.lag_changed {
@@ -525,12 +569,28 @@ impl Agent {
     /// Decides, and publishes the decision with a fresh heartbeat.
     fn publish(&mut self) {
         let before = self.state.choice;
-        let phase = self.state.phase(Instant::now());
-        let d = self.state.decide(phase);
+        let now = Instant::now();
+        let phase = self.state.phase(now);
+        for i in self.state.fence() {
+            let s = &self.state;
+            error!(
+                "{}: fenced: it claims to be primary ({}) while writes belong to {}; it takes no writes until it is seen as a standby or `dbha-agent unfence {}`",
+                s.endpoints[i].db.alias,
+                s.endpoints[i]
+                    .timeline
+                    .map_or("timeline not known".into(), |t| format!("timeline {t}")),
+                s.alias(s.choice.owner()),
+                s.endpoints[i].db.alias
+            );
+        }
+        for (i, e) in self.state.endpoints.iter().enumerate() {
+            self.file.set_fence(i, &e.fence_record());
+        }
+        let d = self.state.decide(phase, now);
         self.state.choice = d.choice;
         let published = self
             .file
-            .publish(&self.state.publication(d.primaries.len() > 1));
+            .publish(&self.state.publication(d.primaries.len() > 1, phase));
         if published.is_some() {
             self.metrics.switched();
         }
@@ -606,7 +666,26 @@ impl Agent {
         }
     }
 
+    /// Clears the fences an operator asked to clear (`dbha-agent unfence`).
+    fn take_unfence_requests(&mut self) {
+        for alias in crate::unfence::take_requests(&self.state.config.state_file) {
+            match self
+                .state
+                .endpoints
+                .iter()
+                .position(|e| e.db.alias == alias)
+            {
+                Some(i) => {
+                    self.state.unfence(i);
+                    warn!("{alias}: unfenced by the operator; the timelines seen so far are forgotten");
+                }
+                None => warn!("unfence {alias:?}: no such endpoint; ignored"),
+            }
+        }
+    }
+
     fn reload(&mut self) {
+        self.take_unfence_requests();
         let path = self.config_path.display();
         let new = match Config::load(&self.config_path) {
             Ok(c) => c,
@@ -630,11 +709,11 @@ impl Agent {
         // The new state is built beside the running one and replaces it only once
         // the state file took the new configuration.
         let (next, carried) = self.state.reconfigured(new, Instant::now());
-        let conflict = next.decide(Phase::Settling).primaries.len() > 1;
+        let conflict = next.decide(Phase::Settling, Instant::now()).primaries.len() > 1;
         let opened = match self.file.reconfigure(
             &next.config.published_endpoints(),
             settings(&next.config),
-            &next.publication(conflict),
+            &next.publication(conflict, Phase::Settling),
         ) {
             Ok(opened) => opened,
             Err(e) => {
@@ -662,6 +741,7 @@ impl Agent {
         // now rather than at each endpoint's next probe.
         for (i, e) in self.state.endpoints.iter().enumerate() {
             self.file.set_lag(i, &e.lag.published());
+            self.file.set_down(i, e.tracker.health == Health::Down);
         }
         let after = self.state.alias(self.state.choice.write);
         if opened == Opened::Replaced && before != after {

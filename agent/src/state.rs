@@ -24,6 +24,13 @@ pub struct Endpoint {
     pub took: Duration,
     /// Replication lag, when this endpoint is a standby whose probe measured it.
     pub lag: Lag,
+    /// Takes no writes until seen as a standby or unfenced by an operator (see
+    /// [`State::fence`]).
+    pub fenced: bool,
+    /// The timeline it was on when last seen as a primary.
+    pub timeline: Option<u32>,
+    /// When the current streak of failed probes began.
+    failing_since: Option<Instant>,
 }
 
 /// A standby's replication lag and its hysteresis against the configured limits.
@@ -63,15 +70,43 @@ impl Endpoint {
             claim: None,
             took: Duration::ZERO,
             lag: Lag::default(),
+            fenced: false,
+            timeline: None,
+            failing_since: None,
         }
     }
 
-    pub fn seen(&self) -> Seen {
+    pub fn seen(&self, now: Instant) -> Seen {
         Seen {
             health: self.tracker.health,
             claim: self.claim,
             lagging: self.lag.lagging,
+            fenced: self.fenced,
+            given_up: self.tracker.health == Health::Down
+                && self
+                    .failing_since
+                    .is_some_and(|t| now.saturating_duration_since(t) >= self.tolerance()),
         }
+    }
+
+    /// How long it may be down before writes (under `writes = "any"`) move
+    /// away from it: `fall` probes at `interval`, the trouble `fall` stands for
+    /// whatever pace the probes take while a verdict is pending.
+    pub fn tolerance(&self) -> Duration {
+        self.db.interval * self.db.fall
+    }
+
+    /// What the state file keeps of it across agent restarts.
+    pub fn fence_record(&self) -> dbha_protocol::Fence {
+        dbha_protocol::Fence {
+            fenced: self.fenced,
+            timeline: self.timeline,
+        }
+    }
+
+    /// The role its last login-capable probe claimed.
+    pub fn role(&self) -> Option<Role> {
+        self.claim.map(|c| c.role)
     }
 
     /// Measures this standby's lag after a successful probe (`primary_wal`: the
@@ -93,9 +128,23 @@ impl Endpoint {
             (Some(p), Some(w)) => Some(p.saturating_sub(w)),
             _ => None,
         };
-        let over_time =
-            matches!((self.lag.delay, self.db.max_replica_lag), (Some(d), Some(max)) if d > max);
-        let over_bytes = matches!((self.lag.bytes, self.db.max_replica_lag_bytes), (Some(b), Some(max)) if b > max);
+        // An unknown delay counts as over its limit (a standby that replayed
+        // nothing, or whose receiver is gone and replayed nothing yet). An
+        // unknown byte lag (no primary up to compare with) is no information
+        // either way: the counts stay as they are.
+        let over_time = match (self.lag.delay, self.db.max_replica_lag) {
+            (_, None) => false,
+            (Some(d), Some(max)) => d > max,
+            (None, Some(_)) => true,
+        };
+        let (over_bytes, bytes_known) = match (self.lag.bytes, self.db.max_replica_lag_bytes) {
+            (_, None) => (false, true),
+            (Some(b), Some(max)) => (b > max, true),
+            (None, Some(_)) => (false, false),
+        };
+        if !over_time && !bytes_known {
+            return false;
+        }
         if over_time || over_bytes {
             self.lag.over = self.lag.over.saturating_add(1);
             self.lag.within = 0;
@@ -123,6 +172,8 @@ pub struct Observed {
     pub transition: Option<Transition>,
     /// The endpoint started or stopped lagging (see [`Lag`]).
     pub lag_changed: bool,
+    /// A fenced endpoint was seen as a standby, which clears its fence.
+    pub unfenced: bool,
 }
 
 /// The endpoints (in priority order) and the current choice.
@@ -133,6 +184,18 @@ pub struct State {
     pub choice: Choice,
     /// Until then, first verdicts may still be pending (see [`Phase`]).
     settle_until: Instant,
+    /// The health and role masks a previous agent published on this file: while
+    /// settling, an endpoint with no verdict yet is published as it left it (not
+    /// yet confirmed, never down), so readers see nothing of a restart.
+    carried: Masks,
+}
+
+/// The health and role masks of a publication.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Masks {
+    pub health: u64,
+    pub primary: u64,
+    pub standby: u64,
 }
 
 /// How long, from a start or reload, until every endpoint has had the chance of a
@@ -156,13 +219,21 @@ impl State {
         let choice = Choice {
             write: valid(choice.write),
             read: valid(choice.read),
+            waiting: valid(choice.waiting),
         };
         State {
             settle_until: now + settle_time(&config),
             config,
             endpoints,
             choice,
+            carried: Masks::default(),
         }
+    }
+
+    /// What a previous agent published on the file this one reuses (see
+    /// [`State::publication`]).
+    pub fn carry(&mut self, masks: Masks) {
+        self.carried = masks;
     }
 
     /// The state for a new configuration: an endpoint with the same target keeps
@@ -181,6 +252,9 @@ impl State {
                 e.claim = old.claim;
                 e.took = old.took;
                 e.lag = old.lag.clone();
+                e.fenced = old.fenced;
+                e.timeline = old.timeline;
+                e.failing_since = old.failing_since;
                 *carried = true;
             }
         }
@@ -191,8 +265,9 @@ impl State {
         next.choice = Choice {
             write: kept(self.choice.write),
             read: kept(self.choice.read),
+            waiting: kept(self.choice.waiting),
         };
-        next.choice = next.decide(Phase::Settling).choice;
+        next.choice = next.decide(Phase::Settling, now).choice;
         (next, carried)
     }
 
@@ -205,20 +280,41 @@ impl State {
         }
     }
 
-    /// Takes in a probe outcome for endpoint `index`: the health transition it
-    /// caused, if any, and whether the endpoint started or stopped lagging.
-    pub fn observe(&mut self, index: usize, outcome: Outcome, took: Duration) -> Observed {
+    /// Takes in a probe outcome for endpoint `index`, received at `now`: the
+    /// health transition it caused, if any, and whether the endpoint started or
+    /// stopped lagging.
+    pub fn observe(
+        &mut self,
+        index: usize,
+        outcome: Outcome,
+        took: Duration,
+        now: Instant,
+    ) -> Observed {
         let primary_wal = self.primary_wal();
         let e = &mut self.endpoints[index];
         e.took = took;
         let transition = e.tracker.observe(outcome.is_ok());
+        e.failing_since = match &outcome {
+            Ok(_) => None,
+            Err(_) => e.failing_since.or(Some(now)),
+        };
         let mut lag_changed = false;
+        let mut unfenced = false;
         match (&outcome, e.tracker.health) {
             (Ok(up), _) => {
                 e.claim = up.role.map(|role| Claim {
                     role,
                     read_only: up.read_only,
                 });
+                match up.role {
+                    // Rewound or rebuilt as a standby: it follows a primary now.
+                    Some(Role::Standby) if e.fenced => {
+                        e.fenced = false;
+                        unfenced = true;
+                    }
+                    Some(Role::Primary) if up.timeline.is_some() => e.timeline = up.timeline,
+                    _ => {}
+                }
                 lag_changed = e.measure_lag(up, primary_wal);
             }
             (Err(_), Health::Down) => {
@@ -232,6 +328,66 @@ impl State {
         Observed {
             transition,
             lag_changed,
+            unfenced,
+        }
+    }
+
+    /// Fences what must take no writes, before a decision: an up endpoint that
+    /// claims primary on an older timeline than one seen before, and, when
+    /// several up endpoints claim primary (a split brain), each one that is not
+    /// the endpoint writes belong to, unless it is on a newer timeline than that
+    /// one. A fence holds until the endpoint is seen as a standby, or an operator
+    /// clears it; it outlives the split brain, a restart of either side, and the
+    /// agent's own restart. Returns the endpoints fenced now.
+    ///
+    /// Only under `writes = "primary"`: `writes = "any"` is role-blind, and its
+    /// endpoints may well be independent servers, each a primary of its own.
+    pub fn fence(&mut self) -> Vec<usize> {
+        if self.config.writes != crate::config::Writes::Primary {
+            for e in &mut self.endpoints {
+                e.fenced = false;
+            }
+            return Vec::new();
+        }
+        let newest = self.endpoints.iter().filter_map(|e| e.timeline).max();
+        let primaries: Vec<usize> = (0..self.endpoints.len())
+            .filter(|&i| {
+                let e = &self.endpoints[i];
+                e.up() && e.role() == Some(Role::Primary)
+            })
+            .collect();
+        let owner = self.choice.owner().filter(|o| primaries.contains(o));
+        let owner_timeline = owner.and_then(|o| self.endpoints[o].timeline);
+        let mut fenced = Vec::new();
+        for &i in &primaries {
+            let e = &self.endpoints[i];
+            let older = matches!((e.timeline, newest), (Some(t), Some(n)) if t < n);
+            let beside = owner.is_some_and(|o| o != i)
+                && !matches!((e.timeline, owner_timeline), (Some(t), Some(o)) if t > o);
+            if !e.fenced && (older || beside) {
+                self.endpoints[i].fenced = true;
+                fenced.push(i);
+            }
+        }
+        fenced
+    }
+
+    /// Clears endpoint `index`'s fence, and forgets every timeline seen as a
+    /// primary (an operator who unfences knows the history better: a cluster
+    /// rebuilt from a backup starts its timelines again).
+    pub fn unfence(&mut self, index: usize) {
+        self.endpoints[index].fenced = false;
+        for e in &mut self.endpoints {
+            e.timeline = None;
+        }
+    }
+
+    /// What a previous agent recorded of endpoint `index` (see
+    /// [`Endpoint::fence_record`]).
+    pub fn remember(&mut self, index: usize, fence: dbha_protocol::Fence) {
+        if let Some(e) = self.endpoints.get_mut(index) {
+            e.fenced = fence.fenced;
+            e.timeline = fence.timeline;
         }
     }
 
@@ -239,42 +395,50 @@ impl State {
     fn primary_wal(&self) -> Option<u64> {
         self.endpoints
             .iter()
-            .filter(|e| e.up() && e.seen().role() == Some(Role::Primary))
+            .filter(|e| e.up() && e.role() == Some(Role::Primary))
             .filter_map(|e| e.lag.wal)
             .max()
     }
 
     /// Endpoint `index` counts as down whatever its counts (its probe went silent).
-    pub fn force_down(&mut self, index: usize) {
+    pub fn force_down(&mut self, index: usize, now: Instant) {
         let e = &mut self.endpoints[index];
         e.tracker.force_down();
+        e.failing_since = e.failing_since.or(Some(now));
         e.claim = None;
         e.lag = Lag::default();
     }
 
-    /// The decision for the current knowledge, without applying it.
-    pub fn decide(&self, phase: Phase) -> Decision {
-        let seen: Vec<Seen> = self.endpoints.iter().map(Endpoint::seen).collect();
+    /// The decision for the current knowledge at `now`, without applying it.
+    pub fn decide(&self, phase: Phase, now: Instant) -> Decision {
+        let seen: Vec<Seen> = self.endpoints.iter().map(|e| e.seen(now)).collect();
         decide(&seen, self.choice, self.config.policy(), phase)
     }
 
-    /// What the state file publishes for the current choice.
-    pub fn publication(&self, conflict: bool) -> Publication {
+    /// What the state file publishes for the current choice. While `phase` is
+    /// settling, an endpoint with no verdict yet keeps the health and role a
+    /// previous agent published (see [`State::carry`]).
+    pub fn publication(&self, conflict: bool, phase: Phase) -> Publication {
         let mask = |f: &dyn Fn(&Endpoint) -> bool| {
             self.endpoints
                 .iter()
                 .enumerate()
-                .filter(|(_, e)| e.up() && f(e))
+                .filter(|(_, e)| f(e))
                 .fold(0u64, |m, (i, _)| m | 1 << i)
         };
-        let role = |r: Role| move |e: &Endpoint| e.seen().role() == Some(r);
+        let unconfirmed = match phase {
+            Phase::Settling => mask(&|e| e.tracker.health == Health::Unknown),
+            Phase::Settled => 0,
+        };
+        let c = self.carried;
+        let role = |r: Role| move |e: &Endpoint| e.up() && e.role() == Some(r);
         let index = |i: Option<usize>| i.map_or(NONE, |i| i as u32);
         Publication {
             write_index: index(self.choice.write),
             read_index: index(self.choice.read),
-            health_mask: mask(&|_| true),
-            primary_mask: mask(&role(Role::Primary)),
-            standby_mask: mask(&role(Role::Standby)),
+            health_mask: mask(&|e| e.up()) | (c.health & unconfirmed),
+            primary_mask: mask(&role(Role::Primary)) | (c.primary & unconfirmed),
+            standby_mask: mask(&role(Role::Standby)) | (c.standby & unconfirmed),
             conflict,
         }
     }
@@ -362,6 +526,231 @@ mod tests {
         })
     }
 
+    fn primary_on(timeline: u32) -> Outcome {
+        Ok(Up {
+            role: Some(Role::Primary),
+            timeline: Some(timeline),
+            ..Up::default()
+        })
+    }
+
+    /// Feeds one outcome per endpoint (None: no report), fences, decides and
+    /// applies the decision at `now`, as the agent's loop does.
+    fn round(s: &mut State, outcomes: Vec<Option<Outcome>>, now: Instant) -> Choice {
+        for (i, o) in outcomes.into_iter().enumerate() {
+            if let Some(o) = o {
+                s.observe(i, o, Duration::ZERO, now);
+            }
+        }
+        s.fence();
+        s.choice = s.decide(Phase::Settled, now).choice;
+        s.choice
+    }
+
+    #[test]
+    fn a_returning_old_primary_stays_fenced_through_a_restart_of_the_new_one() {
+        // Issue 20 row 1: after the old primary returned (split brain seen, writes
+        // kept on the promoted failover1), a 0.2 s restart of failover1 sent
+        // writes to the stale old primary, and they stayed there.
+        let now = Instant::now();
+        let mut s = State::new(
+            config(&[("default", 1), ("failover1", 2)]),
+            Choice::default(),
+            now,
+        );
+        let refused = || Some(Err(Failure::Refused));
+        round(
+            &mut s,
+            vec![Some(primary_on(1)), Some(up(Role::Standby))],
+            now,
+        );
+        assert_eq!(s.choice.write, Some(0));
+        // default crashes, failover1 is promoted to timeline 2.
+        round(&mut s, vec![refused(), Some(primary_on(2))], now);
+        let c = round(&mut s, vec![refused(), Some(primary_on(2))], now);
+        assert_eq!(c.write, Some(1));
+        // default comes back as a primary on timeline 1: fenced.
+        round(&mut s, vec![Some(primary_on(1)), Some(primary_on(2))], now);
+        assert!(s.endpoints[0].fenced);
+        assert_eq!(s.choice.write, Some(1));
+        // failover1 restarts: writes are unavailable (after fall = 2 failed
+        // probes), never on default.
+        let c = round(&mut s, vec![Some(primary_on(1)), refused()], now);
+        assert_eq!(c.write, Some(1), "one failed probe is not down");
+        for _ in 0..3 {
+            let c = round(&mut s, vec![Some(primary_on(1)), refused()], now);
+            assert_eq!((c.write, c.waiting), (None, Some(1)));
+        }
+        let c = round(&mut s, vec![Some(primary_on(1)), Some(primary_on(2))], now);
+        assert_eq!(c.write, Some(1), "back on the promoted primary");
+        // Rewound as a standby, default is no longer fenced.
+        round(
+            &mut s,
+            vec![Some(up(Role::Standby)), Some(primary_on(2))],
+            now,
+        );
+        assert!(!s.endpoints[0].fenced);
+    }
+
+    #[test]
+    fn a_split_brain_without_timelines_fences_the_side_writes_did_not_go_to() {
+        let now = Instant::now();
+        let mut s = State::new(config(&[("a", 1), ("b", 2)]), Choice::default(), now);
+        round(
+            &mut s,
+            vec![Some(up(Role::Standby)), Some(up(Role::Primary))],
+            now,
+        );
+        assert_eq!(s.choice.write, Some(1));
+        round(
+            &mut s,
+            vec![Some(up(Role::Primary)), Some(up(Role::Primary))],
+            now,
+        );
+        assert_eq!(
+            (s.endpoints[0].fenced, s.endpoints[1].fenced),
+            (true, false)
+        );
+        // b lost: a is fenced, so nothing takes writes.
+        let refused = || Some(Err(Failure::Refused));
+        round(&mut s, vec![Some(up(Role::Primary)), refused()], now);
+        assert_eq!(
+            round(&mut s, vec![Some(up(Role::Primary)), refused()], now).write,
+            None
+        );
+        // The operator clears the fence: a is the only writable primary.
+        s.unfence(0);
+        assert_eq!(
+            round(&mut s, vec![Some(up(Role::Primary)), refused()], now).write,
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn a_promoted_primary_on_a_newer_timeline_is_never_fenced_for_the_old_one() {
+        // Writes still on a (timeline 1) when b shows up promoted (timeline 2):
+        // a is the stale side.
+        let now = Instant::now();
+        let mut s = State::new(config(&[("a", 1), ("b", 2)]), Choice::default(), now);
+        round(
+            &mut s,
+            vec![Some(primary_on(1)), Some(up(Role::Standby))],
+            now,
+        );
+        round(&mut s, vec![Some(primary_on(1)), Some(primary_on(2))], now);
+        assert_eq!(
+            (s.endpoints[0].fenced, s.endpoints[1].fenced),
+            (true, false)
+        );
+        assert_eq!(s.choice.write, Some(1));
+    }
+
+    #[test]
+    fn writes_any_waits_for_a_restarting_primary_and_moves_only_after_its_tolerance() {
+        // Issue 20 row 2: with held sessions a 0.2 s restart was fall = 3 failed
+        // probes within 20 ms, and writes moved to a standby for good.
+        let t0 = Instant::now();
+        let mut c = config(&[("a", 1), ("b", 2)]);
+        c.writes = crate::config::Writes::Any;
+        for d in &mut c.databases {
+            d.fall = 3;
+            d.interval = Duration::from_secs(1);
+        }
+        let mut s = State::new(c, Choice::default(), t0);
+        let ok = || Some(up(Role::Standby));
+        let refused = || Some(Err(Failure::Refused));
+        round(&mut s, vec![ok(), ok()], t0);
+        assert_eq!(s.choice.write, Some(0));
+        let ms = |n| t0 + Duration::from_millis(n);
+        assert_eq!(round(&mut s, vec![refused(), ok()], ms(10)).write, Some(0));
+        round(&mut s, vec![refused(), ok()], ms(20));
+        // Down: unavailable at once, but not replaced.
+        let c = round(&mut s, vec![refused(), ok()], ms(30));
+        assert_eq!((c.write, c.waiting), (None, Some(0)));
+        assert_eq!(round(&mut s, vec![None, None], ms(2_000)).write, None);
+        // Back within the tolerance: writes return to it.
+        round(&mut s, vec![ok(), None], ms(2_200));
+        assert_eq!(round(&mut s, vec![ok(), None], ms(2_210)).write, Some(0));
+        // Down for longer than fall x interval (3 s): writes move.
+        for t in [3_000, 3_010, 3_020] {
+            round(&mut s, vec![refused(), ok()], ms(t));
+        }
+        assert_eq!(round(&mut s, vec![None, None], ms(5_999)).write, None);
+        assert_eq!(round(&mut s, vec![None, None], ms(6_000)).write, Some(1));
+    }
+
+    #[test]
+    fn a_restarted_agent_keeps_the_published_reads_and_health_until_its_verdicts() {
+        // Issue 20 row 3: the new agent published reads on the primary with
+        // every endpoint unhealthy until its probes concluded.
+        let now = Instant::now();
+        let published = Choice {
+            write: Some(0),
+            read: Some(1),
+            waiting: None,
+        };
+        let mut s = State::new(config(&[("a", 1), ("b", 2)]), published, now);
+        s.carry(Masks {
+            health: 0b11,
+            primary: 0b01,
+            standby: 0b10,
+        });
+        let d = s.decide(Phase::Settling, now);
+        assert_eq!(d.choice, published);
+        s.choice = d.choice;
+        let p = s.publication(false, Phase::Settling);
+        assert_eq!(
+            (p.health_mask, p.primary_mask, p.standby_mask),
+            (0b11, 0b01, 0b10)
+        );
+        // A verdict replaces what was carried; settled, nothing is carried.
+        s.observe(1, Err(Failure::Refused), Duration::ZERO, now);
+        s.observe(1, Err(Failure::Refused), Duration::ZERO, now);
+        let p = s.publication(false, Phase::Settling);
+        assert_eq!((p.health_mask, p.standby_mask), (0b01, 0));
+        assert_eq!(s.publication(false, Phase::Settled).health_mask, 0);
+        assert_eq!(s.decide(Phase::Settling, now).choice.read, Some(0));
+    }
+
+    #[test]
+    fn an_unknown_delay_is_over_the_limit_and_an_unknown_byte_lag_says_nothing() {
+        // Issue 20 row 4: with no primary up to compare with, an unknown byte lag
+        // counted as within the limit and a lagging standby got reads back.
+        let now = Instant::now();
+        let mut c = config(&[("p", 1), ("s", 2)]);
+        for d in &mut c.databases {
+            d.max_replica_lag = Some(Duration::from_secs(5));
+            d.max_replica_lag_bytes = Some(1000);
+            d.rise = 1;
+            d.fall = 1;
+        }
+        let mut s = State::new(c, Choice::default(), now);
+        let standby = |wal: u64, delay: Option<u64>| {
+            Ok(Up {
+                role: Some(Role::Standby),
+                wal: Some(wal),
+                replay_delay: delay.map(Duration::from_millis),
+                ..Up::default()
+            })
+        };
+        s.observe(0, at(Role::Primary, 10_000, 0), Duration::ZERO, now);
+        s.observe(1, standby(5_000, Some(0)), Duration::ZERO, now);
+        assert!(s.endpoints[1].lag.lagging, "5000 bytes behind");
+        // The primary goes down: the byte lag is unknown, which brings nothing back.
+        s.observe(0, Err(Failure::Refused), Duration::ZERO, now);
+        s.observe(1, standby(5_000, Some(0)), Duration::ZERO, now);
+        assert_eq!(s.endpoints[1].lag.bytes, None);
+        assert!(s.endpoints[1].lag.lagging);
+        // An unknown delay (nothing replayed, no receiver) counts as over.
+        let mut c = config(&[("s", 2)]);
+        c.databases[0].max_replica_lag = Some(Duration::from_secs(5));
+        c.databases[0].rise = 1;
+        c.databases[0].fall = 1;
+        let mut s = State::new(c, Choice::default(), now);
+        s.observe(0, standby(5_000, None), Duration::ZERO, now);
+        assert!(s.endpoints[0].lag.lagging);
+    }
+
     #[test]
     fn a_lagging_standby_leaves_the_reads_after_fall_probes_and_returns_after_rise() {
         let now = Instant::now();
@@ -373,10 +762,10 @@ mod tests {
         }
         let mut s = State::new(c, Choice::default(), now);
         let step = |s: &mut State, b: Outcome| {
-            s.observe(0, at(Role::Primary, 10_000, 0), Duration::ZERO);
-            s.observe(1, b, Duration::ZERO);
-            s.observe(2, at(Role::Standby, 10_000, 0), Duration::ZERO);
-            s.choice = s.decide(Phase::Settled).choice;
+            s.observe(0, at(Role::Primary, 10_000, 0), Duration::ZERO, now);
+            s.observe(1, b, Duration::ZERO, now);
+            s.observe(2, at(Role::Standby, 10_000, 0), Duration::ZERO, now);
+            s.choice = s.decide(Phase::Settled, now).choice;
             s.choice.read
         };
         step(&mut s, at(Role::Standby, 10_000, 0));
@@ -402,19 +791,19 @@ mod tests {
     fn reports_become_a_decision_and_a_publication() {
         let now = Instant::now();
         let mut s = State::new(config(&[("a", 1), ("b", 2)]), Choice::default(), now);
-        s.observe(0, up(Role::Primary), Duration::ZERO);
-        s.observe(1, up(Role::Standby), Duration::ZERO);
-        s.choice = s.decide(Phase::Settling).choice;
-        let p = s.publication(false);
+        s.observe(0, up(Role::Primary), Duration::ZERO, now);
+        s.observe(1, up(Role::Standby), Duration::ZERO, now);
+        s.choice = s.decide(Phase::Settling, now).choice;
+        let p = s.publication(false, Phase::Settled);
         assert_eq!((p.write_index, p.read_index), (0, 1));
         assert_eq!((p.primary_mask, p.standby_mask, p.health_mask), (1, 2, 3));
         // One lost probe (fall = 2) keeps the claim; the second forgets it.
         let refused = || Err(Failure::Refused);
-        s.observe(0, refused(), Duration::ZERO);
+        s.observe(0, refused(), Duration::ZERO, now);
         assert!(s.endpoints[0].claim.is_some());
-        s.observe(0, refused(), Duration::ZERO);
+        s.observe(0, refused(), Duration::ZERO, now);
         assert_eq!(s.endpoints[0].claim, None);
-        assert_eq!(s.decide(Phase::Settled).choice.write, None);
+        assert_eq!(s.decide(Phase::Settled, now).choice.write, None);
         assert!(
             s.why().starts_with("a: down (connection refused)"),
             "{}",
@@ -426,9 +815,9 @@ mod tests {
     fn a_new_configuration_keeps_what_is_known_of_the_same_targets() {
         let now = Instant::now();
         let mut s = State::new(config(&[("a", 1), ("b", 2)]), Choice::default(), now);
-        s.observe(0, up(Role::Primary), Duration::ZERO);
-        s.observe(1, up(Role::Standby), Duration::ZERO);
-        s.choice = s.decide(Phase::Settled).choice;
+        s.observe(0, up(Role::Primary), Duration::ZERO, now);
+        s.observe(1, up(Role::Standby), Duration::ZERO, now);
+        s.choice = s.decide(Phase::Settled, now).choice;
         // b moves to the front, c is new, a keeps its port.
         let (next, carried) = s.reconfigured(config(&[("b", 2), ("c", 3), ("a", 1)]), now);
         assert_eq!(carried, [true, false, true]);
@@ -439,7 +828,8 @@ mod tests {
             next.choice,
             Choice {
                 write: Some(2),
-                read: Some(0)
+                read: Some(0),
+                waiting: None,
             }
         );
         // A changed port is another target: nothing is carried over, and the
@@ -448,8 +838,8 @@ mod tests {
         assert_eq!(carried, [false, true]);
         assert_eq!(next.endpoints[0].tracker.health, Health::Unknown);
         assert_eq!(next.choice.write, Some(0));
-        next.observe(0, Err(Failure::Refused), Duration::ZERO);
-        next.observe(0, Err(Failure::Refused), Duration::ZERO);
-        assert_eq!(next.decide(Phase::Settling).choice.write, None);
+        next.observe(0, Err(Failure::Refused), Duration::ZERO, now);
+        next.observe(0, Err(Failure::Refused), Duration::ZERO, now);
+        assert_eq!(next.decide(Phase::Settling, now).choice.write, None);
     }
 }

@@ -14,6 +14,9 @@ pub fn to_json(path: &Path, s: &Snapshot<'_>) -> serde_json::Value {
                 "index": i,
                 "alias": s.alias(i),
                 "healthy": s.is_healthy(i),
+                "health": health_name(s, i),
+                "fenced": s.fence(i).fenced,
+                "timeline": s.fence(i).timeline,
                 "role": s.role(i).name(),
                 "last_probe": s.last_probe_name(i),
                 "replica_lag": lag_json(&s.replica_lag(i)),
@@ -41,6 +44,18 @@ pub fn to_json(path: &Path, s: &Snapshot<'_>) -> serde_json::Value {
     })
 }
 
+/// Writes `text` to standard output; false when it cannot be written (a reader
+/// of the pipe that went away, as `| head` does): the command then ends quietly,
+/// as a Unix tool killed by SIGPIPE would, rather than panic.
+pub fn out(text: &str) -> bool {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .is_ok()
+}
+
 /// Exit codes: 0 active, 2 readable but not active, 1 unreadable.
 pub fn status(path: &Path, json: bool) -> i32 {
     let reader = match Reader::open(path) {
@@ -58,14 +73,26 @@ pub fn status(path: &Path, json: bool) -> i32 {
         }
     };
     if json {
-        println!("{}", to_json(path, &s));
+        out(&format!("{}\n", to_json(path, &s)));
     } else {
-        print!("{}", human(path, &s));
+        out(&human(path, &s));
     }
     if s.status == Status::Active {
         0
     } else {
         2
+    }
+}
+
+/// The agent's verdict on endpoint `i`: "up", "down", or "unknown" (no verdict
+/// yet: a new agent, or results that alternate).
+fn health_name(s: &Snapshot<'_>, i: u32) -> &'static str {
+    if s.is_healthy(i) {
+        "up"
+    } else if s.is_down(i) {
+        "down"
+    } else {
+        "unknown"
     }
 }
 
@@ -108,13 +135,18 @@ fn human(path: &Path, s: &Snapshot<'_>) -> String {
         },
     );
     out.push_str(&format!(
-        "\n{:<5} {:<24} {:<6} {:<10} {:<12} {}\n",
+        "\n{:<5} {:<24} {:<7} {:<12} {:<12} {}\n",
         "INDEX", "ALIAS", "HEALTH", "ROLE", "LAST PROBE", "REPLICA LAG"
     ));
+    let mut fenced = false;
     for i in 0..s.endpoint_count() {
         let mut role = s.role(i).name().to_string();
         if s.write_index == Some(i) {
             role.push_str(" *");
+        }
+        if s.fence(i).fenced {
+            role.push_str(" F");
+            fenced = true;
         }
         let lag = match (s.role(i), s.replica_lag(i)) {
             (Role::Primary, _) => "-".to_string(),
@@ -122,10 +154,10 @@ fn human(path: &Path, s: &Snapshot<'_>) -> String {
         };
         out.push_str(
             format!(
-                "{:<5} {:<24} {:<6} {:<10} {:<12} {}",
+                "{:<5} {:<24} {:<7} {:<12} {:<12} {}",
                 i,
                 s.alias(i).unwrap_or("?"),
-                if s.is_healthy(i) { "up" } else { "down" },
+                health_name(s, i),
                 role,
                 s.last_probe_name(i),
                 lag
@@ -135,6 +167,11 @@ fn human(path: &Path, s: &Snapshot<'_>) -> String {
         out.push('\n');
     }
     out.push_str("\n* the write endpoint\n");
+    if fenced {
+        out.push_str(
+            "F fenced: takes no writes until seen as a standby (or `dbha-agent unfence ALIAS`)\n",
+        );
+    }
     out
 }
 
@@ -215,30 +252,51 @@ pub fn utc(t: SystemTime) -> String {
 
 /// Why the published decision changed, as far as the snapshot tells.
 fn reason(old: &Snapshot<'_>, new: &Snapshot<'_>) -> String {
-    // A status other than active is already in the description of the new state.
-    if new.status != Status::Active {
+    // Stale and stopped are already in the description of the new state.
+    if matches!(new.status, Status::Stale | Status::AgentStopped) {
         return String::new();
     }
-    if let Some(i) = old.write_index.filter(|_| old.generation == new.generation) {
-        if !new.is_healthy(i) && old.is_healthy(i) {
-            return format!("{} down", old.alias(i).unwrap_or("?"));
-        }
-        if new.write_index.is_some_and(|n| n < i) {
-            return format!("failback to {}", new.write_alias().unwrap_or("?"));
+    let alias = |i: u32| old.alias(i).unwrap_or("?");
+    let same_tables = old.generation == new.generation;
+    if let Some(i) = old.write_index.filter(|_| same_tables) {
+        if new.write_index != Some(i) {
+            if new.fence(i).fenced {
+                return format!("{} fenced", alias(i));
+            }
+            if !new.is_healthy(i) && old.is_healthy(i) {
+                return format!("{} {}", alias(i), health_name(new, i));
+            }
+            if new.write_index.is_some_and(|n| n < i) {
+                return format!("failback to {}", new.write_alias().unwrap_or("?"));
+            }
         }
     }
-    if new.generation != old.generation {
+    if !same_tables {
         return "configuration changed".into();
     }
-    if old.status != Status::Active && new.status == Status::Active {
+    if matches!(old.status, Status::Stale | Status::AgentStopped) {
         return "agent live".into();
+    }
+    if old.write_index == new.write_index && old.read_index != new.read_index {
+        return format!(
+            "reads: {} -> {}",
+            old.read_alias().unwrap_or("NONE"),
+            new.read_alias().unwrap_or("NONE")
+        );
+    }
+    if new.status == Status::NoHealthyDatabase {
+        return if new.health_mask == 0 {
+            "no healthy database".into()
+        } else {
+            "no database takes writes".into()
+        };
     }
     String::new()
 }
 
 fn describe(s: &Snapshot<'_>) -> String {
     match s.status {
-        Status::Active => s.write_alias().unwrap_or("NONE").to_string(),
+        Status::Active | Status::NoHealthyDatabase => s.write_alias().unwrap_or("NONE").to_string(),
         other => format!("NONE ({})", other.name().replace('_', " ")),
     }
 }
@@ -266,17 +324,17 @@ pub fn watch(path: &Path, poll: Duration) -> i32 {
             }
             if last.as_ref().is_none_or(|l| key(l) != key(&s)) {
                 let now = utc(SystemTime::now());
-                match &last {
-                    None => println!(
-                        "{now} epoch {} write: {} (status {})",
+                let line = match &last {
+                    None => format!(
+                        "{now} epoch {} write: {} (status {})\n",
                         s.epoch,
                         describe(&s),
                         s.status.name()
                     ),
                     Some(l) => {
                         let why = reason(l, &s);
-                        println!(
-                            "{now} epoch {} write: {} -> {}{}",
+                        format!(
+                            "{now} epoch {} write: {} -> {}{}\n",
                             s.epoch,
                             describe(l),
                             describe(&s),
@@ -285,8 +343,11 @@ pub fn watch(path: &Path, poll: Duration) -> i32 {
                             } else {
                                 format!(" ({why})")
                             }
-                        );
+                        )
                     }
+                };
+                if !out(&line) {
+                    return 0;
                 }
                 last = Some(s);
             }

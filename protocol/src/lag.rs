@@ -1,6 +1,8 @@
 //! The replication-lag area: for display (`dbha-agent status`), each endpoint's
 //! last measured lag behind the primary and whether it is over the configured
-//! limit. Outside the seqlock, like the probe results: each word stands alone.
+//! limit; and the agent's memory of which endpoints are fenced, which outlives an
+//! agent restart. Outside the seqlock, like the probe results: each word stands
+//! alone.
 
 use std::time::Duration;
 
@@ -13,6 +15,9 @@ pub mod word {
     pub const BYTES: usize = 1;
     /// The [`super::flags`] bits.
     pub const FLAGS: usize = 2;
+    /// The timeline the endpoint was on when last seen as a primary, plus one (0:
+    /// never seen as a primary with its timeline).
+    pub const TIMELINE: usize = 3;
 }
 
 /// Bits of a slot's flags word.
@@ -20,6 +25,13 @@ pub mod flags {
     /// Over `max_replica_lag` or `max_replica_lag_bytes` for `fall` probes: the
     /// standby takes no reads until `rise` probes within the limits.
     pub const LAGGING: u64 = 1 << 0;
+    /// Fenced: the endpoint claimed to be primary beside the one writes went to,
+    /// or on an older timeline than one already seen; it takes no writes until it
+    /// is seen as a standby or an operator clears it (`dbha-agent unfence`).
+    pub const FENCED: u64 = 1 << 1;
+    /// The agent's verdict is down (`fall` failed probes). An endpoint neither
+    /// healthy (the record's `health_mask`) nor DOWN has no verdict yet.
+    pub const DOWN: u64 = 1 << 2;
 }
 
 /// One endpoint's replication lag as the agent last measured it.
@@ -35,21 +47,23 @@ pub struct ReplicaLag {
 }
 
 impl ReplicaLag {
-    /// The slot's four words (the last is reserved and zero). Values too large
+    /// The slot's words with this lag written over `slot`: the delay, the bytes
+    /// and the LAGGING bit; the [`Fence`] bits stay as they are. Values too large
     /// for a word are stored as the largest one.
-    pub fn to_words(&self) -> [u64; 4] {
+    pub fn onto(&self, slot: [u64; 4]) -> [u64; 4] {
         let plus_one = |v: Option<u64>| v.map_or(0, |v| v.saturating_add(1));
         let delay_us = self
             .delay
             .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
-        let mut w = [0u64; 4];
+        let mut w = slot;
         w[word::DELAY_US] = plus_one(delay_us);
         w[word::BYTES] = plus_one(self.bytes);
-        w[word::FLAGS] = if self.lagging { flags::LAGGING } else { 0 };
+        w[word::FLAGS] =
+            (w[word::FLAGS] & !flags::LAGGING) | if self.lagging { flags::LAGGING } else { 0 };
         w
     }
 
-    /// Decodes a slot's words; unknown flag bits and the reserved word are ignored.
+    /// Decodes a slot's words; unknown flag bits and the fence are ignored.
     pub fn from_words(w: &[u64; 4]) -> ReplicaLag {
         let minus_one = |v: u64| v.checked_sub(1);
         ReplicaLag {
@@ -66,6 +80,38 @@ impl ReplicaLag {
     }
 }
 
+/// What the agent remembers of an endpoint across its own restarts: whether it
+/// is fenced, and the timeline it was on as a primary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Fence {
+    /// Takes no writes (the [`flags::FENCED`] bit).
+    pub fenced: bool,
+    /// The endpoint's timeline when last seen as a primary.
+    pub timeline: Option<u32>,
+}
+
+impl Fence {
+    /// The slot's words with this fence written over `slot` (FENCED and the
+    /// timeline); the lag stays as it is.
+    pub fn onto(&self, slot: [u64; 4]) -> [u64; 4] {
+        let mut w = slot;
+        w[word::FLAGS] =
+            (w[word::FLAGS] & !flags::FENCED) | if self.fenced { flags::FENCED } else { 0 };
+        w[word::TIMELINE] = self.timeline.map_or(0, |t| u64::from(t) + 1);
+        w
+    }
+
+    /// Decodes a slot's words; a timeline past `u32` reads as unknown.
+    pub fn from_words(w: &[u64; 4]) -> Fence {
+        Fence {
+            fenced: w[word::FLAGS] & flags::FENCED != 0,
+            timeline: w[word::TIMELINE]
+                .checked_sub(1)
+                .and_then(|t| u32::try_from(t).ok()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,14 +125,42 @@ mod tests {
             bytes: Some(0),
             lagging: true,
         };
-        assert_eq!(l.to_words(), [1_500_001, 1, 1, 0]);
-        assert_eq!(ReplicaLag::from_words(&l.to_words()), l);
+        assert_eq!(l.onto([0; 4]), [1_500_001, 1, 1, 0]);
+        assert_eq!(ReplicaLag::from_words(&l.onto([0; 4])), l);
         let zero = ReplicaLag {
             delay: Some(Duration::ZERO),
             bytes: None,
             lagging: false,
         };
-        assert_eq!(ReplicaLag::from_words(&zero.to_words()), zero);
+        assert_eq!(ReplicaLag::from_words(&zero.onto([0; 4])), zero);
+    }
+
+    #[test]
+    fn a_lag_and_a_fence_share_a_slot_without_overwriting_each_other() {
+        let fence = Fence {
+            fenced: true,
+            timeline: Some(3),
+        };
+        let lag = ReplicaLag {
+            delay: Some(Duration::from_micros(9)),
+            bytes: None,
+            lagging: true,
+        };
+        let w = lag.onto(fence.onto([0; 4]));
+        assert_eq!(w, [10, 0, flags::LAGGING | flags::FENCED, 4]);
+        assert_eq!(
+            (Fence::from_words(&w), ReplicaLag::from_words(&w)),
+            (fence, lag)
+        );
+        // Clearing one leaves the other.
+        let w = ReplicaLag::default().onto(w);
+        assert_eq!(Fence::from_words(&w), fence);
+        let w = Fence::default().onto(lag.onto([0; 4]));
+        assert_eq!(
+            (Fence::from_words(&w), ReplicaLag::from_words(&w)),
+            (Fence::default(), lag)
+        );
+        assert_eq!(Fence::from_words(&[0, 0, 0, u64::MAX]).timeline, None);
     }
 
     #[test]
@@ -96,7 +170,7 @@ mod tests {
             bytes: Some(u64::MAX),
             lagging: false,
         };
-        let w = l.to_words();
+        let w = l.onto([0; 4]);
         assert_eq!(w[..2], [u64::MAX, u64::MAX]);
         let back = ReplicaLag::from_words(&[w[0], w[1], 0xF0, 7]);
         assert_eq!(back.bytes, Some(u64::MAX - 1));

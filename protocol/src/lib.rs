@@ -19,7 +19,7 @@ pub mod seqlock;
 pub mod writer;
 
 pub use header::{Endpoint, Header, HeaderError};
-pub use lag::ReplicaLag;
+pub use lag::{Fence, ReplicaLag};
 pub use record::{RecordValues, Status};
 
 /// The first eight bytes of every state file.

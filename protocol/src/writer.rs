@@ -18,8 +18,8 @@ use crate::header::{
 };
 use crate::record::RecordValues;
 use crate::{
-    flags, seqlock, ReplicaLag, DATA_WORDS, DETAILS_OFFSET, FILE_SIZE, HEADER_SIZE, LAG_OFFSET,
-    MAX_ENDPOINTS, NONE, RECORD_OFFSET, RECORD_SIZE, RECORD_WORDS,
+    flags, seqlock, Fence, ReplicaLag, DATA_WORDS, DETAILS_OFFSET, FILE_SIZE, HEADER_SIZE,
+    LAG_OFFSET, MAX_ENDPOINTS, NONE, RECORD_OFFSET, RECORD_SIZE, RECORD_WORDS,
 };
 use memmap2::{MmapOptions, MmapRaw};
 use std::fmt;
@@ -557,23 +557,22 @@ impl StateFile {
                 };
                 if ours && old.endpoints == endpoints {
                     // Same inode, same decision, same epoch: readers carry on. The
-                    // access is the configured one, as for a new file. What
-                    // the previous writer saw of health and roles is not known to
-                    // this one: those start empty and fill as its probes conclude.
+                    // access is the configured one, as for a new file. The health
+                    // and role masks stay as the previous writer left them, not yet
+                    // confirmed: the new writer publishes over them as its probes
+                    // conclude.
                     let mut v = old.values;
                     v.heartbeat_mono_ns = mono;
                     v.heartbeat_wall_ns = wall;
                     v.stale_after_ns = settings.stale_after_ns;
                     v.writer_pid = std::process::id();
-                    v.flags = 0;
-                    v.health_mask = 0;
-                    v.primary_mask = 0;
-                    v.standby_mask = 0;
+                    v.flags &= flags::CONFLICT;
                     v.config_generation += 1;
                     set_access(&old.file, path, settings.mode)?;
                     old.store(v);
                     // The previous writer's probe results and lags are as
-                    // unknown to this one as its health masks.
+                    // unknown to this one as its health masks; its fences are
+                    // kept, for the agent to take over.
                     old.clear_details();
                     return Ok((old, Opened::Reused));
                 }
@@ -764,25 +763,64 @@ impl StateFile {
     /// Records endpoint `index`'s replication lag, for display. Outside the
     /// seqlock: each word stands alone.
     pub fn set_lag(&mut self, index: usize, lag: &ReplicaLag) {
+        self.update_slot(index, |w| lag.onto(w));
+    }
+
+    /// Records whether endpoint `index` is fenced and its timeline as a primary,
+    /// which the next writer on this file takes over (see [`StateFile::fence`]).
+    pub fn set_fence(&mut self, index: usize, fence: &Fence) {
+        self.update_slot(index, |w| fence.onto(w));
+    }
+
+    /// Records whether the agent's verdict on endpoint `index` is down (see
+    /// [`crate::lag::flags::DOWN`]), for display.
+    pub fn set_down(&mut self, index: usize, down: bool) {
+        use crate::lag::{flags::DOWN, word::FLAGS};
+        self.update_slot(index, |mut w| {
+            w[FLAGS] = (w[FLAGS] & !DOWN) | if down { DOWN } else { 0 };
+            w
+        });
+    }
+
+    /// Endpoint `index`'s fence as last recorded; a reused file has the previous
+    /// writer's.
+    pub fn fence(&self, index: usize) -> Fence {
+        self.slot(index)
+            .map(|slot| {
+                Fence::from_words(&std::array::from_fn(|i| slot[i].load(Ordering::Relaxed)))
+            })
+            .unwrap_or_default()
+    }
+
+    fn slot(&self, index: usize) -> Option<&[AtomicU64; 4]> {
         if !self.ours || index >= MAX_ENDPOINTS as usize {
-            return;
+            return None;
         }
-        let Some(slot) = crate::mapping::lag_slot(&self.map, LAG_OFFSET as usize, index) else {
+        crate::mapping::lag_slot(&self.map, LAG_OFFSET as usize, index)
+    }
+
+    /// Rewrites endpoint `index`'s lag slot as `f` says. The single writer is the
+    /// only one to store: relaxed loads and stores.
+    fn update_slot(&mut self, index: usize, f: impl FnOnce([u64; 4]) -> [u64; 4]) {
+        let Some(slot) = self.slot(index) else {
             return;
         };
-        for (w, v) in slot.iter().zip(lag.to_words()) {
+        let now: [u64; 4] = std::array::from_fn(|i| slot[i].load(Ordering::Relaxed));
+        for (w, (old, new)) in slot.iter().zip(now.iter().zip(f(now))) {
             // Unchanged words are not stored again: most probes change nothing.
-            if w.load(Ordering::Relaxed) != v {
-                w.store(v, Ordering::Relaxed);
+            if *old != new {
+                w.store(new, Ordering::Relaxed);
             }
         }
     }
 
-    /// Every probe result unknown and every lag unmeasured.
+    /// Every probe result unknown and every lag unmeasured; fences are kept (the
+    /// agent's memory across its restarts).
     fn clear_details(&mut self) {
         for i in 0..MAX_ENDPOINTS as usize {
             self.set_probe_result(i, crate::probe_result::UNKNOWN);
             self.set_lag(i, &ReplicaLag::default());
+            self.set_down(i, false);
         }
     }
 

@@ -32,7 +32,7 @@ compile_error!(
 
 use dbha_protocol::header::{decode_addresses, decode_aliases, Header, HeaderError};
 use dbha_protocol::{flags, seqlock, RecordValues, DATA_WORDS, NONE};
-pub use dbha_protocol::{ReplicaLag, Status};
+pub use dbha_protocol::{Fence, ReplicaLag, Status};
 use memmap2::{MmapOptions, MmapRaw};
 use std::ffi::{CStr, CString};
 use std::fmt;
@@ -374,16 +374,25 @@ impl Generation {
     /// Endpoint `index`'s replication lag as last written (empty when the file has
     /// no lag area or the index is past its endpoints). Each word stands alone.
     fn replica_lag(&self, index: u32) -> ReplicaLag {
+        ReplicaLag::from_words(&self.lag_words(index))
+    }
+
+    /// Endpoint `index`'s fence as last written (none when the file has no lag
+    /// area or the index is past its endpoints).
+    fn fence(&self, index: u32) -> Fence {
+        Fence::from_words(&self.lag_words(index))
+    }
+
+    /// Endpoint `index`'s slot in the lag area; zeros when there is none.
+    fn lag_words(&self, index: u32) -> [u64; 4] {
         if index as usize >= self.aliases.len() {
-            return ReplicaLag::default();
+            return [0; 4];
         }
-        let Some(slot) = self
-            .lag_offset
+        self.lag_offset
             .and_then(|o| dbha_protocol::mapping::lag_slot(&self.map, o, index as usize))
-        else {
-            return ReplicaLag::default();
-        };
-        ReplicaLag::from_words(&std::array::from_fn(|i| slot[i].load(Ordering::Relaxed)))
+            .map_or([0; 4], |slot| {
+                std::array::from_fn(|i| slot[i].load(Ordering::Relaxed))
+            })
     }
 
     /// The kind of each endpoint's last probe result (all UNKNOWN when the file
@@ -923,6 +932,23 @@ impl<'r> Snapshot<'r> {
     /// not measured yet, and a file from an agent that does not publish lag.
     pub fn replica_lag(&self, index: u32) -> ReplicaLag {
         self.file.replica_lag(index)
+    }
+
+    /// The agent's verdict on endpoint `index` is down (not merely no verdict
+    /// yet: an endpoint neither healthy nor down has none). Read when called,
+    /// like [`Snapshot::replica_lag`]; always false in files of agents that do
+    /// not record it.
+    pub fn is_down(&self, index: u32) -> bool {
+        self.file.lag_words(index)[dbha_protocol::lag::word::FLAGS]
+            & dbha_protocol::lag::flags::DOWN
+            != 0
+    }
+
+    /// Whether the agent holds endpoint `index` fenced (no writes until it is
+    /// seen as a standby or an operator clears it), and its timeline as a
+    /// primary, for display; read when called, like [`Snapshot::replica_lag`].
+    pub fn fence(&self, index: u32) -> Fence {
+        self.file.fence(index)
     }
 
     /// The agent stopped cleanly (flag STOPPED).

@@ -153,8 +153,9 @@ fn restarted_writer_reuses_the_file_and_the_epoch_continues() {
 
     let (mut w, opened) = open_writer(&path, &names);
     assert_eq!(opened, Opened::Reused);
-    // Health is what the new writer has verified: nothing yet.
-    assert_eq!(r.snapshot().unwrap().health_mask, 0);
+    // Health and roles stay as the previous writer published them, not yet
+    // confirmed: a restart shows readers no endpoint going down.
+    assert_eq!(r.snapshot().unwrap().health_mask, active(1).health_mask);
     // The decision survived the restart, on the same mapping.
     let s = r.snapshot().unwrap();
     assert_eq!(
@@ -535,12 +536,65 @@ fn replica_lag_is_published_per_endpoint_and_a_restarted_writer_starts_it_unmeas
     drop(w);
 
     // A new writer has measured nothing yet: the last writer's lags and probe
-    // results are gone with it, as its health masks are.
+    // results are gone with it.
     let (_w, opened) = open_writer(&path, &names);
     assert_eq!(opened, Opened::Reused);
     let s = r.snapshot().unwrap();
     assert!(s.replica_lag(1).is_empty());
     assert_eq!(s.last_probe_name(1), "unknown");
+}
+
+#[test]
+fn fences_share_the_lag_slots_and_outlive_a_writer_restart_verdicts_do_not() {
+    use dbha::{Fence, ReplicaLag};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let names = ["default", "failover1"];
+    let mut w = writer(&path, &names);
+    let r = Reader::open(&path).unwrap();
+    let fenced = Fence {
+        fenced: true,
+        timeline: Some(1),
+    };
+    let lagging = ReplicaLag {
+        delay: Some(Duration::from_secs(9)),
+        bytes: None,
+        lagging: true,
+    };
+    w.set_fence(0, &fenced);
+    w.set_lag(0, &lagging);
+    w.set_down(0, true);
+    w.set_fence(
+        1,
+        &Fence {
+            fenced: false,
+            timeline: Some(2),
+        },
+    );
+    let s = r.snapshot().unwrap();
+    assert_eq!(
+        (s.fence(0), s.replica_lag(0), s.is_down(0)),
+        (fenced, lagging, true)
+    );
+    assert_eq!(s.fence(1).timeline, Some(2));
+    assert!(!s.is_down(1));
+    // Past the endpoints: nothing.
+    assert_eq!(s.fence(2), Fence::default());
+    // Clearing the lag leaves the fence.
+    w.set_lag(0, &ReplicaLag::default());
+    assert_eq!(r.snapshot().unwrap().fence(0), fenced);
+    w.set_lag(0, &lagging);
+    drop(w);
+
+    // The next writer finds the fences (its memory of the split brain), and
+    // neither the lags nor the verdicts of the previous one.
+    let (w, opened) = open_writer(&path, &names);
+    assert_eq!(opened, Opened::Reused);
+    assert_eq!((w.fence(0), w.fence(1).timeline), (fenced, Some(2)));
+    let s = r.snapshot().unwrap();
+    assert_eq!(s.fence(0), fenced);
+    assert!(s.replica_lag(0).is_empty());
+    assert!(!s.is_down(0));
 }
 
 #[test]

@@ -28,6 +28,15 @@ pub fn wait_write(r: &Reader, alias: &str) -> u64 {
     })
 }
 
+/// Waits until `alias` is no longer the write alias (another, or none: no
+/// longer handed to readers); returns the write alias then.
+pub fn wait_write_leaves(r: &Reader, alias: &str) -> Option<String> {
+    wait_for(&format!("write alias other than {alias}"), || {
+        let s = r.snapshot().ok()?;
+        (s.write_alias() != Some(alias)).then(|| s.write_alias().map(String::from))
+    })
+}
+
 /// One agent named `name` (its files are `NAME.toml`, `NAME.state`, `NAME.log`).
 pub struct AgentProc {
     pub config: PathBuf,

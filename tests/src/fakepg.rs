@@ -245,7 +245,7 @@ fn serve(mut conn: TcpStream, reply: Reply, stop: &AtomicBool, seen: &Seen) {
         }
         // The probe's status query, simple ('Q') or prepared (Parse, Bind,
         // Execute, Sync), gets one row: in recovery, the read-only setting, a
-        // WAL position and (for a standby) a replay delay.
+        // WAL position, (for a standby) a replay delay and (for a primary) timeline 1.
         let status = match reply {
             Reply::AuthOk => Some(("f", false)),
             Reply::AuthOkStandby => Some(("t", false)),
@@ -267,13 +267,15 @@ fn serve(mut conn: TcpStream, reply: Reply, stop: &AtomicBool, seen: &Seen) {
             };
             buf.drain(..=len);
             let row = || {
-                let delay = if in_recovery == "t" { "0" } else { "" };
-                let mut row = 4u16.to_be_bytes().to_vec();
+                let standby = in_recovery == "t";
+                let (delay, timeline) = if standby { ("0", "") } else { ("", "00000001") };
+                let mut row = 5u16.to_be_bytes().to_vec();
                 for v in [
                     in_recovery,
                     if read_only { "on" } else { "off" },
                     "0/1000",
                     delay,
+                    timeline,
                 ] {
                     if v.is_empty() {
                         row.extend_from_slice(&(-1i32).to_be_bytes());

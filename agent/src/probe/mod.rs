@@ -6,7 +6,8 @@
 //! `session = "per-probe"`): one query per probe, and between probes the thread
 //! waits on the socket, so a server that closes the session (crash, shutdown,
 //! `pg_terminate_backend`) is reported at once as a failed probe. While a verdict
-//! is pending, probes run every `fastinter` instead of every `interval`.
+//! is pending, probes run every `fastinter` instead of every `interval`, for one
+//! attempt of `max(rise, fall)` probes.
 
 mod postgres;
 mod tcp;
@@ -117,10 +118,12 @@ pub struct Up {
     /// position, a standby's replay position. Measured only when the probe ran
     /// its status query (held sessions, lag limits, servers before 14).
     pub wal: Option<u64>,
-    /// A standby's replay delay: 0 when it has replayed all it received, else
-    /// the age of the last transaction it replayed; None before it replayed
-    /// any (then only `max_replica_lag_bytes` can judge it).
+    /// A standby's replay delay: 0 when its WAL receiver runs and it has
+    /// replayed all it received, else the age of the last transaction it
+    /// replayed; None before it replayed any (unknown: over `max_replica_lag`).
     pub replay_delay: Option<Duration>,
+    /// A primary's timeline, when the status query ran.
+    pub timeline: Option<u32>,
 }
 
 /// The result of one probe.
@@ -336,10 +339,11 @@ pub fn spawn<E: From<Report> + Send + 'static>(
 }
 
 /// How long until the next probe: `fastinter` while a verdict is pending (a
-/// failure or success counted toward `fall` or `rise`, or no verdict yet),
-/// `interval` otherwise.
+/// failure or success counted toward `fall` or `rise`, or no verdict yet) for
+/// at most `max(rise, fall)` probes (see [`Tracker::fast`]), `interval`
+/// otherwise.
 fn pace_of(t: &Tracker, db: &Database) -> Duration {
-    if t.pending() {
+    if t.fast() {
         db.fastinter
     } else {
         db.interval

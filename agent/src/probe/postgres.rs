@@ -619,18 +619,30 @@ fn converse(s: &mut Session, db: &Database) -> Result<(Up, bool), Failure> {
     }
 }
 
-/// The status query: role, read-only setting, WAL position (a primary's current
-/// write position, a standby's replay position, as bytes from 0/0) and a
-/// standby's replay delay (0 when it has replayed all it received; NULL when
-/// it has replayed no transaction yet).
+/// The status query: role; whether writes are refused by default, as a new
+/// session would meet it (`default_transaction_read_only` in this session, or set
+/// by `ALTER DATABASE`/`ALTER ROLE ... SET` for this database or the probe's role,
+/// which a held session does not see by itself); WAL position (a primary's
+/// current write position, a standby's replay position, as bytes from 0/0); a
+/// standby's replay delay (0 when a WAL receiver is running and everything it
+/// received is replayed, else the age of the last replayed transaction: a
+/// standby cut from its primary has replayed all it received, which says nothing
+/// about how far behind it is; NULL when it has replayed no transaction yet); and
+/// a primary's timeline (from the name of its current WAL file).
 /// Cheap to run: pg_is_in_recovery() once, the LSN as text (parsed here, no
 /// numeric arithmetic), the delay as float8 (date_part, not extract's numeric).
 const STATUS_SQL: &str = "SELECT r, \
-current_setting('default_transaction_read_only'), \
+CASE WHEN current_setting('default_transaction_read_only') = 'on' OR EXISTS (\
+SELECT 1 FROM pg_db_role_setting s, unnest(s.setconfig) c \
+WHERE s.setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = current_database())) \
+AND s.setrole IN (0, (SELECT oid FROM pg_roles WHERE rolname = current_user)) \
+AND c ~* '^default_transaction_read_only=(on|true|yes|1)$') THEN 'on' ELSE 'off' END, \
 CASE WHEN r THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, \
 CASE WHEN NOT r THEN NULL \
-WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
-ELSE date_part('epoch', now() - pg_last_xact_replay_timestamp()) END \
+WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() \
+AND EXISTS (SELECT 1 FROM pg_stat_wal_receiver) THEN 0 \
+ELSE date_part('epoch', now() - pg_last_xact_replay_timestamp()) END, \
+CASE WHEN r THEN NULL ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END \
 FROM pg_is_in_recovery() AS r";
 
 /// The name a held session prepares [`STATUS_SQL`] under.
@@ -671,6 +683,7 @@ fn status_of(row: &Row) -> Outcome {
             .and_then(|v| v.parse::<f64>().ok())
             .filter(|v| v.is_finite())
             .map(|v| Duration::from_secs_f64(v.clamp(0.0, 1e9))),
+        timeline: text(4).and_then(|t| u32::from_str_radix(t, 16).ok()),
     })
 }
 
