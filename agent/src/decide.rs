@@ -34,6 +34,8 @@ pub struct Tracker {
     failures: u32,
     /// Consecutive probes while a verdict was pending (see [`Tracker::fast`]).
     undecided: u32,
+    /// Probes since the endpoint went down (see [`Tracker::backoff`]).
+    since_down: u32,
 }
 
 impl Tracker {
@@ -45,6 +47,7 @@ impl Tracker {
             successes: 0,
             failures: 0,
             undecided: 0,
+            since_down: 0,
         }
     }
 
@@ -61,6 +64,15 @@ impl Tracker {
     /// until a verdict, or a result that ends the pending streak.
     pub fn fast(&self) -> bool {
         self.pending() && self.undecided < self.attempt()
+    }
+
+    /// For an endpoint that went down: how many times `fastinter` to wait until
+    /// the next probe, doubling from 1 with each probe since it went down (the
+    /// caller caps it at `interval`). A server that restarts is back within a few
+    /// of these probes, not at the next `interval`; one that stays down costs
+    /// only `log2(interval / fastinter)` probes more than at `interval`.
+    pub fn backoff(&self) -> Option<u32> {
+        (self.health == Health::Down).then(|| 1u32 << self.since_down.min(20))
     }
 
     /// The last result used up an attempt at a verdict without reaching one
@@ -91,6 +103,7 @@ impl Tracker {
         self.successes = 0;
         self.failures = self.failures.max(self.fall);
         self.undecided = 0;
+        self.since_down = 0;
     }
 
     /// Records one probe result; returns the transition it caused, if any.
@@ -110,6 +123,10 @@ impl Tracker {
             }
         }
         let changed = self.health != from;
+        self.since_down = match self.health {
+            Health::Down if !changed => self.since_down.saturating_add(1),
+            _ => 0,
+        };
         self.undecided = if changed || !self.pending() {
             0
         } else {
@@ -445,6 +462,28 @@ mod tests {
         // a run of them.
         t.observe(true);
         assert!(!t.fast());
+    }
+
+    #[test]
+    fn a_down_endpoint_is_probed_again_soon_then_ever_less_often() {
+        let mut t = Tracker::new(2, 2);
+        assert_eq!(t.backoff(), None);
+        t.observe(false);
+        t.observe(false);
+        assert_eq!(t.health, Down);
+        let mut waits = vec![t.backoff()];
+        for _ in 0..4 {
+            t.observe(false);
+            waits.push(t.backoff());
+        }
+        assert_eq!(waits, [Some(1), Some(2), Some(4), Some(8), Some(16)]);
+        // Back up: no backoff; down again: it starts over.
+        t.observe(true);
+        t.observe(true);
+        assert_eq!((t.health, t.backoff()), (Up, None));
+        t.observe(false);
+        t.observe(false);
+        assert_eq!(t.backoff(), Some(1));
     }
 
     #[test]

@@ -405,6 +405,15 @@ impl Cluster {
         self.pg_ctl_stop(mode, true)
     }
 
+    /// Stops the server with `mode` and starts it again at once, as `pg_ctl
+    /// restart -m MODE` does; returns how long it took.
+    pub fn restart(&self, mode: StopMode) -> io::Result<std::time::Duration> {
+        let began = std::time::Instant::now();
+        self.stop(mode)?;
+        self.start()?;
+        Ok(began.elapsed())
+    }
+
     /// Asks the server to stop and returns at once; with [`StopMode::Smart`] and a
     /// session open, the server then refuses new connections with 57P03 until the
     /// session ends.

@@ -9,6 +9,7 @@ pub mod badfiles;
 pub mod fakepg;
 pub mod live;
 pub mod netfault;
+pub mod trace;
 
 use std::path::PathBuf;
 

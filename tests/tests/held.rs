@@ -11,8 +11,8 @@ use dbha_harness::pg::{Cluster, StopMode};
 use dbha_tests::agentproc::{config, wait_for, wait_write, wait_write_leaves, AgentProc, Timing};
 use dbha_tests::live::Live;
 use dbha_tests::netfault::Blackhole;
+use dbha_tests::trace::Trace;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Probes every `interval_ms`, a 1 s timeout, rise and fall 2.
@@ -74,36 +74,6 @@ fn agent_session(c: &Cluster) -> u32 {
     })
 }
 
-/// Every write alias a reader thread sees until stopped.
-struct Writes {
-    stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<Vec<Option<String>>>,
-}
-
-impl Writes {
-    fn watch(agent: &AgentProc) -> Writes {
-        let (stop, r) = (Arc::new(AtomicBool::new(false)), agent.reader());
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let mut seen: Vec<Option<String>> = Vec::new();
-            while !flag.load(Ordering::Relaxed) {
-                let now = r.write_alias().map(String::from);
-                if seen.last() != Some(&now) {
-                    seen.push(now);
-                }
-                std::thread::sleep(Duration::from_micros(200));
-            }
-            seen
-        });
-        Writes { stop, thread }
-    }
-
-    fn finish(self) -> Vec<Option<String>> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().unwrap()
-    }
-}
-
 #[test]
 fn a_crash_is_seen_through_the_held_session_long_before_the_next_probe() {
     let Some(live) = Live::start(&["default", "failover1"]) else {
@@ -149,7 +119,7 @@ fn terminating_the_probes_session_alone_does_not_move_the_app() {
     wait_write(&r, "default");
     let default = live.cluster("default");
     let before = agent_session(default);
-    let writes = Writes::watch(&agent);
+    let trace = Trace::start(&agent.state);
     let killed = Instant::now();
     default
         .psql(&format!("SELECT pg_terminate_backend({before})"))
@@ -163,10 +133,10 @@ fn terminating_the_probes_session_alone_does_not_move_the_app() {
     assert!(took < Duration::from_secs(10), "reconnected after {took:?}");
     agent.wait_log("default: session lost");
     std::thread::sleep(Duration::from_millis(500));
-    let seen = writes.finish();
+    let traced = trace.finish();
     assert_eq!(
-        seen,
-        [Some("default".to_owned())],
+        traced.writes(),
+        [Some("default")],
         "writes moved on a lost session alone\n{}",
         agent.log()
     );

@@ -4,15 +4,12 @@
 //! time assertions are generous bounds (10x the expected detection time) that catch
 //! hangs. The precise figures come from `dbha-bench live` (BENCHMARKS.md).
 
-use dbha::{Reader, Status};
+use dbha::Status;
 use dbha_harness::pg::StopMode;
 use dbha_tests::agentproc::{config, wait_for, wait_write, wait_write_leaves, AgentProc, Timing};
 use dbha_tests::live::Live;
+use dbha_tests::trace::{Trace, Traced};
 use nix::sys::signal::Signal;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 const NAMES: [&str; 3] = ["default", "failover1", "failover2"];
@@ -43,59 +40,6 @@ fn within_bound(what: &str, took: Duration, t: &Timing) {
         "{what} took {took:?}, more than 10x the expected {:?}",
         t.detection_bound()
     );
-}
-
-/// What one reader saw, on every read of its own thread.
-#[derive(Debug, Clone, PartialEq)]
-struct Seen {
-    at: Instant,
-    epoch: u64,
-    status: Status,
-    write: Option<String>,
-}
-
-struct Sampler {
-    stop: Arc<AtomicBool>,
-    thread: JoinHandle<(Vec<Seen>, u64)>,
-}
-
-impl Sampler {
-    /// Reads `state` continuously, recording each change and counting reads whose
-    /// epoch is lower than one seen before.
-    fn start(state: PathBuf) -> Sampler {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let r = Reader::open(&state).unwrap();
-            let (mut seen, mut backwards, mut max_epoch) = (Vec::<Seen>::new(), 0u64, 0u64);
-            while !flag.load(Ordering::Relaxed) {
-                if let Ok(s) = r.snapshot() {
-                    backwards += u64::from(s.epoch < max_epoch);
-                    max_epoch = max_epoch.max(s.epoch);
-                    let now = Seen {
-                        at: Instant::now(),
-                        epoch: s.epoch,
-                        status: s.status,
-                        write: s.write_alias().map(String::from),
-                    };
-                    let changed = seen.last().is_none_or(|l| {
-                        (l.epoch, l.status, &l.write) != (now.epoch, now.status, &now.write)
-                    });
-                    if changed {
-                        seen.push(now);
-                    }
-                }
-                std::thread::sleep(Duration::from_micros(200));
-            }
-            (seen, backwards)
-        });
-        Sampler { stop, thread }
-    }
-
-    fn finish(self) -> (Vec<Seen>, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().expect("sampler")
-    }
 }
 
 #[test]
@@ -295,7 +239,7 @@ fn s6_a_server_answering_57p03_is_never_chosen_while_not_ready() {
             })?;
         (n.trim() == "1").then_some(())
     });
-    let sampler = Sampler::start(agent.state.clone());
+    let sampler = Trace::start(&agent.state);
     let fault = Instant::now();
     default.begin_stop(StopMode::Smart).unwrap();
     wait_write(&r, "failover1");
@@ -316,8 +260,8 @@ fn s6_a_server_answering_57p03_is_never_chosen_while_not_ready() {
     default.start().unwrap();
     wait_write(&r, "default");
     within_bound("s6 default restarted -> default", restart.elapsed(), &t);
-    let (seen, _) = sampler.finish();
-    let early: Vec<&Seen> = seen
+    let seen = sampler.finish().seen;
+    let early: Vec<&dbha_tests::trace::Seen> = seen
         .iter()
         .filter(|s| s.at > switched && s.at < restart && s.write.as_deref() == Some("default"))
         .collect();
@@ -335,7 +279,7 @@ fn s7_killed_agent_goes_stale_and_a_restarted_one_continues_on_the_same_mapping(
     };
     let r = agent.reader();
     let e0 = wait_write(&r, "default");
-    let sampler = Sampler::start(agent.state.clone());
+    let sampler = Trace::start(&agent.state);
 
     agent.signal(Signal::SIGKILL);
     let killed = Instant::now();
@@ -378,7 +322,9 @@ fn s7_killed_agent_goes_stale_and_a_restarted_one_continues_on_the_same_mapping(
         e0 + 2,
         "the epoch continues across the restart (default -> NONE -> failover1)"
     );
-    let (seen, backwards) = sampler.finish();
+    let Traced {
+        seen, backwards, ..
+    } = sampler.finish();
     assert_eq!(
         backwards, 0,
         "a reader saw the epoch go backwards: {seen:?}"
@@ -401,7 +347,7 @@ fn s8_a_flapping_server_publishes_no_switch() {
     };
     let r = agent.reader();
     let e0 = wait_write(&r, "default");
-    let sampler = Sampler::start(agent.state.clone());
+    let sampler = Trace::start(&agent.state);
     let default = live.cluster("default");
     for _ in 0..12 {
         default.freeze();
@@ -409,7 +355,7 @@ fn s8_a_flapping_server_publishes_no_switch() {
         default.thaw();
         std::thread::sleep(Duration::from_millis(250));
     }
-    let (seen, _) = sampler.finish();
+    let seen = sampler.finish().seen;
     let s = r.snapshot().unwrap();
     assert_eq!(
         (s.write_alias(), s.epoch),

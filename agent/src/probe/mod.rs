@@ -340,13 +340,16 @@ pub fn spawn<E: From<Report> + Send + 'static>(
 
 /// How long until the next probe: `fastinter` while a verdict is pending (a
 /// failure or success counted toward `fall` or `rise`, or no verdict yet) for
-/// at most `max(rise, fall)` probes (see [`Tracker::fast`]), `interval`
-/// otherwise.
+/// at most `max(rise, fall)` probes (see [`Tracker::fast`]); for an endpoint
+/// that went down, `fastinter` doubling with each probe up to `interval`
+/// ([`Tracker::backoff`]); `interval` otherwise.
 fn pace_of(t: &Tracker, db: &Database) -> Duration {
     if t.fast() {
-        db.fastinter
-    } else {
-        db.interval
+        return db.fastinter;
+    }
+    match t.backoff() {
+        Some(n) => db.fastinter.saturating_mul(n).min(db.interval),
+        None => db.interval,
     }
 }
 
