@@ -498,7 +498,15 @@ impl Cluster {
         }
     }
 
-    /// Undoes [`Cluster::freeze`].
+    /// Stops (SIGSTOP) the postmaster alone: sessions already open go on, and
+    /// new connections get no answer. [`Cluster::thaw`] undoes it.
+    pub fn freeze_postmaster(&self) {
+        if let Some(p) = self.postmaster_pid() {
+            let _ = kill(p, Signal::SIGSTOP);
+        }
+    }
+
+    /// Undoes [`Cluster::freeze`] and [`Cluster::freeze_postmaster`].
     pub fn thaw(&self) {
         for p in self.processes() {
             let _ = kill(p, Signal::SIGCONT);

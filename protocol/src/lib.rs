@@ -97,6 +97,9 @@ pub mod probe_result {
     /// TLS could not be negotiated as the configured `sslmode` requires (no TLS
     /// offered, a certificate not trusted or not for this host).
     pub const TLS: u8 = 11;
+    /// A held session answers, but the server admits no new connection (a
+    /// frozen postmaster, or 53300 "too many clients").
+    pub const NO_NEW_CONNECTIONS: u8 = 12;
 
     /// The stable name of a kind (as `dbha-agent status` prints it).
     pub fn name(kind: u8) -> &'static str {
@@ -112,6 +115,7 @@ pub mod probe_result {
             CLOSED => "closed",
             IO => "io",
             TLS => "tls",
+            NO_NEW_CONNECTIONS => "no_new_connections",
             _ => "unknown",
         }
     }

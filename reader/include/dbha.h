@@ -122,6 +122,10 @@
 // Last probe result: TLS could not be negotiated as `sslmode` requires.
 #define DBHA_PROBE_TLS 11
 
+// Last probe result: a held session answers, but the server admits no new
+// connection (a frozen postmaster, or too many clients).
+#define DBHA_PROBE_NO_NEW_CONNECTIONS 12
+
 // An open state file. Opaque: created by `dbha_open`, freed by `dbha_close`.
 typedef struct dbha_reader dbha_reader;
 

@@ -28,6 +28,10 @@ pub enum Reply {
     AuthOkBefore14 { read_only: bool },
     /// FATAL ErrorResponse with this SQLSTATE (57P03: not ready; 28000: no such role).
     Error(&'static str),
+    /// The first connection as [`Reply::AuthOk`], every later one 53300 "too many
+    /// clients": a server whose `max_connections` filled up after the probe's
+    /// session was opened.
+    FullAfterFirst,
     /// Bytes that are not PostgreSQL.
     Garbage,
     /// Accepts and never answers (a hung server).
@@ -51,7 +55,7 @@ fn reply_bytes(r: Reply) -> Vec<u8> {
     match r {
         Reply::AuthMd5 => message(b'R', &[0, 0, 0, 5, 0x11, 0x22, 0x33, 0x44]),
         Reply::AuthCleartext => message(b'R', &[0, 0, 0, 3]),
-        Reply::AuthOk | Reply::AuthOkStandby => {
+        Reply::AuthOk | Reply::AuthOkStandby | Reply::FullAfterFirst => {
             let standby = if r == Reply::AuthOkStandby {
                 "on"
             } else {
@@ -177,10 +181,17 @@ impl FakePg {
         let thread = {
             let (stop, seen) = (stop.clone(), seen.clone());
             std::thread::spawn(move || {
+                let mut accepted = 0;
                 while !stop.load(Ordering::Relaxed) {
                     match listener.accept() {
                         Ok((conn, _)) => {
                             let (stop, seen) = (stop.clone(), seen.clone());
+                            let reply = match reply {
+                                Reply::FullAfterFirst if accepted > 0 => Reply::Error("53300"),
+                                Reply::FullAfterFirst => Reply::AuthOk,
+                                r => r,
+                            };
+                            accepted += 1;
                             std::thread::spawn(move || serve(conn, reply, &stop, &seen));
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(2)),

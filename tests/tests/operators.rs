@@ -418,3 +418,44 @@ fn a_server_admitting_every_other_login_is_not_probed_at_fastinter_forever() {
     let (_, out) = agent_cmd(&a, "status", &[]);
     assert!(out.contains("unknown"), "{out}");
 }
+
+#[test]
+fn a_frozen_postmaster_behind_a_held_session_is_left() {
+    // Issue 20 row 9: the held session's backend still answered, so a server on
+    // which every new application connection hangs stayed the write endpoint.
+    let Some(live) = Live::replicated("default", &[], "trust", None) else {
+        return;
+    };
+    let t = Timing {
+        interval_ms: 200,
+        timeout_ms: 500,
+        ..Timing::live("sticky")
+    };
+    let a = agent(&live, &t, "writes = \"primary\"");
+    let r = a.reader();
+    wait_write(&r, "default");
+    let db = live.cluster("default");
+    // The held session is open and answering.
+    wait_for("a held session", || {
+        let n = db
+            .psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'dbha-agent'")
+            .ok()?;
+        (n.trim() == "1").then_some(())
+    });
+    let frozen = Instant::now();
+    db.freeze_postmaster();
+    wait_for("writes NONE", || {
+        (r.snapshot().ok()?.write_index.is_none()).then_some(())
+    });
+    let took = frozen.elapsed();
+    let s = r.snapshot().unwrap();
+    let kind = s.last_probe_name(0);
+    db.thaw();
+    println!(
+        "frozen postmaster -> no longer handed out in {} ms",
+        took.as_millis()
+    );
+    assert_eq!(kind, "no_new_connections");
+    a.wait_log("default: down after 2 failed probes (accepts no new connections (a new connection got no answer within");
+    wait_write(&r, "default");
+}

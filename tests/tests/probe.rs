@@ -40,6 +40,29 @@ fn postgres_replies_are_classified_as_pg_isready_does() {
 }
 
 #[test]
+fn a_held_session_also_checks_every_five_intervals_that_new_connections_are_admitted() {
+    // Issue 20 row 9: at max_connections the held session still answered, so the
+    // server stayed "up" while every new application connection was refused.
+    let server = FakePg::start(Reply::FullAfterFirst);
+    let mut d = db(server.port, Check::Postgres, 500);
+    d.session = dbha_agent::config::Session::Held;
+    let every = dbha_agent::probe::admission_every(&d);
+    assert_eq!(every, d.interval * 5);
+    let mut p = dbha_agent::probe::Prober::new(d);
+    assert!(p.probe().is_ok(), "the session is opened");
+    assert!(p.probe().is_ok(), "not due: the held query alone");
+    std::thread::sleep(every);
+    match p.probe() {
+        Err(Failure::NoNewConnections(m)) => assert!(m.starts_with("53300"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(server.seen.startups.load(Ordering::Relaxed), 2);
+    // The session is kept; new connections are checked again at the next probe.
+    assert!(matches!(p.probe(), Err(Failure::NoNewConnections(_))));
+    assert_eq!(server.seen.startups.load(Ordering::Relaxed), 3);
+}
+
+#[test]
 fn a_session_opened_by_trust_is_closed_with_terminate() {
     let server = FakePg::start(Reply::AuthOk);
     let primary = Up {

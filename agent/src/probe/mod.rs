@@ -49,6 +49,10 @@ pub enum Failure {
     /// The held session ended between probes (the server closed it, or sent an
     /// error such as 57P01 "terminating connection due to administrator command").
     Lost(String),
+    /// The held session answers, but a new connection is not admitted (a frozen
+    /// postmaster, or 53300 "too many clients"): the applications' connections
+    /// would not be either.
+    NoNewConnections(String),
 }
 
 impl Failure {
@@ -67,6 +71,7 @@ impl Failure {
             Failure::Io(_) => k::IO,
             Failure::Tls(_) => k::TLS,
             Failure::Lost(_) => k::CLOSED,
+            Failure::NoNewConnections(_) => k::NO_NEW_CONNECTIONS,
         }
     }
 }
@@ -85,6 +90,7 @@ impl fmt::Display for Failure {
             Failure::Io(e) => f.write_str(e),
             Failure::Tls(e) => write!(f, "TLS: {e}"),
             Failure::Lost(e) => write!(f, "session lost: {e}"),
+            Failure::NoNewConnections(e) => write!(f, "accepts no new connections ({e})"),
         }
     }
 }
@@ -155,6 +161,15 @@ pub struct Prober {
     resolver: Resolver,
     /// The held session, and when it was opened.
     held: Option<(postgres::Held, Instant)>,
+    /// When a new connection was last admitted (see [`admission_every`]).
+    admitted: Option<Instant>,
+}
+
+/// How often a held session's probe also checks that the server admits a new
+/// connection (see [`postgres::admit`]): every five intervals, a fork on the
+/// server where a login would cost a fork and authentication every interval.
+pub fn admission_every(db: &Database) -> Duration {
+    db.interval * 5
 }
 
 /// What ended a wait between probes.
@@ -174,6 +189,7 @@ impl Prober {
             db,
             resolver: Resolver::default(),
             held: None,
+            admitted: None,
         }
     }
 
@@ -197,17 +213,21 @@ impl Prober {
             let outcome = held.probe(deadline, &self.db);
             if outcome.is_err() {
                 self.held = None;
+                return outcome;
+            }
+            let due = self
+                .admitted
+                .is_none_or(|t| t.elapsed() >= admission_every(&self.db));
+            if due {
+                // The session stays: it is fine, new connections are not.
+                let stream = self.connect(start, deadline)?;
+                postgres::admit(stream, deadline, self.db.timeout, &self.db)?;
+                self.admitted = Some(Instant::now());
             }
             return outcome;
         }
+        let stream = self.connect(start, deadline)?;
         let db = &self.db;
-        let addrs = self
-            .resolver
-            .resolve(&db.host, db.port, deadline, db.timeout)?;
-        // The connection alone is bounded by connect_timeout, as HAProxy bounds
-        // its connect phase: a blackholed host fails then, not at `timeout`.
-        let connected = deadline.min(start + db.connect_timeout);
-        let stream = tcp::connect(&addrs, connected, db.connect_timeout)?;
         match (db.check, db.session) {
             (Check::Tcp, _) => Ok(Up::default()),
             (Check::Postgres, Session::PerProbe) => {
@@ -215,10 +235,27 @@ impl Prober {
             }
             (Check::Postgres, Session::Held) => {
                 let (outcome, held) = postgres::open(stream, deadline, db.timeout, db);
+                // A new session was just admitted.
+                self.admitted = held.is_some().then_some(start);
                 self.held = held.map(|h| (h, start));
                 outcome
             }
         }
+    }
+
+    /// A new connection to the endpoint, bounded by `connect_timeout`, as HAProxy
+    /// bounds its connect phase: a blackholed host fails then, not at `timeout`.
+    fn connect(
+        &mut self,
+        start: Instant,
+        deadline: Instant,
+    ) -> Result<std::net::TcpStream, Failure> {
+        let db = &self.db;
+        let addrs = self
+            .resolver
+            .resolve(&db.host, db.port, deadline, db.timeout)?;
+        let connected = deadline.min(start + db.connect_timeout);
+        tcp::connect(&addrs, connected, db.connect_timeout)
     }
 
     /// Waits until `until`, or until `stop` is dropped, or until the held

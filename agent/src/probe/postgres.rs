@@ -282,6 +282,65 @@ fn login(
     }
 }
 
+/// Whether the server still admits a new connection, as an application's would
+/// be: TLS as `sslmode` says, a startup message, and the first reply, then a
+/// close (as `pg_isready`). The postmaster forks a backend before anything
+/// answers, so any authentication request, or an ordinary refusal (a wrong
+/// database, pg_hba.conf), shows it can; 53300 "too many clients", 57P03 or
+/// silence show it cannot, whatever a held session still gets.
+pub fn admit(
+    stream: TcpStream,
+    deadline: Instant,
+    timeout: Duration,
+    db: &Database,
+) -> Result<(), Failure> {
+    let mut s = Session {
+        stream: Stream::Plain(stream),
+        buf: BytesMut::new(),
+        deadline,
+        timeout,
+        started: false,
+    };
+    let answer = negotiate_tls(&mut s, db).and_then(|()| {
+        let startup = encode(|b| {
+            frontend::startup_message(
+                [
+                    ("user", db.user.as_str()),
+                    ("database", db.dbname.as_str()),
+                    ("application_name", "dbha-agent"),
+                ],
+                b,
+            )
+        })?;
+        s.send(&startup)?;
+        s.recv()
+    });
+    let _ = s.stream.tcp().shutdown(Shutdown::Both);
+    let refused = |why: String| Err(Failure::NoNewConnections(why));
+    match answer {
+        Ok(Message::ErrorResponse(body)) => match server_error(body.fields(), db) {
+            Failure::Rejected(m) if m.starts_with("53300") => refused(m),
+            f @ Failure::NotReady(_) => Err(f),
+            _ => Ok(()),
+        },
+        Ok(
+            Message::AuthenticationOk
+            | Message::AuthenticationMd5Password(_)
+            | Message::AuthenticationCleartextPassword
+            | Message::AuthenticationSasl(_)
+            | Message::AuthenticationGss
+            | Message::AuthenticationSspi
+            | Message::AuthenticationKerberosV5
+            | Message::AuthenticationScmCredential,
+        ) => Ok(()),
+        Ok(_) => Err(Failure::NotPostgres(
+            "unexpected first reply to a new connection".into(),
+        )),
+        Err(Failure::Timeout(t)) => refused(format!("a new connection got no answer within {t:?}")),
+        Err(f) => Err(f),
+    }
+}
+
 /// A logged-in session kept between probes.
 pub struct Held {
     s: Session,
