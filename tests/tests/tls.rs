@@ -177,3 +177,70 @@ fn a_cleartext_password_goes_only_over_tls_and_only_when_allowed() {
     d.allow_cleartext_password = true;
     assert_eq!(probe(&d).unwrap().role, Some(Role::Primary));
 }
+
+#[test]
+fn a_server_whose_tls_rustls_cannot_speak_is_reached_in_cleartext_under_prefer_only() {
+    // Issue 20 row 5: libpq's prefer retries without TLS after a failed
+    // handshake; dbha reported HandshakeFailure and published NONE for a healthy
+    // server.
+    let Some(live) = Live::replicated("db", &[], "scram-sha-256", Some("pw-old-tls")) else {
+        return;
+    };
+    let c = live.cluster("db");
+    let p = pki("dbha test CA", &["localhost"]);
+    let (cert, key) = (c.data_dir.join("test.crt"), c.data_dir.join("test.key"));
+    write_owned(c, &cert, &p.cert);
+    write_owned(c, &key, &p.key);
+    // TLS 1.2 with RSA key exchange only (no ECDHE), and cleartext allowed.
+    for sql in [
+        format!("ALTER SYSTEM SET ssl_cert_file = '{}'", cert.display()),
+        format!("ALTER SYSTEM SET ssl_key_file = '{}'", key.display()),
+        "ALTER SYSTEM SET ssl_ciphers = 'AES256-SHA:AES128-SHA'".to_owned(),
+        "ALTER SYSTEM SET ssl_max_protocol_version = 'TLSv1.2'".to_owned(),
+        "ALTER SYSTEM SET ssl = on".to_owned(),
+        "SELECT pg_reload_conf()".to_owned(),
+    ] {
+        c.psql(&sql).unwrap();
+    }
+    let db = |mode: SslMode| {
+        let mut d = database(c.port, Check::Postgres, 5000);
+        d.password = Secret::new("pw-old-tls");
+        d.sslmode = mode;
+        d
+    };
+    // Once the reload applied, require meets the handshake failure, named.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let why = loop {
+        match probe(&db(SslMode::Require)) {
+            // (Before the reload: "does not accept TLS".)
+            Err(Failure::Tls(m)) if !m.contains("does not accept TLS") => break m,
+            other => {
+                assert!(Instant::now() < deadline, "still {other:?}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
+    assert!(
+        why.contains("share no TLS version and cipher suite")
+            && why.contains("sslmode = \"prefer\""),
+        "{why}"
+    );
+    // prefer: the same server, in cleartext, as libpq.
+    let up = probe(&db(SslMode::Prefer)).unwrap_or_else(|e| panic!("prefer: {e}"));
+    assert_eq!(up.role, Some(Role::Primary));
+    // libpq agrees on both counts.
+    let psql = |mode: &str| {
+        std::process::Command::new("psql")
+            .env("PGPASSWORD", "pw-old-tls")
+            .args(["-X", "-A", "-t", "-c", "SELECT 1"])
+            .arg(format!(
+                "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode={mode}",
+                c.port
+            ))
+            .output()
+            .map(|o| o.status.success())
+    };
+    if let Ok(ok) = psql("prefer") {
+        assert!(ok, "libpq's prefer connects");
+    }
+}

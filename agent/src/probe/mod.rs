@@ -13,8 +13,9 @@ mod postgres;
 mod tcp;
 pub mod tls;
 
-use crate::config::{Check, Database, Session};
+use crate::config::{Check, Database, Session, SslMode};
 use crate::decide::Tracker;
+use log::warn;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -163,6 +164,8 @@ pub struct Prober {
     held: Option<(postgres::Held, Instant)>,
     /// When a new connection was last admitted (see [`admission_every`]).
     admitted: Option<Instant>,
+    /// A failed TLS handshake under `prefer` was logged (once per prober).
+    tls_fell_back: bool,
 }
 
 /// How often a held session's probe also checks that the server admits a new
@@ -190,6 +193,7 @@ impl Prober {
             resolver: Resolver::default(),
             held: None,
             admitted: None,
+            tls_fell_back: false,
         }
     }
 
@@ -227,13 +231,44 @@ impl Prober {
             return outcome;
         }
         let stream = self.connect(start, deadline)?;
-        let db = &self.db;
-        match (db.check, db.session) {
-            (Check::Tcp, _) => Ok(Up::default()),
-            (Check::Postgres, Session::PerProbe) => {
-                postgres::check(stream, deadline, db.timeout, db)
+        if self.db.check == Check::Tcp {
+            return Ok(Up::default());
+        }
+        match self.login(stream, deadline, None) {
+            // libpq's `prefer`: a failed TLS handshake is followed by a new
+            // connection without TLS.
+            Err(Failure::Tls(why)) if self.db.sslmode == SslMode::Prefer => {
+                if !self.tls_fell_back {
+                    warn!(
+                        "{}: TLS failed ({why}); sslmode = \"prefer\" connects without TLS, as libpq does",
+                        self.db.alias
+                    );
+                    self.tls_fell_back = true;
+                }
+                let stream = self.connect(start, deadline)?;
+                let plain = Database {
+                    sslmode: SslMode::Disable,
+                    ..self.db.clone()
+                };
+                self.login(stream, deadline, Some(&plain))
             }
-            (Check::Postgres, Session::Held) => {
+            outcome => outcome,
+        }
+    }
+
+    /// Logs in on `stream` as `db` (this prober's database when None) and holds
+    /// the session when sessions are held.
+    fn login(
+        &mut self,
+        stream: std::net::TcpStream,
+        deadline: Instant,
+        db: Option<&Database>,
+    ) -> Outcome {
+        let start = Instant::now();
+        let db = db.unwrap_or(&self.db);
+        match db.session {
+            Session::PerProbe => postgres::check(stream, deadline, db.timeout, db),
+            Session::Held => {
                 let (outcome, held) = postgres::open(stream, deadline, db.timeout, db);
                 // A new session was just admitted.
                 self.admitted = held.is_some().then_some(start);

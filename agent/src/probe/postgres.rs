@@ -91,7 +91,11 @@ impl Session {
             .get_ref()
             .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         {
-            return Failure::Tls(server_text(t.to_string().as_bytes()));
+            let mut why = server_text(t.to_string().as_bytes());
+            if let Some(hint) = tls::hint(t) {
+                why = format!("{why}: {hint}");
+            }
+            return Failure::Tls(why);
         }
         match e.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Failure::Timeout(self.timeout),

@@ -4,7 +4,7 @@
 //! | sslmode | TLS | the server's certificate |
 //! |---|---|---|
 //! | `disable` | never | - |
-//! | `prefer` (default) | when the server offers it | not checked |
+//! | `prefer` (default) | when the server offers it; a failed handshake is followed by a connection without TLS (as libpq) | not checked |
 //! | `require` | required | not checked; with `sslrootcert`, as `verify-ca` (as libpq) |
 //! | `verify-ca` | required | signed by a CA in `sslrootcert` |
 //! | `verify-full` | required | as `verify-ca`, and issued for the configured host |
@@ -24,6 +24,27 @@ use rustls::{
 use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
+
+/// What an operator can do about a TLS failure that comes from what rustls
+/// speaks, not from a certificate's trust: None for the others.
+pub fn hint(e: &rustls::Error) -> Option<&'static str> {
+    use rustls::AlertDescription as Alert;
+    match e {
+        rustls::Error::AlertReceived(
+            Alert::HandshakeFailure | Alert::ProtocolVersion | Alert::InsufficientSecurity,
+        )
+        | rustls::Error::PeerIncompatible(_) => Some(
+            "the server and dbha share no TLS version and cipher suite: dbha (rustls) speaks TLS 1.3, and TLS 1.2 with ECDHE key exchange only, not RSA key exchange nor TLS 1.0/1.1; enable ECDHE suites on the server (ssl_ciphers, ssl_min_protocol_version) or use sslmode = \"prefer\", which then connects without TLS",
+        ),
+        rustls::Error::InvalidCertificate(
+            CertificateError::BadSignature
+            | CertificateError::UnsupportedSignatureAlgorithmContext { .. },
+        ) => Some(
+            "the server's key or signature is one rustls refuses (an RSA key under 2048 bits, SHA-1): use a stronger key and certificate, or sslmode = \"prefer\", which then connects without TLS",
+        ),
+        _ => None,
+    }
+}
 
 /// `sslrootcert = "system"`: the system's trust store (Debian's ca-certificates).
 pub const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
