@@ -33,6 +33,7 @@ counted .venv/bin/python -m pytest -q reader/python/tests
 # One process per Django project configuration (settings are per process).
 counted .venv/bin/python -m pytest -q tests/django_app/test_failover.py
 counted .venv/bin/python -m pytest -q tests/django_app/test_replication.py
+counted .venv/bin/python -m pytest -q tests/django_app/test_operators.py
 counted .venv/bin/python -m pytest -q tests/django_app/test_backend.py
 DBHA_TEST_PSYCOPG2=1 counted .venv/bin/python -m pytest -q tests/django_app/test_backend.py
 # Django's own tests of transactions, select_for_update, queries, backends and basic

@@ -11,7 +11,9 @@
 //! and reads = "prefer-standby". Then it prints one JSON line: {"state": PATH, "log": PATH, "databases":
 //! {NAME: {"host": H, "port": P}, ...}}. Commands on standard input, one per line,
 //! answered `ok` or `error: ...`: `stop NAME` (immediate), `start NAME`, `freeze
-//! NAME`, `thaw NAME`, `promote NAME`. At end of input everything is stopped and removed.
+//! NAME`, `thaw NAME`, `promote NAME`, and `agent restart` (SIGTERM, then a new
+//! agent on the same configuration and state file, as `systemctl restart` does).
+//! At end of input everything is stopped and removed.
 
 use dbha_harness::pg::StopMode;
 use dbha_tests::agentproc::{config, AgentProc, Timing};
@@ -60,7 +62,7 @@ fn main() {
         live.synchronous_to(names[1]);
         extra = "writes = \"primary\"\nreads = \"prefer-standby\"";
     }
-    let agent = AgentProc::start(live.dir.path(), "agent", |s| {
+    let mut agent = AgentProc::start(live.dir.path(), "agent", |s| {
         config(s, &t, &live.dbs("postgres"), extra)
     });
     agent.reader();
@@ -85,6 +87,12 @@ fn main() {
     for line in std::io::stdin().lock().lines().map_while(Result::ok) {
         let mut words = line.split_whitespace();
         let reply = match (words.next(), words.next()) {
+            (Some("agent"), Some("restart")) => {
+                agent.signal(nix::sys::signal::Signal::SIGTERM);
+                let _ = agent.child().wait();
+                agent.spawn();
+                Ok(())
+            }
             (Some(cmd), Some(name)) if live.clusters.iter().any(|c| c.name == name) => {
                 let c = live.cluster(name);
                 match cmd {

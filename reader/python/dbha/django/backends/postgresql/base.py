@@ -29,8 +29,10 @@ goes to the database the agent chose::
   shutdown-sessions``). A planned move from a healthy endpoint (failback) lets
   queries under way finish; a stale or stopped agent aborts nothing.
 - With Django's connection pool (``OPTIONS["pool"]``, psycopg 3), there is one
-  pool per endpoint; the pool of an endpoint the agent left is closed, so its
-  connections are never handed out again.
+  pool per endpoint. Choosing a new endpoint creates its pool and closes the pool
+  of the endpoint the agent left, so its connections are never handed out again;
+  a thread still on the old endpoint returns its connection to that closed pool
+  (which closes it) and never touches the new one.
 """
 
 from __future__ import annotations
@@ -101,6 +103,19 @@ class _States:
 
 
 _states = _States()
+
+# Pools of endpoints the agent left, closed, by (alias, host, port): a connection
+# still checked out of one is closed when it is returned. Guarded, with the live
+# pools, by _pools_lock.
+_retired_pools: Dict[Tuple[str, str, int], object] = {}
+_pools_lock = threading.Lock()
+
+try:
+    from psycopg_pool import PoolClosed
+except ImportError:  # no pool without psycopg_pool
+
+    class PoolClosed(Exception):  # type: ignore[no-redef]
+        pass
 
 
 def _same_peer(sock: socket.socket, endpoint: dbha.Endpoint) -> bool:
@@ -221,6 +236,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             params.setdefault("target_session_attrs", "read-write")
         self._dbha_slot, self.dbha_endpoint, self._dbha_params = slot, endpoint, params
         self._dbha_aborted_at = None
+        self._dbha_pool_for(endpoint, params)
         _watcher.watch(self)
         return params
 
@@ -301,53 +317,83 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
                        f"now {chosen.alias} at {chosen.host}:{chosen.port}" if chosen else "no healthy database")
 
     # -- Django's connection pool: one per endpoint --------------------------------
+    #
+    # Pools live in Django's class-wide ``_connection_pools``, keyed (alias, host,
+    # port). Only choosing an endpoint (``get_connection_params``) creates one and
+    # retires the alias's others; looking at ``pool`` never creates or closes one,
+    # so a thread still on an endpoint the agent left (returning its connection)
+    # touches nothing but that endpoint's retired pool.
 
-    @property
-    def pool(self):
+    def _dbha_pool_options(self):
         pool_options = self.settings_dict["OPTIONS"].get("pool")
         if self.alias == postgresql.NO_DB_ALIAS or not pool_options:
             return None
         if self.settings_dict.get("CONN_MAX_AGE", 0) != 0:
             raise ImproperlyConfigured("Pooling doesn't support persistent connections.")
+        return {} if pool_options is True else pool_options
+
+    def _dbha_pool_for(self, endpoint: dbha.Endpoint, params: dict) -> None:
+        """(Choosing ``endpoint``.) The pool for it, created when missing, and the
+        alias's pools of other endpoints retired: closed, so that none of their
+        idle connections is handed out again (one checked out now is closed when
+        it is returned)."""
+        pool_options = self._dbha_pool_options()
+        if pool_options is None:
+            return
         try:
             from psycopg_pool import ConnectionPool
         except ImportError as err:
             raise ImproperlyConfigured(
                 "Error loading psycopg_pool module.\nDid you install psycopg[pool]?") from err
+        key = (self.alias, endpoint.host, endpoint.port)
+        pools = self._connection_pools
+        with _pools_lock:
+            if key not in pools:
+                enable_checks = self.settings_dict["CONN_HEALTH_CHECKS"]
+                pools[key] = ConnectionPool(
+                    kwargs={**params, "autocommit": True},
+                    open=False,
+                    configure=self._configure_connection,
+                    check=ConnectionPool.check_connection if enable_checks else None,
+                    **pool_options,
+                )
+            left = [k for k in list(pools) if isinstance(k, tuple) and k[0] == self.alias and k != key]
+            retired = [(k, pools.pop(k)) for k in left]
+            for k, pool in retired:
+                _retired_pools[k] = pool
+        for k, pool in retired:
+            logger.info("dbha: %s: the agent left %s:%s; closing its pool", self.alias, k[1], k[2])
+            pool.close(timeout=0)
+
+    @property
+    def pool(self):
+        if self._dbha_pool_options() is None:
+            return None
         if self.dbha_endpoint is None:
-            # Asked before any connection: the pool of the endpoint chosen now.
+            # Asked before any connection: choose the endpoint now (which makes
+            # its pool).
             try:
                 self.get_connection_params()
             except OperationalError:
                 return None  # no database: connecting raises, saying why
-        endpoint, params = self.dbha_endpoint, self._dbha_params
+        endpoint = self.dbha_endpoint
         key = (self.alias, endpoint.host, endpoint.port)
-        pools = self._connection_pools
-        pool = pools.get(key)
-        if pool is not None:
-            return pool
-        enable_checks = self.settings_dict["CONN_HEALTH_CHECKS"]
-        pool = ConnectionPool(
-            kwargs={**params, "autocommit": True},
-            open=False,
-            configure=self._configure_connection,
-            check=ConnectionPool.check_connection if enable_checks else None,
-            **({} if pool_options is True else pool_options),
-        )
-        pool = pools.setdefault(key, pool)
-        # The pools of endpoints the agent left: closed, so that none of their
-        # connections is handed out again (one checked out now is closed when it
-        # is returned).
-        for other in [k for k in list(pools) if isinstance(k, tuple) and k[0] == self.alias and k != key]:
-            left = pools.pop(other, None)
-            if left is not None:
-                logger.info("dbha: %s: closing the pool for %s:%s", self.alias, other[1], other[2])
-                left.close(timeout=0)
-        return pool
+        # The endpoint's pool, or its retired one (closed: a connection returned to
+        # it is closed).
+        pool = self._connection_pools.get(key)
+        return pool if pool is not None else _retired_pools.get(key)
+
+    def get_new_connection(self, conn_params):
+        try:
+            return super().get_new_connection(conn_params)
+        except PoolClosed:
+            # The agent moved between choosing this endpoint and taking a
+            # connection from its pool: choose again, once.
+            return super().get_new_connection(self.get_connection_params())
 
     def close_pool(self):
-        for key in [k for k in list(self._connection_pools)
-                    if isinstance(k, tuple) and k[0] == self.alias]:
-            pool = self._connection_pools.pop(key, None)
-            if pool is not None:
-                pool.close()
+        for pools in (self._connection_pools, _retired_pools):
+            for key in [k for k in list(pools) if isinstance(k, tuple) and k[0] == self.alias]:
+                pool = pools.pop(key, None)
+                if pool is not None:
+                    pool.close()
