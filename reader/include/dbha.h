@@ -304,7 +304,7 @@ const char *dbha_slot_name(const struct dbha_reader *reader, int64_t slot);
 // Returns DBHA_OK; DBHA_E_INVALID_ARGUMENT for a NULL `reader`, or a slot that is
 // -1 or that this handle never produced; DBHA_E_NO_ADDRESS when the file has no
 // addresses (an older agent wrote it). On error the out-parameters are left
-// untouched. May wait briefly while another thread maps a replaced file;
+// untouched. Never blocks (a lock-free walk of the files this handle mapped);
 // thread-safe; no system call.
 //
 // # Safety
