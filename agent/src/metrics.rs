@@ -25,6 +25,8 @@ pub struct EndpointMetrics {
     pub consecutive_failures: u32,
     /// Failed probes by kind ("refused", "timeout", ...), since the agent started.
     pub errors: BTreeMap<&'static str, u64>,
+    /// Probe results, failed or not, since the agent started.
+    pub probes: u64,
     /// A standby's replay delay and WAL bytes behind the primary, when measured.
     pub lag: Option<Duration>,
     pub lag_bytes: Option<u64>,
@@ -131,6 +133,12 @@ impl Metrics {
             per(&|e| u8::from(e.fenced).to_string()),
         );
         family(
+            "dbha_probes_total",
+            "counter",
+            "Probe results by endpoint since the agent started (a held session's loss counts as one): the probing pace.",
+            per(&|e| e.probes.to_string()),
+        );
+        family(
             "dbha_probe_errors_total",
             "counter",
             "Failed probes by endpoint and kind since the agent started.",
@@ -200,6 +208,8 @@ pub struct Feed {
     switches_total: u64,
     /// Failed probes by alias and kind, since the agent started.
     errors: BTreeMap<String, BTreeMap<&'static str, u64>>,
+    /// Probe results by alias, since the agent started.
+    probes: BTreeMap<String, u64>,
 }
 
 impl Feed {
@@ -219,6 +229,11 @@ impl Feed {
             shared,
             ..Feed::default()
         }
+    }
+
+    /// A probe result arrived for `alias`.
+    pub fn probed(&mut self, alias: &str) {
+        *self.probes.entry(alias.to_owned()).or_default() += 1;
     }
 
     pub fn failed_probe(&mut self, alias: &str, kind: &'static str) {
@@ -248,6 +263,7 @@ impl Feed {
                 last_probe: e.took,
                 consecutive_failures: e.tracker.failures(),
                 errors: self.errors.get(&e.db.alias).cloned().unwrap_or_default(),
+                probes: self.probes.get(&e.db.alias).copied().unwrap_or_default(),
                 lag: e.lag.delay,
                 lag_bytes: e.lag.bytes,
                 lagging: e.lag.lagging,

@@ -484,6 +484,7 @@ impl Agent {
         self.readiness.reported[i] = true;
         let e = &self.state.endpoints[i];
         let alias = e.db.alias.clone();
+        self.metrics.probed(&alias);
         if let Err(f) = &r.outcome {
             self.metrics
                 .failed_probe(&alias, probe_result::name(f.kind()));

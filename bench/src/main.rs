@@ -15,6 +15,7 @@ mod django;
 mod failover;
 mod footprint;
 mod haproxy;
+mod operators;
 mod probecost;
 mod reader;
 mod report;
@@ -83,12 +84,28 @@ enum What {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
-    /// (Internal) one reader process of `soak`.
+    /// The soak of operator events against real PostgreSQL (a primary and a
+    /// streaming standby): primary restarts, failovers with the old primary back,
+    /// receiver cuts, agent restarts and kills, SIGHUP storms; reader processes and
+    /// the driver check the invariants. Fails on any violation.
+    SoakOperators {
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+        #[arg(long, default_value_t = 2)]
+        readers: usize,
+        /// Chooses the sequence of events (the same seed, the same sequence).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// (Internal) one reader process of `soak` and `soak-operators`.
     #[command(hide = true)]
     SoakReader {
         state: PathBuf,
         #[arg(long)]
         seconds: f64,
+        /// Stop once this file exists.
+        #[arg(long)]
+        stop_file: Option<PathBuf>,
     },
     /// Agent resident memory and CPU per hour at 3 and 64 endpoints, interval 1s.
     Footprint {
@@ -154,7 +171,16 @@ fn main() {
             readers,
             seed,
         } => soak::run(if cli.quick { 15 } else { seconds }, readers, seed),
-        What::SoakReader { state, seconds } => soak::reader(&state, seconds),
+        What::SoakOperators {
+            seconds,
+            readers,
+            seed,
+        } => operators::run(if cli.quick { 60 } else { seconds }, readers, seed),
+        What::SoakReader {
+            state,
+            seconds,
+            stop_file,
+        } => soak::reader(&state, seconds, stop_file.as_deref()),
         What::ProbeCost => probecost::probecost(cli.quick),
     }
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 /// The sections `all` fills, in order: (marker name, arguments).
-const SECTIONS: [(&str, &[&str]); 10] = [
+const SECTIONS: [(&str, &[&str]); 11] = [
     ("reader", &["reader"]),
     ("scaling", &["scaling"]),
     ("switch", &["switch"]),
@@ -15,6 +15,7 @@ const SECTIONS: [(&str, &[&str]); 10] = [
     ("probe-cost", &["probe-cost"]),
     ("django", &["django"]),
     ("soak", &["soak"]),
+    ("soak-operators", &["soak-operators"]),
     ("python", &[]),
 ];
 

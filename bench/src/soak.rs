@@ -5,7 +5,12 @@
 //!
 //! Invariants, on every read: the epoch never decreases; an alias is one of the
 //! configured ones; the status agrees with the indexes (active with a write alias,
-//! any other status without one); no error other than "contended". Reported with
+//! any other status without one); writes never go to a fenced endpoint, nor to
+//! one whose timeline is lower than one the reader saw published; no error other
+//! than "contended". (The fences and timelines are outside the seqlock: a
+//! condition counts once it has held for 2 ms at the same epoch, longer than the
+//! agent takes between recording a fence and publishing the decision it makes
+//! with it.) Reported with
 //! them: reads over 1 ms of wall time (a read makes no system call, so these are
 //! the process being descheduled, not waiting) and how long readers saw "stale"
 //! after each kill.
@@ -174,20 +179,20 @@ impl Rng {
 
 /// What one reader process found (one line of `key=value` pairs on stdout).
 #[derive(Debug, Default)]
-struct Found {
-    reads: u64,
-    violations: u64,
-    contended: u64,
-    over_1ms: u64,
-    worst_ns: u64,
-    stale_episodes: u64,
-    stale_ms_total: u64,
-    stale_ms_max: u64,
-    first_violation: String,
+pub(crate) struct Found {
+    pub(crate) reads: u64,
+    pub(crate) violations: u64,
+    pub(crate) contended: u64,
+    pub(crate) over_1ms: u64,
+    pub(crate) worst_ns: u64,
+    pub(crate) stale_episodes: u64,
+    pub(crate) stale_ms_total: u64,
+    pub(crate) stale_ms_max: u64,
+    pub(crate) first_violation: String,
 }
 
 impl Found {
-    fn line(&self) -> String {
+    pub(crate) fn line(&self) -> String {
         format!(
             "reads={} violations={} contended={} over_1ms={} worst_ns={} stale_episodes={} stale_ms_total={} stale_ms_max={} first_violation={:?}",
             self.reads,
@@ -202,7 +207,7 @@ impl Found {
         )
     }
 
-    fn parse(line: &str) -> Found {
+    pub(crate) fn parse(line: &str) -> Found {
         let get = |k: &str| -> u64 {
             line.split_whitespace()
                 .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
@@ -225,8 +230,9 @@ impl Found {
     }
 }
 
-/// The reader process: reads every ~100 µs for `seconds`, checking each snapshot.
-pub fn reader(state: &Path, seconds: f64) {
+/// The reader process: reads every ~100 µs for `seconds`, or until `stop` exists,
+/// checking each snapshot.
+pub fn reader(state: &Path, seconds: f64, stop: Option<&Path>) {
     let r = loop {
         if let Ok(r) = Reader::open(state) {
             break r;
@@ -236,6 +242,9 @@ pub fn reader(state: &Path, seconds: f64) {
     let mut f = Found::default();
     let mut last_epoch = 0u64;
     let mut stale_since: Option<Instant> = None;
+    let mut newest_timeline = 0u32;
+    // A suspicious write endpoint: (epoch, index, since when, counted).
+    let mut suspect: Option<(u64, u32, Instant, bool)> = None;
     let end = Instant::now() + Duration::from_secs_f64(seconds);
     let violation = |f: &mut Found, what: String| {
         f.violations += 1;
@@ -244,6 +253,9 @@ pub fn reader(state: &Path, seconds: f64) {
         }
     };
     while Instant::now() < end {
+        if f.reads % 1000 == 0 && stop.is_some_and(Path::exists) {
+            break;
+        }
         let t0 = Instant::now();
         let got = r.snapshot();
         let ns = t0.elapsed().as_nanos() as u64;
@@ -270,6 +282,33 @@ pub fn reader(state: &Path, seconds: f64) {
                     (Status::Active, Some(_)) | (_, None) => {}
                     (st, Some(a)) => violation(&mut f, format!("{st:?} with write alias {a}")),
                 }
+                let wrong = s.write_index.and_then(|w| {
+                    let alias = s.alias(w).unwrap_or("?");
+                    let fence = s.fence(w);
+                    if fence.fenced {
+                        return Some((w, format!("writes to {alias}, fenced")));
+                    }
+                    let seen = (0..s.endpoint_count()).filter_map(|i| s.fence(i).timeline);
+                    newest_timeline = newest_timeline.max(seen.max().unwrap_or(0));
+                    match fence.timeline {
+                        Some(t) if t < newest_timeline => Some((
+                            w,
+                            format!("writes to {alias} on timeline {t}, after {newest_timeline}"),
+                        )),
+                        _ => None,
+                    }
+                });
+                suspect = match (wrong, suspect.take()) {
+                    (Some((w, what)), Some((e, i, since, counted))) if (e, i) == (s.epoch, w) => {
+                        let held = since.elapsed() >= Duration::from_millis(2);
+                        if held && !counted {
+                            violation(&mut f, what);
+                        }
+                        Some((e, i, since, counted || held))
+                    }
+                    (Some((w, _)), _) => Some((s.epoch, w, Instant::now(), false)),
+                    (None, _) => None,
+                };
                 match (s.status == Status::Stale, stale_since) {
                     (true, None) => stale_since = Some(Instant::now()),
                     (false, Some(t)) => {

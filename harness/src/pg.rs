@@ -311,17 +311,7 @@ impl Cluster {
     ) -> io::Result<Cluster> {
         let install = &primary.install;
         let (dir, data_dir) = Cluster::dirs(install, root, name)?;
-        check(
-            &format!("pg_basebackup for {name}"),
-            install
-                .command("pg_basebackup")
-                .current_dir(&dir)
-                .args(["-R", "-X", "stream", "--no-sync", "-U", "postgres", "-h"])
-                .arg(&primary.socket_dir)
-                .args(["-p", &primary.port.to_string(), "-D"])
-                .arg(&data_dir)
-                .output(),
-        )?;
+        primary.base_backup(name, &dir, &data_dir)?;
         Ok(Cluster::at(
             install,
             name,
@@ -331,6 +321,33 @@ impl Cluster {
             data_dir,
             primary.settings.clone(),
         ))
+    }
+
+    /// Rebuilds this server as a streaming standby of `primary`, as an operator
+    /// does with an old primary after a failover: stopped, its data directory
+    /// replaced by a base backup of `primary`, started again (same name, port and
+    /// settings).
+    pub fn rebuild_as_standby_of(&self, primary: &Cluster) -> io::Result<()> {
+        self.stop(StopMode::Immediate)?;
+        std::fs::remove_dir_all(&self.data_dir)?;
+        primary.base_backup(&self.name, &self.socket_dir, &self.data_dir)?;
+        self.start()
+    }
+
+    /// `pg_basebackup -R` of this server into `data_dir`, run in `dir`.
+    fn base_backup(&self, name: &str, dir: &Path, data_dir: &Path) -> io::Result<()> {
+        check(
+            &format!("pg_basebackup for {name}"),
+            self.install
+                .command("pg_basebackup")
+                .current_dir(dir)
+                .args(["-R", "-X", "stream", "--no-sync", "-U", "postgres", "-h"])
+                .arg(&self.socket_dir)
+                .args(["-p", &self.port.to_string(), "-D"])
+                .arg(data_dir)
+                .output(),
+        )
+        .map(drop)
     }
 
     /// Adds a `-c name=value` setting for the next starts.

@@ -85,6 +85,9 @@ pub const DBHA_PROBE_CLOSED: u8 = 9;
 pub const DBHA_PROBE_IO: u8 = 10;
 /// Last probe result: TLS could not be negotiated as `sslmode` requires.
 pub const DBHA_PROBE_TLS: u8 = 11;
+/// Last probe result: a held session answers, but the server admits no new
+/// connection (a frozen postmaster, or too many clients).
+pub const DBHA_PROBE_NO_NEW_CONNECTIONS: u8 = 12;
 
 /// An open state file. Opaque: created by `dbha_open`, freed by `dbha_close`.
 pub struct dbha_reader(Reader);
@@ -614,7 +617,8 @@ mod tests {
                 DBHA_PROBE_RESOLVE,
                 DBHA_PROBE_CLOSED,
                 DBHA_PROBE_IO,
-                DBHA_PROBE_TLS
+                DBHA_PROBE_TLS,
+                DBHA_PROBE_NO_NEW_CONNECTIONS
             ],
             [
                 p::AUTH_FAILED,
@@ -622,7 +626,8 @@ mod tests {
                 p::RESOLVE,
                 p::CLOSED,
                 p::IO,
-                p::TLS
+                p::TLS,
+                p::NO_NEW_CONNECTIONS
             ]
         );
     }

@@ -8,6 +8,7 @@ pub mod agentproc;
 pub mod badfiles;
 pub mod fakepg;
 pub mod live;
+pub mod metrics;
 pub mod netfault;
 pub mod trace;
 

@@ -5,6 +5,7 @@ use dbha::{Reader, Status};
 use dbha_harness::Listener;
 use dbha_tests::agentproc::{self, loopback_config as config, wait_for, wait_write, AgentProc};
 use dbha_tests::fakepg::{FakePg, Reply};
+use dbha_tests::metrics::{http_get, metric};
 use nix::sys::signal::Signal;
 use std::path::Path;
 use std::process::Command;
@@ -555,23 +556,6 @@ fn systemd_hears_ready_after_the_first_cycle_status_watchdog_reload_and_stop() {
     let stop = (0..12).map(|_| next()).find(|m| m != "WATCHDOG=1");
     assert_eq!(stop.as_deref(), Some("STOPPING=1"));
     drop((a, b));
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
-fn metric(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {name_and_labels} in:\n{text}"))
-        .parse()
-        .unwrap()
 }
 
 #[test]
