@@ -30,11 +30,16 @@ const STRATEGIES: [(&str, &str); 4] = [
     ("router", "dbha FailoverRouter"),
     ("backend", "dbha backend"),
 ];
-const FAULTS: [(&str, &str); 3] = [
+const FAULTS: [(&str, &str); 4] = [
     ("stop", "primary stopped (-m immediate)"),
     ("blackhole", "primary blackholed (nftables drop)"),
     ("freeze", "primary frozen (SIGSTOP)"),
+    // Not a database fault: no promotion follows, and only the strategies that
+    // read the agent are run.
+    ("agent-restart", "agent restarted 3 times, 1 s apart (SIGTERM + start)"),
 ];
+/// The strategies that read the agent, the only ones an agent restart can touch.
+const AGENT_READERS: [&str; 2] = ["router", "backend"];
 const CLIENTS: usize = 32;
 /// Each client starts a request every PACE (or, when one took longer, as soon as
 /// it is answered): the same offered load whether a strategy fails fast or slowly.
@@ -69,6 +74,10 @@ struct Outcome {
     /// Requests the schedule called for: every client, every PACE, for the run.
     offered: usize,
     missing: usize,
+    /// Distinct epochs a reader saw from the fault on (agent restarts).
+    epochs: usize,
+    /// Queries the backend's watcher aborted (its warnings in gunicorn's log).
+    aborted: usize,
 }
 
 impl Outcome {
@@ -214,7 +223,7 @@ fn request(addr: SocketAddr, seq: i64) -> std::io::Result<u16> {
 }
 
 fn trial(strategy: &str, fault: &str, plan: &Plan) -> Outcome {
-    let (live, agent) = setup();
+    let (live, mut agent) = setup();
     let dir = live.dir.path();
     let bench_json = format!(
         "{{\"strategy\": \"{strategy}\", \"databases\": {}, \"state\": \"{}\", \"status_dir\": \"{}\"}}",
@@ -317,16 +326,28 @@ fn trial(strategy: &str, fault: &str, plan: &Plan) -> Outcome {
     let default = live.cluster("default");
     let blackhole = (fault == "blackhole")
         .then(|| Blackhole::for_port(default.port).expect("nft, to blackhole the primary (root)"));
+    let trace = dbha_tests::trace::Trace::start(&agent.state);
     let fault_at = t0.elapsed().as_secs_f64();
+    let restart = fault == "agent-restart";
     match fault {
         "stop" => default.stop(StopMode::Immediate).expect("stop the primary"),
         "freeze" => default.freeze(),
+        "agent-restart" => {
+            for _ in 0..3 {
+                agent.signal(nix::sys::signal::Signal::SIGTERM);
+                let _ = agent.child().wait();
+                agent.spawn();
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
         _ => blackhole.as_ref().expect("a blackhole").on(),
     }
-    std::thread::sleep(Duration::from_secs(1));
-    live.cluster("failover1")
-        .promote()
-        .expect("promote failover1");
+    if !restart {
+        std::thread::sleep(Duration::from_secs(1));
+        live.cluster("failover1")
+            .promote()
+            .expect("promote failover1");
+    }
     let promoted_at = t0.elapsed().as_secs_f64();
     std::thread::sleep(plan.after);
     stop.store(true, Ordering::Relaxed);
@@ -342,9 +363,19 @@ fn trial(strategy: &str, fault: &str, plan: &Plan) -> Outcome {
         _ => {}
     }
 
-    // Every acknowledged write must be on the promoted server.
+    let epochs = {
+        let mut e: Vec<u64> = trace.finish().seen.iter().map(|s| s.epoch).collect();
+        e.dedup();
+        e.len()
+    };
+    let aborted = std::fs::read_to_string(dir.join("gunicorn.log"))
+        .unwrap_or_default()
+        .matches("aborted this process's connection")
+        .count();
+    // Every acknowledged write must be on the promoted server (on the primary,
+    // when nothing was promoted).
     let present: std::collections::HashSet<i64> = live
-        .cluster("failover1")
+        .cluster(if restart { "default" } else { "failover1" })
         .psql("SELECT seq FROM benchapp_item")
         .expect("read the promoted server")
         .lines()
@@ -361,6 +392,8 @@ fn trial(strategy: &str, fault: &str, plan: &Plan) -> Outcome {
         promoted_at,
         offered,
         missing,
+        epochs,
+        aborted,
     };
     if outcome.failures_outside() > 0 && strategy == "backend" {
         // Not expected of the backend: keep what explains it.
@@ -445,8 +478,12 @@ pub fn run(quick: bool, repeats: usize, only_fault: Option<&str>, only_strategy:
         !faults.is_empty() && !strategies.is_empty(),
         "faults are {FAULTS:?}, strategies {STRATEGIES:?}"
     );
+    let mut restarts = Vec::new();
     for &(fault, fault_name) in &faults {
         for &(strategy, strategy_name) in &strategies {
+            if fault == "agent-restart" && !AGENT_READERS.contains(&strategy) {
+                continue;
+            }
             let outcomes: Vec<Outcome> = (0..plan.repeats)
                 .map(|i| {
                     eprintln!("django: {fault} / {strategy} ({}/{})", i + 1, plan.repeats);
@@ -482,6 +519,13 @@ pub fn run(quick: bool, repeats: usize, only_fault: Option<&str>, only_strategy:
                 (offered - (sent - failed)) as f64 / offered.max(1) as f64,
             );
             max_by.insert((fault, strategy), max);
+            if fault == "agent-restart" {
+                restarts.push(format!(
+                    "agent restarted 3 times under load, {strategy_name}: {failed} failed requests, {} queries aborted, readers saw {} epoch(s) (targets: 0, 0, 1)",
+                    outcomes.iter().map(|o| o.aborted).sum::<usize>(),
+                    outcomes.iter().map(|o| o.epochs).max().unwrap_or(0)
+                ));
+            }
         }
     }
     println!(
@@ -491,9 +535,13 @@ pub fn run(quick: bool, repeats: usize, only_fault: Option<&str>, only_strategy:
         plan.before,
         plan.after
     );
+    for line in &restarts {
+        println!("{line}");
+    }
     let compared = strategies.iter().any(|(s, _)| *s == "backend")
         && strategies.iter().any(|(s, _)| *s == "libpq");
-    for &(fault, fault_name) in faults.iter().filter(|_| compared) {
+    let db_faults = faults.iter().filter(|(f, _)| *f != "agent-restart");
+    for &(fault, fault_name) in db_faults.filter(|_| compared) {
         let ours = unserved_by[&(fault, "backend")];
         let best_other = strategies
             .iter()

@@ -113,13 +113,13 @@ enum What {
         seconds: u64,
     },
     /// Django under gunicorn and 32 HTTP clients through a failover (stop,
-    /// blackhole, freeze of the primary, a standby promoted 1 s later): the
-    /// original recipe, libpq multi-host, FailoverRouter and the dbha backend; then
-    /// the backend's cost per query against Django's.
+    /// blackhole, freeze of the primary, a standby promoted 1 s later) and through
+    /// three agent restarts: the original recipe, libpq multi-host, FailoverRouter
+    /// and the dbha backend; then the backend's cost per query against Django's.
     Django {
         #[arg(long, default_value_t = 3)]
         repeats: usize,
-        /// Only this fault: stop, blackhole or freeze.
+        /// Only this fault: stop, blackhole, freeze or agent-restart.
         #[arg(long)]
         fault: Option<String>,
         /// Only this strategy: recipe, libpq, router or backend.

@@ -154,11 +154,15 @@ def test_an_upgrade_restarts_a_running_agent_and_keeps_the_state_file(box):
     assert (box.root / "etc/dbha/dbha.toml").read_text() == config
 
 
-def test_stop_marks_the_state_file_stopped_and_keeps_it(box):
+def test_stop_keeps_the_state_file_and_readers_see_it_stale_after_stale_after(box):
+    # A stop is a hand-over that no agent takes: readers keep the last decision
+    # until stale_after, then see it stale (a restart within it is invisible).
     inode = box.inode()[0]
     box.run("systemctl", "stop", UNIT)
+    wait_for("the decision to go stale", lambda: box.status()[1]["status"] == "stale")
     code, status = box.status()
-    assert code == 2 and status["flags"]["stopped"], status
+    assert code == 2 and not status["flags"]["stopped"], status
+    assert status["write"] is None
     assert box.inode()[0] == inode
 
 
