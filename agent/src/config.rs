@@ -145,6 +145,11 @@ pub struct Database {
     /// 57P03, a changed pg_hba.conf) is seen within it, and a smart shutdown
     /// never waits longer than this for the agent.
     pub session_lifetime: Duration,
+    /// How often a held session's probe also checks that the server admits a new
+    /// connection (a frozen postmaster, or a full `max_connections`, leaves a held
+    /// session answering): a startup message on a new connection, which costs
+    /// the server a fork.
+    pub admission_interval: Duration,
     /// A standby whose replay is further behind takes no reads.
     pub max_replica_lag: Option<Duration>,
     /// A standby whose replay is more bytes of WAL behind the primary takes no
@@ -282,6 +287,7 @@ struct RawConfig {
     fall: Option<Spanned<u32>>,
     session: Option<Spanned<Session>>,
     session_lifetime: Option<Spanned<Dur>>,
+    admission_interval: Option<Spanned<Dur>>,
     max_replica_lag: Option<Spanned<Dur>>,
     max_replica_lag_bytes: Option<Spanned<u64>>,
     failback: Option<Failback>,
@@ -318,6 +324,7 @@ struct RawDatabase {
     fall: Option<Spanned<u32>>,
     session: Option<Spanned<Session>>,
     session_lifetime: Option<Spanned<Dur>>,
+    admission_interval: Option<Spanned<Dur>>,
     max_replica_lag: Option<Spanned<Dur>>,
     max_replica_lag_bytes: Option<Spanned<u64>>,
     user: Option<String>,
@@ -376,6 +383,10 @@ const LIFETIME_RANGE: (Duration, Duration) =
     (Duration::from_millis(10), Duration::from_secs(86_400));
 /// The default `session_lifetime`.
 const SESSION_LIFETIME: Duration = Duration::from_secs(60);
+/// The default `admission_interval`: a frozen postmaster is seen within about
+/// 10 s, for a fork on the server every 10 s (BENCHMARKS.md, "What a probe costs
+/// the server").
+const ADMISSION_INTERVAL: Duration = Duration::from_secs(10);
 const LAG_RANGE: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(86_400));
 
 /// Builds located errors against the source text.
@@ -774,6 +785,21 @@ impl Config {
                 LIFETIME_RANGE,
             )?;
             roles_only(
+                "admission_interval",
+                db.admission_interval.as_ref().map(Spanned::span),
+            )?;
+            let admission = db
+                .admission_interval
+                .as_ref()
+                .or(raw.admission_interval.as_ref())
+                .cloned();
+            let admission_interval = loc.duration(
+                &admission,
+                &key("admission_interval"),
+                ADMISSION_INTERVAL,
+                LIFETIME_RANGE,
+            )?;
+            roles_only(
                 "max_replica_lag",
                 db.max_replica_lag.as_ref().map(Spanned::span),
             )?;
@@ -813,6 +839,7 @@ impl Config {
                     .or(raw.session.as_ref())
                     .map_or(Session::Held, |s| *s.get_ref()),
                 session_lifetime,
+                admission_interval,
                 max_replica_lag: if db.check == Check::Tcp {
                     None
                 } else {
@@ -1017,6 +1044,11 @@ impl fmt::Display for Config {
                     "session_lifetime = \"{}\"",
                     format_duration(d.session_lifetime)
                 )?;
+                writeln!(
+                    f,
+                    "admission_interval = \"{}\"",
+                    format_duration(d.admission_interval)
+                )?;
                 if let Some(l) = d.max_replica_lag {
                     writeln!(f, "max_replica_lag = \"{}\"", format_duration(l))?;
                 }
@@ -1092,6 +1124,26 @@ timeout = "2s"
             .map(|e| e.alias)
             .collect();
         assert_eq!(aliases, ["default", "failover1"]);
+    }
+
+    #[test]
+    fn admission_interval_defaults_to_10s_and_is_for_the_postgres_check() {
+        let c = parse(THREE).unwrap();
+        assert_eq!(c.databases[0].admission_interval, Duration::from_secs(10));
+        let text = THREE.replace(
+            "check = \"postgres\"\n",
+            "check = \"postgres\"\nadmission_interval = \"30s\"\n",
+        );
+        assert_eq!(
+            parse(&text).unwrap().databases[0].admission_interval,
+            Duration::from_secs(30)
+        );
+        let text = THREE.replace("fall = 5\n", "fall = 5\nadmission_interval = \"30s\"\n");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(
+            e.contains("admission_interval applies to check = \"postgres\" only"),
+            "{e}"
+        );
     }
 
     #[test]

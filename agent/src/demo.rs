@@ -233,8 +233,7 @@ fn story(short: bool, listeners: bool, stop: &AtomicBool) -> Result<(), String> 
             }
         });
     }
-    // Stopped with SIGTERM, so the state file says "agent stopped", whatever ends
-    // the demo.
+    // Stopped with SIGTERM (by pid), whatever ends the demo.
     let mut agent = Children::default();
     agent.push_with(child, Stop::Term(Duration::from_secs(5)));
 

@@ -36,7 +36,10 @@ const FAULTS: [(&str, &str); 4] = [
     ("freeze", "primary frozen (SIGSTOP)"),
     // Not a database fault: no promotion follows, and only the strategies that
     // read the agent are run.
-    ("agent-restart", "agent restarted 3 times, 1 s apart (SIGTERM + start)"),
+    (
+        "agent-restart",
+        "agent restarted 3 times, 1 s apart (SIGTERM + start)",
+    ),
 ];
 /// The strategies that read the agent, the only ones an agent restart can touch.
 const AGENT_READERS: [&str; 2] = ["router", "backend"];

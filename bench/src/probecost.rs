@@ -64,12 +64,12 @@ pub fn probecost(quick: bool) {
     c.stop(dbha_harness::pg::StopMode::Fast).expect("stop");
     c.start().expect("start with log_connections");
     let c = live.cluster("db");
-    let db = |session| Database {
+    let db = |session, interval| Database {
         alias: "db".into(),
         host: c.host.clone(),
         port: c.port,
         check: Check::Postgres,
-        interval: Duration::from_secs(1),
+        interval,
         fastinter: Duration::from_millis(10),
         timeout: Duration::from_secs(5),
         connect_timeout: Duration::from_secs(5),
@@ -77,6 +77,7 @@ pub fn probecost(quick: bool) {
         fall: 2,
         session,
         session_lifetime: Duration::from_secs(3600),
+        admission_interval: interval * 5,
         max_replica_lag: None,
         max_replica_lag_bytes: None,
         user: "postgres".into(),
@@ -96,7 +97,8 @@ pub fn probecost(quick: bool) {
     let (idle_ms, _) = cpu_ms(c, 0.0, || std::thread::sleep(window));
     let idle_per_s = idle_ms / window.as_secs_f64();
 
-    let mut held = Prober::new(db(Session::Held));
+    let second = Duration::from_secs(1);
+    let mut held = Prober::new(db(Session::Held, second));
     held.probe().expect("a held session");
     let (held_ms, held_took) = cpu_ms(c, idle_per_s, || {
         for _ in 0..held_n {
@@ -105,7 +107,19 @@ pub fn probecost(quick: bool) {
     });
     drop(held);
 
-    let mut login = Prober::new(db(Session::PerProbe));
+    // The admission check (a startup message on a new connection, no login),
+    // which a held session's probe adds every `admission_interval`: at 0 it is
+    // due at every probe.
+    let mut admitting = Prober::new(db(Session::Held, Duration::ZERO));
+    admitting.probe().expect("a held session");
+    let (admit_ms, admit_took) = cpu_ms(c, idle_per_s, || {
+        for _ in 0..login_n {
+            admitting.probe().expect("a probe with the admission check");
+        }
+    });
+    drop(admitting);
+
+    let mut login = Prober::new(db(Session::PerProbe, second));
     let (login_ms, login_took) = cpu_ms(c, idle_per_s, || {
         for _ in 0..login_n {
             login.probe().expect("a probe with a new login");
@@ -154,12 +168,19 @@ pub fn probecost(quick: bool) {
     let per = |ms: f64, n: usize| ms * 1e3 / n as f64;
     let held_us = per(held_ms, held_n);
     let login_us = per(login_ms, login_n);
+    let admit_us = (per(admit_ms, login_n) - held_us).max(0.0);
     println!("| probe | probes | server CPU (ms) | server CPU per probe (µs) | vs a new login per probe |");
     println!("|---|---:|---:|---:|---:|");
     println!(
         "| held session: one status query | {held_n} in {:.1} s | {held_ms:.0} | {held_us:.1} | 1/{:.0} |",
         held_took.as_secs_f64(),
         login_us / held_us.max(0.001)
+    );
+    println!(
+        "| held session and the admission check (status query, then a new connection's startup message, no login) | {login_n} in {:.1} s | {admit_ms:.0} | {:.0} (check alone: {admit_us:.0}) | {:.2} |",
+        admit_took.as_secs_f64(),
+        per(admit_ms, login_n),
+        per(admit_ms, login_n) / login_us
     );
     println!(
         "| new connection and SCRAM login per probe | {login_n} in {:.1} s | {login_ms:.0} | {login_us:.0} | 1 |",
@@ -173,11 +194,14 @@ pub fn probecost(quick: bool) {
             us / login_us
         );
     }
-    // The held session is reopened every session_lifetime (60 s by default).
-    let amortized = held_us + login_us / 60.0;
+    // The held session is reopened every session_lifetime (60 s by default), and
+    // checks admission every admission_interval (10 s by default).
+    let amortized = held_us + login_us / 60.0 + admit_us / 10.0;
+    let without_admission = held_us + login_us / 60.0;
     println!(
-        "\nwith the session reopened every 60 s (session_lifetime) at interval = 1s: {amortized:.1} µs per probe, 1/{:.0} of a login per probe",
-        login_us / amortized
+        "\nat interval = 1s, with the session reopened every 60 s (session_lifetime) and the admission check every 10 s (admission_interval): {amortized:.1} µs per probe, 1/{:.0} of a login per probe ({without_admission:.1} µs, 1/{:.0}, without the admission check)",
+        login_us / amortized,
+        login_us / without_admission
     );
     println!(
         "server idle: {idle_per_s:.1} ms of CPU per second, subtracted; PostgreSQL {}, SCRAM-SHA-256, loopback; /proc ticks of {:.0} Hz",

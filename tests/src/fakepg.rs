@@ -133,6 +133,7 @@ pub fn database(
         fall: 1,
         session: dbha_agent::config::Session::PerProbe,
         session_lifetime: Duration::from_secs(60),
+        admission_interval: Duration::from_secs(10),
         max_replica_lag: None,
         max_replica_lag_bytes: None,
         user: "postgres".into(),

@@ -431,7 +431,11 @@ fn a_frozen_postmaster_behind_a_held_session_is_left() {
         timeout_ms: 500,
         ..Timing::live("sticky")
     };
-    let a = agent(&live, &t, "writes = \"primary\"");
+    let a = agent(
+        &live,
+        &t,
+        "writes = \"primary\"\nadmission_interval = \"1s\"",
+    );
     let r = a.reader();
     wait_write(&r, "default");
     let db = live.cluster("default");

@@ -162,17 +162,10 @@ pub struct Prober {
     resolver: Resolver,
     /// The held session, and when it was opened.
     held: Option<(postgres::Held, Instant)>,
-    /// When a new connection was last admitted (see [`admission_every`]).
+    /// When a new connection was last admitted (see `admission_interval`).
     admitted: Option<Instant>,
     /// A failed TLS handshake under `prefer` was logged (once per prober).
     tls_fell_back: bool,
-}
-
-/// How often a held session's probe also checks that the server admits a new
-/// connection (see [`postgres::admit`]): every five intervals, a fork on the
-/// server where a login would cost a fork and authentication every interval.
-pub fn admission_every(db: &Database) -> Duration {
-    db.interval * 5
 }
 
 /// What ended a wait between probes.
@@ -221,7 +214,7 @@ impl Prober {
             }
             let due = self
                 .admitted
-                .is_none_or(|t| t.elapsed() >= admission_every(&self.db));
+                .is_none_or(|t| t.elapsed() >= self.db.admission_interval);
             if due {
                 // The session stays: it is fine, new connections are not.
                 let stream = self.connect(start, deadline)?;
