@@ -44,6 +44,16 @@ pub fn until_write(r: &Reader, want: &str) -> Duration {
     .1
 }
 
+/// Polls every 50 µs until `from` is no longer the write alias (another one, or
+/// none: no longer handed to readers); the time it took.
+pub fn until_write_leaves(r: &Reader, from: &str) -> Duration {
+    poll(Duration::from_micros(50), Duration::from_secs(30), || {
+        (r.write_alias() != Some(from)).then_some(())
+    })
+    .unwrap_or_else(|| panic!("writes never left {from}"))
+    .1
+}
+
 pub fn summary_row(what: &str, times: &mut [f64], expected: &str) {
     times.sort_by(f64::total_cmp);
     println!(

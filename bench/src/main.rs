@@ -69,6 +69,13 @@ enum What {
         #[arg(long)]
         fault: Option<String>,
     },
+    /// A primary restart (pg_ctl restart -m fast) at the shipped example's
+    /// settings, with writes = "any" and "primary": where writes went, and how long
+    /// readers had none.
+    Restart {
+        #[arg(long, default_value_t = 10)]
+        trials: usize,
+    },
     /// What a probe costs the database server: a held session's query, a new
     /// SCRAM login per probe, HAProxy's pgsql-check.
     ProbeCost,
@@ -182,5 +189,8 @@ fn main() {
             stop_file,
         } => soak::reader(&state, seconds, stop_file.as_deref()),
         What::ProbeCost => probecost::probecost(cli.quick),
+        What::Restart { trials } => {
+            failover::restart(if cli.quick { 1 } else { trials_said(trials) })
+        }
     }
 }

@@ -5,12 +5,13 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 /// The sections `all` fills, in order: (marker name, arguments).
-const SECTIONS: [(&str, &[&str]); 11] = [
+const SECTIONS: [(&str, &[&str]); 12] = [
     ("reader", &["reader"]),
     ("scaling", &["scaling"]),
     ("switch", &["switch"]),
     ("footprint", &["footprint"]),
     ("live", &["live"]),
+    ("restart", &["restart"]),
     ("haproxy", &["haproxy"]),
     ("probe-cost", &["probe-cost"]),
     ("django", &["django"]),
