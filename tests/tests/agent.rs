@@ -653,3 +653,39 @@ fn a_bad_metrics_address_is_a_located_config_error() {
         "{err}"
     );
 }
+
+#[test]
+fn check_status_and_watch_end_quietly_when_their_reader_goes_away() {
+    // Issue 20 row 10: `dbha-agent check ... | head` panicked on the closed pipe.
+    use std::process::Stdio;
+    let a = listener();
+    let agent = Agent::new(|d| config(d, &[("default", port(&a), "tcp")], ""));
+    agent.reader();
+    // A pipe whose reading end is closed before anything is written: as `| head
+    // -0`, or a `head` that has had its lines.
+    let closed = || {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        drop(r);
+        Stdio::from(w)
+    };
+    let state = agent.state.clone();
+    let runs: [(&str, Vec<std::ffi::OsString>); 3] = [
+        ("check", vec!["check".into(), "--config".into(), agent.config.clone().into()]),
+        ("status", vec!["status".into(), "--state".into(), state.clone().into()]),
+        ("watch", vec!["watch".into(), "--state".into(), state.into()]),
+    ];
+    for (what, args) in runs {
+        let out = agent_cmd()
+            .args(&args)
+            .stdout(closed())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+            .wait_with_output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{what}: {err}");
+        assert_ne!(out.status.code(), Some(101), "{what}: {out:?}");
+        assert!(out.status.code().is_some(), "{what} died of a signal: {out:?}");
+    }
+}
