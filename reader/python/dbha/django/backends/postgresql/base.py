@@ -381,7 +381,14 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         # The endpoint's pool, or its retired one (closed: a connection returned to
         # it is closed).
         pool = self._connection_pools.get(key)
-        return pool if pool is not None else _retired_pools.get(key)
+        if pool is None:
+            pool = _retired_pools.get(key)
+        if pool is None:
+            # None since close_pool() (Django does that when settings change):
+            # made again, as Django's own backend would.
+            self._dbha_pool_for(endpoint, self._dbha_params)
+            pool = self._connection_pools.get(key)
+        return pool
 
     def get_new_connection(self, conn_params):
         try:
