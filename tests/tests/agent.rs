@@ -670,9 +670,22 @@ fn check_status_and_watch_end_quietly_when_their_reader_goes_away() {
     };
     let state = agent.state.clone();
     let runs: [(&str, Vec<std::ffi::OsString>); 3] = [
-        ("check", vec!["check".into(), "--config".into(), agent.config.clone().into()]),
-        ("status", vec!["status".into(), "--state".into(), state.clone().into()]),
-        ("watch", vec!["watch".into(), "--state".into(), state.into()]),
+        (
+            "check",
+            vec![
+                "check".into(),
+                "--config".into(),
+                agent.config.clone().into(),
+            ],
+        ),
+        (
+            "status",
+            vec!["status".into(), "--state".into(), state.clone().into()],
+        ),
+        (
+            "watch",
+            vec!["watch".into(), "--state".into(), state.into()],
+        ),
     ];
     for (what, args) in runs {
         let out = agent_cmd()
@@ -686,6 +699,9 @@ fn check_status_and_watch_end_quietly_when_their_reader_goes_away() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!err.contains("panicked"), "{what}: {err}");
         assert_ne!(out.status.code(), Some(101), "{what}: {out:?}");
-        assert!(out.status.code().is_some(), "{what} died of a signal: {out:?}");
+        assert!(
+            out.status.code().is_some(),
+            "{what} died of a signal: {out:?}"
+        );
     }
 }
