@@ -292,13 +292,15 @@ pub fn decide(seen: &[Seen], current: Choice, policy: Policy, phase: Phase) -> D
     let owner = current.owner();
     let owner = match policy.writes {
         Writes::Any => {
-            // For the choice, fenced counts as down, and down within the
-            // tolerance as not judged yet (which `choose` keeps).
+            // For the choice, fenced counts as down, and the owner down within
+            // its tolerance as not judged yet (which `choose` keeps). Any other
+            // endpoint that is down is down: it holds nothing up.
             let judged: Vec<Health> = seen
                 .iter()
-                .map(|s| match s {
+                .enumerate()
+                .map(|(i, s)| match s {
                     _ if s.fenced => Health::Down,
-                    _ if s.unavailable() => Health::Unknown,
+                    _ if owner == Some(i) && s.unavailable() => Health::Unknown,
                     _ => s.health,
                 })
                 .collect();
@@ -877,6 +879,23 @@ mod tests {
         assert_eq!(read("PSS", None, Reads::Any), Some(0));
         assert_eq!(read("DSS", Some(2), Reads::Any), Some(2));
         assert_eq!(read("PSS", Some(2), Reads::Primary), Some(0));
+    }
+
+    #[test]
+    fn writes_any_a_fresh_choice_is_not_held_up_by_an_endpoint_that_is_down() {
+        // Only the endpoint writes belong to waits out its tolerance; a fresh
+        // agent whose first endpoint is already down chooses the next at once.
+        let policy = Policy {
+            writes: Writes::Any,
+            ..PRIMARY
+        };
+        let mut s = seen("DS");
+        s[0].given_up = false;
+        let d = decide(&s, Choice::default(), policy, Settling);
+        assert_eq!(d.choice.write, Some(1));
+        // The owner down within its tolerance keeps the writes (unavailable).
+        let d = decide(&s, writing_to(0), policy, Settling);
+        assert_eq!((d.choice.write, d.choice.waiting), (None, Some(0)));
     }
 
     #[test]

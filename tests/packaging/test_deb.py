@@ -128,8 +128,12 @@ def test_a_c_program_built_with_pkg_config_reads_the_installed_agents_decision(b
         assert box.run("stat", "-c", "%U", "/var/tmp/run/state").stdout.strip() == "dbha"
 
         box.run("systemctl", "stop", unit)
-        # Stopped cleanly: DBHA_STATUS_AGENT_STOPPED (3), no alias.
-        assert read(shared) == [version(), "3", "-", "-"]
+        # Stopped: the decision stays for a successor until stale_after (5 s),
+        # then DBHA_STATUS_STALE (2), no alias.
+        deadline = time.monotonic() + 30
+        while read(shared)[1:] != ["2", "-", "-"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert read(shared) == [version(), "2", "-", "-"]
     finally:
         box.run("systemctl", "stop", unit, check=False)
         listener.close()
