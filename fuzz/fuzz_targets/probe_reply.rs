@@ -20,7 +20,8 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 /// A loopback server thread that sends, on each connection, the next reply it is
-/// given, after the client's first message.
+/// given, after the client's first message; a connection with no reply queued is
+/// closed.
 fn server() -> &'static (u16, Mutex<Sender<Vec<u8>>>) {
     static SERVER: OnceLock<(u16, Mutex<Sender<Vec<u8>>>)> = OnceLock::new();
     SERVER.get_or_init(|| {
@@ -30,7 +31,13 @@ fn server() -> &'static (u16, Mutex<Sender<Vec<u8>>>) {
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { continue };
-                let Ok(reply) = rx.recv() else { return };
+                // A connection the input queued no reply for (prefer's second
+                // connection after a failed handshake) is closed at once.
+                let reply = match rx.try_recv() {
+                    Ok(reply) => reply,
+                    Err(mpsc::TryRecvError::Empty) => continue,
+                    Err(mpsc::TryRecvError::Disconnected) => return,
+                };
                 let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
                 let mut first = [0u8; 8];
                 let _ = conn.read_exact(&mut first);
@@ -71,6 +78,9 @@ fuzz_target!(|data: &[u8]| {
             Session::PerProbe
         },
         session_lifetime: Duration::from_secs(60),
+        // Past the one probe: no admission check (its new connection would
+        // find no reply queued).
+        admission_interval: Duration::from_secs(60),
         max_replica_lag: None,
         max_replica_lag_bytes: None,
         user: "postgres".into(),
