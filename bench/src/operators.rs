@@ -23,7 +23,6 @@ use dbha_tests::live::Live;
 use dbha_tests::metrics::{http_get, metric};
 use dbha_tests::trace::Trace;
 use nix::sys::signal::Signal;
-use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -318,18 +317,7 @@ pub fn run(seconds: u64, readers: usize, seed: u64) {
     }
     let events_took = began.elapsed();
     std::fs::write(&stop, "").expect("the readers' stop file");
-    let mut found = Vec::new();
-    for c in procs.iter_mut() {
-        let mut out = String::new();
-        c.stdout
-            .take()
-            .expect("piped")
-            .read_to_string(&mut out)
-            .expect("reader output");
-        let status = c.wait().expect("reader exit");
-        assert!(status.success(), "a reader process failed: {status}");
-        found.push(Found::parse(out.trim()));
-    }
+    let found = crate::soak::collect(&mut procs);
     report(events_took, seed, &e, &found, &w.t);
     let violations: u64 = found.iter().map(|f| f.violations).sum();
     assert!(

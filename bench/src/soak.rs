@@ -329,6 +329,24 @@ pub fn reader(state: &Path, seconds: f64, stop: Option<&Path>) {
     println!("{}", f.line());
 }
 
+/// What each reader process found, once it has ended (its one line on stdout).
+pub(crate) fn collect(procs: &mut dbha_tests::Children) -> Vec<Found> {
+    procs
+        .iter_mut()
+        .map(|c| {
+            let mut out = String::new();
+            c.stdout
+                .take()
+                .expect("piped")
+                .read_to_string(&mut out)
+                .expect("reader output");
+            let status = c.wait().expect("reader exit");
+            assert!(status.success(), "a reader process failed: {status}");
+            Found::parse(out.trim())
+        })
+        .collect()
+}
+
 /// Counts of what the driver did.
 #[derive(Debug, Default)]
 struct Chaos {
@@ -417,18 +435,7 @@ pub fn run(seconds: u64, readers: usize, seed: u64) {
         }
         std::thread::sleep(rng.ms(100, 800));
     }
-    let mut found = Vec::new();
-    for c in procs.iter_mut() {
-        let mut out = String::new();
-        c.stdout
-            .take()
-            .expect("piped")
-            .read_to_string(&mut out)
-            .expect("reader output");
-        let status = c.wait().expect("reader exit");
-        assert!(status.success(), "a reader process failed: {status}");
-        found.push(Found::parse(out.trim()));
-    }
+    let found = collect(&mut procs);
     report(
         seconds,
         seed,

@@ -65,6 +65,28 @@ def start_django(live, migrate_on, settings="dbhatest.settings"):
         call_command("migrate", database=alias, verbosity=0)
 
 
+def close_django(live):
+    """Closes this process's Django connections and pools (the dbha backend's
+    live and retired ones too), then `live`."""
+    from django.db import connections
+
+    connections.close_all()
+    from dbha.django.backends.postgresql.base import DatabaseWrapper
+
+    for pool in list(DatabaseWrapper._connection_pools.values()):
+        pool.close()
+    live.close()
+
+
+@pytest.fixture(scope="module")
+def agent(live):
+    """A reader on the agent of the module's `live` fixture."""
+    import dbha
+
+    with dbha.Reader(live.info["state"]) as r:
+        yield r
+
+
 def drop_broken_connections():
     """What Django does at the end of a request."""
     from django.db import close_old_connections, connections

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import HERE, Live, drop_broken_connections, start_django
+from conftest import HERE, Live, close_django, drop_broken_connections, start_django
 
 NAMES = ["default", "failover1", "failover2"]
 
@@ -27,22 +27,7 @@ def live():
     # router allows migrations on the write alias only.
     start_django(lv, ["default", "replica"], settings="dbhatest.settings_backend")
     yield lv
-    from django.db import connections
-
-    connections.close_all()
-    from dbha.django.backends.postgresql.base import DatabaseWrapper
-
-    for pool in list(DatabaseWrapper._connection_pools.values()):
-        pool.close()
-    lv.close()
-
-
-@pytest.fixture(scope="module")
-def agent(live):
-    import dbha
-
-    with dbha.Reader(live.info["state"]) as r:
-        yield r
+    close_django(lv)
 
 
 def port(name, live):

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import Live, start_django
+from conftest import Live, close_django, start_django
 
 NAMES = ["default", "failover1", "failover2"]
 THREADS = 4
@@ -25,22 +25,7 @@ def live():
     lv = Live(NAMES, "--replicated")
     start_django(lv, ["default", "replica"], settings="dbhatest.settings_operators")
     yield lv
-    from django.db import connections
-
-    connections.close_all()
-    from dbha.django.backends.postgresql.base import DatabaseWrapper
-
-    for pool in list(DatabaseWrapper._connection_pools.values()):
-        pool.close()
-    lv.close()
-
-
-@pytest.fixture(scope="module")
-def agent(live):
-    import dbha
-
-    with dbha.Reader(live.info["state"]) as r:
-        yield r
+    close_django(lv)
 
 
 def port(name, live):
