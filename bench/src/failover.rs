@@ -83,7 +83,7 @@ pub fn live(trials: usize) {
     summary_row(
         "default frozen: writes on failover1",
         &mut frozen.1,
-        &format!("phase (0-100) + timeout (first failed report) + fall x interval ({tolerance}) + up to one heartbeat (0-100): 400-600"),
+        &format!("as no longer handed out: fall failed probes of a timeout each already span fall x interval ({tolerance}): 400-500"),
     );
 }
 
