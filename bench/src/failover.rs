@@ -92,14 +92,7 @@ pub fn live(trials: usize) {
 /// "any" and writes = "primary": where writes went while it restarted, and how
 /// long readers had none beyond the restart itself.
 pub fn restart(trials: usize) {
-    let t = Timing {
-        interval_ms: 1000,
-        timeout_ms: 1000,
-        rise: 2,
-        fall: 3,
-        stale_after_ms: 5000,
-        failback: "sticky",
-    };
+    let t = Timing::example();
     println!("| writes (held sessions, interval=1s, fastinter=10ms, fall=3, rise=2, sticky) | trials | restart p50 ms | writes NONE p50 / max ms | NONE beyond the restart, max ms | trials where writes left the primary |");
     println!("|---|---:|---:|---:|---:|---:|");
     for writes in ["any", "primary"] {

@@ -42,6 +42,19 @@ impl Timing {
         }
     }
 
+    /// The shipped example's settings (`packaging/dbha.toml`): interval and
+    /// timeout 1 s, rise 2, fall 3, stale after 5 s, sticky failback.
+    pub fn example() -> Timing {
+        Timing {
+            interval_ms: 1000,
+            timeout_ms: 1000,
+            rise: 2,
+            fall: 3,
+            stale_after_ms: 5000,
+            failback: "sticky",
+        }
+    }
+
     /// The longest a fault may take to be published: `fall` probes, each taking at
     /// most the longer of interval and timeout, plus one interval of phase.
     pub fn detection_bound(&self) -> Duration {

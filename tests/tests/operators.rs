@@ -123,14 +123,7 @@ fn a_primary_restart_never_moves_writes_with_the_example_settings_or_writes_prim
         let Some(live) = Live::replicated("default", &["failover1"], "trust", None) else {
             return;
         };
-        let t = Timing {
-            interval_ms: 1000,
-            timeout_ms: 2000,
-            rise: 2,
-            fall: 3,
-            stale_after_ms: 5000,
-            failback: "sticky",
-        };
+        let t = Timing::example();
         let a = agent(&live, &t, &format!("writes = \"{writes}\""));
         let r = a.reader();
         wait_write(&r, "default");
@@ -388,14 +381,7 @@ fn a_server_admitting_every_other_login_is_not_probed_at_fastinter_forever() {
         return;
     };
     let proxy = Alternating::to(live.cluster("default").port);
-    let t = Timing {
-        interval_ms: 1000,
-        timeout_ms: 1000,
-        rise: 2,
-        fall: 3,
-        stale_after_ms: 5000,
-        failback: "sticky",
-    };
+    let t = Timing::example();
     let a = AgentProc::start(live.dir.path(), "agent", |s| {
         config(
             s,

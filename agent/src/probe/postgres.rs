@@ -306,17 +306,7 @@ pub fn admit(
         started: false,
     };
     let answer = negotiate_tls(&mut s, db).and_then(|()| {
-        let startup = encode(|b| {
-            frontend::startup_message(
-                [
-                    ("user", db.user.as_str()),
-                    ("database", db.dbname.as_str()),
-                    ("application_name", "dbha-agent"),
-                ],
-                b,
-            )
-        })?;
-        s.send(&startup)?;
+        s.send(&startup(db)?)?;
         s.recv()
     });
     let _ = s.stream.tcp().shutdown(Shutdown::Both);
@@ -554,9 +544,9 @@ fn negotiate_tls(s: &mut Session, db: &Database) -> Result<(), Failure> {
     Ok(())
 }
 
-/// The verdict, and whether a session was opened.
-fn converse(s: &mut Session, db: &Database) -> Result<(Up, bool), Failure> {
-    let startup = encode(|b| {
+/// The startup message for `db`'s user and database.
+fn startup(db: &Database) -> Result<BytesMut, Failure> {
+    encode(|b| {
         frontend::startup_message(
             [
                 ("user", db.user.as_str()),
@@ -565,8 +555,12 @@ fn converse(s: &mut Session, db: &Database) -> Result<(Up, bool), Failure> {
             ],
             b,
         )
-    })?;
-    s.send(&startup)?;
+    })
+}
+
+/// The verdict, and whether a session was opened.
+fn converse(s: &mut Session, db: &Database) -> Result<(Up, bool), Failure> {
+    s.send(&startup(db)?)?;
     let unknown = Up::default();
     let password = db.password.as_ref().map(|p| p.expose().as_bytes());
     match s.recv()? {
