@@ -85,6 +85,17 @@ struct Session {
 }
 
 impl Session {
+    /// A plain connection, nothing read yet.
+    fn new(stream: TcpStream, deadline: Instant, timeout: Duration) -> Session {
+        Session {
+            stream: Stream::Plain(stream),
+            buf: BytesMut::new(),
+            deadline,
+            timeout,
+            started: false,
+        }
+    }
+
     fn io_failure(&self, e: io::Error) -> Failure {
         // rustls reports a failed handshake or a bad record as InvalidData.
         if let Some(t) = e
@@ -251,13 +262,7 @@ fn login(
     timeout: Duration,
     db: &Database,
 ) -> (Outcome, Option<Session>) {
-    let mut s = Session {
-        stream: Stream::Plain(stream),
-        buf: BytesMut::new(),
-        deadline,
-        timeout,
-        started: false,
-    };
+    let mut s = Session::new(stream, deadline, timeout);
     let verdict = negotiate_tls(&mut s, db).and_then(|()| converse(&mut s, db));
     match verdict {
         Ok((up, true)) => {
@@ -298,13 +303,7 @@ pub fn admit(
     timeout: Duration,
     db: &Database,
 ) -> Result<(), Failure> {
-    let mut s = Session {
-        stream: Stream::Plain(stream),
-        buf: BytesMut::new(),
-        deadline,
-        timeout,
-        started: false,
-    };
+    let mut s = Session::new(stream, deadline, timeout);
     let answer = negotiate_tls(&mut s, db).and_then(|()| {
         s.send(&startup(db)?)?;
         s.recv()
@@ -312,9 +311,9 @@ pub fn admit(
     let _ = s.stream.tcp().shutdown(Shutdown::Both);
     let refused = |why: String| Err(Failure::NoNewConnections(why));
     match answer {
-        Ok(Message::ErrorResponse(body)) => match server_error(body.fields(), db) {
-            Failure::Rejected(m) if m.starts_with("53300") => refused(m),
-            f @ Failure::NotReady(_) => Err(f),
+        Ok(Message::ErrorResponse(body)) => match error_fields(body.fields()) {
+            (code, message) if code == "53300" => refused(format!("{code}: {message}")),
+            (code, message) if code == "57P03" => Err(Failure::NotReady(message)),
             _ => Ok(()),
         },
         Ok(
@@ -821,7 +820,8 @@ fn unacknowledged(tcp: &TcpStream) -> bool {
 
 /// An ErrorResponse as a probe failure: 57P03 is "not ready"; invalid password or
 /// authorization is an authentication failure; anything else a refusal.
-fn server_error(mut fields: ErrorFields<'_>, db: &Database) -> Failure {
+/// An ErrorResponse's SQLSTATE and message, as server text (escaped and cut).
+fn error_fields(mut fields: ErrorFields<'_>) -> (String, String) {
     let (mut code, mut message) = (String::new(), String::new());
     while let Ok(Some(f)) = fields.next() {
         let value = server_text(f.value_bytes());
@@ -831,6 +831,11 @@ fn server_error(mut fields: ErrorFields<'_>, db: &Database) -> Failure {
             _ => {}
         }
     }
+    (code, message)
+}
+
+fn server_error(fields: ErrorFields<'_>, db: &Database) -> Failure {
+    let (code, message) = error_fields(fields);
     match code.as_str() {
         "57P03" => Failure::NotReady(message),
         "28P01" | "28000" => Failure::AuthFailed(format!("{message} (user {:?})", db.user)),
