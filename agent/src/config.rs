@@ -209,6 +209,10 @@ pub struct Config {
     pub writes: Writes,
     pub reads: Reads,
     pub stale_after: Duration,
+    /// Under `writes = "primary"`, while writes have no database (a failover
+    /// window), the databases that are up are probed at their `fastinter` for at
+    /// most this long, so that a promotion is published at once; 0: not at all.
+    pub promotion_window: Duration,
     /// Permission bits of the state file.
     pub state_mode: u32,
     /// Where to serve Prometheus metrics, if anywhere.
@@ -294,6 +298,7 @@ struct RawConfig {
     writes: Option<Spanned<Writes>>,
     reads: Option<Spanned<Reads>>,
     stale_after: Option<Spanned<Dur>>,
+    promotion_window: Option<Spanned<Dur>>,
     state_mode: Option<Spanned<String>>,
     metrics_listen: Option<Spanned<String>>,
     // Credential defaults for every database (not `#[serde(flatten)]`: it would
@@ -387,6 +392,10 @@ const SESSION_LIFETIME: Duration = Duration::from_secs(60);
 /// 10 s, for a fork on the server every 10 s (BENCHMARKS.md, "What a probe costs
 /// the server").
 const ADMISSION_INTERVAL: Duration = Duration::from_secs(10);
+/// The default `promotion_window`: longer than an automatic failover takes
+/// (Patroni's `ttl` is 30 s by default), short enough that a window a person
+/// ends by hand costs the standbys one minute of fast probes, not the whole of it.
+const PROMOTION_WINDOW: Duration = Duration::from_secs(60);
 const LAG_RANGE: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(86_400));
 
 /// Builds located errors against the source text.
@@ -652,6 +661,12 @@ impl Config {
                 ),
             ));
         }
+        let promotion_window = loc.duration(
+            &raw.promotion_window,
+            "promotion_window",
+            PROMOTION_WINDOW,
+            (Duration::ZERO, Duration::from_secs(86_400)),
+        )?;
         let state_mode = match &raw.state_mode {
             None => 0o644,
             Some(m) => u32::from_str_radix(m.get_ref().trim_start_matches("0o"), 8)
@@ -897,6 +912,7 @@ impl Config {
             writes,
             reads,
             stale_after,
+            promotion_window,
             state_mode,
             metrics_listen,
             databases,
@@ -1014,6 +1030,11 @@ impl fmt::Display for Config {
         writeln!(f, "rise = {}", self.rise)?;
         writeln!(f, "fall = {}", self.fall)?;
         writeln!(f, "stale_after = \"{}\"", format_duration(self.stale_after))?;
+        writeln!(
+            f,
+            "promotion_window = \"{}\"",
+            format_duration(self.promotion_window)
+        )?;
         writeln!(f, "failback = \"{}\"", self.failback.name())?;
         writeln!(f, "writes = \"{}\"", self.writes.name())?;
         writeln!(f, "reads = \"{}\"", self.reads.name())?;

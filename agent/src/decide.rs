@@ -336,9 +336,14 @@ pub fn decide(seen: &[Seen], current: Choice, policy: Policy, phase: Phase) -> D
         Some(o) if down(o) => (None, Some(o)),
         o => (o, None),
     };
+    // A fenced endpoint takes no reads either: it is a primary on a history the
+    // others left, or beside the write endpoint.
     let fit = |i: usize, want: Option<Role>| {
         seen.get(i).is_some_and(|s| {
-            s.health == Health::Up && !s.lagging && want.is_none_or(|r| s.role() == Some(r))
+            s.health == Health::Up
+                && !s.lagging
+                && !s.fenced
+                && want.is_none_or(|r| s.role() == Some(r))
         })
     };
     // The current read endpoint is kept while it has no verdict yet: a restarted
@@ -355,8 +360,17 @@ pub fn decide(seen: &[Seen], current: Choice, policy: Policy, phase: Phase) -> D
             .find(|&i| fit(i, want))
             .filter(|&i| !passes_over_unknown(phase, &health[..i]))
     };
+    // No write endpoint is not no database: while writes have none (a failover
+    // window, a split brain), reads go to an endpoint fit for them, a standby
+    // first, whatever `reads` says, and the record shows reads only.
     let read = match policy.reads {
-        Reads::Primary => write,
+        Reads::Primary => write.or_else(|| {
+            current
+                .read
+                .filter(|&r| keep_read(r, None))
+                .or_else(|| first_fit(Some(Role::Standby)))
+                .or_else(|| first_fit(None))
+        }),
         Reads::PreferStandby => current
             .read
             .filter(|&r| keep_read(r, Some(Role::Standby)))
@@ -791,11 +805,57 @@ mod tests {
             };
             let d = decide(&seen(spec), current, policy, Settled);
             assert_eq!((d.choice.write, d.ambiguous), (*want, *ambiguous), "{what}");
+            // Reads follow writes; without a write endpoint, the first fit
+            // standby takes them, else the first other endpoint up and fit.
+            let window = spec.find('S').or_else(|| spec.find(|c| "PR?".contains(c)));
             assert_eq!(
-                d.choice.read, d.choice.write,
+                d.choice.read,
+                d.choice.write.or(window),
                 "{what}: reads = primary follows writes"
             );
         }
+    }
+
+    #[test]
+    fn without_a_write_endpoint_reads_go_to_a_fit_standby_under_every_reads_policy() {
+        // Issue 21: no primary is not no database.
+        for reads in [Reads::Primary, Reads::PreferStandby, Reads::Any] {
+            let policy = Policy { reads, ..PRIMARY };
+            // The primary went down: writes wait for it, reads go to a standby.
+            let d = decide(&seen("DSS"), writing_to(0), policy, Settled);
+            assert_eq!(
+                (d.choice.write, d.choice.waiting, d.choice.read),
+                (None, Some(0), Some(1)),
+                "{reads:?}"
+            );
+            // A lagging standby is passed over; the current read is kept while fit.
+            let d = decide(&seen("DLS"), writing_to(0), policy, Settled);
+            assert_eq!(d.choice.read, Some(2), "{reads:?}: lagging");
+            let reading = Choice {
+                read: Some(2),
+                ..writing_to(0)
+            };
+            let d = decide(&seen("DSS"), reading, policy, Settled);
+            assert_eq!(d.choice.read, Some(2), "{reads:?}: kept");
+            // Nothing fit: nothing for reads either.
+            let d = decide(&seen("DLD"), writing_to(0), policy, Settled);
+            assert_eq!((d.choice.write, d.choice.read), (None, None), "{reads:?}");
+            // A fenced endpoint takes neither writes nor reads.
+            let mut fenced = seen("DPS");
+            fenced[1].fenced = true;
+            let d = decide(&fenced, writing_to(0), policy, Settled);
+            assert_eq!(
+                (d.choice.write, d.choice.read),
+                (None, Some(2)),
+                "{reads:?}"
+            );
+            fenced[2].health = Down;
+            let d = decide(&fenced, writing_to(0), policy, Settled);
+            assert_eq!((d.choice.write, d.choice.read), (None, None), "{reads:?}");
+        }
+        // With a write endpoint, reads = primary follows it again.
+        let d = decide(&seen("PSS"), writing_to(0), PRIMARY, Settled);
+        assert_eq!(d.choice.read, Some(0));
     }
 
     const PRIMARY: Policy = Policy {

@@ -11,7 +11,7 @@
 //! where they are. Without PostgreSQL, three TCP listeners show the plain switch
 //! and failback.
 
-use dbha::{Reader, Role, Snapshot};
+use dbha::{Reader, Role, Snapshot, Status};
 use dbha_harness::config::Timing;
 use dbha_harness::pg::{self, Cluster, Scratch, StopMode};
 use dbha_harness::wait::poll;
@@ -375,11 +375,15 @@ fn replicated(
         let stopping = sc.spawn(move || server.down().map(drop));
         let seen = wait_until(reader, stop, patience, |s| s.write_alias().is_none())
             .map(|_| crashed.elapsed());
+        // Reads stay where they were: the standbys hold all the data.
+        let reads_only = seen
+            .is_ok()
+            .then(|| wait_until(reader, stop, patience, |s| s.status == Status::ReadOnly));
         (
             stopping
                 .join()
                 .unwrap_or_else(|_| Err("pg_ctl stop panicked".into())),
-            seen,
+            seen.and_then(|t| reads_only.unwrap_or(Ok(t)).map(|_| t)),
         )
     });
     stopped?;
@@ -388,14 +392,22 @@ fn replicated(
         "   {} ms after the crash began the agent publishes NONE for writes: its held session saw the server close it;",
         t.as_millis()
     );
-    println!("   no server is a primary now, and the agent never sends writes to a standby");
-    println!("   (the application gets a clear error, or its fallback, instead of writing to a read-only");
-    println!("   server; while writes have no database, the status gives no read alias either)");
+    println!("   no server is a primary now, and the agent never sends writes to a standby;");
+    let s = reader.snapshot().map_err(|e| e.to_string())?;
+    println!(
+        "   the status is read_only: reads keep going to {}, which holds all the data, so the app",
+        s.read_alias().unwrap_or("NONE")
+    );
+    println!("   serves its pages that only read, and refuses writes at once with a clear error");
     show(reader);
-    results.push(("primary crashed -> writes NONE", t));
+    results.push(("primary crashed -> writes NONE, read only", t));
 
     std::thread::sleep(schedule.hold);
     println!("\n4. failover1 is promoted (pg_ctl promote), as your HA manager (Patroni, repmgr, an operator) would");
+    println!("   (while writes have no database the agent probes the standbys every fastinter, a status query");
+    println!(
+        "   on the session it holds, so a promotion is published at once, whatever interval is)"
+    );
     let promoted = Instant::now();
     cluster(&endpoints[1])?
         .promote()

@@ -31,13 +31,18 @@ enum Command {
         #[arg(long, short, default_value = "/etc/dbha/dbha.toml")]
         config: PathBuf,
     },
-    /// Print what a reader sees now (exit 0 if a database is active, 2 if not, 1 on error).
+    /// Print what a reader sees now (exit 0 if a database takes writes, 3 if one
+    /// takes only reads, 2 if none or the agent is stale or stopped, 1 on error).
     Status {
         #[arg(long, env = "DBHA_STATE", default_value = config::DEFAULT_STATE_FILE)]
         state: PathBuf,
         /// Stable JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Exit 0 also while reads only have a database (a failover window): for
+        /// a readiness probe of an app that serves reads through it.
+        #[arg(long)]
+        read_only_ok: bool,
     },
     /// Clear the fence on an endpoint (one that claimed primary beside the write
     /// endpoint, or on an older timeline): it may take writes again.
@@ -97,7 +102,11 @@ fn main() -> ExitCode {
                 1
             }
         },
-        Command::Status { state, json } => status::status(&state, json),
+        Command::Status {
+            state,
+            json,
+            read_only_ok,
+        } => status::status(&state, json, read_only_ok),
         Command::Unfence { alias, state } => dbha_agent::unfence::unfence(&state, &alias),
         Command::Watch { state } => status::watch(&state, Duration::from_millis(20)),
         #[cfg(feature = "demo")]

@@ -5,6 +5,7 @@
 
 use crate::decide::Health;
 use crate::state::State;
+use dbha_protocol::Status;
 use log::{error, info};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -174,6 +175,29 @@ impl Metrics {
             "gauge",
             "1 for the endpoint reads go to now.",
             chosen(&self.read),
+        );
+        let status = match (&self.write, &self.read) {
+            (Some(_), _) => Status::Active,
+            (None, Some(_)) => Status::ReadOnly,
+            (None, None) => Status::NoHealthyDatabase,
+        };
+        family(
+            "dbha_status",
+            "gauge",
+            "The status readers see (label status): active, read_only (no endpoint takes writes, one takes reads) or no_healthy_database; 1 for the current one.",
+            [
+                Status::Active,
+                Status::ReadOnly,
+                Status::NoHealthyDatabase,
+            ]
+            .iter()
+            .map(|s| {
+                (
+                    format!("{{status=\"{}\"}}", s.name()),
+                    u8::from(*s == status).to_string(),
+                )
+            })
+            .collect(),
         );
         family(
             "dbha_epoch",

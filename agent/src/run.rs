@@ -5,7 +5,7 @@
 //! systemd readiness and watchdog ([`Readiness`]), metrics ([`metrics::Feed`]) and
 //! log lines repeated at most once a minute ([`Throttle`]).
 
-use crate::config::{Config, Database};
+use crate::config::{Config, Database, Writes};
 use crate::decide::{Choice, Decision, Health, Phase};
 use crate::metrics;
 use crate::notify::Notifier;
@@ -93,6 +93,8 @@ struct Probes {
     last_id: u64,
     tx: Sender<Event>,
     spawn_log: Throttle,
+    /// Every thread is asked for the fast pace (see [`Probes::hurry`]).
+    hurried: bool,
 }
 
 impl Probes {
@@ -102,6 +104,18 @@ impl Probes {
             last_id: 0,
             tx,
             spawn_log: Throttle::default(),
+            hurried: false,
+        }
+    }
+
+    /// Asks every probe thread for `fastinter` (true) or its own pace (false);
+    /// a thread started later is asked at its start.
+    fn hurry(&mut self, on: bool) {
+        if on != self.hurried {
+            self.hurried = on;
+            for t in self.threads.iter().flatten() {
+                t._stop.hurry(on);
+            }
         }
     }
 
@@ -117,6 +131,9 @@ impl Probes {
             self.last_id += 1;
             match probe::spawn(self.last_id, db.clone(), self.tx.clone()) {
                 Ok(stop) => {
+                    if self.hurried {
+                        stop.hurry(true);
+                    }
                     *slot = Some(ProbeThread {
                         id: self.last_id,
                         _stop: stop,
@@ -252,6 +269,8 @@ struct Agent {
     none_log: Throttle,
     conflict_log: Throttle,
     restore_log: Throttle,
+    /// Since when writes have had no database (under `writes = "primary"`).
+    no_writes_since: Option<Instant>,
 }
 
 /// Runs the agent until SIGTERM/SIGINT. Returns an error only if it cannot start.
@@ -355,6 +374,7 @@ impl Agent {
             metrics,
             none_log: Throttle::default(),
             conflict_log: Throttle::default(),
+            no_writes_since: None,
             restore_log: Throttle::default(),
         })
     }
@@ -602,6 +622,7 @@ impl Agent {
         self.readiness
             .published(&self.state, &self.file, phase, d.choice != before);
         self.log_conflict(&d);
+        self.watch_for_promotion(now, phase);
         // Only once every endpoint has a verdict: a fresh agent is not in trouble.
         if d.choice.write.is_none() && self.state.all_down() {
             if self.none_log.due() {
@@ -613,6 +634,45 @@ impl Agent {
         } else if d.choice.write.is_some() {
             self.none_log.reset();
         }
+    }
+
+    /// While writes have no database under `writes = "primary"`, the probes run
+    /// at `fastinter` for at most `promotion_window`, so that a promotion is
+    /// published within about `rise` x `fastinter` of the server taking writes,
+    /// whatever `interval` is. Held sessions make each of these probes a status
+    /// query on an open session (no login, no new connection), per-probe
+    /// sessions a login. Down endpoints keep their backoff. The window starts
+    /// once the first verdicts are in (until then, probes without a verdict are
+    /// fast anyway).
+    fn watch_for_promotion(&mut self, now: Instant, phase: Phase) {
+        let config = &self.state.config;
+        let without = config.writes == Writes::Primary
+            && self.state.choice.write.is_none()
+            && (phase == Phase::Settled || self.no_writes_since.is_some());
+        let window = config.promotion_window;
+        let since = match (without, self.no_writes_since) {
+            (false, _) => {
+                self.no_writes_since = None;
+                self.probes.hurry(false);
+                return;
+            }
+            (true, Some(t)) => t,
+            (true, None) => {
+                if !window.is_zero() && self.state.up_count() > 0 {
+                    info!(
+                        "writes have no database: probing every database that is up at its fastinter for up to {window:?}, to publish a promotion at once"
+                    );
+                }
+                *self.no_writes_since.insert(now)
+            }
+        };
+        let hurry = now.duration_since(since) < window;
+        if !hurry && self.probes.hurried {
+            info!(
+                "writes still have no database after {window:?}: probing at the usual pace again"
+            );
+        }
+        self.probes.hurry(hurry);
     }
 
     /// Logs a published change of the choice.
@@ -627,7 +687,14 @@ impl Agent {
             // Say why writes have nowhere to go, unless every endpoint is down
             // (logged once a minute by `publish`).
             if now.write.is_none() && s.up_count() > 0 {
-                warn!("no database takes writes now: {}", s.why());
+                match now.read {
+                    Some(_) => warn!(
+                        "no database takes writes now, reads only (reads: {}): {}",
+                        s.alias(now.read),
+                        s.why()
+                    ),
+                    None => warn!("no database takes writes now: {}", s.why()),
+                }
             }
         }
         if now.read != before.read && now.read != now.write {

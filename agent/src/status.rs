@@ -56,8 +56,10 @@ pub fn out(text: &str) -> bool {
         .is_ok()
 }
 
-/// Exit codes: 0 active, 2 readable but not active, 1 unreadable.
-pub fn status(path: &Path, json: bool) -> i32 {
+/// Exit codes: 0 active, 3 reads only (a failover window; 0 with
+/// `read_only_ok`), 2 readable but neither (no healthy database, stale,
+/// stopped), 1 unreadable.
+pub fn status(path: &Path, json: bool, read_only_ok: bool) -> i32 {
     let reader = match Reader::open(path) {
         Ok(r) => r,
         Err(e) => {
@@ -77,10 +79,15 @@ pub fn status(path: &Path, json: bool) -> i32 {
     } else {
         out(&human(path, &s));
     }
-    if s.status == Status::Active {
-        0
-    } else {
-        2
+    exit_code(s.status, read_only_ok)
+}
+
+fn exit_code(status: Status, read_only_ok: bool) -> i32 {
+    match status {
+        Status::Active => 0,
+        Status::ReadOnly if read_only_ok => 0,
+        Status::ReadOnly => 3,
+        Status::NoHealthyDatabase | Status::Stale | Status::AgentStopped => 2,
     }
 }
 
@@ -284,6 +291,9 @@ fn reason(old: &Snapshot<'_>, new: &Snapshot<'_>) -> String {
             new.read_alias().unwrap_or("NONE")
         );
     }
+    if new.status == Status::ReadOnly && old.status != Status::ReadOnly {
+        return "no database takes writes".into();
+    }
     if new.status == Status::NoHealthyDatabase {
         return if new.health_mask == 0 {
             "no healthy database".into()
@@ -297,6 +307,10 @@ fn reason(old: &Snapshot<'_>, new: &Snapshot<'_>) -> String {
 fn describe(s: &Snapshot<'_>) -> String {
     match s.status {
         Status::Active | Status::NoHealthyDatabase => s.write_alias().unwrap_or("NONE").to_string(),
+        Status::ReadOnly => format!(
+            "NONE (read only, reads: {})",
+            s.read_alias().unwrap_or("NONE")
+        ),
         other => format!("NONE ({})", other.name().replace('_', " ")),
     }
 }
@@ -382,6 +396,21 @@ mod tests {
             lag_json(&lag(Some(1_500), None, true)),
             json!({"seconds": 1.5, "bytes": null, "lagging": true})
         );
+    }
+
+    #[test]
+    fn exit_codes_tell_reads_only_apart() {
+        let codes: Vec<i32> = [
+            Status::Active,
+            Status::ReadOnly,
+            Status::NoHealthyDatabase,
+            Status::Stale,
+            Status::AgentStopped,
+        ]
+        .iter()
+        .flat_map(|&s| [exit_code(s, false), exit_code(s, true)])
+        .collect();
+        assert_eq!(codes, [0, 0, 3, 0, 2, 2, 2, 2, 2, 2]);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! file (`PATH.unfence`, one alias a line) and sends the agent SIGHUP; the agent
 //! takes the request at that reload, or at its next start.
 
-use dbha::{Reader, Status};
+use dbha::Reader;
 use log::{info, warn};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -56,7 +56,7 @@ pub fn unfence(state: &Path, alias: &str) -> i32 {
     if let Err(e) = written {
         return fail(format!("cannot write {}: {e}", path.display()));
     }
-    let live = matches!(s.status, Status::Active | Status::NoHealthyDatabase);
+    let live = s.status.live();
     match kill(Pid::from_raw(s.writer_pid as i32), Signal::SIGHUP) {
         Ok(()) if live => {
             crate::status::out(&format!(

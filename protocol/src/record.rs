@@ -37,13 +37,19 @@ pub mod word {
 pub enum Status {
     /// The agent is alive and names a database to use.
     Active = 0,
-    /// The agent is alive and no database is healthy: the app falls back per its own
-    /// policy.
+    /// The agent is alive and no database is fit for writes or reads: the app
+    /// falls back per its own policy.
     NoHealthyDatabase = 1,
     /// The heartbeat is older than `stale_after`: the agent is dead or wedged.
     Stale = 2,
     /// The agent stopped cleanly.
     AgentStopped = 3,
+    /// The agent is alive and no database takes writes, but one is fit for
+    /// reads: the app serves reads there and refuses writes (a failover window).
+    /// Numbered after the others, so that a program that only knows 0 to 3 and
+    /// checks for `Active` does not take it for active; a reader that predates
+    /// it sees such a record as `NoHealthyDatabase`.
+    ReadOnly = 4,
 }
 
 impl Status {
@@ -55,7 +61,27 @@ impl Status {
             Status::NoHealthyDatabase => "no_healthy_database",
             Status::Stale => "stale",
             Status::AgentStopped => "agent_stopped",
+            Status::ReadOnly => "read_only",
         }
+    }
+
+    /// Writes have an endpoint: `Active`.
+    pub fn writes(self) -> bool {
+        self == Status::Active
+    }
+
+    /// Reads have an endpoint: `Active` or `ReadOnly`.
+    pub fn reads(self) -> bool {
+        matches!(self, Status::Active | Status::ReadOnly)
+    }
+
+    /// The agent is alive and deciding (whatever it decided): not stale, not
+    /// stopped.
+    pub fn live(self) -> bool {
+        matches!(
+            self,
+            Status::Active | Status::ReadOnly | Status::NoHealthyDatabase
+        )
     }
 }
 
@@ -149,7 +175,7 @@ impl RecordValues {
     }
 
     /// The status rule of LAYOUT.md, in its order: stopped, then stale, then the
-    /// write index. A heartbeat more than `stale_after` ahead of `now` is stale too:
+    /// write index, then the read index. A heartbeat more than `stale_after` ahead of `now` is stale too:
     /// it was written before a reboot restarted the monotonic clock (a coarse clock
     /// behind by a tick is far from that). Indexes are taken as they are: a reader
     /// that knows the file's endpoint count applies [`RecordValues::within`] first.
@@ -160,8 +186,10 @@ impl RecordValues {
             || self.heartbeat_mono_ns.saturating_sub(now_mono_ns) > self.stale_after_ns
         {
             Status::Stale
-        } else if self.write_index == NONE {
+        } else if self.write_index == NONE && self.read_index == NONE {
             Status::NoHealthyDatabase
+        } else if self.write_index == NONE {
+            Status::ReadOnly
         } else {
             Status::Active
         }
@@ -177,6 +205,7 @@ mod tests {
             heartbeat_mono_ns: 1_000,
             stale_after_ns: 500,
             write_index,
+            read_index: write_index,
             ..RecordValues::default()
         }
     }
@@ -201,6 +230,21 @@ mod tests {
         assert_eq!(live(0).status(1_501), Status::Stale);
         assert_eq!(live(NONE).status(1_200), Status::NoHealthyDatabase);
         assert_eq!(live(NONE).status(9_999), Status::Stale);
+        // Reads without writes: a failover window.
+        let reads_only = RecordValues {
+            read_index: 1,
+            ..live(NONE)
+        };
+        assert_eq!(reads_only.status(1_200), Status::ReadOnly);
+        assert_eq!(reads_only.status(9_999), Status::Stale);
+        assert_eq!(
+            RecordValues {
+                flags: flags::STOPPED,
+                ..reads_only
+            }
+            .status(1_200),
+            Status::AgentStopped
+        );
         let stopped = RecordValues {
             flags: flags::STOPPED,
             ..live(0)
@@ -226,7 +270,10 @@ mod tests {
         };
         let w = v.within(3);
         assert_eq!((w.write_index, w.read_index), (NONE, 2));
-        assert_eq!(w.status(1_000), Status::NoHealthyDatabase);
+        assert_eq!(w.status(1_000), Status::ReadOnly);
+        let both = v.within(2);
+        assert_eq!((both.write_index, both.read_index), (NONE, NONE));
+        assert_eq!(both.status(1_000), Status::NoHealthyDatabase);
         assert_eq!(v.within(4), v);
     }
 

@@ -65,7 +65,7 @@
 // The agent is alive and names a database.
 #define DBHA_STATUS_ACTIVE 0
 
-// The agent is alive and no database is healthy.
+// The agent is alive and no database is fit for writes or reads.
 #define DBHA_STATUS_NO_HEALTHY_DATABASE 1
 
 // The agent's heartbeat is older than its stale_after.
@@ -73,6 +73,11 @@
 
 // The agent stopped cleanly.
 #define DBHA_STATUS_AGENT_STOPPED 3
+
+// The agent is alive, no database takes writes, and one is fit for reads (a
+// failover window): serve reads from the read endpoint, refuse writes. A
+// program that predates it must treat an unknown status as "no write endpoint".
+#define DBHA_STATUS_READ_ONLY 4
 
 // An endpoint index meaning "none".
 #define DBHA_NONE 4294967295
@@ -165,8 +170,8 @@ typedef struct dbha_snapshot {
   // Name of the write endpoint when status is DBHA_STATUS_ACTIVE, else NULL.
   // Valid until dbha_close.
   const char *write_alias;
-  // Name of the read endpoint when status is DBHA_STATUS_ACTIVE, else NULL.
-  // Valid until dbha_close.
+  // Name of the read endpoint when status is DBHA_STATUS_ACTIVE or
+  // DBHA_STATUS_READ_ONLY, else NULL. Valid until dbha_close.
   const char *read_alias;
   // Index of the write endpoint, or DBHA_NONE.
   uint32_t write_index;
@@ -241,8 +246,8 @@ size_t dbha_snapshot_size(void);
 // `size` bytes.
 int dbha_read_sized(const struct dbha_reader *reader, struct dbha_snapshot *out, size_t size);
 
-// The alias the app must use for writes now, or NULL when there is none (no healthy
-// database, agent stopped, heartbeat stale), when the record is contended, or when
+// The alias the app must use for writes now, or NULL when there is none (reads
+// only, no healthy database, agent stopped, heartbeat stale), when the record is contended, or when
 // `reader` is NULL. The string stays valid until `dbha_close`. Never blocks, no
 // system call (see `dbha_read`); thread-safe.
 //
@@ -257,8 +262,9 @@ const char *dbha_write_alias(const struct dbha_reader *reader);
 // `reader` is NULL or an open handle.
 const char *dbha_active_alias(const struct dbha_reader *reader);
 
-// The alias the app should use for reads now, or NULL: as `dbha_write_alias`.
-// Valid until `dbha_close`. Never blocks, no system call; thread-safe.
+// The alias the app should use for reads now, or NULL: as `dbha_write_alias`,
+// and also while the status is DBHA_STATUS_READ_ONLY (a failover window: no
+// endpoint takes writes, one takes reads). Valid until `dbha_close`. Never blocks, no system call; thread-safe.
 //
 // # Safety
 // `reader` is NULL or an open handle.

@@ -45,12 +45,16 @@ pub const DBHA_E_NO_ADDRESS: c_int = 12;
 
 /// The agent is alive and names a database.
 pub const DBHA_STATUS_ACTIVE: c_int = 0;
-/// The agent is alive and no database is healthy.
+/// The agent is alive and no database is fit for writes or reads.
 pub const DBHA_STATUS_NO_HEALTHY_DATABASE: c_int = 1;
 /// The agent's heartbeat is older than its stale_after.
 pub const DBHA_STATUS_STALE: c_int = 2;
 /// The agent stopped cleanly.
 pub const DBHA_STATUS_AGENT_STOPPED: c_int = 3;
+/// The agent is alive, no database takes writes, and one is fit for reads (a
+/// failover window): serve reads from the read endpoint, refuse writes. A
+/// program that predates it must treat an unknown status as "no write endpoint".
+pub const DBHA_STATUS_READ_ONLY: c_int = 4;
 
 /// An endpoint index meaning "none".
 pub const DBHA_NONE: u32 = 0xFFFF_FFFF;
@@ -129,8 +133,8 @@ pub struct dbha_snapshot {
     /// Name of the write endpoint when status is DBHA_STATUS_ACTIVE, else NULL.
     /// Valid until dbha_close.
     pub write_alias: *const c_char,
-    /// Name of the read endpoint when status is DBHA_STATUS_ACTIVE, else NULL.
-    /// Valid until dbha_close.
+    /// Name of the read endpoint when status is DBHA_STATUS_ACTIVE or
+    /// DBHA_STATUS_READ_ONLY, else NULL. Valid until dbha_close.
     pub read_alias: *const c_char,
     /// Index of the write endpoint, or DBHA_NONE.
     pub write_index: u32,
@@ -329,8 +333,8 @@ pub unsafe extern "C" fn dbha_read_sized(
 }
 
 fn to_c(s: &Snapshot<'_>) -> dbha_snapshot {
-    let name = |i: Option<u32>| {
-        (s.status == Status::Active)
+    let name = |i: Option<u32>, shown: bool| {
+        shown
             .then(|| i.and_then(|i| s.alias_c(i)))
             .flatten()
             .map_or(ptr::null(), CStr::as_ptr)
@@ -347,8 +351,8 @@ fn to_c(s: &Snapshot<'_>) -> dbha_snapshot {
         flags: s.flags,
         config_generation: s.config_generation,
         generation: s.generation,
-        write_alias: name(s.write_index),
-        read_alias: name(s.read_index),
+        write_alias: name(s.write_index, s.status.writes()),
+        read_alias: name(s.read_index, s.status.reads()),
         write_index: s.write_index.unwrap_or(NONE),
         read_index: s.read_index.unwrap_or(NONE),
         endpoint_count: s.endpoint_count(),
@@ -358,8 +362,8 @@ fn to_c(s: &Snapshot<'_>) -> dbha_snapshot {
     }
 }
 
-/// The alias the app must use for writes now, or NULL when there is none (no healthy
-/// database, agent stopped, heartbeat stale), when the record is contended, or when
+/// The alias the app must use for writes now, or NULL when there is none (reads
+/// only, no healthy database, agent stopped, heartbeat stale), when the record is contended, or when
 /// `reader` is NULL. The string stays valid until `dbha_close`. Never blocks, no
 /// system call (see `dbha_read`); thread-safe.
 ///
@@ -387,8 +391,9 @@ pub unsafe extern "C" fn dbha_active_alias(reader: *const dbha_reader) -> *const
     unsafe { dbha_write_alias(reader) }
 }
 
-/// The alias the app should use for reads now, or NULL: as `dbha_write_alias`.
-/// Valid until `dbha_close`. Never blocks, no system call; thread-safe.
+/// The alias the app should use for reads now, or NULL: as `dbha_write_alias`,
+/// and also while the status is DBHA_STATUS_READ_ONLY (a failover window: no
+/// endpoint takes writes, one takes reads). Valid until `dbha_close`. Never blocks, no system call; thread-safe.
 ///
 /// # Safety
 /// `reader` is NULL or an open handle.
@@ -591,6 +596,7 @@ mod tests {
         );
         assert_eq!(DBHA_STATUS_STALE, Status::Stale as c_int);
         assert_eq!(DBHA_STATUS_AGENT_STOPPED, Status::AgentStopped as c_int);
+        assert_eq!(DBHA_STATUS_READ_ONLY, Status::ReadOnly as c_int);
         use dbha_protocol::probe_result as p;
         assert_eq!(
             [

@@ -652,7 +652,8 @@ impl Reader {
     }
 
     /// The alias the app must use now for writes, or `None` when there is none:
-    /// no healthy database, the agent stopped, or its heartbeat is stale. No system
+    /// reads only (a failover window), no healthy database, the agent stopped, or
+    /// its heartbeat is stale. No system
     /// call, no allocation.
     #[inline]
     pub fn write_alias(&self) -> Option<&str> {
@@ -681,8 +682,9 @@ impl Reader {
         g.alias(v.write_index).map(f)
     }
 
-    /// The alias the app should use for reads now (same rules as
-    /// [`Reader::write_alias`]).
+    /// The alias the app should use for reads now: as [`Reader::write_alias`], and
+    /// also while the status is [`Status::ReadOnly`] (no endpoint takes writes,
+    /// one takes reads).
     #[inline]
     pub fn read_alias(&self) -> Option<&str> {
         self.read_slot().and_then(|(g, i)| self.alias_in(g, i))
@@ -708,7 +710,7 @@ impl Reader {
     #[inline]
     pub fn read_slot(&self) -> Option<(u64, u32)> {
         let (g, v, now) = self.load().ok()?;
-        (v.status(now) == Status::Active && g.alias(v.read_index).is_some())
+        (v.status(now).reads() && g.alias(v.read_index).is_some())
             .then_some((g.number, v.read_index))
     }
 
@@ -881,9 +883,11 @@ impl<'r> Snapshot<'r> {
             .flatten()
     }
 
-    /// The read endpoint when the status is Active (and the file has addresses).
+    /// The read endpoint when the status is Active or ReadOnly (and the file has
+    /// addresses).
     pub fn read_endpoint(&self) -> Option<Endpoint<'r>> {
-        (self.status == Status::Active)
+        self.status
+            .reads()
             .then(|| self.read_index.and_then(|i| self.endpoint(i)))
             .flatten()
     }
@@ -895,9 +899,10 @@ impl<'r> Snapshot<'r> {
             .flatten()
     }
 
-    /// The read alias when the status is Active.
+    /// The read alias when the status is Active or ReadOnly.
     pub fn read_alias(&self) -> Option<&'r str> {
-        (self.status == Status::Active)
+        self.status
+            .reads()
             .then(|| self.read_index.and_then(|i| self.alias(i)))
             .flatten()
     }

@@ -715,24 +715,56 @@ fn an_index_past_the_endpoints_is_none_for_rust_and_c() {
     });
     let r = Reader::open(&path).unwrap();
     let s = r.snapshot().unwrap();
-    assert_eq!(s.status, Status::NoHealthyDatabase);
+    // Writes have no endpoint, reads have one: reads only.
+    assert_eq!(s.status, Status::ReadOnly);
     assert_eq!((s.write_index, s.write_alias()), (None, None));
+    assert_eq!(s.read_alias(), Some("failover1"));
     assert_eq!((r.active_alias(), r.active_slot()), (None, None));
+    assert_eq!(r.read_alias(), Some("failover1"));
     // What a C caller gets: never ACTIVE with a NULL write alias.
     let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
     let mut handle = std::ptr::null_mut();
+    let read_c = |handle| {
+        // SAFETY: an all-zero dbha_snapshot is valid (integers and NULL
+        // pointers); `handle` is open while this is called.
+        unsafe {
+            let mut snap = std::mem::zeroed::<dbha::ffi::dbha_snapshot>();
+            assert_eq!(dbha::ffi::dbha_read(handle, &mut snap), 0);
+            snap
+        }
+    };
     // SAFETY: a NUL-terminated path and a valid out-pointer; the handle is closed
-    // below and used only in between.
+    // below and used only in between, and the strings read before it is.
     unsafe {
         assert_eq!(dbha::ffi::dbha_open(c_path.as_ptr(), &mut handle), 0);
-        let mut snap = std::mem::zeroed::<dbha::ffi::dbha_snapshot>();
-        assert_eq!(dbha::ffi::dbha_read(handle, &mut snap), 0);
-        assert_eq!(snap.status, dbha::ffi::DBHA_STATUS_NO_HEALTHY_DATABASE);
+        let snap = read_c(handle);
+        assert_eq!(snap.status, dbha::ffi::DBHA_STATUS_READ_ONLY);
         assert!(snap.write_alias.is_null());
         assert_eq!(snap.write_index, dbha_protocol::NONE);
+        assert_eq!(
+            std::ffi::CStr::from_ptr(snap.read_alias).to_str(),
+            Ok("failover1")
+        );
         assert!(dbha::ffi::dbha_active_alias(handle).is_null());
+        assert_eq!(
+            std::ffi::CStr::from_ptr(dbha::ffi::dbha_read_alias(handle)).to_str(),
+            Ok("failover1")
+        );
+        // Both out of range: nothing.
+        w.publish(&Publication {
+            write_index: 7,
+            read_index: 9,
+            health_mask: 0b11,
+            ..Publication::NOTHING
+        });
+        let snap = read_c(handle);
+        assert_eq!(snap.status, dbha::ffi::DBHA_STATUS_NO_HEALTHY_DATABASE);
+        assert!(snap.write_alias.is_null() && snap.read_alias.is_null());
+        assert!(dbha::ffi::dbha_read_alias(handle).is_null());
         dbha::ffi::dbha_close(handle);
     }
+    assert_eq!(r.snapshot().unwrap().status, Status::NoHealthyDatabase);
+    assert_eq!(r.read_alias(), None);
 }
 
 #[test]

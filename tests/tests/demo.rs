@@ -55,7 +55,7 @@ fn demo_with_postgresql_runs_to_completion() {
     assert!(out.contains("failover1  PostgreSQL standby on"), "{out}");
     for step in [
         "failover1 hung -> reads failover2",
-        "primary crashed -> writes NONE",
+        "primary crashed -> writes NONE, read only",
         "failover1 promoted -> writes",
         "old primary back -> conflict",
     ] {
@@ -64,13 +64,17 @@ fn demo_with_postgresql_runs_to_completion() {
     // The agent says why writes have nowhere to go.
     // (The crashing server refuses the reconnection, or resets it.)
     let why = out
-        .split("no database takes writes now: default: down (")
+        .split("no database takes writes now, reads only (reads: failover2): default: down (")
         .nth(1)
         .and_then(|rest| rest.lines().next())
         .unwrap_or_else(|| panic!("no reason given for writes NONE:\n{out}"));
     assert!(
         why.ends_with("); failover1: standby; failover2: standby"),
         "{why}"
+    );
+    assert!(
+        out.contains("the status is read_only: reads keep going to failover2"),
+        "{out}"
     );
     // Two primaries only once the old one is back: no split brain before.
     let back = out.find("5. the old primary comes back").expect("step 5");

@@ -18,6 +18,7 @@ use crate::decide::Tracker;
 use log::warn;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use std::fmt;
+use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
@@ -177,6 +178,9 @@ pub enum Wake {
     Lost(Failure),
     /// The stop handle was dropped.
     Stop,
+    /// The agent asked for the fast pace (true) or the normal one (false)
+    /// through [`Stop::hurry`]: the next probe is due at another time.
+    Hurry(bool),
 }
 
 impl Prober {
@@ -317,7 +321,15 @@ impl Prober {
             }
             let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
             if ready(&fds[0]) {
-                return Wake::Stop;
+                // A byte is a request for a pace; the end of the stream (the
+                // handle dropped), or an error, is a stop.
+                let mut asked = [0u8; 16];
+                return match (&*stop).read(&mut asked) {
+                    Ok(n) if n > 0 => Wake::Hurry(asked[n - 1] == HURRY),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    _ => Wake::Stop,
+                };
             }
             let session = fds.get(1).is_some_and(ready);
             drop(fds);
@@ -339,7 +351,18 @@ pub struct Stop {
     _peer: UnixStream,
 }
 
+/// The byte [`Stop::hurry`] sends for the fast pace; any other is the normal one.
+const HURRY: u8 = 1;
+
 impl Stop {
+    /// Asks the thread for the fast pace (`fastinter`) whatever its verdicts
+    /// (true), or for its own pace again (false). It takes effect at once: a
+    /// thread waiting out an `interval` probes at the new time. Never blocks:
+    /// the socket is non-blocking, and a request that does not fit in its buffer
+    /// (the thread stopped reading) is dropped.
+    pub fn hurry(&self, on: bool) {
+        let _ = (&self._peer).write(&[if on { HURRY } else { 0 }]);
+    }
     /// A handle tied to no thread.
     #[cfg(test)]
     pub fn detached() -> Stop {
@@ -359,6 +382,8 @@ pub fn spawn<E: From<Report> + Send + 'static>(
     tx: Sender<E>,
 ) -> std::io::Result<Stop> {
     let (handle, stopped) = UnixStream::pair()?;
+    handle.set_nonblocking(true)?;
+    stopped.set_nonblocking(true)?;
     std::thread::Builder::new()
         .name(format!("probe-{}", db.alias))
         .spawn(move || {
@@ -377,6 +402,7 @@ pub fn spawn<E: From<Report> + Send + 'static>(
                 )
                 .is_ok()
             };
+            let mut hurry = false;
             loop {
                 let start = Instant::now();
                 let outcome = prober.probe();
@@ -384,17 +410,21 @@ pub fn spawn<E: From<Report> + Send + 'static>(
                 if !send(outcome, start.elapsed()) {
                     return;
                 }
-                match prober.wait(start + pace_of(&pace, &db), &stopped) {
-                    Wake::Due => {}
-                    Wake::Stop => return,
-                    // The loss is one failed probe, and the next probe follows
-                    // at once: a server that closed only this session lets it in
-                    // again, and nothing moves; one that went down refuses it,
-                    // which makes a second failure.
-                    Wake::Lost(f) => {
-                        pace.observe(false);
-                        if !send(Err(f), Duration::ZERO) {
-                            return;
+                loop {
+                    match prober.wait(start + pace_of(&pace, &db, hurry), &stopped) {
+                        Wake::Due => break,
+                        Wake::Stop => return,
+                        Wake::Hurry(h) => hurry = h,
+                        // The loss is one failed probe, and the next probe follows
+                        // at once: a server that closed only this session lets it
+                        // in again, and nothing moves; one that went down refuses
+                        // it, which makes a second failure.
+                        Wake::Lost(f) => {
+                            pace.observe(false);
+                            if !send(Err(f), Duration::ZERO) {
+                                return;
+                            }
+                            break;
                         }
                     }
                 }
@@ -405,11 +435,13 @@ pub fn spawn<E: From<Report> + Send + 'static>(
 
 /// How long until the next probe: `fastinter` while a verdict is pending (a
 /// failure or success counted toward `fall` or `rise`, or no verdict yet) for
-/// at most `max(rise, fall)` probes (see [`Tracker::fast`]); for an endpoint
-/// that went down, `fastinter` doubling with each probe up to `interval`
-/// ([`Tracker::backoff`]); `interval` otherwise.
-fn pace_of(t: &Tracker, db: &Database) -> Duration {
-    if t.fast() {
+/// at most `max(rise, fall)` probes (see [`Tracker::fast`]), and while the agent
+/// hurries the endpoint (writes have no database: a promotion is watched for;
+/// the agent bounds how long); for an endpoint that went down, `fastinter`
+/// doubling with each probe up to `interval` ([`Tracker::backoff`]), hurried or
+/// not; `interval` otherwise.
+fn pace_of(t: &Tracker, db: &Database, hurry: bool) -> Duration {
+    if t.fast() || (hurry && t.backoff().is_none()) {
         return db.fastinter;
     }
     match t.backoff() {

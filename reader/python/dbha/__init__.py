@@ -59,7 +59,7 @@ E_CONTENDED = 10
 E_PANIC = 11
 E_NO_ADDRESS = 12
 
-_STATUS = {0: "active", 1: "no_healthy_database", 2: "stale", 3: "agent_stopped"}
+_STATUS = {0: "active", 1: "no_healthy_database", 2: "stale", 3: "agent_stopped", 4: "read_only"}
 _PROBE = ["unknown", "ok", "refused", "timeout", "not_ready", "not_postgres", "auth_failed",
           "rejected", "resolve", "closed", "io", "tls", "no_new_connections"]
 _FLAG_STOPPED, _FLAG_CONFLICT = 1, 2
@@ -76,9 +76,10 @@ class Error(Exception):
 
 class NoDatabaseError(Exception):
     """The agent names no database for ``role`` ("write" or "read") now.
-    ``status`` is the snapshot's status ("no_healthy_database", "stale",
-    "agent_stopped") or "no_address" for a state file without addresses; the
-    message says why, in words."""
+    ``status`` is the snapshot's status ("read_only" for writes during a
+    failover window, "no_healthy_database", "stale", "agent_stopped") or
+    "no_address" for a state file without addresses; the message says why, in
+    words."""
 
     def __init__(self, message: str, role: str, status: str):
         super().__init__(message)
@@ -149,7 +150,8 @@ class Snapshot:
     """A consistent copy of what the agent published."""
 
     status: str
-    """"active", "no_healthy_database", "stale" or "agent_stopped"."""
+    """"active", "read_only" (no endpoint takes writes, one takes reads: a
+    failover window), "no_healthy_database", "stale" or "agent_stopped"."""
     epoch: int
     heartbeat_age: float
     """Seconds since the agent's last heartbeat."""
@@ -173,6 +175,11 @@ class Snapshot:
         return self.status == "active"
 
     @property
+    def read_only(self) -> bool:
+        """Reads have an endpoint, writes have none."""
+        return self.status == "read_only"
+
+    @property
     def stale(self) -> bool:
         return self.status == "stale"
 
@@ -184,6 +191,8 @@ class Snapshot:
             "active": f"the agent chose {self.write_alias!r} for writes and {self.read_alias!r} for reads",
             "stale": f"the agent's heartbeat is {self.heartbeat_age:.1f}s old (stale after {self.stale_after:.1f}s)",
             "agent_stopped": "the agent stopped",
+            "read_only": f"no database takes writes (reads go to {self.read_alias!r})"
+            + "".join(f"; {a}: {k}" for a, k in self.last_probe.items() if k != "ok"),
             "no_healthy_database": "the agent finds no healthy database"
             + "".join(f"; {a}: {k}" for a, k in self.last_probe.items() if k != "ok"),
         }.get(self.status, self.status)
@@ -257,8 +266,9 @@ class Reader:
         return Endpoint(self._names[slot], host.value.decode(), port.value)
 
     def write_alias(self) -> Optional[str]:
-        """The alias to use for writes, or None: no healthy database, agent stopped,
-        or heartbeat stale (use your fallback then)."""
+        """The alias to use for writes, or None: reads only (a failover window), no
+        healthy database, agent stopped, or heartbeat stale (use your fallback
+        then)."""
         return self._names[self.write_slot()]
 
     def active_alias(self) -> Optional[str]:
@@ -266,7 +276,8 @@ class Reader:
         return self._names[self.write_slot()]
 
     def read_alias(self) -> Optional[str]:
-        """The alias to use for reads, or None (as :meth:`write_alias`)."""
+        """The alias to use for reads, or None: as :meth:`write_alias`, but it
+        answers while the agent publishes reads only (a failover window)."""
         return self._names[self.read_slot()]
 
     def slot_alias(self, slot: int) -> Optional[str]:
@@ -314,7 +325,7 @@ class Reader:
             status, why = s.status, s.reason
         except StateFileError as e:
             status, why = "unreadable", str(e)
-        if status == "active":
+        if status == "active" or (status == "read_only" and role == "read"):
             # The choice came back between the two reads.
             status, why = "changed", "the agent's choice changed while it was read; try again"
         return NoDatabaseError(f"dbha: no database for {role}s: {why} (state file {self.path})",

@@ -4,7 +4,12 @@ system checks.
 - ``dbha.django.backends.postgresql``: a database backend; one ``DATABASES``
   alias follows the agent, whatever code uses it (see its module). Its settings
   are the entry's ``DBHA`` dict: ``ROLE`` ("write" or "read"), ``STATE_FILE``,
-  ``WHEN_NONE`` ("error" or "last").
+  ``WHEN_NONE`` ("read-only", "error" or "last").
+- Read-only mode (``dbha.django.readonly``): while the agent publishes reads
+  only (a failover window), the write alias serves reads from the read endpoint
+  and raises ``DatabaseReadOnly`` on a write; ``read_only()`` says whether that
+  is now, ``read_only_entered``/``read_only_left`` are sent on each change, and
+  ``ReadOnlyMiddleware`` sets ``request.dbha_read_only``.
 - ``ReplicaRouter``: with the backend, reads to the read alias and writes to the
   write alias.
 - ``FailoverRouter``: routes each query to the ``DATABASES`` key named after the
@@ -22,6 +27,9 @@ system checks.
   router has no opinion on migrations.
 """
 
+from .readonly import (DatabaseReadOnly, ReadOnlyMiddleware, read_only, read_only_entered,
+                       read_only_left)
 from .router import FailoverRouter, ReplicaRouter
 
-__all__ = ["FailoverRouter", "ReplicaRouter"]
+__all__ = ["FailoverRouter", "ReplicaRouter", "DatabaseReadOnly", "ReadOnlyMiddleware",
+           "read_only", "read_only_entered", "read_only_left"]

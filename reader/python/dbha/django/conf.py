@@ -12,7 +12,7 @@ import dbha
 
 ENGINE = "dbha.django.backends.postgresql"
 ROLES = ("write", "read")
-WHEN_NONE = ("error", "last")
+WHEN_NONE = ("read-only", "error", "last")
 KEYS = ("ROLE", "STATE_FILE", "WHEN_NONE")
 
 
@@ -27,9 +27,14 @@ class BackendOptions:
     """``DBHA["STATE_FILE"]``, else ``settings.DBHA_STATE_FILE``, else
     ``$DBHA_STATE``, else /run/dbha/state."""
     when_none: str
-    """``"error"`` (default): while the agent names no database, raise
-    ``OperationalError`` at once; ``"last"``: keep the last endpoint the agent
-    chose in this process."""
+    """What a write alias does while the agent names no database for writes.
+    ``"read-only"`` (default): while the agent publishes reads only (a failover
+    window), connect to the read endpoint in a read-only session, where a write
+    raises ``DatabaseReadOnly`` (an ``OperationalError``) at once; with no
+    database for reads either, as "error". ``"error"``: raise
+    ``OperationalError`` at once, saying why. ``"last"``: keep the last
+    endpoint the agent chose in this process. A read alias has a database
+    whenever one takes reads: for it "read-only" is "error"."""
 
 
 @dataclass(frozen=True)

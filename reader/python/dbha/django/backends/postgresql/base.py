@@ -18,7 +18,14 @@ goes to the database the agent chose::
   file's record, no system call). When the choice moved, it closes the connection
   and the query goes to the new endpoint. Inside ``atomic()`` it never switches:
   the block commits on one database or fails as a whole.
-- While the agent names no database, ``WHEN_NONE="error"`` (the default) raises
+- While the agent publishes reads only (no database takes writes, one takes
+  reads: a failover window), a write alias with ``WHEN_NONE="read-only"`` (the
+  default) connects to the read endpoint in a read-only session
+  (``default_transaction_read_only``): views that only read, ``ATOMIC_REQUESTS``
+  included, answer; a write raises ``dbha.django.DatabaseReadOnly`` (an
+  ``OperationalError``) at once. When a database takes writes again, the
+  connection moves there outside a transaction, as on any move. While the agent
+  names no database at all, or with ``"error"``, a new connection raises
   ``OperationalError`` at once, saying why; ``"last"`` keeps the last endpoint
   the agent chose in this process.
 - A query already waiting on an endpoint the agent left because it failed (no
@@ -45,24 +52,24 @@ import socket
 import threading
 import time
 import weakref
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS
 from django.db.backends.postgresql import base as postgresql
 from django.db.backends.postgresql.creation import DatabaseCreation as PostgresCreation
-from django.db.utils import OperationalError
+from django.db.utils import DatabaseErrorWrapper, OperationalError
+from django.utils.functional import cached_property
 
 import dbha
 
+from ..._states import states
 from ...conf import backend_options
+from ...readonly import READ_ONLY_SQLSTATE, DatabaseReadOnly, modes
 from .client import DatabaseClient
 
 logger = logging.getLogger(__name__)
 
-# After the state file could not be opened, how long to wait before trying again
-# (opening is a few system calls; a query must not pay them every time).
-REOPEN_SECONDS = 0.5
 # How often the watcher compares open connections with the agent's choice.
 WATCH_SECONDS = 0.01
 # After judging a connection's endpoint healthy (a planned move away from it), how
@@ -70,39 +77,7 @@ WATCH_SECONDS = 0.01
 REJUDGE_SECONDS = 0.25
 
 
-class _States:
-    """The process's readers, one per state file, shared by every connection
-    (and thread), and the last endpoint the agent chose per (file, role)."""
-
-    def __init__(self) -> None:
-        self.readers: Dict[str, dbha.Reader] = {}
-        self.failed: Dict[str, Tuple[float, Exception]] = {}
-        self.last: Dict[Tuple[str, str], dbha.Endpoint] = {}
-        self.lock = threading.Lock()
-
-    def reader(self, path: str) -> dbha.Reader:
-        """The reader for ``path``; raises the last opening error for
-        REOPEN_SECONDS after a failure."""
-        r = self.readers.get(path)
-        if r is not None:
-            return r
-        with self.lock:
-            r = self.readers.get(path)
-            if r is not None:
-                return r
-            failed = self.failed.get(path)
-            if failed is not None and time.monotonic() < failed[0]:
-                raise failed[1]
-            try:
-                r = self.readers[path] = dbha.Reader(path)
-            except (dbha.StateFileError, dbha.LibraryNotFoundError) as e:
-                self.failed[path] = (time.monotonic() + REOPEN_SECONDS, e)
-                raise
-            self.failed.pop(path, None)
-            return r
-
-
-_states = _States()
+_states = states
 
 # Pools of endpoints the agent left, closed, by (alias, host, port): a connection
 # still checked out of one is closed when it is returned. Guarded, with the live
@@ -155,10 +130,20 @@ class _Watcher:
     def run(self) -> None:
         while True:
             time.sleep(WATCH_SECONDS)
+            paths = set()
             for w in list(self.wrappers):
+                paths.add(w.dbha.state_file)
                 try:
                     w._dbha_abort_if_left()
                 except Exception:  # never let the watcher die
+                    logger.exception("dbha: watcher")
+            # Read-only mode is noticed (and signalled) without a request.
+            for path in paths:
+                reader = _states.readers.get(path)
+                try:
+                    if reader is not None:
+                        modes.note(path, reader)
+                except Exception:
                     logger.exception("dbha: watcher")
 
 
@@ -177,6 +162,42 @@ class DatabaseCreation(PostgresCreation):
             self.connection._dbha_slot_of = None
 
 
+class Choice(NamedTuple):
+    """Where a connection goes: the slot it was chosen by (see ``_dbha_slot_of``),
+    the endpoint, and whether the session is read-only (a write alias in
+    read-only mode)."""
+
+    slot: int
+    endpoint: dbha.Endpoint
+    read_only: bool = False
+
+
+def _read_only_slot(read_slot: int) -> int:
+    """The slot a write alias in read-only mode follows: -2 - the read slot, so
+    every value below -1 names a read endpoint and -1 still means none."""
+    return -2 - read_slot
+
+
+def _endpoint_slot(slot: int) -> int:
+    """The reader's slot behind one of ``_dbha_slot_of``'s values."""
+    return slot if slot >= -1 else -2 - slot
+
+
+class _ErrorWrapper(DatabaseErrorWrapper):
+    """Django's mapping of driver errors, plus one: a write refused by the
+    read-only session of a write alias in read-only mode raises
+    :class:`DatabaseReadOnly`, which names dbha and the reason."""
+
+    def __exit__(self, exc_type, exc_value, traceback):
+        w = self.wrapper
+        if (exc_type is not None and w._dbha_read_only
+                and (getattr(exc_value, "sqlstate", None) or getattr(exc_value, "pgcode", None))
+                == READ_ONLY_SQLSTATE):
+            w.errors_occurred = True
+            raise w._dbha_read_only_error(exc_value).with_traceback(traceback) from exc_value
+        return super().__exit__(exc_type, exc_value, traceback)
+
+
 class DatabaseWrapper(postgresql.DatabaseWrapper):
     client_class = DatabaseClient
     creation_class = DatabaseCreation
@@ -188,53 +209,103 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         if errors:
             raise ImproperlyConfigured(" ".join(f"{p.message} {p.hint}" for p in errors))
         self.dbha = options
-        # The endpoint the open connection is on, and the slot it was chosen by.
+        # The endpoint the open connection is on, the slot it was chosen by, and
+        # whether its session is read-only.
         self.dbha_endpoint: Optional[dbha.Endpoint] = None
-        self._dbha_slot = -2
-        self._dbha_slot_of = None  # the reader's write_slot or read_slot, once open
+        self._dbha_slot: Optional[int] = None
+        self._dbha_read_only = False
+        self._dbha_slot_of: Optional[Callable[[], int]] = None  # once the state is open
         self._dbha_params: Optional[dict] = None
         self._dbha_aborted_at: Optional[int] = None
         # (slot, until when) of the last "the endpoint left is healthy" judgement.
         self._dbha_judged: Optional[Tuple[int, float]] = None
 
+    @cached_property
+    def wrap_database_errors(self):
+        return _ErrorWrapper(self)
+
     # -- the agent's choice ------------------------------------------------------
 
     def _dbha_reader(self) -> dbha.Reader:
         reader = _states.reader(self.dbha.state_file)
-        self._dbha_slot_of = reader.write_slot if self.dbha.role == "write" else reader.read_slot
+        if self.dbha.role == "read":
+            self._dbha_slot_of = reader.read_slot
+        elif self.dbha.when_none == "read-only":
+            write_slot, read_slot = reader.write_slot, reader.read_slot
+
+            def slot_of() -> int:
+                # One foreign call while writes have a database, two without.
+                slot = write_slot()
+                return slot if slot >= 0 else _read_only_slot(read_slot())
+
+            self._dbha_slot_of = slot_of
+        else:
+            self._dbha_slot_of = reader.write_slot
         return reader
 
     def _dbha_error(self, why: str) -> OperationalError:
         return OperationalError(f"{why} (DATABASES[{self.alias!r}], dbha role {self.dbha.role!r})")
 
-    def dbha_choose(self) -> Tuple[int, dbha.Endpoint]:
-        """The slot and endpoint to connect to now; raises ``OperationalError``
-        saying why when the agent names none (and ``WHEN_NONE`` is "error")."""
+    def _dbha_read_only_error(self, cause: Optional[BaseException] = None) -> DatabaseReadOnly:
+        try:
+            reason = _states.reader(self.dbha.state_file).snapshot().reason
+        except (dbha.StateFileError, dbha.LibraryNotFoundError) as e:
+            reason = f"the agent's state cannot be read: {e}"
+        endpoint = self.dbha_endpoint
+        on = f"{endpoint.alias} at {endpoint.host}:{endpoint.port}" if endpoint else "the read endpoint"
+        refused = f"; the server said: {str(cause).strip()}" if cause is not None else ""
+        return DatabaseReadOnly(
+            f"dbha: DATABASES[{self.alias!r}] is read-only now: {reason}; its session is on "
+            f"{on}, read-only, until a database takes writes again{refused}",
+            alias=self.alias, reason=reason)
+
+    def dbha_choose(self) -> Choice:
+        """Where to connect now; raises ``OperationalError`` saying why when the
+        agent names no database (and ``WHEN_NONE`` neither finds one)."""
         key = (self.dbha.state_file, self.dbha.role)
         try:
             reader = self._dbha_reader()
         except (dbha.StateFileError, dbha.LibraryNotFoundError) as e:
             last = _states.last.get(key)
             if self.dbha.when_none == "last" and last is not None:
-                return -1, last
+                return Choice(-1, last)
             raise self._dbha_error(f"dbha: cannot read the agent's state: {e}") from e
         slot = self._dbha_slot_of()
-        endpoint = reader.endpoint(slot)
+        endpoint = reader.endpoint(_endpoint_slot(slot))
         if endpoint is not None:
+            if slot < -1:
+                return Choice(slot, endpoint, read_only=True)
             _states.last[key] = endpoint
-            return slot, endpoint
+            return Choice(slot, endpoint)
         last = _states.last.get(key)
         if self.dbha.when_none == "last" and last is not None and slot < 0:
-            return slot, last
+            return Choice(slot, last)
         raise self._dbha_error(str(reader.no_database(self.dbha.role, slot)))
+
+    def dbha_read_only(self) -> bool:
+        """Whether the agent publishes reads only now (see
+        :func:`dbha.django.read_only`)."""
+        try:
+            reader = _states.reader(self.dbha.state_file)
+        except (dbha.StateFileError, dbha.LibraryNotFoundError):
+            return False
+        return modes.note(self.dbha.state_file, reader)
 
     def get_connection_params(self):
         params = super().get_connection_params()
-        slot, endpoint = self.dbha_choose()
+        slot, endpoint, read_only = self.dbha_choose()
         params["host"], params["port"] = endpoint.host, endpoint.port
-        if self.dbha.role == "write":
+        if read_only:
+            # A write alias in read-only mode: on the read endpoint, where the
+            # session refuses every write (SQLSTATE 25006, raised as
+            # DatabaseReadOnly).
+            extra = "-c default_transaction_read_only=on"
+            params["options"] = f"{params['options']} {extra}" if params.get("options") else extra
+            modes.note(self.dbha.state_file, _states.reader(self.dbha.state_file))
+        elif self.dbha.role == "write":
             params.setdefault("target_session_attrs", "read-write")
         self._dbha_slot, self.dbha_endpoint, self._dbha_params = slot, endpoint, params
+        self._dbha_read_only = read_only
         self._dbha_aborted_at = None
         self._dbha_pool_for(endpoint, params)
         _watcher.watch(self)
@@ -254,25 +325,28 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         for: close the connection if the endpoint moved (the caller reconnects)."""
         # While the agent names no database this raises, and the open connection is
         # not used (WHEN_NONE="last" returns the last endpoint instead).
-        slot, endpoint = self.dbha_choose()
+        slot, endpoint, read_only = self.dbha_choose()
         current = self.dbha_endpoint
-        if current is not None and (endpoint.host, endpoint.port) == (current.host, current.port):
+        if (current is not None and (endpoint.host, endpoint.port) == (current.host, current.port)
+                and read_only == self._dbha_read_only):
             # Same place (the agent replaced its file, or WHEN_NONE="last"): keep it.
             self._dbha_slot, self.dbha_endpoint = slot, endpoint
             return
-        logger.info("dbha: %s: the agent moved %ss from %s to %s:%s (%s); reconnecting",
+        logger.info("dbha: %s: the agent moved %ss from %s to %s:%s (%s%s); reconnecting",
                     self.alias, self.dbha.role,
                     f"{current.host}:{current.port}" if current else "nowhere",
-                    endpoint.host, endpoint.port, endpoint.alias)
+                    endpoint.host, endpoint.port, endpoint.alias,
+                    ", read-only: no database takes writes" if read_only else "")
         self.close()
 
     def _dbha_abort_if_left(self) -> None:
         """(The watcher thread.) Shuts the socket of the open connection down when
         the agent, alive, moved away from its endpoint because that endpoint failed
         (no longer healthy, or a write endpoint no longer a primary). A planned
-        move away from a healthy endpoint (a failback) lets queries under way
-        finish. Never closes anything: the owning thread's next use closes and
-        replaces the connection."""
+        move away from a healthy endpoint (a failback, or a read-only session's
+        return to a primary) lets queries under way finish. Never closes
+        anything: the owning thread's next use closes and replaces the
+        connection."""
         connection, slot_of, endpoint = self.connection, self._dbha_slot_of, self.dbha_endpoint
         if connection is None or slot_of is None or endpoint is None:
             return
@@ -282,7 +356,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         reader = _states.readers.get(self.dbha.state_file)
         if reader is None:
             return
-        chosen = reader.endpoint(slot)
+        chosen = reader.endpoint(_endpoint_slot(slot))
         if chosen is not None and (chosen.host, chosen.port) == (endpoint.host, endpoint.port):
             return
         if chosen is None and self.dbha.when_none == "last":
@@ -296,8 +370,10 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             return
         if snap.status in ("stale", "agent_stopped"):
             return  # the agent judged nothing
+        # A read-only session on a standby is fine on a standby.
         failed = not snap.health.get(endpoint.alias, False) or (
-            self.dbha.role == "write" and snap.roles.get(endpoint.alias) == "standby")
+            self.dbha.role == "write" and not self._dbha_read_only
+            and snap.roles.get(endpoint.alias) == "standby")
         if not failed:
             self._dbha_judged = (slot, time.monotonic() + REJUDGE_SECONDS)
             return
@@ -312,7 +388,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
                 sock.shutdown(socket.SHUT_RDWR)
         except Exception:  # closed meanwhile (the driver raises its own errors)
             return
-        logger.warning("dbha: %s: the agent left %s:%s (%s); aborted this process's connection to it",
+        logger.warning("dbha: %s: the agent left %s:%s; aborted this process's connection to it (%s)",
                        self.alias, endpoint.host, endpoint.port,
                        f"now {chosen.alias} at {chosen.host}:{chosen.port}" if chosen else "no healthy database")
 
@@ -332,6 +408,13 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             raise ImproperlyConfigured("Pooling doesn't support persistent connections.")
         return {} if pool_options is True else pool_options
 
+    def _dbha_pool_key(self, endpoint: dbha.Endpoint) -> tuple:
+        """A pool's key: (alias, host, port), and "read-only" for the read-only
+        sessions of a write alias in read-only mode, which are never handed out
+        once that endpoint takes writes."""
+        key = (self.alias, endpoint.host, endpoint.port)
+        return key + ("read-only",) if self._dbha_read_only else key
+
     def _dbha_pool_for(self, endpoint: dbha.Endpoint, params: dict) -> None:
         """(Choosing ``endpoint``.) The pool for it, created when missing, and the
         alias's pools of other endpoints retired: closed, so that none of their
@@ -345,7 +428,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         except ImportError as err:
             raise ImproperlyConfigured(
                 "Error loading psycopg_pool module.\nDid you install psycopg[pool]?") from err
-        key = (self.alias, endpoint.host, endpoint.port)
+        key = self._dbha_pool_key(endpoint)
         pools = self._connection_pools
         with _pools_lock:
             if key not in pools:
@@ -377,7 +460,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             except OperationalError:
                 return None  # no database: connecting raises, saying why
         endpoint = self.dbha_endpoint
-        key = (self.alias, endpoint.host, endpoint.port)
+        key = self._dbha_pool_key(endpoint)
         # The endpoint's pool, or its retired one (closed: a connection returned to
         # it is closed).
         pool = self._connection_pools.get(key)

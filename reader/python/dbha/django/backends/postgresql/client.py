@@ -1,6 +1,6 @@
 """``manage.py dbshell`` for the dbha backend: psql to the endpoint the agent
 chose for the alias's role (a write alias also asks libpq for a read-write
-session)."""
+session; in read-only mode, a read-only session on the read endpoint)."""
 
 import os
 import signal
@@ -11,11 +11,16 @@ from django.db.backends.postgresql.client import DatabaseClient as PostgresClien
 
 class DatabaseClient(PostgresClient):
     def runshell(self, parameters):
-        _, endpoint = self.connection.dbha_choose()
+        choice = self.connection.dbha_choose()
+        endpoint = choice.endpoint
         settings_dict = {**self.connection.settings_dict, "HOST": endpoint.host, "PORT": endpoint.port}
         args, env = self.settings_to_cmd_args_env(settings_dict, parameters)
         env = {**os.environ, **(env or {})}
-        if self.connection.dbha.role == "write":
+        if choice.read_only:
+            # No database takes writes now: a read-only session on the read one.
+            env["PGOPTIONS"] = " ".join(filter(None, [env.get("PGOPTIONS"),
+                                                      "-c default_transaction_read_only=on"]))
+        elif self.connection.dbha.role == "write":
             env.setdefault("PGTARGETSESSIONATTRS", "read-write")
         sigint_handler = signal.getsignal(signal.SIGINT)
         try:
