@@ -642,13 +642,15 @@ impl Agent {
     /// whatever `interval` is. Held sessions make each of these probes a status
     /// query on an open session (no login, no new connection), per-probe
     /// sessions a login. Down endpoints keep their backoff. The window starts
-    /// once the first verdicts are in (until then, probes without a verdict are
-    /// fast anyway).
+    /// when the endpoint writes belong to is lost, or once the first verdicts
+    /// are in (until then, probes without a verdict are fast anyway).
     fn watch_for_promotion(&mut self, now: Instant, phase: Phase) {
         let config = &self.state.config;
         let without = config.writes == Writes::Primary
             && self.state.choice.write.is_none()
-            && (phase == Phase::Settled || self.no_writes_since.is_some());
+            && (phase == Phase::Settled
+                || self.state.choice.waiting.is_some()
+                || self.no_writes_since.is_some());
         let window = config.promotion_window;
         let since = match (without, self.no_writes_since) {
             (false, _) => {

@@ -5,6 +5,7 @@
  *   reader_test cuts DIR N        DIR/cut-0 .. cut-(N-1), each truncated: DBHA_E_TRUNCATED
  *   reader_test random DIR N      DIR/random-0 .. : any outcome but a crash
  *   reader_test loop PATH N       N calls of dbha_active_alias (for strace)
+ *   reader_test show PATH         one line: the status and the write and read endpoints
  */
 #include <dbha.h>
 #include <inttypes.h>
@@ -255,6 +256,40 @@ static int loop(const char *path, long n) {
     return 0;
 }
 
+static const char *status_name(int status) {
+    switch (status) {
+    case DBHA_STATUS_ACTIVE: return "active";
+    case DBHA_STATUS_READ_ONLY: return "read_only";
+    case DBHA_STATUS_NO_HEALTHY_DATABASE: return "no_healthy_database";
+    case DBHA_STATUS_STALE: return "stale";
+    case DBHA_STATUS_AGENT_STOPPED: return "agent_stopped";
+    /* A status this program does not know: no write endpoint. */
+    default: return "unknown";
+    }
+}
+
+/* "status=read_only write=NONE read=failover1", from one snapshot, and the
+ * same endpoints through dbha_write_alias and dbha_read_alias. */
+static int show(const char *path) {
+    dbha_reader *r = NULL;
+    int rc = dbha_open(path, &r);
+    if (rc != DBHA_OK) {
+        fprintf(stderr, "%s: %s\n", path, dbha_strerror(rc));
+        return 1;
+    }
+    dbha_snapshot s;
+    rc = dbha_read_sized(r, &s, sizeof s);
+    const char *w = dbha_write_alias(r), *rd = dbha_read_alias(r);
+    if (rc == DBHA_OK)
+        printf("status=%s write=%s read=%s calls: write=%s read=%s\n", status_name(s.status),
+               s.write_alias ? s.write_alias : "NONE", s.read_alias ? s.read_alias : "NONE",
+               w ? w : "NONE", rd ? rd : "NONE");
+    else
+        fprintf(stderr, "%s: %s\n", path, dbha_strerror(rc));
+    dbha_close(r);
+    return rc != DBHA_OK;
+}
+
 int main(int argc, char **argv) {
     if (argc == 4 && strcmp(argv[1], "check") == 0)
         return check(argv[2], strtoull(argv[3], NULL, 10));
@@ -264,6 +299,8 @@ int main(int argc, char **argv) {
         return random_files(argv[2], strtol(argv[3], NULL, 10));
     if (argc == 4 && strcmp(argv[1], "loop") == 0)
         return loop(argv[2], strtol(argv[3], NULL, 10));
-    fprintf(stderr, "usage: reader_test check DIR EPOCH | cuts DIR N | random DIR N | loop PATH N\n");
+    if (argc == 3 && strcmp(argv[1], "show") == 0)
+        return show(argv[2]);
+    fprintf(stderr, "usage: reader_test check DIR EPOCH | cuts DIR N | random DIR N | loop PATH N | show PATH\n");
     return 2;
 }

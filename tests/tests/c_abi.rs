@@ -4,7 +4,8 @@
 //! run against files made by the real writer.
 
 use dbha_protocol::writer::{Publication, StateFile};
-use dbha_tests::{libdbha_dir, require};
+use dbha_tests::cprog::{build, c_tools, install, run};
+use dbha_tests::require;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -66,73 +67,12 @@ fn prepare(dir: &Path) -> u64 {
     epoch
 }
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Installs libdbha into `prefix` and compiles reader_test against it through
-/// pkg-config; `static_link` links libdbha.a instead of the shared library.
-fn build(prefix: &Path, static_link: bool, out: &Path) -> PathBuf {
-    let pc_path = prefix.join("lib/pkgconfig");
-    let mut args = vec!["--cflags", "--libs"];
-    if static_link {
-        args.push("--static");
-    }
-    let flags = run(Command::new("pkg-config")
-        .env("PKG_CONFIG_PATH", &pc_path)
-        .args(&args)
-        .arg("dbha"));
-    let mut cc = Command::new("cc");
-    cc.args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-O2"])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("c/reader_test.c"))
-        .arg("-o")
-        .arg(out);
-    let flags: Vec<&str> = flags.split_whitespace().collect();
-    if static_link {
-        // Only libdbha statically; libc and friends stay shared.
-        let (libs, rest): (Vec<&str>, Vec<&str>) = flags.iter().partition(|f| **f == "-ldbha");
-        cc.args(rest)
-            .arg("-Wl,-Bstatic")
-            .args(libs)
-            .arg("-Wl,-Bdynamic");
-    } else {
-        cc.args(flags)
-            .arg(format!("-Wl,-rpath,{}", prefix.join("lib").display()));
-    }
-    run(&mut cc);
-    out.to_owned()
-}
-
-/// The C compiler and pkg-config, or None (skipped outside CI).
-fn c_tools() -> Option<()> {
-    require("cc", "to compile the C test program")?;
-    require("pkg-config", "to find libdbha's flags")?;
-    Some(())
-}
-
 /// A test directory with an empty `files` directory in it.
 fn test_dirs() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let files = dir.path().join("files");
     std::fs::create_dir(&files).unwrap();
     (dir, files)
-}
-
-fn install(prefix: &Path) {
-    let profile = libdbha_dir();
-    run(
-        Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("../reader/install.sh"))
-            .env("CARGO_TARGET_DIR", profile.parent().unwrap())
-            .env("DBHA_PROFILE", profile.file_name().unwrap())
-            .arg(prefix),
-    );
 }
 
 #[test]
