@@ -148,23 +148,111 @@ def test_before_a_failover_writes_go_to_the_primary_and_reads_to_a_standby(live,
     assert capfd.readouterr().out.strip() == str(port("default", live))
 
 
-def test_while_no_primary_is_published_queries_fail_at_once_saying_why(live, agent):
-    from django.db import OperationalError, connection, transaction
+class Signals:
+    """What dbha's read-only signals sent, in order, from whichever thread."""
 
+    def __init__(self):
+        self.sent = []
+
+    def entered(self, sender, reason, **kwargs):
+        self.sent.append(("entered", sender, reason))
+
+    def left(self, sender, status, **kwargs):
+        self.sent.append(("left", sender, status))
+
+    def names(self):
+        return [s[0] for s in self.sent]
+
+
+SIGNALS = Signals()
+
+
+def test_while_no_primary_is_published_reads_answer_and_writes_fail_at_once_saying_why(live, agent):
+    import json
+
+    from django.db import OperationalError, connection, connections, transaction
+    from django.test import Client
+
+    import dbha.django
     from items.models import Item
 
+    dbha.django.read_only_entered.connect(SIGNALS.entered)
+    dbha.django.read_only_left.connect(SIGNALS.left)
+    assert dbha.django.read_only() is False
     assert server("default")[0] == port("default", live)  # a persistent connection is open
     live.say("stop default")
-    wait_for("writes to be published as none", lambda: agent.write_endpoint() is None)
-    for attempt in (lambda: Item.objects.create(seq=1), transaction.atomic().__enter__,
-                    lambda: connection.cursor().execute("SELECT 1")):
+    wait_for("reads only", lambda: agent.write_endpoint() is None
+             and agent.snapshot().status == "read_only")
+    standby = agent.read_endpoint().port
+    assert standby in (port("failover1", live), port("failover2", live))
+    assert dbha.django.read_only() is True
+    wait_for("read_only_entered", lambda: SIGNALS.names() == ["entered"])
+    assert SIGNALS.sent[0][1] == live.info["state"]
+    assert "no database takes writes" in SIGNALS.sent[0][2]
+
+    # An ATOMIC_REQUESTS view that only reads answers, with the data written
+    # before the fault, from the standby, in a transaction on the write alias.
+    client = Client(raise_request_exception=False)
+    answer = client.get("/read", {"from": 100})
+    assert answer.status_code == 200, answer.content
+    body = json.loads(answer.content)
+    assert {101, 102, 103, 105} <= set(body["seqs"]), body
+    assert (body["port"], body["standby"], body["read_only"]) == (standby, True, True)
+    # A view that writes: 503 with Retry-After from the middleware, at once.
+    start = time.monotonic()
+    answer = client.get("/create", {"seq": 150})
+    assert answer.status_code == 503 and answer["Retry-After"] == "5", answer.content
+    assert time.monotonic() - start < 1.0
+    # Without the middleware, the view's exception is the dedicated one.
+    from django.test import override_settings
+
+    with override_settings(MIDDLEWARE=[]), pytest.raises(dbha.django.DatabaseReadOnly):
+        Client(raise_request_exception=True).get("/create", {"seq": 151})
+
+    # Every write idiom fails at once with DatabaseReadOnly (an OperationalError),
+    # saying why; reads in the same places work.
+    def create():
+        Item.objects.create(seq=152)
+
+    def atomic_write():
+        with transaction.atomic():
+            assert Item.objects.filter(seq=101).exists()
+            Item.objects.create(seq=153)
+
+    def lock():
+        with transaction.atomic():
+            Item.objects.select_for_update().get(seq=101)
+
+    def raw():
+        with connection.cursor() as c:
+            c.execute("INSERT INTO items_item (seq) VALUES (154)")
+
+    for attempt in (create, atomic_write, lock, raw):
+        start = time.monotonic()
+        with pytest.raises(dbha.django.DatabaseReadOnly) as e:
+            attempt()
+        elapsed = time.monotonic() - start
+        assert elapsed < 1.0, f"{attempt.__name__} took {elapsed:.3f}s"
+        assert isinstance(e.value, OperationalError)
+        assert "dbha: DATABASES['default'] is read-only now: no database takes writes" in str(e.value)
+        assert "read-only transaction" in str(e.value), e.value
+        assert e.value.alias == "default" and e.value.reason
+    assert server("default") == (standby, True)
+    with transaction.atomic():
+        assert Item.objects.filter(seq=101).exists()
+    assert not rows_on("failover1", live) & {150, 151, 152, 153, 154}
+
+    # WHEN_NONE="error": no connection at all, at once, saying why.
+    for attempt in (lambda: connections["strict"].cursor().execute("SELECT 1"),
+                    lambda: Item.objects.using("strict").create(seq=155)):
         start = time.monotonic()
         with pytest.raises(OperationalError) as e:
             attempt()
-        elapsed = time.monotonic() - start
-        assert elapsed < 0.1, f"took {elapsed:.3f}s"
+        assert time.monotonic() - start < 1.0
+        assert not isinstance(e.value, dbha.django.DatabaseReadOnly)
         assert "dbha: no database for writes" in str(e.value), e.value
-        assert "'default'" in str(e.value)
+        assert "'strict'" in str(e.value)
+    assert SIGNALS.names() == ["entered"]
 
 
 def test_after_the_promotion_open_and_pooled_connections_move_without_a_failed_query(live, agent):
@@ -182,7 +270,13 @@ def test_after_the_promotion_open_and_pooled_connections_move_without_a_failed_q
     with transaction.atomic():
         Item.objects.create(seq=200)
     assert connections["default"] is wrapper
+    # The persistent connection left the standby: read-write on the new primary.
     assert server("default") == (port("failover1", live), False)
+    import dbha.django
+
+    assert dbha.django.read_only() is False
+    wait_for("read_only_left", lambda: SIGNALS.names() == ["entered", "left"])
+    assert SIGNALS.sent[1][2] == "active"
     every_idiom(300, "failover1", live)
     assert 200 in rows_on("failover1", live)
 

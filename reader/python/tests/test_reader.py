@@ -42,6 +42,28 @@ def test_no_healthy_database(holder):
         assert r.snapshot().status == "no_healthy_database"
 
 
+def test_reads_only(holder):
+    # No database takes writes, one takes reads: a failover window.
+    h = holder(ADDRESSED)
+    h.say("none")
+    h.say("read 1")
+    with dbha.Reader(h.path) as r:
+        s = r.snapshot()
+        assert (s.status, s.read_only, s.active) == ("read_only", True, False)
+        assert (s.write_alias, s.read_alias) == (None, "failover1")
+        assert "no database takes writes" in s.reason and "failover1" in s.reason
+        assert r.write_alias() is None and r.read_alias() == "failover1"
+        assert r.write_endpoint() is None
+        assert r.read_endpoint() == dbha.Endpoint("failover1", "10.1.2.3", 6432)
+        assert r.conninfo("read") == "host=10.1.2.3 port=6432"
+        with pytest.raises(dbha.NoDatabaseError) as e:
+            r.conninfo()
+        assert e.value.role == "write" and e.value.status == "read_only"
+        assert "no database takes writes" in str(e.value)
+        h.say("write 1")
+        assert r.snapshot().status == "active" and r.write_alias() == "failover1"
+
+
 def test_stale_heartbeat(holder):
     h = holder(ALIASES, "--stale-after-ms", 100)
     with dbha.Reader(h.path) as r:

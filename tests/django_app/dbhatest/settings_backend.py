@@ -33,7 +33,13 @@ if not os.environ.get("DBHA_TEST_NO_POOL"):
     # runner, whose test database cannot be dropped while a pool holds connections.)
     DATABASES["pooled"] = _db("write", OPTIONS={"connect_timeout": 2, "pool": {"min_size": 2, "max_size": 4}})
 
+# The write alias as it was before read-only mode: while no database takes
+# writes, a new connection fails at once.
+DATABASES["strict"] = _db("write", TEST={"MIRROR": "default"})
+DATABASES["strict"]["DBHA"]["WHEN_NONE"] = "error"
+
 DATABASES["default"]["ATOMIC_REQUESTS"] = True
+MIDDLEWARE = ["dbha.django.ReadOnlyMiddleware"]
 DATABASE_ROUTERS = ["dbha.django.ReplicaRouter"]
 ROOT_URLCONF = "items.urls"
 ALLOWED_HOSTS = ["testserver"]

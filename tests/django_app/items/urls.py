@@ -2,4 +2,4 @@ from django.urls import path
 
 from . import views
 
-urlpatterns = [path("create", views.create)]
+urlpatterns = [path("create", views.create), path("read", views.read)]

@@ -1,5 +1,7 @@
 """Views for the backend test's ATOMIC_REQUESTS checks (tests/django_app/test_backend.py)."""
 
+import json
+
 from django.db import connection
 from django.http import HttpResponse
 
@@ -16,3 +18,17 @@ def create(request):
     if request.GET.get("fail"):
         raise RuntimeError("the view fails after writing")
     return HttpResponse(str(port))
+
+
+def read(request):
+    """Only reads (under ATOMIC_REQUESTS, in a transaction on the write alias):
+    the seqs at or above ?from=, the server's port and whether it is a standby,
+    and what ReadOnlyMiddleware set."""
+    seqs = sorted(Item.objects.filter(seq__gte=int(request.GET.get("from", 0)))
+                  .values_list("seq", flat=True))
+    with connection.cursor() as c:
+        c.execute("SELECT inet_server_port(), pg_is_in_recovery()")
+        port, standby = c.fetchone()
+    return HttpResponse(json.dumps({"seqs": seqs, "port": port, "standby": standby,
+                                    "read_only": getattr(request, "dbha_read_only", None)}),
+                        content_type="application/json")
