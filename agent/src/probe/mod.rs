@@ -440,8 +440,14 @@ pub fn spawn<E: From<Report> + Send + 'static>(
 /// the agent bounds how long); for an endpoint that went down, `fastinter`
 /// doubling with each probe up to `interval` ([`Tracker::backoff`]), hurried or
 /// not; `interval` otherwise.
+///
+/// Only a held session is hurried: there a probe is a status query on the open
+/// session. A connection per probe (a login, or for the tcp check an accept)
+/// at `fastinter` on every standby, from every agent, would be the login storm
+/// the window must not cause; those keep their pace.
 fn pace_of(t: &Tracker, db: &Database, hurry: bool) -> Duration {
-    if t.fast() || (hurry && t.backoff().is_none()) {
+    let hurried = hurry && db.session == Session::Held && db.check == Check::Postgres;
+    if t.fast() || (hurried && t.backoff().is_none()) {
         return db.fastinter;
     }
     match t.backoff() {
