@@ -10,6 +10,7 @@ primary returns as a second primary."""
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -180,7 +181,23 @@ def test_while_no_primary_is_published_reads_answer_and_writes_fail_at_once_sayi
     dbha.django.read_only_left.connect(SIGNALS.left)
     assert dbha.django.read_only() is False
     assert server("default")[0] == port("default", live)  # a persistent connection is open
-    live.say("stop default")
+    # The primary crashes before the agent sees it (the agent is paused): a
+    # transaction begins on the persistent connection to it, and its first
+    # statement loses the connection. Nothing of it reached a server, so the
+    # backend runs it again once the agent has moved: the read answers.
+    live.say("agent pause")
+    resume = threading.Timer(0.3, live.say, ["agent resume"])
+    try:
+        live.say("stop default")
+        resume.start()
+        with transaction.atomic():
+            assert Item.objects.filter(seq=101).exists()
+            assert server("default")[1] is True  # on a standby
+    finally:
+        if resume.is_alive() or resume.finished.is_set():
+            resume.join()
+        else:
+            live.say("agent resume")
     wait_for("reads only", lambda: agent.write_endpoint() is None
              and agent.snapshot().status == "read_only")
     standby = agent.read_endpoint().port

@@ -11,8 +11,10 @@
 //! and reads = "prefer-standby". Then it prints one JSON line: {"state": PATH, "log": PATH, "databases":
 //! {NAME: {"host": H, "port": P}, ...}}. Commands on standard input, one per line,
 //! answered `ok` or `error: ...`: `stop NAME` (immediate), `start NAME`, `freeze
-//! NAME`, `thaw NAME`, `promote NAME`, and `agent restart` (SIGTERM, then a new
-//! agent on the same configuration and state file, as `systemctl restart` does).
+//! NAME`, `thaw NAME`, `promote NAME`, `agent restart` (SIGTERM, then a new
+//! agent on the same configuration and state file, as `systemctl restart` does),
+//! and `agent pause` / `agent resume` (SIGSTOP / SIGCONT: a fault the agent has
+//! not seen yet).
 //! At end of input everything is stopped and removed.
 
 use dbha_harness::pg::StopMode;
@@ -91,6 +93,14 @@ fn main() {
                 agent.signal(nix::sys::signal::Signal::SIGTERM);
                 let _ = agent.child().wait();
                 agent.spawn();
+                Ok(())
+            }
+            (Some("agent"), Some("pause")) => {
+                agent.signal(nix::sys::signal::Signal::SIGSTOP);
+                Ok(())
+            }
+            (Some("agent"), Some("resume")) => {
+                agent.signal(nix::sys::signal::Signal::SIGCONT);
                 Ok(())
             }
             (Some(cmd), Some(name)) if live.clusters.iter().any(|c| c.name == name) => {

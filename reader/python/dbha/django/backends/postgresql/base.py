@@ -58,7 +58,9 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS
 from django.db.backends.postgresql import base as postgresql
 from django.db.backends.postgresql.creation import DatabaseCreation as PostgresCreation
-from django.db.utils import DatabaseErrorWrapper, OperationalError
+from django.db.backends.signals import connection_created
+from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
+from django.db.utils import DatabaseErrorWrapper, InterfaceError, OperationalError
 from django.utils.functional import cached_property
 
 import dbha
@@ -75,6 +77,11 @@ WATCH_SECONDS = 0.01
 # After judging a connection's endpoint healthy (a planned move away from it), how
 # long before the watcher takes another snapshot for the same choice.
 REJUDGE_SECONDS = 0.25
+# A transaction's first statement lost with its connection: how long to wait for
+# the agent to move away from the endpoint before the error stands, and how often
+# to look meanwhile.
+RETRY_WAIT_SECONDS = 2.0
+RETRY_POLL_SECONDS = 0.002
 
 
 _states = states
@@ -198,6 +205,45 @@ class _ErrorWrapper(DatabaseErrorWrapper):
         return super().__exit__(exc_type, exc_value, traceback)
 
 
+class _Retrying:
+    """A cursor whose statement runs once more, on the agent's new choice, when
+    it was the first of a transaction and its connection was lost (see
+    ``DatabaseWrapper._dbha_retry``)."""
+
+    def _execute(self, sql, params, *ignored_wrapper_args):
+        first = self.db._dbha_first_statement()
+        try:
+            return super()._execute(sql, params, *ignored_wrapper_args)
+        except (OperationalError, InterfaceError) as e:
+            if not (first and self.db._dbha_retry(self, e)):
+                raise
+        return super()._execute(sql, params, *ignored_wrapper_args)
+
+    def _executemany(self, sql, param_list, *ignored_wrapper_args):
+        first = self.db._dbha_first_statement()
+        try:
+            return super()._executemany(sql, param_list, *ignored_wrapper_args)
+        except (OperationalError, InterfaceError) as e:
+            if not (first and self.db._dbha_retry(self, e)):
+                raise
+        return super()._executemany(sql, param_list, *ignored_wrapper_args)
+
+
+class _Cursor(_Retrying, CursorWrapper):
+    pass
+
+
+class _DebugCursor(_Retrying, CursorDebugWrapper):
+    pass
+
+
+def _lost(connection) -> bool:
+    """The driver connection is closed or broken (psycopg 3: ``closed`` or
+    ``broken``; psycopg2: ``closed`` non-zero)."""
+    return connection is None or bool(getattr(connection, "closed", False)) \
+        or bool(getattr(connection, "broken", False))
+
+
 class DatabaseWrapper(postgresql.DatabaseWrapper):
     client_class = DatabaseClient
     creation_class = DatabaseCreation
@@ -219,12 +265,96 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         self._dbha_aborted_at: Optional[int] = None
         # (slot, until when) of the last "the endpoint left is healthy" judgement.
         self._dbha_judged: Optional[Tuple[int, float]] = None
+        # A transaction began and no statement has run in it yet.
+        self._dbha_untouched = False
 
     @cached_property
     def wrap_database_errors(self):
         return _ErrorWrapper(self)
 
-    # -- the agent's choice ------------------------------------------------------
+    # -- a transaction's first statement, lost with its connection -----------------
+
+    def make_cursor(self, cursor):
+        return _Cursor(cursor, self)
+
+    def make_debug_cursor(self, cursor):
+        return _DebugCursor(cursor, self)
+
+    def _set_autocommit(self, autocommit):
+        super()._set_autocommit(autocommit)
+        self._dbha_untouched = not autocommit
+
+    def _dbha_first_statement(self) -> bool:
+        """Whether the statement about to run is the first of its transaction
+        (nothing of the transaction has reached the server); from now on none is."""
+        first, self._dbha_untouched = self._dbha_untouched, False
+        return first and self.in_atomic_block
+
+    def _dbha_retry(self, cursor, error) -> bool:
+        """The first statement of a transaction failed and its connection is
+        lost: a server that died between the agent's probes (a request begun
+        after a crash and before the agent published it), a connection the
+        watcher aborted, a backend the server terminated. Nothing of the
+        transaction reached the server, so it can start again: on a new
+        connection where the agent says now (the same endpoint, if it takes the
+        connection: a terminated backend), else, once the agent has moved away
+        from it (waiting at most RETRY_WAIT_SECONDS), on the new choice; in the
+        same transaction mode. True: the statement may run again. False, with
+        nothing changed: a connection still usable (the server refused the
+        statement), a named cursor, Django's pool, or no new connection."""
+        if not _lost(self.connection) or getattr(cursor.cursor, "name", None):
+            return False
+        if self._dbha_pool_options() is not None or self._dbha_slot_of is None:
+            return False
+        lost, old = self.dbha_endpoint, self.connection
+        try:
+            old.close()
+        except Exception:  # already closed, or broken: nothing to release
+            pass
+        endpoint = self._dbha_connect_again(cursor, old)
+        deadline = time.monotonic() + RETRY_WAIT_SECONDS
+        while endpoint is None:
+            # Refused where the agent still points: wait for it to move.
+            try:
+                moved = self.dbha_choose().endpoint
+            except OperationalError:
+                moved = None
+            if moved is not None and lost is not None and \
+                    (moved.host, moved.port) != (lost.host, lost.port):
+                endpoint = self._dbha_connect_again(cursor, old)
+                if endpoint is None:
+                    return False
+                break
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(RETRY_POLL_SECONDS)
+        logger.info("dbha: %s: the first statement of a transaction lost its connection to "
+                    "%s; running it again on %s at %s:%s", self.alias,
+                    f"{lost.host}:{lost.port}" if lost else "its endpoint",
+                    endpoint.alias, endpoint.host, endpoint.port)
+        return True
+
+    def _dbha_connect_again(self, cursor, old) -> Optional[dbha.Endpoint]:
+        """(Inside a transaction that has run nothing.) A new driver connection
+        where the agent says now, with autocommit off and the connection's
+        state set up, and a new driver cursor for ``cursor``: the endpoint; or
+        None with ``old`` (the lost connection) back in place."""
+        try:
+            self.connection = self.get_new_connection(self.get_connection_params())
+            self._set_autocommit(False)
+            self._dbha_untouched = False
+            self.init_connection_state()
+            cursor.cursor = self.create_cursor()
+        except Exception:  # refused, no database named: as without a retry
+            if self.connection is not old and self.connection is not None:
+                try:
+                    self.connection.close()
+                except Exception:
+                    pass
+            self.connection = old
+            return None
+        connection_created.send(sender=self.__class__, connection=self)
+        return self.dbha_endpoint
 
     def _dbha_reader(self) -> dbha.Reader:
         reader = _states.reader(self.dbha.state_file)
