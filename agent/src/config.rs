@@ -210,8 +210,9 @@ pub struct Config {
     pub reads: Reads,
     pub stale_after: Duration,
     /// Under `writes = "primary"`, while writes have no database (a failover
-    /// window), the databases that are up are probed at their `fastinter` for at
-    /// most this long, so that a promotion is published at once; 0: not at all.
+    /// window), the databases that are up and have a held session are probed at
+    /// their `fastinter` for at most this long, so that a promotion is published
+    /// at once; 0: not at all.
     pub promotion_window: Duration,
     /// Permission bits of the state file.
     pub state_mode: u32,

@@ -639,9 +639,10 @@ impl Agent {
     /// While writes have no database under `writes = "primary"`, the probes run
     /// at `fastinter` for at most `promotion_window`, so that a promotion is
     /// published within about `rise` x `fastinter` of the server taking writes,
-    /// whatever `interval` is. Held sessions make each of these probes a status
-    /// query on an open session (no login, no new connection), per-probe
-    /// sessions a login. Down endpoints keep their backoff. The window starts
+    /// whatever `interval` is. Only held sessions are hurried: each of these
+    /// probes is then a status query on an open session (no login, no new
+    /// connection); a connection per probe keeps its pace (see
+    /// `probe::pace_of`). Down endpoints keep their backoff. The window starts
     /// when the endpoint writes belong to is lost, or once the first verdicts
     /// are in (until then, probes without a verdict are fast anyway).
     fn watch_for_promotion(&mut self, now: Instant, phase: Phase) {

@@ -1,11 +1,13 @@
 //! The failover benchmark a Django user would run: a real Django app under
-//! gunicorn (4 workers), 32 concurrent HTTP clients whose every request writes
-//! inside ATOMIC_REQUESTS and reads, a primary with two streaming standbys
-//! (commits synchronous to the first, so a promotion loses no acknowledged
-//! write), and a fault on the primary, the first standby promoted 1 s later as
-//! an HA manager would. The same load and faults for each strategy: the original
-//! recipe's router, libpq's multi-host list, dbha's FailoverRouter, dbha's backend.
-//! Then the backend's cost per query against Django's own backend.
+//! gunicorn (4 workers), 32 concurrent HTTP clients, each sending four requests
+//! that only read to one that writes and reads (all inside ATOMIC_REQUESTS), a
+//! primary with two streaming standbys (commits synchronous to the first, so a
+//! promotion loses no acknowledged write), and a fault on the primary, the first
+//! standby promoted 1 s later as an HA manager would. The same load and faults
+//! for each strategy: the original recipe's router, libpq's multi-host list,
+//! dbha's FailoverRouter, dbha's backend with WHEN_NONE="error" and in
+//! read-only mode (the default). Reads and writes are counted apart. Then the
+//! backend's cost per query against Django's own backend.
 
 use crate::common::percentile;
 use dbha_harness::pg::StopMode;
@@ -21,15 +23,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const STRATEGIES: [(&str, &str); 4] = [
+const STRATEGIES: [(&str, &str); 5] = [
     ("recipe", "original recipe (router probing from requests)"),
     (
         "libpq",
         "libpq multi-host, target_session_attrs=read-write, connect_timeout=2",
     ),
     ("router", "dbha FailoverRouter"),
-    ("backend", "dbha backend"),
+    ("backend-error", "dbha backend, WHEN_NONE=\"error\""),
+    ("backend", "dbha backend, read-only mode (the default)"),
 ];
+/// Of every `MIX` requests of a client, the last writes; the others only read.
+const MIX: u64 = 5;
 const FAULTS: [(&str, &str); 4] = [
     ("stop", "primary stopped (-m immediate)"),
     ("blackhole", "primary blackholed (nftables drop)"),
@@ -42,7 +47,7 @@ const FAULTS: [(&str, &str); 4] = [
     ),
 ];
 /// The strategies that read the agent, the only ones an agent restart can touch.
-const AGENT_READERS: [&str; 2] = ["router", "backend"];
+const AGENT_READERS: [&str; 3] = ["router", "backend-error", "backend"];
 const CLIENTS: usize = 32;
 /// Each client starts a request every PACE (or, when one took longer, as soon as
 /// it is answered): the same offered load whether a strategy fails fast or slowly.
@@ -56,6 +61,8 @@ struct Plan {
     repeats: usize,
     before: Duration,
     after: Duration,
+    /// The agent's interval (and timeout); fastinter stays 10 ms.
+    interval: Duration,
 }
 
 /// One request as a client saw it: seconds since the load began.
@@ -67,6 +74,8 @@ struct Sample {
     seq: i64,
     /// The HTTP status, or 0 when there was no answer (refused, reset, timeout).
     status: u16,
+    /// A request that writes (and reads); the others only read.
+    write: bool,
 }
 
 /// What one trial measured.
@@ -74,6 +83,10 @@ struct Outcome {
     samples: Vec<Sample>,
     fault_at: f64,
     promoted_at: f64,
+    /// When failover1 first answered as a writable primary (polled every 1 ms
+    /// on a session of its own), and when the agent published it for writes.
+    writable_at: Option<f64>,
+    published_at: Option<f64>,
     /// Requests the schedule called for: every client, every PACE, for the run.
     offered: usize,
     missing: usize,
@@ -86,6 +99,31 @@ struct Outcome {
 impl Outcome {
     fn failures(&self) -> impl Iterator<Item = &Sample> {
         self.samples.iter().filter(|s| !s.ok)
+    }
+
+    /// Requests that only read, failed, begun after the fault (not in flight
+    /// at it).
+    fn reads_failed_after_fault(&self) -> usize {
+        self.failures()
+            .filter(|s| !s.write && s.start > self.fault_at)
+            .count()
+    }
+
+    /// Writes failed, begun after the agent published the promoted server.
+    fn writes_failed_after_publication(&self) -> usize {
+        let Some(p) = self.published_at else { return 0 };
+        self.failures().filter(|s| s.write && s.start > p).count()
+    }
+
+    /// From failover1 taking writes to the end of the first acknowledged write
+    /// after that, ms.
+    fn first_write_ms(&self) -> Option<f64> {
+        let w = self.writable_at?;
+        self.samples
+            .iter()
+            .filter(|s| s.ok && s.write && s.end > w)
+            .map(|s| (s.end - w) * 1e3)
+            .min_by(f64::total_cmp)
     }
 
     /// Whether a request belongs to the detection-and-promotion window: still in
@@ -168,19 +206,20 @@ fn databases_json(live: &Live) -> String {
     format!("{{{}}}", dbs.join(", "))
 }
 
-/// A replicated cluster and an agent choosing writes = primary, reads = standby.
-fn setup() -> (Live, AgentProc) {
+/// A replicated cluster and an agent choosing writes = primary, reads = standby,
+/// probing every `interval`.
+fn setup(interval: Duration) -> (Live, AgentProc) {
     let Some(live) = Live::replicated("default", &["failover1", "failover2"], "trust", None) else {
         eprintln!("dbha-bench django needs the PostgreSQL server (apt-get install postgresql)");
         std::process::exit(1);
     };
     live.synchronous_to("failover1");
     let t = Timing {
-        interval_ms: 100,
-        timeout_ms: 200,
+        interval_ms: interval.as_millis() as u64,
+        timeout_ms: (interval.as_millis() as u64).max(200),
         rise: 2,
         fall: 2,
-        stale_after_ms: 1000,
+        stale_after_ms: (interval.as_millis() as u64 * 5).max(1000),
         failback: "sticky",
     };
     let agent = AgentProc::start(live.dir.path(), "agent", |s| {
@@ -209,12 +248,14 @@ impl Drop for Gunicorn {
     }
 }
 
-/// One HTTP request; its status code.
-fn request(addr: SocketAddr, seq: i64) -> std::io::Result<u16> {
+/// One HTTP request (to the view that writes, or the one that only reads); its
+/// status code.
+fn request(addr: SocketAddr, seq: i64, write: bool) -> std::io::Result<u16> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(CLIENT_TIMEOUT))?;
     s.set_write_timeout(Some(CLIENT_TIMEOUT))?;
-    write!(s, "GET /write?seq={seq} HTTP/1.0\r\nHost: bench\r\n\r\n")?;
+    let view = if write { "write" } else { "read" };
+    write!(s, "GET /{view}?seq={seq} HTTP/1.0\r\nHost: bench\r\n\r\n")?;
     let mut reply = Vec::with_capacity(512);
     s.take(64 * 1024).read_to_end(&mut reply)?;
     // "HTTP/1.x NNN ..."
@@ -225,8 +266,48 @@ fn request(addr: SocketAddr, seq: i64) -> std::io::Result<u16> {
         .unwrap_or(0))
 }
 
+/// Polls `cluster` every 1 ms on a held session of its own, from now until
+/// `until`, for the moment it answers as a writable primary.
+fn watch_writable((host, port): (String, u16), t0: Instant, until: Instant) -> Option<f64> {
+    use dbha_agent::config::{Check, Database, Secret, Session, SslMode};
+    let db = Database {
+        alias: "failover1".into(),
+        host,
+        port,
+        check: Check::Postgres,
+        interval: Duration::from_millis(1),
+        fastinter: Duration::from_millis(1),
+        timeout: Duration::from_millis(500),
+        connect_timeout: Duration::from_millis(500),
+        rise: 1,
+        fall: 1,
+        session: Session::Held,
+        session_lifetime: Duration::from_secs(3600),
+        admission_interval: Duration::from_secs(3600),
+        max_replica_lag: None,
+        max_replica_lag_bytes: None,
+        user: "postgres".into(),
+        dbname: "postgres".into(),
+        password: Secret::new(""),
+        password_source: None,
+        sslmode: SslMode::Disable,
+        sslrootcert: None,
+        allow_cleartext_password: false,
+    };
+    let mut prober = dbha_agent::probe::Prober::new(db);
+    while Instant::now() < until {
+        if let Ok(up) = prober.probe() {
+            if up.role == Some(dbha_agent::probe::Role::Primary) && !up.read_only {
+                return Some(t0.elapsed().as_secs_f64());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    None
+}
+
 fn trial(strategy: &str, fault: &str, plan: &Plan) -> Outcome {
-    let (live, mut agent) = setup();
+    let (live, mut agent) = setup(plan.interval);
     let dir = live.dir.path();
     let bench_json = format!(
         "{{\"strategy\": \"{strategy}\", \"databases\": {}, \"state\": \"{}\", \"status_dir\": \"{}\"}}",
@@ -289,7 +370,7 @@ fn trial(strategy: &str, fault: &str, plan: &Plan) -> Outcome {
             .expect("start gunicorn (tests/setup.sh installs it)"),
     );
     crate::common::until("gunicorn to answer", || {
-        request(addr, 0).is_ok_and(|status| status == 200)
+        request(addr, 0, true).is_ok_and(|status| status == 200)
     });
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -302,6 +383,7 @@ fn trial(strategy: &str, fault: &str, plan: &Plan) -> Outcome {
                 let mut seq = (c as i64 + 1) * 1_000_000;
                 // Spread the clients' first requests over one PACE.
                 let mut due = Instant::now() + PACE * c as u32 / CLIENTS as u32;
+                let mut k = c as u64;
                 while !stop.load(Ordering::Relaxed) {
                     let now = Instant::now();
                     if due > now {
@@ -309,8 +391,10 @@ fn trial(strategy: &str, fault: &str, plan: &Plan) -> Outcome {
                     }
                     due = due.max(now) + PACE;
                     seq += 1;
+                    k += 1;
+                    let write = k % MIX == 0;
                     let start = t0.elapsed().as_secs_f64();
-                    let status = request(addr, seq).unwrap_or(0);
+                    let status = request(addr, seq, write).unwrap_or(0);
                     let end = t0.elapsed().as_secs_f64();
                     samples.push(Sample {
                         start,
@@ -318,6 +402,7 @@ fn trial(strategy: &str, fault: &str, plan: &Plan) -> Outcome {
                         ok: status == 200,
                         seq,
                         status,
+                        write,
                     });
                 }
                 samples
@@ -332,6 +417,12 @@ fn trial(strategy: &str, fault: &str, plan: &Plan) -> Outcome {
     let trace = dbha_tests::trace::Trace::start(&agent.state);
     let fault_at = t0.elapsed().as_secs_f64();
     let restart = fault == "agent-restart";
+    let watcher = (!restart).then(|| {
+        let c = live.cluster("failover1");
+        let at = (c.host.clone(), c.port);
+        let until = Instant::now() + plan.after + Duration::from_secs(3);
+        std::thread::spawn(move || watch_writable(at, t0, until))
+    });
     match fault {
         "stop" => default.stop(StopMode::Immediate).expect("stop the primary"),
         "freeze" => default.freeze(),
@@ -366,11 +457,18 @@ fn trial(strategy: &str, fault: &str, plan: &Plan) -> Outcome {
         _ => {}
     }
 
+    let traced = trace.finish();
     let epochs = {
-        let mut e: Vec<u64> = trace.finish().seen.iter().map(|s| s.epoch).collect();
+        let mut e: Vec<u64> = traced.seen.iter().map(|s| s.epoch).collect();
         e.dedup();
         e.len()
     };
+    let published_at = traced
+        .seen
+        .iter()
+        .find(|s| s.write.as_deref() == Some("failover1"))
+        .map(|s| s.at.duration_since(t0).as_secs_f64());
+    let writable_at = watcher.and_then(|w| w.join().expect("the writable watcher"));
     let aborted = std::fs::read_to_string(dir.join("gunicorn.log"))
         .unwrap_or_default()
         .matches("aborted this process's connection")
@@ -386,13 +484,15 @@ fn trial(strategy: &str, fault: &str, plan: &Plan) -> Outcome {
         .collect();
     let missing = samples
         .iter()
-        .filter(|s| s.ok && !present.contains(&s.seq))
+        .filter(|s| s.ok && s.write && !present.contains(&s.seq))
         .count();
     drop(agent);
     let outcome = Outcome {
         samples,
         fault_at,
         promoted_at,
+        writable_at,
+        published_at,
         offered,
         missing,
         epochs,
@@ -428,7 +528,7 @@ fn local_time_now() -> String {
 }
 
 fn overhead(quick: bool) {
-    let (live, agent) = setup();
+    let (live, agent) = setup(Duration::from_millis(100));
     let bench_json = format!(
         "{{\"databases\": {}, \"state\": \"{}\"}}",
         databases_json(&live),
@@ -448,25 +548,34 @@ fn overhead(quick: bool) {
     println!("{}", String::from_utf8_lossy(&out.stdout).trim());
 }
 
-/// `only_fault`, `only_strategy`: run just those rows (by their short names).
-pub fn run(quick: bool, repeats: usize, only_fault: Option<&str>, only_strategy: Option<&str>) {
+/// `only_fault`, `only_strategy`: run just those rows (by their short names);
+/// `interval`: the agent's.
+pub fn run(
+    quick: bool,
+    repeats: usize,
+    only_fault: Option<&str>,
+    only_strategy: Option<&str>,
+    interval: Duration,
+) {
     let plan = if quick {
         Plan {
             repeats: 1,
             before: Duration::from_secs(1),
             after: Duration::from_secs(4),
+            interval,
         }
     } else {
         Plan {
             repeats,
             before: Duration::from_secs(3),
             after: Duration::from_secs(12),
+            interval,
         }
     };
     println!(
-        "| fault | strategy | offered | served | failed | not sent (client still waiting) | failures outside the fault window | failure window s (median) | p99 ms, fault window | max ms, fault window | acknowledged writes missing |"
+        "| fault | strategy | reads offered / served / failed / not sent | reads failed, begun after the fault | writes offered / served / failed / not sent | writes failed, begun after writes were published | not served, all | failover1 writable -> first acknowledged write, ms (median) | failure window s (median) | p99 ms, fault window | max ms, fault window | acknowledged writes missing |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut unserved_by = std::collections::HashMap::new();
     let mut max_by = std::collections::HashMap::new();
     let faults: Vec<_> = FAULTS
@@ -482,6 +591,7 @@ pub fn run(quick: bool, repeats: usize, only_fault: Option<&str>, only_strategy:
         "faults are {FAULTS:?}, strategies {STRATEGIES:?}"
     );
     let mut restarts = Vec::new();
+    let mut targets = Vec::new();
     for &(fault, fault_name) in &faults {
         for &(strategy, strategy_name) in &strategies {
             if fault == "agent-restart" && !AGENT_READERS.contains(&strategy) {
@@ -496,8 +606,39 @@ pub fn run(quick: bool, repeats: usize, only_fault: Option<&str>, only_strategy:
             let sent: usize = outcomes.iter().map(|o| o.samples.len()).sum();
             let offered: usize = outcomes.iter().map(|o| o.offered).sum::<usize>().max(sent);
             let failed: usize = outcomes.iter().map(|o| o.failures().count()).sum();
-            let outside: usize = outcomes.iter().map(Outcome::failures_outside).sum();
             let missing: usize = outcomes.iter().map(|o| o.missing).sum();
+            // offered / served / failed / not sent, of the requests that write or
+            // of those that only read.
+            let kind = |write: bool| {
+                let of = |o: &Outcome| o.samples.iter().filter(|s| s.write == write).count();
+                let sent: usize = outcomes.iter().map(of).sum();
+                let failed: usize = outcomes
+                    .iter()
+                    .map(|o| o.failures().filter(|s| s.write == write).count())
+                    .sum();
+                let share = if write { 1.0 } else { (MIX - 1) as f64 } / MIX as f64;
+                let offered = ((offered as f64 * share).round() as usize).max(sent);
+                format!(
+                    "{offered} / {} / {failed} / {}",
+                    sent - failed,
+                    offered - sent
+                )
+            };
+            let reads_after: usize = outcomes.iter().map(Outcome::reads_failed_after_fault).sum();
+            let writes_after: usize = outcomes
+                .iter()
+                .map(Outcome::writes_failed_after_publication)
+                .sum();
+            let mut first_writes: Vec<f64> = outcomes
+                .iter()
+                .filter_map(Outcome::first_write_ms)
+                .collect();
+            first_writes.sort_by(f64::total_cmp);
+            let first_write = if first_writes.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{:.0}", percentile(&first_writes, 0.5))
+            };
             let mut windows: Vec<f64> = outcomes.iter().map(Outcome::failure_window).collect();
             windows.sort_by(f64::total_cmp);
             let mut lat: Vec<f64> = outcomes
@@ -510,17 +651,21 @@ pub fn run(quick: bool, repeats: usize, only_fault: Option<&str>, only_strategy:
             } else {
                 (percentile(&lat, 0.99), lat[lat.len() - 1])
             };
+            let unserved = (offered - (sent - failed)) as f64 / offered.max(1) as f64;
             println!(
-                "| {fault_name} | {strategy_name} | {offered} | {} | {failed} | {} | {outside} | {:.2} | {p99:.0} | {max:.0} | {missing} |",
-                sent - failed,
-                offered - sent,
+                "| {fault_name} | {strategy_name} | {} | {reads_after} | {} | {writes_after} | {:.1}% | {first_write} | {:.2} | {p99:.0} | {max:.0} | {missing} |",
+                kind(false),
+                kind(true),
+                unserved * 100.0,
                 percentile(&windows, 0.5)
             );
             // Not served: failed, or never sent because the client was still waiting.
-            unserved_by.insert(
-                (fault, strategy),
-                (offered - (sent - failed)) as f64 / offered.max(1) as f64,
-            );
+            unserved_by.insert((fault, strategy), unserved);
+            if strategy == "backend" && fault != "agent-restart" {
+                targets.push(format!(
+                    "{fault_name}, read-only mode: {reads_after} reads failed that began after the fault (target 0), {writes_after} writes failed that began after writes were published (target 0), failover1 writable -> first acknowledged write {first_write} ms (median; target <= 50 at interval = 1s)"
+                ));
+            }
             max_by.insert((fault, strategy), max);
             if fault == "agent-restart" {
                 restarts.push(format!(
@@ -532,13 +677,15 @@ pub fn run(quick: bool, repeats: usize, only_fault: Option<&str>, only_strategy:
         }
     }
     println!(
-        "\n{} trial(s) per row: {CLIENTS} clients each starting a request every {PACE:?} ({} requests/s offered), gunicorn {WORKERS} sync workers, {:?} of load before the fault and {:?} after the promotion; the fault window runs from the fault (requests in flight then included) to the last failure or 1 s after the promotion, whichever is later",
+        "\n{} trial(s) per row: {CLIENTS} clients each starting a request every {PACE:?} ({} requests/s offered), of every {MIX} requests of a client {} only read and 1 writes and reads, all inside ATOMIC_REQUESTS; gunicorn {WORKERS} sync workers; the agent at interval {:?}, fastinter 10 ms, rise 2, fall 2; {:?} of load before the fault and {:?} after the promotion; the fault window runs from the fault (requests in flight then included) to the last failure or 1 s after the promotion, whichever is later",
         plan.repeats,
         CLIENTS as u128 * 1000 / PACE.as_millis(),
+        MIX - 1,
+        plan.interval,
         plan.before,
         plan.after
     );
-    for line in &restarts {
+    for line in restarts.iter().chain(&targets) {
         println!("{line}");
     }
     let compared = strategies.iter().any(|(s, _)| *s == "backend")

@@ -79,6 +79,13 @@ enum What {
     /// What a probe costs the database server: a held session's query, a new
     /// SCRAM login per probe, HAProxy's pgsql-check.
     ProbeCost,
+    /// What a failover window (no primary, nothing promoted) costs the standbys:
+    /// probes, new connections and CPU per second, held sessions and per probe.
+    Window {
+        /// The window's length (promotion_window).
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Chaos soak: reader processes check the decision's invariants on every read
     /// while the agent is SIGKILLed and restarted, SIGHUP'd in storms, and its
     /// endpoints refused, frozen and blackholed. Fails on any violation.
@@ -129,9 +136,12 @@ enum What {
         /// Only this fault: stop, blackhole, freeze or agent-restart.
         #[arg(long)]
         fault: Option<String>,
-        /// Only this strategy: recipe, libpq, router or backend.
+        /// Only this strategy: recipe, libpq, router, backend-error or backend.
         #[arg(long)]
         strategy: Option<String>,
+        /// The agent's interval (and timeout, at least 200 ms), e.g. "1s".
+        #[arg(long, default_value = "100ms", value_parser = dbha_agent::config::parse_duration)]
+        interval: std::time::Duration,
     },
 }
 
@@ -171,7 +181,14 @@ fn main() {
             repeats,
             fault,
             strategy,
-        } => django::run(cli.quick, repeats, fault.as_deref(), strategy.as_deref()),
+            interval,
+        } => django::run(
+            cli.quick,
+            repeats,
+            fault.as_deref(),
+            strategy.as_deref(),
+            interval,
+        ),
         What::Footprint { seconds } => footprint::footprint(if cli.quick { 1 } else { seconds }),
         What::Soak {
             seconds,
@@ -189,6 +206,7 @@ fn main() {
             stop_file,
         } => soak::reader(&state, seconds, stop_file.as_deref()),
         What::ProbeCost => probecost::probecost(cli.quick),
+        What::Window { seconds } => probecost::window(cli.quick, seconds),
         What::Restart { trials } => {
             failover::restart(if cli.quick { 1 } else { trials_said(trials) })
         }

@@ -209,3 +209,85 @@ pub fn probecost(quick: bool) {
         clk_tck()
     );
 }
+
+/// What a failover window costs the standbys: a primary with two streaming
+/// standbys and the agent at the example's settings (interval 1 s, fastinter
+/// 10 ms, `promotion_window` 60 s); the primary stopped and nothing promoted,
+/// so the agent probes the standbys at fastinter for the whole window. Per
+/// standby: probes per second (the agent's counter), new connections per second
+/// (the server's log) and CPU per second, before the window, during it, and
+/// after it; for held sessions (the default) and a connection per probe.
+pub fn window(quick: bool, seconds: u64) {
+    let (steady, window) = if quick {
+        (Duration::from_secs(2), Duration::from_secs(3))
+    } else {
+        (Duration::from_secs(10), Duration::from_secs(seconds))
+    };
+    println!("| session | phase | probes/s per standby | new connections/s per standby | standby CPU ms/s |");
+    println!("|---|---|---:|---:|---:|");
+    for session in ["held", "per-probe"] {
+        let Some(mut live) =
+            Live::replicated("default", &["failover1", "failover2"], "trust", None)
+        else {
+            eprintln!("dbha-bench window needs the PostgreSQL server (apt-get install postgresql)");
+            std::process::exit(1);
+        };
+        for c in &mut live.clusters[1..] {
+            c.set("log_connections=on");
+            c.stop(dbha_harness::pg::StopMode::Fast).expect("stop");
+            c.start().expect("start with log_connections");
+        }
+        let port = dbha_harness::pg::free_port("127.0.0.1").unwrap();
+        let addr = format!("127.0.0.1:{port}");
+        let extra = format!(
+            "writes = \"primary\"\nreads = \"prefer-standby\"\nsession = \"{session}\"\npromotion_window = \"{}s\"\nmetrics_listen = \"{addr}\"",
+            window.as_secs()
+        );
+        let agent = dbha_tests::agentproc::AgentProc::start(live.dir.path(), "agent", |s| {
+            dbha_tests::agentproc::config(
+                s,
+                &dbha_tests::agentproc::Timing::example(),
+                &live.dbs("postgres"),
+                &extra,
+            )
+        });
+        let r = agent.reader();
+        crate::common::until("all three up", || {
+            r.snapshot().is_ok_and(|s| s.health_mask == 0b111)
+        });
+        let standby = live.cluster("failover1");
+        let probes = || {
+            dbha_tests::metrics::metric(
+                &dbha_tests::metrics::http_get(&addr, "/metrics"),
+                "dbha_probes_total{alias=\"failover1\"}",
+            )
+        };
+        let (idle_ms, _) = (0.0, ());
+        let phase = |name: &str, span: Duration| {
+            let (p0, n0) = (probes(), connections(standby));
+            let (ms, took) = cpu_ms(standby, idle_ms, || std::thread::sleep(span));
+            let s = took.as_secs_f64();
+            println!(
+                "| {session} | {name} | {:.1} | {:.1} | {:.2} |",
+                (probes() - p0) / s,
+                connections(standby).saturating_sub(n0) as f64 / s,
+                ms / s
+            );
+        };
+        phase("writes on the primary, at interval", steady);
+        live.cluster("default")
+            .stop(dbha_harness::pg::StopMode::Immediate)
+            .expect("stop the primary");
+        crate::common::until("reads only", || {
+            r.snapshot()
+                .is_ok_and(|s| s.status == dbha::Status::ReadOnly)
+        });
+        phase("no primary: the window (promotion_window)", window);
+        // The window has ended by now (it began at the stop).
+        std::thread::sleep(Duration::from_millis(200));
+        phase("no primary, after promotion_window", steady);
+    }
+    println!(
+        "\nThe agent at interval 1 s, fastinter 10 ms, admission_interval 10 s; each row measured over {steady:?} (steady phases) or {window:?} (the window, = promotion_window); CPU: the standby's postmaster and its children (background processes included), from /proc"
+    );
+}

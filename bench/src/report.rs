@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 /// The sections `all` fills, in order: (marker name, arguments).
-const SECTIONS: [(&str, &[&str]); 12] = [
+const SECTIONS: [(&str, &[&str]); 14] = [
     ("reader", &["reader"]),
     ("scaling", &["scaling"]),
     ("switch", &["switch"]),
@@ -14,7 +14,12 @@ const SECTIONS: [(&str, &[&str]); 12] = [
     ("restart", &["restart"]),
     ("haproxy", &["haproxy"]),
     ("probe-cost", &["probe-cost"]),
+    ("window", &["window"]),
     ("django", &["django"]),
+    (
+        "django-1s",
+        &["django", "--interval", "1s", "--fault", "stop"],
+    ),
     ("soak", &["soak"]),
     ("soak-operators", &["soak-operators"]),
     ("python", &[]),

@@ -59,7 +59,8 @@ def test_the_agent_and_the_app_share_an_in_memory_state_volume():
     assert mounts(app)["dbha-state"] == {"name": "dbha-state", "mountPath": "/run/dbha", "readOnly": True}
     assert {"name": "DBHA_STATE", "value": "/run/dbha/state"} in app["env"]
     probe = agent["readinessProbe"]["exec"]["command"]
-    assert probe[1:] == ["status", "--state", "/run/dbha/state"]
+    # Ready through a failover window too: the app serves its reads meanwhile.
+    assert probe[1:] == ["status", "--read-only-ok", "--state", "/run/dbha/state"]
 
 
 def test_the_configmap_holds_a_valid_agent_configuration(tmp_path):

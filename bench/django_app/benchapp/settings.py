@@ -1,8 +1,8 @@
 """The benchmark's Django project, configured for one strategy (dbha-bench django
 sets DBHA_BENCH to JSON: strategy, databases {name: {host, port}}, state file,
-recipe status directory). Every strategy runs the same view with
-ATOMIC_REQUESTS on `default`; each is configured as its own documentation
-advises."""
+recipe status directory). Every strategy runs the same views (one that writes
+and reads, one that only reads) with ATOMIC_REQUESTS on `default`; each is
+configured as its own documentation advises."""
 
 import json
 import os
@@ -45,10 +45,13 @@ elif STRATEGY == "libpq":
         "CONN_HEALTH_CHECKS": True,
         "OPTIONS": {"target_session_attrs": "read-write", "connect_timeout": 2},
     }}
-elif STRATEGY == "backend":
+elif STRATEGY in ("backend", "backend-error"):
+    # "backend": read-only mode through a failover window (WHEN_NONE="read-only",
+    # the default); "backend-error": WHEN_NONE="error", as before it.
     def _dbha(role):
+        when_none = "error" if STRATEGY == "backend-error" else "read-only"
         return {**_common, "ENGINE": "dbha.django.backends.postgresql", "CONN_MAX_AGE": 60,
-                "DBHA": {"ROLE": role, "STATE_FILE": _bench["state"]}}
+                "DBHA": {"ROLE": role, "STATE_FILE": _bench["state"], "WHEN_NONE": when_none}}
     DATABASES = {"default": _dbha("write"), "replica": _dbha("read")}
     DATABASE_ROUTERS = ["dbha.django.ReplicaRouter"]
 else:

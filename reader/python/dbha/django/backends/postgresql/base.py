@@ -301,7 +301,8 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         from it (waiting at most RETRY_WAIT_SECONDS), on the new choice; in the
         same transaction mode. True: the statement may run again. False, with
         nothing changed: a connection still usable (the server refused the
-        statement), a named cursor, Django's pool, or no new connection."""
+        statement), a named cursor, Django's pool, the agent naming no database,
+        or no new connection."""
         if not _lost(self.connection) or getattr(cursor.cursor, "name", None):
             return False
         if self._dbha_pool_options() is not None or self._dbha_slot_of is None:
@@ -314,11 +315,13 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         endpoint = self._dbha_connect_again(cursor, old)
         deadline = time.monotonic() + RETRY_WAIT_SECONDS
         while endpoint is None:
-            # Refused where the agent still points: wait for it to move.
+            # Refused where the agent still points: wait for it to move. When it
+            # names no database (WHEN_NONE="error" while writes have none, a
+            # stale agent), the error stands at once, as without a retry.
             try:
                 moved = self.dbha_choose().endpoint
             except OperationalError:
-                moved = None
+                return False
             if moved is not None and lost is not None and \
                     (moved.host, moved.port) != (lost.host, lost.port):
                 endpoint = self._dbha_connect_again(cursor, old)
