@@ -392,7 +392,7 @@ fn trial(strategy: &str, fault: &str, plan: &Plan) -> Outcome {
                     due = due.max(now) + PACE;
                     seq += 1;
                     k += 1;
-                    let write = k % MIX == 0;
+                    let write = k.is_multiple_of(MIX);
                     let start = t0.elapsed().as_secs_f64();
                     let status = request(addr, seq, write).unwrap_or(0);
                     let end = t0.elapsed().as_secs_f64();
