@@ -457,18 +457,22 @@ fn watch_prints_one_line_per_change_with_its_reason() {
         "{first}"
     );
     drop(a);
-    // Unavailable at once; moved once default was down for its tolerance.
+    // Unavailable at once, reads only meanwhile (failover1 is up); moved once
+    // default was down for its tolerance.
     let line = next();
     assert!(
         line.ends_with(&format!(
-            "epoch {} write: default -> NONE (default down)",
+            "epoch {} write: default -> NONE (read only, reads: failover1) (default down)",
             e0 + 1
         )),
         "{line}"
     );
     let moved = next();
     assert!(
-        moved.ends_with(&format!("epoch {} write: NONE -> failover1", e0 + 2)),
+        moved.ends_with(&format!(
+            "epoch {} write: NONE (read only, reads: failover1) -> failover1",
+            e0 + 2
+        )),
         "{moved}"
     );
     // ISO 8601 UTC timestamp first.

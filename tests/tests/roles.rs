@@ -92,14 +92,16 @@ fn primary_lost_gives_none_until_promotion_and_the_old_primary_back_is_split_bra
     wait_write(&r, "default");
     wait_read(&r, |a| a != "default");
 
-    // The primary stops: standbys are not writable, so writes are NONE.
+    // The primary stops: standbys are not writable, so writes are NONE, and
+    // reads stay on a standby (reads only).
     live.cluster("default").stop(StopMode::Immediate).unwrap();
     let s = wait_for("writes NONE", || {
         let s = r.snapshot().ok()?;
-        (s.status == Status::NoHealthyDatabase).then_some(s)
+        (s.status == Status::ReadOnly).then_some(s)
     });
     assert_eq!(s.write_index, None);
     assert!(s.is_healthy(1) && s.is_healthy(2), "the standbys are up");
+    assert!(matches!(s.read_alias(), Some("failover1" | "failover2")));
 
     // Promotion: the promoted standby becomes the write alias.
     let promoted = Instant::now();
