@@ -59,7 +59,7 @@ from django.db import DEFAULT_DB_ALIAS
 from django.db.backends.postgresql import base as postgresql
 from django.db.backends.postgresql.creation import DatabaseCreation as PostgresCreation
 from django.db.backends.signals import connection_created
-from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
+from django.db.backends.utils import CursorWrapper
 from django.db.utils import DatabaseErrorWrapper, InterfaceError, OperationalError
 from django.utils.functional import cached_property
 
@@ -233,7 +233,9 @@ class _Cursor(_Retrying, CursorWrapper):
     pass
 
 
-class _DebugCursor(_Retrying, CursorDebugWrapper):
+class _DebugCursor(_Retrying, postgresql.CursorDebugWrapper):
+    # The PostgreSQL backend's own, which also logs copy() (psycopg 3) or
+    # copy_expert() (psycopg2).
     pass
 
 
