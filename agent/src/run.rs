@@ -79,8 +79,8 @@ fn silence_limit(db: &Database, loop_interval: Duration) -> Duration {
 struct ProbeThread {
     /// The id its reports carry.
     id: u64,
-    /// Dropping it stops the thread.
-    _stop: probe::Stop,
+    /// Dropping it stops the thread; it also carries requests for a pace.
+    stop: probe::Stop,
     /// When it last reported, or was started.
     heard: Instant,
 }
@@ -114,7 +114,7 @@ impl Probes {
         if on != self.hurried {
             self.hurried = on;
             for t in self.threads.iter().flatten() {
-                t._stop.hurry(on);
+                t.stop.hurry(on);
             }
         }
     }
@@ -136,7 +136,7 @@ impl Probes {
                     }
                     *slot = Some(ProbeThread {
                         id: self.last_id,
-                        _stop: stop,
+                        stop,
                         heard: Instant::now(),
                     })
                 }
@@ -638,7 +638,8 @@ impl Agent {
 
     /// While writes have no database under `writes = "primary"`, the probes run
     /// at `fastinter` for at most `promotion_window`, so that a promotion is
-    /// published within about `rise` x `fastinter` of the server taking writes,
+    /// published within about one `fastinter` of the server taking writes
+    /// (a role change of a server already up: `rise` does not delay it),
     /// whatever `interval` is. Only held sessions are hurried: each of these
     /// probes is then a status query on an open session (no login, no new
     /// connection); a connection per probe keeps its pace (see
@@ -663,7 +664,7 @@ impl Agent {
             (true, None) => {
                 if !window.is_zero() && self.state.up_count() > 0 {
                     info!(
-                        "writes have no database: probing every database that is up at its fastinter for up to {window:?}, to publish a promotion at once"
+                        "writes have no database: probing the databases that are up every fastinter (held sessions: a status query each) for up to {window:?}, to publish a promotion at once"
                     );
                 }
                 *self.no_writes_since.insert(now)
@@ -870,7 +871,7 @@ mod tests {
         // nothing was heard for longer than the limit (3 x 100 ms + 50 ms).
         a.probes.threads[0] = Some(ProbeThread {
             id: u64::MAX,
-            _stop: probe::Stop::detached(),
+            stop: probe::Stop::detached(),
             heard: Instant::now() - Duration::from_secs(1),
         });
         assert!(!alive(&a), "the watchdog must not be fed");

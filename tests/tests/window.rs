@@ -103,7 +103,7 @@ fn reads_flow_through_a_failover_window_and_a_promotion_is_published_at_once() {
     assert_eq!(metric(&m, "dbha_status{status=\"read_only\"}"), 1.0);
     assert_eq!(metric(&m, "dbha_status{status=\"active\"}"), 0.0);
     a.wait_log("no database takes writes now, reads only (reads: failover1)");
-    a.wait_log("writes have no database: probing every database that is up at its fastinter");
+    a.wait_log("writes have no database: probing the databases that are up every fastinter");
 
     // The standbys are probed at fastinter now, not at interval.
     let in_window = probes_during(&addr, "failover2", Duration::from_secs(1));
