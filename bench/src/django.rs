@@ -498,8 +498,22 @@ fn trial(strategy: &str, fault: &str, plan: &Plan) -> Outcome {
         epochs,
         aborted,
     };
-    if outcome.failures_outside() > 0 && strategy == "backend" {
-        // Not expected of the backend: keep what explains it.
+    // Not expected of the backend: failures outside the window, or (read-only
+    // mode) a read that began after the fault.
+    if strategy == "backend"
+        && (outcome.failures_outside() > 0 || outcome.reads_failed_after_fault() > 0)
+    {
+        for s in outcome
+            .failures()
+            .filter(|s| !s.write && s.start > outcome.fault_at)
+        {
+            eprintln!(
+                "django: {fault}/{strategy}: a read failed that began {:+.3} s after the fault, {:.3} s long, HTTP status {}",
+                s.start - outcome.fault_at,
+                s.end - s.start,
+                s.status
+            );
+        }
         for s in outcome.failures() {
             if !outcome.in_window(s) {
                 eprintln!(
