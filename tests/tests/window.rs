@@ -27,6 +27,19 @@ fn agent(live: &Live, extra: &str) -> (AgentProc, String) {
     (a, addr)
 }
 
+/// The agent on `live` (see [`agent`]), once writes are on default and every
+/// endpoint is up: it, the metrics address, and a reader.
+fn settled(live: &Live, extra: &str) -> (AgentProc, String, Reader) {
+    let (a, addr) = agent(live, extra);
+    let r = a.reader();
+    wait_write(&r, "default");
+    let all = (1u64 << live.clusters.len()) - 1;
+    wait_for("every endpoint up", || {
+        (r.snapshot().ok()?.health_mask == all).then_some(())
+    });
+    (a, addr, r)
+}
+
 /// `dbha-agent status ARGS`: exit code and output.
 fn status(agent: &AgentProc, args: &[&str]) -> (Option<i32>, String) {
     let out = std::process::Command::new(dbha_tests::agent_bin())
@@ -64,12 +77,7 @@ fn reads_flow_through_a_failover_window_and_a_promotion_is_published_at_once() {
     let Some(live) = Live::replicated("default", &["failover1", "failover2"], "trust", None) else {
         return;
     };
-    let (a, addr) = agent(&live, "");
-    let r = a.reader();
-    wait_write(&r, "default");
-    wait_for("all three up", || {
-        (r.snapshot().ok()?.health_mask == 0b111).then_some(())
-    });
+    let (a, addr, r) = settled(&live, "");
     assert_eq!(r.read_alias(), Some("failover1"));
     let at_interval = probes_during(&addr, "failover1", Duration::from_secs(2));
 
@@ -157,12 +165,7 @@ fn the_fast_pace_of_a_window_lasts_at_most_promotion_window() {
     let Some(live) = Live::replicated("default", &["failover1"], "trust", None) else {
         return;
     };
-    let (a, addr) = agent(&live, "promotion_window = \"2s\"");
-    let r = a.reader();
-    wait_write(&r, "default");
-    wait_for("both up", || {
-        (r.snapshot().ok()?.health_mask == 0b11).then_some(())
-    });
+    let (a, addr, r) = settled(&live, "promotion_window = \"2s\"");
     live.cluster("default").stop(StopMode::Immediate).unwrap();
     wait_for("reads only", || reads_only(&r));
     let fast = probes_during(&addr, "failover1", Duration::from_secs(1));

@@ -65,7 +65,7 @@ from django.utils.functional import cached_property
 
 import dbha
 
-from ..._states import states
+from ..._states import states as _states
 from ...conf import backend_options
 from ...readonly import READ_ONLY_SQLSTATE, DatabaseReadOnly, modes
 from .client import DatabaseClient
@@ -83,8 +83,6 @@ REJUDGE_SECONDS = 0.25
 RETRY_WAIT_SECONDS = 2.0
 RETRY_POLL_SECONDS = 0.002
 
-
-_states = states
 
 # Pools of endpoints the agent left, closed, by (alias, host, port): a connection
 # still checked out of one is closed when it is returned. Guarded, with the live
@@ -210,23 +208,20 @@ class _Retrying:
     it was the first of a transaction and its connection was lost (see
     ``DatabaseWrapper._dbha_retry``)."""
 
-    def _execute(self, sql, params, *ignored_wrapper_args):
+    def _once_more(self, run, *args):
         first = self.db._dbha_first_statement()
         try:
-            return super()._execute(sql, params, *ignored_wrapper_args)
+            return run(*args)
         except (OperationalError, InterfaceError) as e:
             if not (first and self.db._dbha_retry(self, e)):
                 raise
-        return super()._execute(sql, params, *ignored_wrapper_args)
+        return run(*args)
 
-    def _executemany(self, sql, param_list, *ignored_wrapper_args):
-        first = self.db._dbha_first_statement()
-        try:
-            return super()._executemany(sql, param_list, *ignored_wrapper_args)
-        except (OperationalError, InterfaceError) as e:
-            if not (first and self.db._dbha_retry(self, e)):
-                raise
-        return super()._executemany(sql, param_list, *ignored_wrapper_args)
+    def _execute(self, *args):
+        return self._once_more(super()._execute, *args)
+
+    def _executemany(self, *args):
+        return self._once_more(super()._executemany, *args)
 
 
 class _Cursor(_Retrying, CursorWrapper):
@@ -416,15 +411,6 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         if self.dbha.when_none == "last" and last is not None and slot < 0:
             return Choice(slot, last)
         raise self._dbha_error(str(reader.no_database(self.dbha.role, slot)))
-
-    def dbha_read_only(self) -> bool:
-        """Whether the agent publishes reads only now (see
-        :func:`dbha.django.read_only`)."""
-        try:
-            reader = _states.reader(self.dbha.state_file)
-        except (dbha.StateFileError, dbha.LibraryNotFoundError):
-            return False
-        return modes.note(self.dbha.state_file, reader)
 
     def get_connection_params(self):
         params = super().get_connection_params()
