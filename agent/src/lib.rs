@@ -13,6 +13,7 @@ pub mod config;
 pub mod decide;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod http;
 pub mod metrics;
 pub mod notify;
 pub mod probe;

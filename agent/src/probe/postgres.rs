@@ -11,7 +11,8 @@
 //! hand-written crypto. A password is never sent in cleartext unless
 //! `allow_cleartext_password` is set, and then only over TLS.
 
-use super::{tls, Failure, Outcome, Role, Up};
+use super::tls::{self, Stream};
+use super::{server_text, Failure, Outcome, Role, Up};
 use crate::config::{Database, SslMode};
 use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
@@ -27,52 +28,6 @@ use std::time::{Duration, Instant};
 /// row) comes near this; a longer one is refused before anything is buffered
 /// for it, so a hostile server cannot make the agent allocate.
 const MAX_MESSAGE: usize = 64 * 1024;
-/// How much of a server's error text reaches a verdict (and so the log).
-const MAX_SERVER_TEXT: usize = 256;
-
-/// The connection: plain TCP, or TLS over it.
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
-}
-
-impl Stream {
-    fn tcp(&self) -> &TcpStream {
-        match self {
-            Stream::Plain(s) => s,
-            Stream::Tls(s) => &s.sock,
-        }
-    }
-
-    fn encrypted(&self) -> bool {
-        matches!(self, Stream::Tls(_))
-    }
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.read(buf),
-            Stream::Tls(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.write(buf),
-            Stream::Tls(s) => s.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Stream::Plain(s) => s.flush(),
-            Stream::Tls(s) => s.flush(),
-        }
-    }
-}
 
 struct Session {
     stream: Stream,
@@ -202,25 +157,6 @@ fn too_long(buf: &[u8]) -> Option<Failure> {
             "a message of {len} bytes (at most {MAX_MESSAGE} expected)"
         ))
     })
-}
-
-/// Server text as a verdict may carry it into the log: control characters escaped
-/// (no forged log lines, no terminal escapes), at most MAX_SERVER_TEXT bytes.
-fn server_text(raw: &[u8]) -> String {
-    let text = String::from_utf8_lossy(raw);
-    let mut out = String::new();
-    for c in text.chars() {
-        if out.len() >= MAX_SERVER_TEXT {
-            out.push_str(&format!("... ({} bytes in all)", raw.len()));
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn encode(f: impl FnOnce(&mut BytesMut) -> io::Result<()>) -> Result<BytesMut, Failure> {
