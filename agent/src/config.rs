@@ -30,6 +30,16 @@ pub enum Check {
     Tcp,
     /// A PostgreSQL server answers a startup message and accepts connections.
     Postgres,
+    /// Patroni's REST API says what the node is (no database login), and the
+    /// database port is reachable from this host.
+    Patroni,
+}
+
+impl Check {
+    /// Whether the check sees a server's role (primary or standby).
+    pub fn sees_roles(self) -> bool {
+        matches!(self, Check::Postgres | Check::Patroni)
+    }
 }
 
 /// Which endpoint may take writes.
@@ -172,6 +182,8 @@ pub struct Database {
     /// Send the password to a server that asks for it in cleartext (only ever
     /// over TLS). Off by default: md5 and SCRAM never reveal it.
     pub allow_cleartext_password: bool,
+    /// The `patroni` check's REST API and its credentials (None for the others).
+    pub patroni: Option<crate::probe::patroni::Settings>,
 }
 
 impl Database {
@@ -340,6 +352,10 @@ struct RawDatabase {
     sslmode: Option<Spanned<SslMode>>,
     sslrootcert: Option<Spanned<PathBuf>>,
     allow_cleartext_password: Option<bool>,
+    patroni_url: Option<Spanned<String>>,
+    patroni_user: Option<Spanned<String>>,
+    patroni_password_file: Option<Spanned<PathBuf>>,
+    patroni_password_env: Option<Spanned<String>>,
 }
 
 /// Credentials, at the top level (defaults) or per database.
@@ -613,6 +629,147 @@ impl Locator<'_> {
         }
         Ok((sslmode, root.map(|r| r.get_ref().clone())))
     }
+
+    /// The `patroni` check's settings: `patroni_url` (required), optional basic
+    /// authentication, and for https `sslmode` (`require`, `verify-ca` or
+    /// `verify-full`, the default) with `sslrootcert` (default `"system"`). The
+    /// `patroni_*` keys belong to that check only, and the check does not log in
+    /// to the database, so a database's own credentials and session settings are
+    /// refused on it. Also returns the TLS settings for the REST API.
+    #[allow(clippy::type_complexity)]
+    fn patroni(
+        &self,
+        db: &RawDatabase,
+        raw: &RawConfig,
+        key: &dyn Fn(&str) -> String,
+    ) -> Result<
+        (
+            Option<crate::probe::patroni::Settings>,
+            SslMode,
+            Option<PathBuf>,
+        ),
+        ConfigError,
+    > {
+        let own = [
+            ("patroni_url", db.patroni_url.as_ref().map(Spanned::span)),
+            ("patroni_user", db.patroni_user.as_ref().map(Spanned::span)),
+            (
+                "patroni_password_file",
+                db.patroni_password_file.as_ref().map(Spanned::span),
+            ),
+            (
+                "patroni_password_env",
+                db.patroni_password_env.as_ref().map(Spanned::span),
+            ),
+        ];
+        if db.check != Check::Patroni {
+            if let Some((name, span)) = own.into_iter().find(|(_, s)| s.is_some()) {
+                return Err(self.at(
+                    span,
+                    &key(name),
+                    format!("{name} applies to check = \"patroni\" only"),
+                ));
+            }
+            let (mode, root) = self.tls(db, raw, key)?;
+            return Ok((None, mode, root));
+        }
+        let login = [
+            ("session", db.session.as_ref().map(Spanned::span)),
+            (
+                "session_lifetime",
+                db.session_lifetime.as_ref().map(Spanned::span),
+            ),
+            (
+                "password_file",
+                db.password_file.as_ref().map(Spanned::span),
+            ),
+            ("password_env", db.password_env.as_ref().map(Spanned::span)),
+        ];
+        if let Some((name, span)) = login.into_iter().find(|(_, s)| s.is_some()) {
+            return Err(self.at(
+                span,
+                &key(name),
+                format!("{name} applies to check = \"postgres\": the patroni check does not log in to the database (Patroni's own credentials are patroni_user and patroni_password_file)"),
+            ));
+        }
+        if db.user.is_some() || db.dbname.is_some() || db.allow_cleartext_password.is_some() {
+            return Err(self.at(
+                None,
+                &key(if db.user.is_some() { "user" } else if db.dbname.is_some() { "dbname" } else { "allow_cleartext_password" }),
+                "applies to check = \"postgres\": the patroni check does not log in to the database",
+            ));
+        }
+        let Some(url) = &db.patroni_url else {
+            return Err(self.at(
+                None,
+                &key("patroni_url"),
+                "check = \"patroni\" needs patroni_url, the node's REST API, like \"http://10.0.0.1:8008\"",
+            ));
+        };
+        let password_key = key("patroni_");
+        let creds = RawCredentials {
+            user: &None,
+            dbname: &None,
+            password_file: &db.patroni_password_file,
+            password_env: &db.patroni_password_env,
+        };
+        let none = RawCredentials {
+            user: &None,
+            dbname: &None,
+            password_file: &None,
+            password_env: &None,
+        };
+        let (password, source) = self.password(&creds, &none, &password_key)?;
+        let settings = crate::probe::patroni::Settings::new(
+            url.get_ref(),
+            db.patroni_user.as_ref().map(|u| u.get_ref().clone()),
+            password,
+            source,
+        )
+        .map_err(|(name, e)| {
+            let span = match name {
+                "patroni_user" => db
+                    .patroni_password_file
+                    .as_ref()
+                    .map(Spanned::span)
+                    .or(db.patroni_password_env.as_ref().map(Spanned::span)),
+                _ => Some(url.span()),
+            };
+            self.at(span, &key(name), e)
+        })?;
+        if !settings.url.https {
+            if let Some(m) = &db.sslmode {
+                return Err(self.at(
+                    Some(m.span()),
+                    &key("sslmode"),
+                    "sslmode applies to an https patroni_url; this one is http",
+                ));
+            }
+            return Ok((Some(settings), SslMode::Disable, None));
+        }
+        let mode = db
+            .sslmode
+            .as_ref()
+            .map_or(SslMode::VerifyFull, |m| *m.get_ref());
+        if matches!(mode, SslMode::Disable | SslMode::Prefer) {
+            return Err(self.at(
+                db.sslmode.as_ref().map(Spanned::span),
+                &key("sslmode"),
+                format!("an https patroni_url is always TLS: expected \"require\", \"verify-ca\" or \"verify-full\" (the default), found \"{}\"", mode.name()),
+            ));
+        }
+        let root = db.sslrootcert.as_ref().or(raw.sslrootcert.as_ref());
+        let root_path = match root {
+            Some(r) => {
+                crate::probe::tls::load_roots(r.get_ref())
+                    .map_err(|e| self.at(Some(r.span()), &key("sslrootcert"), e))?;
+                Some(r.get_ref().clone())
+            }
+            None if mode == SslMode::Require => None,
+            None => Some(PathBuf::from("system")),
+        };
+        Ok((Some(settings), mode, root_path))
+    }
 }
 
 impl Config {
@@ -762,7 +919,7 @@ impl Config {
                     "expected a port from 1 to 65535, found 0",
                 ));
             }
-            let (sslmode, sslrootcert) = loc.tls(db, &raw, &key)?;
+            let (patroni, sslmode, sslrootcert) = loc.patroni(db, &raw, &key)?;
             let (own, defaults) = (db.credentials(), raw.credentials());
             let (password, password_source) = loc.password(&own, &defaults, &key(""))?;
             let credential = |own: &Option<String>, default: &Option<String>| {
@@ -775,11 +932,11 @@ impl Config {
             let own_timeout = loc.duration(&db.timeout, &key("timeout"), timeout, TIMEOUT_RANGE)?;
             let timing = loc.timing(db, &raw, own_interval, own_timeout, &key)?;
             let roles_only = |name: &str, span: Option<Range<usize>>| -> Result<(), ConfigError> {
-                if db.check == Check::Tcp && span.is_some() {
+                if !db.check.sees_roles() && span.is_some() {
                     return Err(loc.at(
                         span,
                         &key(name),
-                        format!("{name} applies to check = \"postgres\" only"),
+                        format!("{name} applies to check = \"postgres\" or \"patroni\" only"),
                     ));
                 }
                 Ok(())
@@ -856,12 +1013,12 @@ impl Config {
                     .map_or(Session::Held, |s| *s.get_ref()),
                 session_lifetime,
                 admission_interval,
-                max_replica_lag: if db.check == Check::Tcp {
+                max_replica_lag: if !db.check.sees_roles() {
                     None
                 } else {
                     max_replica_lag
                 },
-                max_replica_lag_bytes: if db.check == Check::Tcp {
+                max_replica_lag_bytes: if !db.check.sees_roles() {
                     None
                 } else {
                     max_replica_lag_bytes
@@ -876,6 +1033,7 @@ impl Config {
                     .allow_cleartext_password
                     .or(raw.allow_cleartext_password)
                     .unwrap_or(false),
+                patroni,
             });
         }
         let writes = raw.writes.as_ref().map_or(Writes::Any, |w| *w.get_ref());
@@ -884,7 +1042,7 @@ impl Config {
             if let Some((i, d)) = databases
                 .iter()
                 .enumerate()
-                .find(|(_, d)| d.check != Check::Postgres)
+                .find(|(_, d)| !d.check.sees_roles())
             {
                 let span = raw
                     .writes
@@ -895,7 +1053,7 @@ impl Config {
                     span,
                     if writes != Writes::Any { "writes" } else { "reads" },
                     format!(
-                        "roles are needed, and database[{i}] ({}) has check = \"tcp\", which cannot see them: use check = \"postgres\" (with credentials)",
+                        "roles are needed, and database[{i}] ({}) has check = \"tcp\", which cannot see them: use check = \"postgres\" (with credentials) or \"patroni\"",
                         d.alias
                     ),
                 ));
@@ -973,6 +1131,7 @@ impl Check {
         match self {
             Check::Tcp => "tcp",
             Check::Postgres => "postgres",
+            Check::Patroni => "patroni",
         }
     }
 }
@@ -1059,6 +1218,34 @@ impl fmt::Display for Config {
             )?;
             writeln!(f, "rise = {}", d.rise)?;
             writeln!(f, "fall = {}", d.fall)?;
+            if let Some(p) = &d.patroni {
+                writeln!(f, "patroni_url = {}", quoted(&p.url.to_string()))?;
+                if let Some(u) = &p.user {
+                    writeln!(f, "patroni_user = {}", quoted(u))?;
+                    writeln!(
+                        f,
+                        "# patroni password: {}",
+                        p.password_source.as_deref().unwrap_or("none")
+                    )?;
+                }
+                if p.url.https {
+                    writeln!(f, "sslmode = \"{}\"", d.sslmode.name())?;
+                    if let Some(r) = &d.sslrootcert {
+                        writeln!(f, "sslrootcert = {}", path(r))?;
+                    }
+                }
+                writeln!(
+                    f,
+                    "admission_interval = \"{}\"",
+                    format_duration(d.admission_interval)
+                )?;
+                if let Some(l) = d.max_replica_lag {
+                    writeln!(f, "max_replica_lag = \"{}\"", format_duration(l))?;
+                }
+                if let Some(b) = d.max_replica_lag_bytes {
+                    writeln!(f, "max_replica_lag_bytes = {b}")?;
+                }
+            }
             if d.check == Check::Postgres {
                 writeln!(f, "session = \"{}\"", d.session.name())?;
                 writeln!(
@@ -1148,6 +1335,123 @@ timeout = "2s"
         assert_eq!(aliases, ["default", "failover1"]);
     }
 
+    const PATRONI: &str = r#"
+writes = "primary"
+reads = "prefer-standby"
+sslmode = "require"
+
+[[database]]
+alias = "pg0"
+host = "10.0.0.1"
+port = 5432
+check = "patroni"
+patroni_url = "http://10.0.0.1:8008"
+max_replica_lag_bytes = 1000000
+
+[[database]]
+alias = "pg1"
+host = "10.0.0.2"
+port = 5432
+check = "patroni"
+patroni_url = "https://pg1.example:8008"
+patroni_user = "dbha"
+patroni_password_env = "DBHA_TEST_PATRONI_PASSWORD"
+"#;
+
+    #[test]
+    fn the_patroni_check_has_its_own_settings() {
+        std::env::set_var("DBHA_TEST_PATRONI_PASSWORD", "s3cret");
+        let c = parse(PATRONI).unwrap();
+        let p0 = c.databases[0].patroni.as_ref().unwrap();
+        assert_eq!(
+            (p0.url.host.as_str(), p0.url.port, p0.url.https),
+            ("10.0.0.1", 8008, false)
+        );
+        assert_eq!(c.databases[0].max_replica_lag_bytes, Some(1_000_000));
+        assert_eq!(c.databases[0].admission_interval, Duration::from_secs(10));
+        let p1 = c.databases[1].patroni.as_ref().unwrap();
+        assert_eq!(p1.user.as_deref(), Some("dbha"));
+        assert_eq!(p1.password.as_ref().map(Secret::expose), Some("s3cret"));
+        // https verifies the certificate and its name by default, against the
+        // system's roots; the top-level sslmode is the databases', not Patroni's.
+        assert_eq!(c.databases[1].sslmode, SslMode::VerifyFull);
+        assert_eq!(
+            c.databases[1].sslrootcert.as_deref(),
+            Some(Path::new("system"))
+        );
+        let shown = c.to_string();
+        assert!(
+            shown.contains("patroni_url = \"https://pg1.example:8008\""),
+            "{shown}"
+        );
+        assert!(!shown.contains("s3cret"), "{shown}");
+        // What `check` prints is a configuration that parses to the same
+        // (passwords are named by their source, not printed).
+        let again = parse(&shown).unwrap();
+        assert_eq!(again.databases[0], c.databases[0]);
+        let p = again.databases[1].patroni.as_ref().unwrap();
+        assert_eq!((&p.url, &p.user), (&p1.url, &p1.user));
+    }
+
+    #[test]
+    fn patroni_settings_are_checked_where_they_are_written() {
+        let cases = [
+            (
+                "patroni_url = \"http://10.0.0.1:8008\"\n",
+                "",
+                "database[0].patroni_url: check = \"patroni\" needs patroni_url",
+            ),
+            (
+                "check = \"patroni\"",
+                "check = \"tcp\"",
+                "patroni_url applies to check = \"patroni\" only",
+            ),
+            (
+                "\"http://10.0.0.1:8008\"",
+                "\"10.0.0.1:8008\"",
+                "expected a URL like",
+            ),
+            (
+                "\"http://10.0.0.1:8008\"",
+                "\"http://10.0.0.1:8008/patroni\"",
+                "the REST API's address only",
+            ),
+            (
+                "\"http://10.0.0.1:8008\"",
+                "\"http://me:pw@10.0.0.1:8008\"",
+                "holds credentials",
+            ),
+            (
+                "max_replica_lag_bytes = 1000000\n",
+                "session = \"held\"\n",
+                "does not log in",
+            ),
+            (
+                "max_replica_lag_bytes = 1000000\n",
+                "user = \"x\"\n",
+                "database[0].user",
+            ),
+            (
+                "max_replica_lag_bytes = 1000000\n",
+                "sslmode = \"require\"\n",
+                "this one is http",
+            ),
+            (
+                "patroni_user = \"dbha\"\n",
+                "patroni_user = \"dbha\"\nsslmode = \"prefer\"\n",
+                "always TLS",
+            ),
+            ("patroni_user = \"dbha\"\n", "", "without patroni_user"),
+        ];
+        std::env::set_var("DBHA_TEST_PATRONI_PASSWORD", "s3cret");
+        for (from, to, want) in cases {
+            let text = PATRONI.replacen(from, to, 1);
+            assert_ne!(text, PATRONI, "{from}");
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.contains(want), "{from} -> {to}: {e}");
+        }
+    }
+
     #[test]
     fn admission_interval_defaults_to_10s_and_is_for_the_postgres_check() {
         let c = parse(THREE).unwrap();
@@ -1163,7 +1467,7 @@ timeout = "2s"
         let text = THREE.replace("fall = 5\n", "fall = 5\nadmission_interval = \"30s\"\n");
         let e = parse(&text).unwrap_err().to_string();
         assert!(
-            e.contains("admission_interval applies to check = \"postgres\" only"),
+            e.contains("admission_interval applies to check = \"postgres\" or \"patroni\" only"),
             "{e}"
         );
     }

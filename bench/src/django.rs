@@ -293,6 +293,7 @@ fn watch_writable((host, port): (String, u16), t0: Instant, until: Instant) -> O
         sslmode: SslMode::Disable,
         sslrootcert: None,
         allow_cleartext_password: false,
+        patroni: None,
     };
     let mut prober = dbha_agent::probe::Prober::new(db);
     while Instant::now() < until {

@@ -87,6 +87,7 @@ pub fn probecost(quick: bool) {
         sslmode: SslMode::Disable,
         sslrootcert: None,
         allow_cleartext_password: false,
+        patroni: None,
     };
     let (held_n, login_n, window) = if quick {
         (300, 30, Duration::from_secs(1))

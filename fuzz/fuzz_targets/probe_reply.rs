@@ -94,6 +94,7 @@ fuzz_target!(|data: &[u8]| {
         },
         sslrootcert: None,
         allow_cleartext_password: mode & 2 != 0,
+        patroni: None,
     };
     let held = db.session == Session::Held;
     let mut prober = Prober::new(db);

@@ -100,6 +100,8 @@ pub mod probe_result {
     /// A held session answers, but the server admits no new connection (a
     /// frozen postmaster, or 53300 "too many clients").
     pub const NO_NEW_CONNECTIONS: u8 = 12;
+    /// Something answered that is not Patroni's REST API (the `patroni` check).
+    pub const NOT_PATRONI: u8 = 13;
 
     /// The stable name of a kind (as `dbha-agent status` prints it).
     pub fn name(kind: u8) -> &'static str {
@@ -116,6 +118,7 @@ pub mod probe_result {
             IO => "io",
             TLS => "tls",
             NO_NEW_CONNECTIONS => "no_new_connections",
+            NOT_PATRONI => "not_patroni",
             _ => "unknown",
         }
     }

@@ -131,6 +131,10 @@
 // connection (a frozen postmaster, or too many clients).
 #define DBHA_PROBE_NO_NEW_CONNECTIONS 12
 
+// Last probe result: what answered is not Patroni's REST API (the `patroni`
+// check).
+#define DBHA_PROBE_NOT_PATRONI 13
+
 // An open state file. Opaque: created by `dbha_open`, freed by `dbha_close`.
 typedef struct dbha_reader dbha_reader;
 

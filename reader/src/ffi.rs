@@ -92,6 +92,9 @@ pub const DBHA_PROBE_TLS: u8 = 11;
 /// Last probe result: a held session answers, but the server admits no new
 /// connection (a frozen postmaster, or too many clients).
 pub const DBHA_PROBE_NO_NEW_CONNECTIONS: u8 = 12;
+/// Last probe result: what answered is not Patroni's REST API (the `patroni`
+/// check).
+pub const DBHA_PROBE_NOT_PATRONI: u8 = 13;
 
 /// An open state file. Opaque: created by `dbha_open`, freed by `dbha_close`.
 pub struct dbha_reader(Reader);
@@ -624,7 +627,8 @@ mod tests {
                 DBHA_PROBE_CLOSED,
                 DBHA_PROBE_IO,
                 DBHA_PROBE_TLS,
-                DBHA_PROBE_NO_NEW_CONNECTIONS
+                DBHA_PROBE_NO_NEW_CONNECTIONS,
+                DBHA_PROBE_NOT_PATRONI
             ],
             [
                 p::AUTH_FAILED,
@@ -633,7 +637,8 @@ mod tests {
                 p::CLOSED,
                 p::IO,
                 p::TLS,
-                p::NO_NEW_CONNECTIONS
+                p::NO_NEW_CONNECTIONS,
+                p::NOT_PATRONI
             ]
         );
     }

@@ -143,6 +143,7 @@ pub fn database(
         sslmode: dbha_agent::config::SslMode::Prefer,
         sslrootcert: None,
         allow_cleartext_password: false,
+        patroni: None,
     }
 }
 

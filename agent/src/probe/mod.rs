@@ -9,6 +9,7 @@
 //! is pending, probes run every `fastinter` instead of every `interval`, for one
 //! attempt of `max(rise, fall)` probes.
 
+pub mod patroni;
 mod postgres;
 mod tcp;
 pub mod tls;
@@ -55,6 +56,13 @@ pub enum Failure {
     /// postmaster, or 53300 "too many clients"): the applications' connections
     /// would not be either.
     NoNewConnections(String),
+    /// What answered is not Patroni's REST API (the `patroni` check).
+    NotPatroni(String),
+    /// Patroni answers, and what it reports is not a server to use (PostgreSQL
+    /// not running, a primary without the leader lock, ...).
+    PatroniState(String),
+    /// Patroni answers, but the database port cannot be reached from this host.
+    DatabasePort(Box<Failure>),
 }
 
 impl Failure {
@@ -74,6 +82,9 @@ impl Failure {
             Failure::Tls(_) => k::TLS,
             Failure::Lost(_) => k::CLOSED,
             Failure::NoNewConnections(_) => k::NO_NEW_CONNECTIONS,
+            Failure::NotPatroni(_) => k::NOT_PATRONI,
+            Failure::PatroniState(_) => k::NOT_READY,
+            Failure::DatabasePort(f) => f.kind(),
         }
     }
 }
@@ -93,6 +104,12 @@ impl fmt::Display for Failure {
             Failure::Tls(e) => write!(f, "TLS: {e}"),
             Failure::Lost(e) => write!(f, "session lost: {e}"),
             Failure::NoNewConnections(e) => write!(f, "accepts no new connections ({e})"),
+            Failure::NotPatroni(m) => write!(f, "not Patroni's REST API ({m})"),
+            Failure::PatroniState(m) => write!(f, "Patroni reports {m}"),
+            Failure::DatabasePort(e) => write!(
+                f,
+                "Patroni answers, but the database port is not reachable from this host: {e}"
+            ),
         }
     }
 }
@@ -167,6 +184,8 @@ pub struct Prober {
     admitted: Option<Instant>,
     /// A failed TLS handshake under `prefer` was logged (once per prober).
     tls_fell_back: bool,
+    /// The `patroni` check's connection to the REST API.
+    patroni: patroni::Client,
 }
 
 /// What ended a wait between probes.
@@ -191,6 +210,7 @@ impl Prober {
             held: None,
             admitted: None,
             tls_fell_back: false,
+            patroni: patroni::Client::default(),
         }
     }
 
@@ -200,6 +220,9 @@ impl Prober {
     pub fn probe(&mut self) -> Outcome {
         let start = Instant::now();
         let deadline = start + self.db.timeout;
+        if self.db.check == Check::Patroni {
+            return self.patroni(start, deadline);
+        }
         // A session past its lifetime is closed, and this probe opens a new one.
         if self
             .held
@@ -251,6 +274,29 @@ impl Prober {
             }
             outcome => outcome,
         }
+    }
+
+    /// The `patroni` check: Patroni's answer, and on its first success and then
+    /// every `admission_interval`, a connection to the database port (closed at
+    /// once, before any startup message, which PostgreSQL takes silently).
+    fn patroni(&mut self, start: Instant, deadline: Instant) -> Outcome {
+        let outcome = self.patroni.probe(&self.db, start, deadline);
+        if outcome.is_err() {
+            self.admitted = None;
+            return outcome;
+        }
+        let due = self
+            .admitted
+            .is_none_or(|t| t.elapsed() >= self.db.admission_interval);
+        if due {
+            let port = self.connect(Instant::now(), deadline).map_err(|f| {
+                self.admitted = None;
+                Failure::DatabasePort(Box::new(f))
+            })?;
+            let _ = port.shutdown(std::net::Shutdown::Both);
+            self.admitted = Some(Instant::now());
+        }
+        outcome
     }
 
     /// Logs in on `stream` as `db` (this prober's database when None) and holds
@@ -454,6 +500,28 @@ fn pace_of(t: &Tracker, db: &Database, hurry: bool) -> Duration {
         Some(n) => db.fastinter.saturating_mul(n).min(db.interval),
         None => db.interval,
     }
+}
+
+/// How much of a server's error text reaches a verdict (and so the log).
+const MAX_SERVER_TEXT: usize = 256;
+
+/// Server text as a verdict may carry it into the log: control characters escaped
+/// (no forged log lines, no terminal escapes), at most MAX_SERVER_TEXT bytes.
+pub fn server_text(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    let mut out = String::new();
+    for c in text.chars() {
+        if out.len() >= MAX_SERVER_TEXT {
+            out.push_str(&format!("... ({} bytes in all)", raw.len()));
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The answer of a name lookup.
