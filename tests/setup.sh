@@ -38,6 +38,11 @@ have nft || [ -x /usr/sbin/nft ] || need_pkgs+=(nftables)
 # (tests/tests/hardening.rs).
 have unshare || need_pkgs+=(util-linux)
 have ip || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || need_pkgs+=(iproute2)
+# etcd and Patroni, for the Patroni check and the DCS tests (tests/tests/patroni.rs):
+# a real cluster on loopback. Debian's patroni needs python3-etcd for etcd3.
+have etcd || need_pkgs+=(etcd-server)
+have etcdctl || need_pkgs+=(etcd-client)
+have patroni && /usr/bin/python3 -c 'import etcd' 2>/dev/null || need_pkgs+=(patroni python3-etcd)
 
 if ((${#need_pkgs[@]})); then
     echo "setup: installing Debian packages: ${need_pkgs[*]}"
@@ -48,6 +53,23 @@ if ((${#need_pkgs[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+# The etcd and patroni packages enable system services on installation; the tests
+# start their own on loopback, and nothing of the packages' may be left running.
+if [ -d /run/systemd/system ]; then
+    for unit in etcd patroni; do
+        if systemctl is-enabled --quiet "$unit" 2>/dev/null || systemctl is-active --quiet "$unit" 2>/dev/null; then
+            echo "setup: stopping and disabling the $unit service the package enabled"
+            systemctl disable --now --quiet "$unit" || true
+        fi
+    done
+elif command -v service >/dev/null 2>&1; then
+    for unit in etcd patroni; do
+        if service "$unit" status >/dev/null 2>&1; then
+            echo "setup: stopping the $unit service the package started"
+            service "$unit" stop >/dev/null 2>&1 || true
+        fi
+    done
 fi
 
 if ! cargo +nightly miri --version >/dev/null 2>&1; then

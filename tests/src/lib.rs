@@ -11,6 +11,7 @@ pub mod fakepg;
 pub mod live;
 pub mod metrics;
 pub mod netfault;
+pub mod patroni;
 pub mod trace;
 
 use std::path::PathBuf;
