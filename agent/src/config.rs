@@ -184,6 +184,9 @@ pub struct Database {
     pub allow_cleartext_password: bool,
     /// The `patroni` check's REST API and its credentials (None for the others).
     pub patroni: Option<crate::probe::patroni::Settings>,
+    /// Under `[dcs]`: the Patroni member this database is (else matched by the
+    /// host and port of the member's `conn_url`).
+    pub member: Option<String>,
 }
 
 impl Database {
@@ -232,6 +235,8 @@ pub struct Config {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// In priority order.
     pub databases: Vec<Database>,
+    /// Follow Patroni's etcd for the write endpoint.
+    pub dcs: Option<crate::dcs::Settings>,
 }
 
 /// A configuration error, located.
@@ -325,6 +330,7 @@ struct RawConfig {
     allow_cleartext_password: Option<bool>,
     #[serde(default)]
     database: Vec<Spanned<RawDatabase>>,
+    dcs: Option<Spanned<RawDcs>>,
 }
 
 #[derive(Deserialize)]
@@ -356,6 +362,24 @@ struct RawDatabase {
     patroni_user: Option<Spanned<String>>,
     patroni_password_file: Option<Spanned<PathBuf>>,
     patroni_password_env: Option<Spanned<String>>,
+    member: Option<Spanned<String>>,
+}
+
+/// `[dcs]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDcs {
+    etcd: Spanned<Vec<String>>,
+    namespace: Option<Spanned<String>>,
+    scope: Spanned<String>,
+    user: Option<Spanned<String>>,
+    password_file: Option<Spanned<PathBuf>>,
+    password_env: Option<Spanned<String>>,
+    cacert: Option<Spanned<PathBuf>>,
+    cert: Option<Spanned<PathBuf>>,
+    key: Option<Spanned<PathBuf>>,
+    timeout: Option<Spanned<Dur>>,
+    heartbeat: Option<Spanned<Dur>>,
 }
 
 /// Credentials, at the top level (defaults) or per database.
@@ -772,6 +796,132 @@ impl Locator<'_> {
     }
 }
 
+impl Locator<'_> {
+    /// The `[dcs]` section: etcd's URLs (1 to 16, http or https), Patroni's
+    /// namespace and scope, optional authentication and TLS files (checked
+    /// now), the request timeout and the heartbeat.
+    fn dcs(&self, d: &RawDcs) -> Result<crate::dcs::Settings, ConfigError> {
+        let key = |k: &str| format!("dcs.{k}");
+        let urls = d.etcd.get_ref();
+        if urls.is_empty() || urls.len() > 16 {
+            return Err(self.at(
+                Some(d.etcd.span()),
+                &key("etcd"),
+                format!(
+                    "expected 1 to 16 etcd client URLs, like [\"http://10.0.0.1:2379\"], found {}",
+                    urls.len()
+                ),
+            ));
+        }
+        let mut etcd = Vec::new();
+        for u in urls {
+            let url = crate::http::Url::parse(u)
+                .map_err(|e| self.at(Some(d.etcd.span()), &key("etcd"), e))?;
+            if !url.base.is_empty() {
+                return Err(self.at(
+                    Some(d.etcd.span()),
+                    &key("etcd"),
+                    format!("expected an etcd client URL without a path, found {u:?}"),
+                ));
+            }
+            etcd.push(url);
+        }
+        let name_ok = |s: &str| {
+            !s.is_empty() && s.len() <= 256 && !s.chars().any(|c| c.is_control() || c == ' ')
+        };
+        let scope = d.scope.get_ref();
+        if !name_ok(scope) || scope.contains('/') {
+            return Err(self.at(
+                Some(d.scope.span()),
+                &key("scope"),
+                format!("expected Patroni's scope (the cluster's name, without '/' or spaces), found {scope:?}"),
+            ));
+        }
+        let namespace = match &d.namespace {
+            None => "/service".to_owned(),
+            Some(n) => {
+                let v = n.get_ref();
+                if !name_ok(v) || !v.starts_with('/') {
+                    return Err(self.at(
+                        Some(n.span()),
+                        &key("namespace"),
+                        format!("expected Patroni's namespace, like \"/service\", found {v:?}"),
+                    ));
+                }
+                v.trim_end_matches('/').to_owned()
+            }
+        };
+        let creds = RawCredentials {
+            user: &None,
+            dbname: &None,
+            password_file: &d.password_file,
+            password_env: &d.password_env,
+        };
+        let none = RawCredentials {
+            user: &None,
+            dbname: &None,
+            password_file: &None,
+            password_env: &None,
+        };
+        let (password, _) = self.password(&creds, &none, "dcs.")?;
+        if password.is_some() != d.user.is_some() {
+            return Err(self.at(
+                d.user.as_ref().map(Spanned::span),
+                &key("user"),
+                "etcd authentication needs both user and password_file (or password_env)",
+            ));
+        }
+        for (name, f) in [("cacert", &d.cacert), ("cert", &d.cert), ("key", &d.key)] {
+            if let Some(f) = f {
+                std::fs::metadata(f.get_ref()).map_err(|e| {
+                    self.at(
+                        Some(f.span()),
+                        &key(name),
+                        format!("cannot read {}: {e}", f.get_ref().display()),
+                    )
+                })?;
+            }
+        }
+        if d.cert.is_some() != d.key.is_some() {
+            return Err(self.at(
+                d.cert.as_ref().or(d.key.as_ref()).map(Spanned::span),
+                &key(if d.cert.is_some() { "key" } else { "cert" }),
+                "a client certificate needs both cert and key",
+            ));
+        }
+        let settings = crate::dcs::Settings {
+            etcd,
+            namespace,
+            scope: scope.clone(),
+            user: d.user.as_ref().map(|u| u.get_ref().clone()),
+            password,
+            cacert: d.cacert.as_ref().map(|c| c.get_ref().clone()),
+            cert: d.cert.as_ref().map(|c| c.get_ref().clone()),
+            key: d.key.as_ref().map(|c| c.get_ref().clone()),
+            timeout: self.duration(
+                &d.timeout,
+                &key("timeout"),
+                Duration::from_secs(1),
+                TIMEOUT_RANGE,
+            )?,
+            heartbeat: match &d.heartbeat {
+                None => None,
+                h => Some(self.duration(
+                    &h.clone(),
+                    &key("heartbeat"),
+                    Duration::ZERO,
+                    (Duration::from_millis(100), Duration::from_secs(60)),
+                )?),
+            },
+        };
+        if settings.etcd.iter().any(|u| u.https) {
+            crate::dcs::client::tls_config(&settings)
+                .map_err(|e| self.at(None, &key("cacert"), e))?;
+        }
+        Ok(settings)
+    }
+}
+
 impl Config {
     /// Reads and validates the configuration file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -1034,11 +1184,48 @@ impl Config {
                     .or(raw.allow_cleartext_password)
                     .unwrap_or(false),
                 patroni,
+                member: db.member.as_ref().map(|m| m.get_ref().clone()),
             });
         }
-        let writes = raw.writes.as_ref().map_or(Writes::Any, |w| *w.get_ref());
+        let dcs = match &raw.dcs {
+            None => {
+                if let Some((i, m)) = raw
+                    .database
+                    .iter()
+                    .enumerate()
+                    .find_map(|(i, d)| Some((i, d.get_ref().member.as_ref()?)))
+                {
+                    return Err(loc.at(
+                        Some(m.span()),
+                        &format!("database[{i}].member"),
+                        "member names a Patroni member, which only [dcs] uses",
+                    ));
+                }
+                None
+            }
+            Some(d) => Some(loc.dcs(d.get_ref())?),
+        };
+        if let Some(w) = &raw.writes {
+            if dcs.is_some() && *w.get_ref() == Writes::Any {
+                return Err(loc.at(
+                    Some(w.span()),
+                    "writes",
+                    "with [dcs], writes go to Patroni's leader only: writes = \"any\" does not apply (leave it out)",
+                ));
+            }
+        }
+        let writes = raw.writes.as_ref().map_or(
+            if dcs.is_some() {
+                Writes::Primary
+            } else {
+                Writes::Any
+            },
+            |w| *w.get_ref(),
+        );
         let reads = raw.reads.as_ref().map_or(Reads::Primary, |r| *r.get_ref());
-        if writes != Writes::Any || reads != Reads::Primary {
+        // Under [dcs] the leader comes from etcd, and roles for reads from the
+        // members' keys where a probe does not see them.
+        if dcs.is_none() && (writes != Writes::Any || reads != Reads::Primary) {
             if let Some((i, d)) = databases
                 .iter()
                 .enumerate()
@@ -1075,6 +1262,7 @@ impl Config {
             state_mode,
             metrics_listen,
             databases,
+            dcs,
         })
     }
 
@@ -1208,6 +1396,9 @@ impl fmt::Display for Config {
             writeln!(f, "host = {}", quoted(&d.host))?;
             writeln!(f, "port = {}", d.port)?;
             writeln!(f, "check = \"{}\"", d.check.name())?;
+            if let Some(m) = &d.member {
+                writeln!(f, "member = {}", quoted(m))?;
+            }
             writeln!(f, "interval = \"{}\"", format_duration(d.interval))?;
             writeln!(f, "fastinter = \"{}\"", format_duration(d.fastinter))?;
             writeln!(f, "timeout = \"{}\"", format_duration(d.timeout))?;
@@ -1280,6 +1471,27 @@ impl fmt::Display for Config {
                     "allow_cleartext_password = {}",
                     d.allow_cleartext_password
                 )?;
+            }
+        }
+        if let Some(s) = &self.dcs {
+            writeln!(f, "\n[dcs]")?;
+            let urls: Vec<String> = s.etcd.iter().map(|u| quoted(&u.to_string())).collect();
+            writeln!(f, "etcd = [{}]", urls.join(", "))?;
+            writeln!(f, "namespace = {}", quoted(&s.namespace))?;
+            writeln!(f, "scope = {}", quoted(&s.scope))?;
+            if let Some(u) = &s.user {
+                writeln!(f, "user = {}", quoted(u))?;
+                writeln!(f, "# password: configured")?;
+            }
+            for (k, v) in [("cacert", &s.cacert), ("cert", &s.cert), ("key", &s.key)] {
+                if let Some(p) = v {
+                    writeln!(f, "{k} = {}", path(p))?;
+                }
+            }
+            writeln!(f, "timeout = \"{}\"", format_duration(s.timeout))?;
+            match s.heartbeat {
+                Some(h) => writeln!(f, "heartbeat = \"{}\"", format_duration(h))?,
+                None => writeln!(f, "# heartbeat: a quarter of Patroni's ttl (1s to 10s)")?,
             }
         }
         Ok(())

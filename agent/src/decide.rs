@@ -208,6 +208,10 @@ pub struct Seen {
     /// `writes = "any"`, may move away from it. Down for less, it is only
     /// unavailable: writes wait for it.
     pub given_up: bool,
+    /// When it last went down (None: not since the agent started). Under
+    /// `[dcs]`, a leader that went down after etcd's last confirmation may
+    /// have come back demoted: it needs a new confirmation.
+    pub down_at: Option<std::time::Instant>,
 }
 
 impl Seen {
@@ -284,6 +288,27 @@ pub struct Decision {
 ///
 /// A fenced endpoint is never chosen for writes.
 pub fn decide(seen: &[Seen], current: Choice, policy: Policy, phase: Phase) -> Decision {
+    decide_under(seen, current, policy, phase, None)
+}
+
+/// Under `[dcs]`, where writes go as the DCS decided (`dcs::writes`, which
+/// also applied the probes' second opinion): to an endpoint, or to none while
+/// they belong to the leader's endpoint (`owner`), or to no endpoint at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leader {
+    Writes(usize),
+    None { owner: Option<usize> },
+}
+
+/// [`decide`], with the writes taken from the DCS when `leader` is given
+/// (reads are chosen as always, around them).
+pub fn decide_under(
+    seen: &[Seen],
+    current: Choice,
+    policy: Policy,
+    phase: Phase,
+    leader: Option<Leader>,
+) -> Decision {
     let primaries: Vec<usize> = (0..seen.len())
         .filter(|&i| seen[i].up_as(Role::Primary))
         .collect();
@@ -332,9 +357,11 @@ pub fn decide(seen: &[Seen], current: Choice, policy: Policy, phase: Phase) -> D
         }
     };
     let down = |i: usize| seen.get(i).is_some_and(|s| s.health == Health::Down);
-    let (write, waiting) = match owner {
-        Some(o) if down(o) => (None, Some(o)),
-        o => (o, None),
+    let (write, waiting) = match (leader, owner) {
+        (Some(Leader::Writes(i)), _) => (Some(i), None),
+        (Some(Leader::None { owner }), _) => (None, owner),
+        (None, Some(o)) if down(o) => (None, Some(o)),
+        (None, o) => (o, None),
     };
     // A fenced endpoint takes no reads either: it is a primary on a history the
     // others left, or beside the write endpoint.
@@ -693,6 +720,7 @@ mod tests {
                     lagging: c == 'L',
                     fenced: false,
                     given_up: health == Down,
+                    down_at: None,
                 }
             })
             .collect()

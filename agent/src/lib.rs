@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod dcs;
 pub mod decide;
 #[cfg(feature = "demo")]
 pub mod demo;

@@ -47,6 +47,21 @@ pub struct Metrics {
     pub epoch: u64,
     pub switches_total: u64,
     pub last_heartbeat: Option<Instant>,
+    /// Under `[dcs]`.
+    pub dcs: Option<DcsMetrics>,
+}
+
+/// What `[dcs]` exports.
+#[derive(Debug, Clone, Default)]
+pub struct DcsMetrics {
+    pub connected: bool,
+    pub revision: u64,
+    pub resyncs: u64,
+    pub confirmed: Option<Instant>,
+    pub leader: Option<String>,
+    pub failsafe: bool,
+    /// Why writes go to no endpoint, when they do not.
+    pub no_writes: Option<String>,
 }
 
 /// A label value, escaped as the exposition format requires.
@@ -211,6 +226,57 @@ impl Metrics {
             "Decision changes published since the agent started.",
             vec![(String::new(), self.switches_total.to_string())],
         );
+        if let Some(d) = &self.dcs {
+            let one = |v: String| vec![(String::new(), v)];
+            family(
+                "dbha_dcs_connected",
+                "gauge",
+                "1 while the agent follows etcd: keys read, the watch in place, heartbeats answered.",
+                one(u8::from(d.connected).to_string()),
+            );
+            family(
+                "dbha_dcs_revision",
+                "gauge",
+                "The etcd revision applied.",
+                one(d.revision.to_string()),
+            );
+            family(
+                "dbha_dcs_resyncs_total",
+                "counter",
+                "Full reads of Patroni's keys after the sync broke (a watch that ended, a failed or disagreeing heartbeat, a stale or foreign member).",
+                one(d.resyncs.to_string()),
+            );
+            family(
+                "dbha_dcs_confirmation_age_seconds",
+                "gauge",
+                "Time since etcd last confirmed the leader (a linearizable read); writes stop past Patroni's ttl - loop_wait.",
+                one(d.confirmed.map_or(f64::NAN, |t| t.elapsed().as_secs_f64()).to_string()),
+            );
+            family(
+                "dbha_dcs_leader",
+                "gauge",
+                "1 for the member Patroni's leader key names (label member).",
+                d.leader
+                    .iter()
+                    .map(|l| (format!("{{member=\"{}\"}}", label(l)), "1".to_owned()))
+                    .collect(),
+            );
+            family(
+                "dbha_dcs_failsafe",
+                "gauge",
+                "1 while etcd is lost and writes follow failsafe_mode's single /primary.",
+                one(u8::from(d.failsafe).to_string()),
+            );
+            family(
+                "dbha_dcs_writes_refused",
+                "gauge",
+                "1 while the DCS gives writes no endpoint (label reason: unconfirmed, no_leader, unknown_member, unmatched, not_promoted, unreachable, fenced, restarted, other_primary).",
+                d.no_writes
+                    .iter()
+                    .map(|r| (format!("{{reason=\"{}\"}}", label(r)), "1".to_owned()))
+                    .collect(),
+            );
+        }
         let age = self
             .last_heartbeat
             .map_or(f64::NAN, |t| t.elapsed().as_secs_f64());
@@ -302,6 +368,22 @@ impl Feed {
             epoch,
             switches_total: self.switches_total,
             last_heartbeat: Some(Instant::now()),
+            dcs: state.config.dcs.as_ref().map(|_| {
+                let v = state.dcs.clone().unwrap_or_default();
+                DcsMetrics {
+                    connected: v.connected,
+                    revision: v.revision,
+                    resyncs: v.resyncs,
+                    confirmed: v.confirmed,
+                    leader: v.cluster.leader.clone(),
+                    failsafe: v.failsafe_primary.is_some()
+                        && v.confirmed
+                            .is_none_or(|t| t.elapsed() >= v.cluster.config.window()),
+                    no_writes: state
+                        .dcs_no_writes(Instant::now())
+                        .map(|w| w.kind().to_owned()),
+                }
+            }),
         };
         if let Ok(mut slot) = shared.lock() {
             *slot = m;

@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub enum Event {
     Probe(Report),
+    /// What the DCS thread says now (`[dcs]`).
+    Dcs(Box<crate::dcs::View>),
     /// SIGHUP.
     Reload,
     /// SIGTERM or SIGINT.
@@ -32,6 +34,12 @@ pub enum Event {
 impl From<Report> for Event {
     fn from(r: Report) -> Event {
         Event::Probe(r)
+    }
+}
+
+impl From<crate::dcs::View> for Event {
+    fn from(v: crate::dcs::View) -> Event {
+        Event::Dcs(Box::new(v))
     }
 }
 
@@ -271,6 +279,12 @@ struct Agent {
     restore_log: Throttle,
     /// Since when writes have had no database (under `writes = "primary"`).
     no_writes_since: Option<Instant>,
+    /// The DCS thread (`[dcs]`), stopped when dropped.
+    dcs: Option<crate::dcs::client::Stop>,
+    /// Sends to the loop (for a DCS thread started on reload).
+    tx: Sender<Event>,
+    /// Why the DCS last gave writes no endpoint (logged when it changes).
+    dcs_refusal: Option<String>,
 }
 
 /// Runs the agent until SIGTERM/SIGINT. Returns an error only if it cannot start.
@@ -284,6 +298,7 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
         .map_err(|e| StartError(format!("cannot install signal handlers: {e}")))?;
     let mut agent = Agent::start(config_path, config, tx)?;
     agent.take_unfence_requests();
+    agent.start_dcs();
     agent.probes.start_missing(&agent.state.config.databases);
     agent.run(rx);
     Ok(())
@@ -365,7 +380,10 @@ impl Agent {
             config_path: config_path.to_owned(),
             state,
             file,
-            probes: Probes::new(count, tx),
+            probes: Probes::new(count, tx.clone()),
+            dcs: None,
+            tx,
+            dcs_refusal: None,
             readiness: Readiness {
                 notifier: Notifier::from_env(),
                 ready: false,
@@ -377,6 +395,39 @@ impl Agent {
             no_writes_since: None,
             restore_log: Throttle::default(),
         })
+    }
+
+    /// Starts the DCS thread when `[dcs]` is configured (and stops a running
+    /// one). Until it confirms a leader, writes go to no endpoint.
+    fn start_dcs(&mut self) {
+        self.dcs = None;
+        let Some(s) = self.state.config.dcs.clone() else {
+            return;
+        };
+        let hosts = self
+            .state
+            .config
+            .databases
+            .iter()
+            .map(|d| d.host.clone())
+            .collect();
+        let what = format!(
+            "{} under {} on {}",
+            s.scope,
+            s.prefix(),
+            s.etcd
+                .iter()
+                .map(|u| u.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        match crate::dcs::client::spawn(s, hosts, self.tx.clone()) {
+            Ok(stop) => {
+                info!("dcs: following Patroni's cluster {what}; no writes until etcd confirms a leader");
+                self.dcs = Some(stop);
+            }
+            Err(e) => error!("dcs: cannot start the thread that follows etcd: {e}; no writes"),
+        }
     }
 
     fn loop_interval(&self) -> Duration {
@@ -458,16 +509,27 @@ impl Agent {
             {
                 self.readiness.notifier.ping_if_due();
             }
-            let wake = self
+            let mut wake = self
                 .readiness
                 .notifier
                 .ping_due()
                 .map_or(next_beat, |p| p.min(next_beat));
+            // The DCS's confirmation of the leader expires between beats: the
+            // decision is made again then, so that writes are never published
+            // past it for up to an interval.
+            let expiry = self.state.dcs_expiry().filter(|&t| t > now);
+            if let Some(t) = expiry {
+                wake = wake.min(t + Duration::from_millis(1));
+            }
             match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
                 Ok(Event::Probe(r)) => {
                     if self.observe(r) {
                         self.publish();
                     }
+                }
+                Ok(Event::Dcs(v)) => {
+                    self.state.dcs = Some(*v);
+                    self.publish();
                 }
                 Ok(Event::Reload) => {
                     self.readiness.notifier.reloading();
@@ -489,7 +551,11 @@ impl Agent {
                     );
                     return;
                 }
-                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    if expiry.is_some_and(|t| Instant::now() >= t) {
+                        self.publish();
+                    }
+                }
                 // We hold a sender, so this cannot happen; stop cleanly if it does.
                 Err(RecvTimeoutError::Disconnected) => return,
             }
@@ -528,6 +594,14 @@ impl Agent {
             .map_or_else(|f| f.kind(), |_| probe_result::OK);
         self.file.set_probe_result(i, kind);
         let observed = self.state.observe(i, r.outcome, r.took, Instant::now());
+        // Under [dcs], an endpoint back up may be the leader coming back from
+        // a restart: it gets writes again once etcd confirms it, now rather
+        // than at the next heartbeat.
+        if observed.transition.is_some_and(|t| t.to == Health::Up) {
+            if let Some(d) = &self.dcs {
+                d.confirm();
+            }
+        }
         let e = &self.state.endpoints[i];
         self.file.set_down(i, e.tracker.health == Health::Down);
         if observed.unfenced {
@@ -622,6 +696,7 @@ impl Agent {
         self.readiness
             .published(&self.state, &self.file, phase, d.choice != before);
         self.log_conflict(&d);
+        self.log_dcs(now);
         self.watch_for_promotion(now, phase);
         // Only once every endpoint has a verdict: a fresh agent is not in trouble.
         if d.choice.write.is_none() && self.state.all_down() {
@@ -634,6 +709,31 @@ impl Agent {
         } else if d.choice.write.is_some() {
             self.none_log.reset();
         }
+    }
+
+    /// Under `[dcs]`: why writes go to no endpoint, logged when the reason
+    /// changes (and when writes go somewhere again).
+    fn log_dcs(&mut self, now: Instant) {
+        if self.state.config.dcs.is_none() {
+            return;
+        }
+        let refusal = self.state.dcs_no_writes(now);
+        // The same reason is logged once, however its figures move.
+        let why = refusal.as_ref().map(|w| match w {
+            crate::dcs::NoWrites::Unconfirmed { .. } => w.kind().to_owned(),
+            _ => w.to_string(),
+        });
+        if why == self.dcs_refusal {
+            return;
+        }
+        match &refusal {
+            Some(w) => warn!("dcs: writes to no endpoint: {w}"),
+            None => info!(
+                "dcs: writes to {} (Patroni's leader, confirmed by etcd)",
+                self.state.alias(self.state.choice.write)
+            ),
+        }
+        self.dcs_refusal = why;
     }
 
     /// While writes have no database under `writes = "primary"`, the probes run
@@ -758,7 +858,7 @@ impl Agent {
 
     fn reload(&mut self) {
         self.take_unfence_requests();
-        let path = self.config_path.display();
+        let path = self.config_path.display().to_string();
         let new = match Config::load(&self.config_path) {
             Ok(c) => c,
             Err(e) => {
@@ -797,7 +897,11 @@ impl Agent {
         self.probes
             .reconfigure(&self.state.config.databases, &next.config.databases);
         self.readiness.reported = carried;
+        let dcs_changed = next.config.dcs != self.state.config.dcs;
         self.state = next;
+        if dcs_changed {
+            self.start_dcs();
+        }
         info!(
             "configuration reloaded from {path}: {} databases, state file {} (config generation {})",
             self.state.endpoints.len(),

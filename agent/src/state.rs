@@ -4,7 +4,9 @@
 //! loop in `run` is the only place with side effects.
 
 use crate::config::{Config, Database};
-use crate::decide::{decide, Choice, Claim, Decision, Health, Phase, Seen, Tracker, Transition};
+use crate::decide::{
+    decide_under, Choice, Claim, Decision, Health, Leader, Phase, Seen, Tracker, Transition,
+};
 use crate::probe::{Outcome, Role, Up};
 use dbha_protocol::writer::Publication;
 use dbha_protocol::NONE;
@@ -31,6 +33,8 @@ pub struct Endpoint {
     pub timeline: Option<u32>,
     /// When the current streak of failed probes began.
     failing_since: Option<Instant>,
+    /// When it last went down.
+    down_at: Option<Instant>,
 }
 
 /// A standby's replication lag and its hysteresis against the configured limits.
@@ -73,6 +77,7 @@ impl Endpoint {
             fenced: false,
             timeline: None,
             failing_since: None,
+            down_at: None,
         }
     }
 
@@ -86,6 +91,7 @@ impl Endpoint {
                 && self
                     .failing_since
                     .is_some_and(|t| now.saturating_duration_since(t) >= self.tolerance()),
+            down_at: self.down_at,
         }
     }
 
@@ -188,6 +194,9 @@ pub struct State {
     /// settling, an endpoint with no verdict yet is published as it left it (not
     /// yet confirmed, never down), so readers see nothing of a restart.
     carried: Masks,
+    /// Under `[dcs]`: what the DCS thread last said (None before it spoke:
+    /// no write endpoint until etcd confirms a leader).
+    pub dcs: Option<crate::dcs::View>,
 }
 
 /// The health and role masks of a publication.
@@ -227,6 +236,7 @@ impl State {
             endpoints,
             choice,
             carried: Masks::default(),
+            dcs: None,
         }
     }
 
@@ -255,6 +265,7 @@ impl State {
                 e.fenced = old.fenced;
                 e.timeline = old.timeline;
                 e.failing_since = old.failing_since;
+                e.down_at = old.down_at;
                 *carried = true;
             }
         }
@@ -267,6 +278,9 @@ impl State {
             read: kept(self.choice.read),
             waiting: kept(self.choice.waiting),
         };
+        if next.config.dcs == self.config.dcs {
+            next.dcs = self.dcs.clone();
+        }
         next.choice = next.decide(Phase::Settling, now).choice;
         (next, carried)
     }
@@ -294,6 +308,9 @@ impl State {
         let e = &mut self.endpoints[index];
         e.took = took;
         let transition = e.tracker.observe(outcome.is_ok());
+        if transition.is_some_and(|t| t.to == Health::Down) {
+            e.down_at = Some(now);
+        }
         e.failing_since = match &outcome {
             Ok(_) => None,
             Err(_) => e.failing_since.or(Some(now)),
@@ -404,6 +421,7 @@ impl State {
     pub fn force_down(&mut self, index: usize, now: Instant) {
         let e = &mut self.endpoints[index];
         e.tracker.force_down();
+        e.down_at = Some(now);
         e.failing_since = e.failing_since.or(Some(now));
         e.claim = None;
         e.lag = Lag::default();
@@ -411,8 +429,66 @@ impl State {
 
     /// The decision for the current knowledge at `now`, without applying it.
     pub fn decide(&self, phase: Phase, now: Instant) -> Decision {
-        let seen: Vec<Seen> = self.endpoints.iter().map(|e| e.seen(now)).collect();
-        decide(&seen, self.choice, self.config.policy(), phase)
+        let seen = self.seen(now);
+        let leader = self
+            .dcs_writes(&seen, now)
+            .map(|(verdict, owner)| match verdict {
+                Ok(i) => Leader::Writes(i),
+                Err(_) => Leader::None { owner },
+            });
+        decide_under(&seen, self.choice, self.config.policy(), phase, leader)
+    }
+
+    /// What the agent knows of each endpoint at `now`. Under `[dcs]`, an
+    /// endpoint whose probe cannot see roles (the tcp check) is taken as a
+    /// standby, for reads, when its member key says it is a running replica.
+    fn seen(&self, now: Instant) -> Vec<Seen> {
+        let mut seen: Vec<Seen> = self.endpoints.iter().map(|e| e.seen(now)).collect();
+        if let Some(view) = &self.dcs {
+            for (name, m) in &view.cluster.members {
+                let Ok(m) = m else { continue };
+                let standby = m.role == crate::dcs::MemberRole::Replica && m.state == "running";
+                if !standby || view.cluster.leader.as_deref() == Some(name.as_str()) {
+                    continue;
+                }
+                if let Ok(i) = crate::dcs::match_member(name, m, &self.config.databases) {
+                    if seen[i].claim.is_none() && !self.endpoints[i].db.check.sees_roles() {
+                        seen[i].claim = Some(Claim {
+                            role: Role::Standby,
+                            read_only: true,
+                        });
+                    }
+                }
+            }
+        }
+        seen
+    }
+
+    /// Under `[dcs]`: where the DCS sends writes (or why nowhere), and the
+    /// endpoint the leader is.
+    #[allow(clippy::type_complexity)]
+    fn dcs_writes(
+        &self,
+        seen: &[Seen],
+        now: Instant,
+    ) -> Option<(Result<usize, crate::dcs::NoWrites>, Option<usize>)> {
+        self.config.dcs.as_ref()?;
+        let unconfirmed = crate::dcs::View::default();
+        let view = self.dcs.as_ref().unwrap_or(&unconfirmed);
+        Some(crate::dcs::writes(view, now, &self.config.databases, seen))
+    }
+
+    /// Under `[dcs]`, why writes go to no endpoint now (None when they go
+    /// somewhere, or without a DCS).
+    pub fn dcs_no_writes(&self, now: Instant) -> Option<crate::dcs::NoWrites> {
+        self.dcs_writes(&self.seen(now), now)?.0.err()
+    }
+
+    /// Under `[dcs]`, when the current confirmation of the leader stops being
+    /// trusted (the decision must be made again then, not at the next beat).
+    pub fn dcs_expiry(&self) -> Option<Instant> {
+        let v = self.dcs.as_ref()?;
+        Some(v.confirmed? + v.cluster.config.window())
     }
 
     /// What the state file publishes for the current choice. While `phase` is

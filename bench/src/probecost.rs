@@ -88,6 +88,7 @@ pub fn probecost(quick: bool) {
         sslrootcert: None,
         allow_cleartext_password: false,
         patroni: None,
+        member: None,
     };
     let (held_n, login_n, window) = if quick {
         (300, 30, Duration::from_secs(1))

@@ -97,6 +97,7 @@ fuzz_target!(|data: &[u8]| {
         sslrootcert: None,
         allow_cleartext_password: false,
         patroni: Some(Settings::new(&url.to_string(), None, None, None).expect("settings")),
+        member: None,
     };
     let mut prober = Prober::new(db);
     let _ = prober.probe().map_err(|f| f.to_string());

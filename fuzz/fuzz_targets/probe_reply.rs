@@ -95,6 +95,7 @@ fuzz_target!(|data: &[u8]| {
         sslrootcert: None,
         allow_cleartext_password: mode & 2 != 0,
         patroni: None,
+        member: None,
     };
     let held = db.session == Session::Held;
     let mut prober = Prober::new(db);

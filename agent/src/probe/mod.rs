@@ -11,7 +11,7 @@
 
 pub mod patroni;
 mod postgres;
-mod tcp;
+pub mod tcp;
 pub mod tls;
 
 use crate::config::{Check, Database, Session, SslMode};

@@ -278,3 +278,56 @@ impl Write for Stream {
         }
     }
 }
+
+/// A PEM file read whole, refused past [`MAX_ROOTS_FILE`].
+fn read_pem(path: &Path) -> Result<Vec<u8>, String> {
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut pem = Vec::new();
+    file.take(MAX_ROOTS_FILE + 1)
+        .read_to_end(&mut pem)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if pem.len() as u64 > MAX_ROOTS_FILE {
+        return Err(format!(
+            "{} is larger than {} MiB",
+            path.display(),
+            MAX_ROOTS_FILE >> 20
+        ));
+    }
+    Ok(pem)
+}
+
+/// https to a service such as etcd: the certificate verified against `cacert`
+/// (the system's roots when None) and issued for the host; with a client
+/// certificate and its key (PEM) when given, as `etcdctl --cert --key`.
+pub fn https_config(
+    cacert: Option<&Path>,
+    client: Option<(&Path, &Path)>,
+) -> Result<Arc<ClientConfig>, String> {
+    use rustls::pki_types::PrivateKeyDer;
+    let provider = provider();
+    let roots = load_roots(cacert.unwrap_or(Path::new("system")))?;
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let config = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let pem = read_pem(cert)?;
+            let chain = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("{}: not PEM certificates: {e}", cert.display()))?;
+            if chain.is_empty() {
+                return Err(format!("{} holds no certificate", cert.display()));
+            }
+            let key_pem = read_pem(key)?;
+            let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
+                .map_err(|e| format!("{}: not a PEM private key: {e}", key.display()))?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| format!("{} and {}: {e}", cert.display(), key.display()))?
+        }
+    };
+    Ok(Arc::new(config))
+}
