@@ -12,6 +12,7 @@ pub mod live;
 pub mod metrics;
 pub mod netfault;
 pub mod patroni;
+pub mod relay;
 pub mod trace;
 
 use std::path::PathBuf;

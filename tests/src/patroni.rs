@@ -70,11 +70,19 @@ struct Member {
 pub struct Etcd {
     members: Vec<Member>,
     initial_cluster: String,
+    /// Whom `etcdctl` and `patronictl` run as: the servers' user, so that a
+    /// path cut for root's packets (the agents') leaves them working.
+    run_as: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
 }
 
 impl Etcd {
-    /// `n` members (1 or 3) under `root`, started, answering.
-    pub fn start(root: &Path, n: usize) -> io::Result<Etcd> {
+    /// `n` members (1 or 3) under `root`, started, answering; the tools run as
+    /// `run_as`.
+    pub fn start(
+        root: &Path,
+        n: usize,
+        run_as: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
+    ) -> io::Result<Etcd> {
         let mut members = Vec::new();
         for i in 0..n {
             let dir = root.join(format!("etcd{i}"));
@@ -95,6 +103,7 @@ impl Etcd {
         let mut etcd = Etcd {
             members,
             initial_cluster,
+            run_as,
         };
         for i in 0..n {
             etcd.start_member(i)?;
@@ -174,6 +183,23 @@ impl Etcd {
             .collect()
     }
 
+    /// Member `i`'s client port.
+    pub fn client_port(&self, i: usize) -> u16 {
+        self.members[i].client_port
+    }
+
+    /// The current revision, from the first member that answers.
+    pub fn revision(&self) -> io::Result<u64> {
+        let out = self.ctl(&["endpoint", "status", "--write-out=json"])?;
+        let v: serde_json::Value = serde_json::from_str(&out).map_err(io::Error::other)?;
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["Status"]["header"]["revision"].as_u64())
+            .max()
+            .ok_or_else(|| io::Error::other(format!("no revision in {out}")))
+    }
+
     /// `host:port,...`, as Patroni's `etcd3.hosts` lists them.
     fn hosts(&self) -> String {
         self.members
@@ -185,13 +211,15 @@ impl Etcd {
 
     /// `etcdctl` (API v3) against every member, with `args`; its output.
     pub fn ctl(&self, args: &[&str]) -> io::Result<String> {
-        let out = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
+        let mut c = Command::new("etcdctl");
+        if let Some((uid, gid)) = self.run_as {
+            c.uid(uid.as_raw()).gid(gid.as_raw());
+        }
+        c.env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.hosts()))
             .args(["--command-timeout=5s", "--dial-timeout=2s"])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()?;
+            .args(args);
+        let out = bounded(c, Duration::from_secs(30))?;
         if !out.status.success() {
             return Err(io::Error::other(format!(
                 "etcdctl {args:?} failed: {}",
@@ -288,7 +316,7 @@ impl Cluster {
         if let Some((uid, gid)) = install.run_as {
             nix::unistd::chown(&root, Some(uid), Some(gid))?;
         }
-        let etcd = Etcd::start(&root, etcd_members)?;
+        let etcd = Etcd::start(&root, etcd_members, install.run_as)?;
         let mut cluster = Cluster {
             nodes: Vec::new(),
             etcd,
@@ -475,7 +503,9 @@ postgresql:
     }
 
     /// Waits until every running node other than the leader is a streaming
-    /// replica (`GET /replica` answers 200).
+    /// replica within 1 MiB of the leader as Patroni sees it (`GET
+    /// /replica?lag=1048576` answers 200), so that it may be a switchover's
+    /// candidate (`maximum_lag_on_failover`).
     pub fn wait_streaming(&self, within: Duration) -> io::Result<()> {
         let until = Instant::now() + within;
         loop {
@@ -483,7 +513,9 @@ postgresql:
             let all = self.nodes.iter().enumerate().all(|(i, n)| {
                 n.name == leader
                     || n.child.is_none()
-                    || self.rest(i, "/replica").is_ok_and(|(s, _)| s == 200)
+                    || self
+                        .rest(i, "/replica?lag=1048576")
+                        .is_ok_and(|(s, _)| s == 200)
             });
             if all {
                 return Ok(());
@@ -491,6 +523,32 @@ postgresql:
             if Instant::now() > until {
                 return Err(io::Error::other(format!(
                     "the replicas did not stream within {within:?}; {}",
+                    self.logs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// A running node other than the leader that streams within 1 MiB of it
+    /// (a switchover candidate), waited for.
+    pub fn streaming_replica(&self, within: Duration) -> io::Result<String> {
+        let until = Instant::now() + within;
+        loop {
+            let leader = self.wait_leader(within)?;
+            let found = self.nodes.iter().enumerate().find(|(i, n)| {
+                n.name != leader
+                    && n.child.is_some()
+                    && self
+                        .rest(*i, "/replica?lag=1048576")
+                        .is_ok_and(|(s, _)| s == 200)
+            });
+            if let Some((_, n)) = found {
+                return Ok(n.name.clone());
+            }
+            if Instant::now() > until {
+                return Err(io::Error::other(format!(
+                    "no replica streams within {within:?}; {}",
                     self.logs()
                 )));
             }
@@ -524,23 +582,61 @@ postgresql:
     }
 
     /// `patronictl switchover` from the current leader to `candidate` (any
-    /// replica when None), forced; returns once patronictl has.
+    /// replica when None), forced; returns once patronictl has. Patroni
+    /// refuses a candidate whose member key still shows it behind (updated
+    /// every `loop_wait`): such a refusal is tried again, for up to 30 s.
     pub fn switchover(&self, candidate: Option<&str>) -> io::Result<()> {
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.switchover_once(candidate) {
+                Err(e) if Instant::now() < until && e.to_string().contains("Switchover failed") => {
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn switchover_once(&self, candidate: Option<&str>) -> io::Result<()> {
         let leader = self
             .leader()
             .ok_or_else(|| io::Error::other("no leader to switch over from"))?;
         let mut c = Command::new("patronictl");
+        if let Some((uid, gid)) = self.install.run_as {
+            c.uid(uid.as_raw()).gid(gid.as_raw());
+        }
         c.arg("-c")
             .arg(&self.nodes[0].config)
             .args(["switchover", "--leader", &leader, "--force"]);
         if let Some(to) = candidate {
             c.args(["--candidate", to]);
         }
-        let out = c.stdin(Stdio::null()).output()?;
+        let out = bounded(c, Duration::from_secs(60))?;
         let text = String::from_utf8_lossy(&out.stdout);
         if !out.status.success() || !text.contains("Successfully switched over") {
             return Err(io::Error::other(format!(
                 "patronictl switchover failed: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(())
+    }
+
+    /// `patronictl edit-config --set NAME=VALUE`, forced: a dynamic setting
+    /// (such as `failsafe_mode`) for every node.
+    pub fn set_config(&self, setting: &str) -> io::Result<()> {
+        let mut c = Command::new("patronictl");
+        if let Some((uid, gid)) = self.install.run_as {
+            c.uid(uid.as_raw()).gid(gid.as_raw());
+        }
+        c.arg("-c")
+            .arg(&self.nodes[0].config)
+            .args(["edit-config", "--force", "--set", setting]);
+        let out = bounded(c, Duration::from_secs(60))?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "patronictl edit-config --set {setting} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             )));
         }
@@ -560,6 +656,29 @@ postgresql:
     pub fn dir(&self) -> &Path {
         self.scratch.path()
     }
+}
+
+/// Runs `c` for at most `limit` (then kills it): its output. A tool that
+/// hangs (patronictl waiting on an etcd it cannot reach) fails the test
+/// instead of hanging it.
+fn bounded(mut c: Command, limit: Duration) -> io::Result<std::process::Output> {
+    let mut child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let until = Instant::now() + limit;
+    while child.try_wait()?.is_none() {
+        if Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(io::Error::other(format!(
+                "{c:?} did not end within {limit:?}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output()
 }
 
 fn wait_gone(pid: Pid, within: Duration) {

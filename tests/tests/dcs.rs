@@ -1,0 +1,344 @@
+//! `[dcs]`: five real agents follow a real Patroni cluster (three PostgreSQL 15
+//! nodes under Debian's Patroni over etcd 3.4 on loopback) through its etcd,
+//! each with its own state file, probing only with the tcp check (no database
+//! login). One cluster serves the phases in turn (bootstrapping one takes about
+//! 11 s): a switchover, a kill -9 of the leader, etcd frozen with and without
+//! Patroni's failsafe_mode, the agents cut from etcd while the leader changes
+//! and etcd compacts, and etcd killed and restarted. A second test uses etcd
+//! alone, with keys the test writes: foreign content, a lost quorum, an agent
+//! started before etcd. Time bounds only catch hangs, except where the bound is
+//! the point: writes never published past `ttl - loop_wait` after the last
+//! confirmation.
+
+use dbha::{Reader, Status};
+use dbha_harness::pg::{free_port, Scratch};
+use dbha_harness::Listener;
+use dbha_tests::agentproc::{wait_for, AgentProc, PATIENCE};
+use dbha_tests::patroni::{self, Cluster, Etcd, Timing};
+use dbha_tests::relay::Relay;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// An agent's configuration: `dbs` (alias, port) with the tcp check, the DCS
+/// on `etcd` with `scope`.
+fn config(state: &Path, etcd: &[String], scope: &str, dbs: &[(String, u16)]) -> String {
+    let urls: Vec<String> = etcd.iter().map(|u| format!("\"{u}\"")).collect();
+    let mut text = format!(
+        "state_file = \"{}\"\ninterval = \"200ms\"\ntimeout = \"500ms\"\nrise = 2\nfall = 2\nstale_after = \"3s\"\nreads = \"prefer-standby\"\n\n[dcs]\netcd = [{}]\nscope = \"{scope}\"\ntimeout = \"1s\"\n",
+        state.display(),
+        urls.join(", ")
+    );
+    for (alias, port) in dbs {
+        text.push_str(&format!(
+            "\n[[database]]\nalias = \"{alias}\"\nhost = \"127.0.0.1\"\nport = {port}\ncheck = \"tcp\"\n"
+        ));
+    }
+    text
+}
+
+/// The distinct write aliases one agent published, in order, until stopped.
+struct Trace {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Option<String>>>,
+}
+
+impl Trace {
+    fn start(state: PathBuf) -> Trace {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let r = Reader::open(&state).unwrap();
+            let mut seen: Vec<Option<String>> = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok(s) = r.snapshot() {
+                    let w = s.write_alias().map(String::from);
+                    if seen.last() != Some(&w) {
+                        seen.push(w);
+                    }
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            seen
+        });
+        Trace { stop, thread }
+    }
+
+    fn finish(self) -> Vec<Option<String>> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+fn write_of(r: &Reader) -> Option<String> {
+    r.snapshot().ok()?.write_alias().map(String::from)
+}
+
+/// Waits until every agent publishes `want` as the write alias.
+fn all_write(agents: &[AgentProc], readers: &[Reader], want: Option<&str>) {
+    for (a, r) in agents.iter().zip(readers) {
+        dbha_harness::wait::poll(Duration::from_millis(2), PATIENCE * 3, &mut || {
+            (write_of(r).as_deref() == want).then_some(())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{}: write alias {:?}, expected {want:?}\n{}",
+                a.state.display(),
+                write_of(r),
+                a.log()
+            )
+        });
+    }
+}
+
+fn start_agents(
+    dir: &Path,
+    n: usize,
+    text: impl Fn(&Path) -> String,
+) -> (Vec<AgentProc>, Vec<Reader>) {
+    let agents: Vec<AgentProc> = (0..n)
+        .map(|i| AgentProc::start(dir, &format!("agent{i}"), &text))
+        .collect();
+    let readers = agents.iter().map(AgentProc::reader).collect();
+    (agents, readers)
+}
+
+#[test]
+fn five_agents_follow_patroni_through_its_etcd() {
+    let Some(install) = patroni::prerequisites() else {
+        return;
+    };
+    let timing = Timing::default();
+    let window = Duration::from_secs(u64::from(timing.ttl - timing.loop_wait));
+    let mut c = Cluster::start(&install, 3, 1, timing).unwrap();
+    let leader = c.wait_leader(Duration::from_secs(60)).unwrap();
+    let dbs: Vec<(String, u16)> = c
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), n.pg_port))
+        .collect();
+    // The agents reach etcd through a relay the test can cut.
+    let relay = Relay::start(c.etcd.client_port(0)).unwrap();
+    let etcd = vec![format!("http://127.0.0.1:{}", relay.port)];
+    let dir = Scratch::new("dcs-agents").unwrap();
+    let (agents, readers) = start_agents(dir.path(), 5, |s| config(s, &etcd, "dbha", &dbs));
+    all_write(&agents, &readers, Some(&leader));
+    // Reads go to a standby, known from the members' keys (no login).
+    for r in &readers {
+        wait_for("reads on a standby", || {
+            let s = r.snapshot().ok()?;
+            (s.read_alias().is_some() && s.read_alias() != Some(leader.as_str())).then_some(())
+        });
+    }
+
+    // 1. A switchover: in every agent, the old leader, then no write endpoint
+    // (the key deleted, the new one not written or not promoted yet), then
+    // the new leader; never the third node.
+    let candidate = dbs
+        .iter()
+        .map(|d| d.0.clone())
+        .find(|n| *n != leader)
+        .unwrap();
+    let traces: Vec<Trace> = agents
+        .iter()
+        .map(|a| Trace::start(a.state.clone()))
+        .collect();
+    c.switchover(Some(&candidate)).unwrap();
+    all_write(&agents, &readers, Some(&candidate));
+    for t in traces {
+        let seen = t.finish();
+        assert_eq!(
+            seen,
+            [Some(leader.clone()), None, Some(candidate.clone())],
+            "the write endpoints one agent published through a switchover"
+        );
+    }
+
+    // 2. The agents cut from etcd (Patroni and the tools go on) while the
+    // leader changes and etcd compacts what the watch would resume from: no
+    // writes once unconfirmed, then the new leader.
+    let to = c.streaming_replica(Duration::from_secs(90)).unwrap();
+    relay.cut();
+    c.switchover(Some(&to)).unwrap();
+    let rev = c.etcd.revision().unwrap();
+    c.etcd.ctl(&["compact", &rev.to_string()]).unwrap();
+    all_write(&agents, &readers, None);
+    relay.mend();
+    all_write(&agents, &readers, Some(&to));
+
+    // 3. etcd killed, the agents' reads failing for a few seconds (#431: not
+    // one failed re-read and then stale for good), then back.
+    c.etcd.kill_member(0);
+    std::thread::sleep(Duration::from_secs(3));
+    c.etcd.start_member(0).unwrap();
+    let last = c.wait_leader(Duration::from_secs(90)).unwrap();
+    all_write(&agents, &readers, Some(&last));
+
+    // 4. etcd frozen: its watch goes silent, its heartbeats time out; writes
+    // go to no endpoint once the last confirmation is ttl - loop_wait old,
+    // reads go on; SIGCONT brings the leader back.
+    c.etcd.freeze_member(0, true);
+    let frozen = Instant::now();
+    for (a, r) in agents.iter().zip(&readers) {
+        wait_for("writes to no endpoint with etcd frozen", || {
+            (write_of(r).is_none()).then_some(())
+        });
+        a.wait_log("dcs: etcd lost");
+    }
+    // The bound under test: the last confirmation came before the freeze, so
+    // from ttl - loop_wait after it no agent publishes writes anywhere (a tcp
+    // probe cannot tell the primary Patroni demoted meanwhile from a primary).
+    let bound = frozen + window + Duration::from_millis(500);
+    std::thread::sleep(bound.saturating_duration_since(Instant::now()));
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        for (a, r) in agents.iter().zip(&readers) {
+            let s = r.snapshot().unwrap();
+            assert_eq!(
+                s.write_alias(),
+                None,
+                "writes published {:?} after etcd froze (ttl - loop_wait = {window:?})\n{}",
+                frozen.elapsed(),
+                a.log()
+            );
+            assert_eq!(s.status, Status::ReadOnly, "reads go on\n{}", a.log());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    c.etcd.freeze_member(0, false);
+    let back = c.wait_leader(Duration::from_secs(90)).unwrap();
+    all_write(&agents, &readers, Some(&back));
+
+    // 5. The same with failsafe_mode: Patroni keeps its primary while every
+    // member answers its POST /failsafe, and the agents keep writes on the
+    // single member whose /primary answers 200.
+    c.set_config("failsafe_mode=true").unwrap();
+    wait_for("Patroni's failsafe key", || {
+        let v = c
+            .etcd
+            .ctl(&["get", "--print-value-only", "/service/dbha/failsafe"])
+            .ok()?;
+        (!v.trim().is_empty()).then_some(())
+    });
+    // The agents have the config change through their watch.
+    std::thread::sleep(Duration::from_secs(1));
+    let leader = c.wait_leader(Duration::from_secs(30)).unwrap();
+    c.etcd.freeze_member(0, true);
+    std::thread::sleep(window + Duration::from_secs(3));
+    for (a, r) in agents.iter().zip(&readers) {
+        assert_eq!(write_of(r).as_deref(), Some(leader.as_str()), "{}", a.log());
+        assert!(a.log().contains("failsafe_mode:"), "{}", a.log());
+    }
+    c.etcd.freeze_member(0, false);
+    c.set_config("failsafe_mode=false").unwrap();
+    all_write(&agents, &readers, Some(&leader));
+
+    // 6. kill -9 of the leader's Patroni and PostgreSQL: no writes at once
+    // (this host's probes see the port refused), then the leader Patroni
+    // elects once the lock expires.
+    let current = c.wait_leader(Duration::from_secs(60)).unwrap();
+    let killed = c.index(&current).unwrap();
+    c.kill_node(killed);
+    all_write(&agents, &readers, None);
+    let elected = c.wait_leader(Duration::from_secs(90)).unwrap();
+    assert_ne!(elected, current);
+    all_write(&agents, &readers, Some(&elected));
+    c.start_node(killed).unwrap();
+    wait_for("the killed node's Patroni answering again", || {
+        c.rest(killed, "/health").ok().map(|_| ())
+    });
+
+    for a in &agents {
+        assert!(a.log().contains("dcs: etcd back"), "{}", a.log());
+        assert!(!a.log().contains("panicked"), "{}", a.log());
+    }
+}
+
+/// Writes `value` at `key` under the fake cluster's prefix.
+fn put(etcd: &Etcd, key: &str, value: &str) {
+    etcd.ctl(&["put", &format!("/service/fake/{key}"), value])
+        .unwrap();
+}
+
+fn member(port: u16, role: &str) -> String {
+    format!(
+        r#"{{"conn_url":"postgres://127.0.0.1:{port}/postgres","api_url":"http://127.0.0.1:1/patroni","state":"running","role":"{role}"}}"#
+    )
+}
+
+#[test]
+fn foreign_content_a_lost_quorum_and_an_agent_started_before_etcd() {
+    if dbha_tests::require("etcd", "for the DCS tests (etcd-server)").is_none()
+        || dbha_tests::require("etcdctl", "for the DCS tests (etcd-client)").is_none()
+    {
+        return;
+    }
+    let dir = Scratch::new("dcs-fake").unwrap();
+    let mut etcd = Etcd::start(dir.path(), 3, None).unwrap();
+    let listeners: Vec<Listener> = (0..2).map(|_| Listener::bind(0).unwrap()).collect();
+    let dbs = vec![
+        ("a".to_owned(), listeners[0].port),
+        ("b".to_owned(), listeners[1].port),
+    ];
+    // ttl 6, loop_wait 1: confirmations are trusted for 5 s.
+    put(
+        &etcd,
+        "config",
+        r#"{"ttl":6,"loop_wait":1,"retry_timeout":2}"#,
+    );
+    put(&etcd, "members/a", &member(listeners[0].port, "master"));
+    put(&etcd, "members/b", &member(listeners[1].port, "replica"));
+    put(&etcd, "leader", "a");
+
+    // Started while etcd is down: no writes, said so; then the leader.
+    for i in 0..3 {
+        etcd.kill_member(i);
+    }
+    let urls = etcd.client_urls();
+    let (agents, readers) = start_agents(dir.path(), 1, |s| config(s, &urls, "fake", &dbs));
+    agents[0].wait_log("dcs: etcd lost");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(write_of(&readers[0]), None);
+    for i in 0..3 {
+        etcd.start_member(i).unwrap();
+    }
+    all_write(&agents, &readers, Some("a"));
+
+    // Foreign content: each gets no write endpoint, loudly, and no crash.
+    let unknown = free_port("127.0.0.1").unwrap();
+    for (key, value, said) in [
+        ("leader", "ghost".to_owned(), "has no usable member key"),
+        ("members/a", member(unknown, "master"), "does not name"),
+        ("members/a", "{\"conn_url\": [".to_owned(), "not JSON"),
+        (
+            "members/a",
+            member(listeners[0].port, "replica"),
+            "not a primary yet",
+        ),
+    ] {
+        put(&etcd, key, &value);
+        all_write(&agents, &readers, None);
+        agents[0].wait_log(said);
+        put(&etcd, "leader", "a");
+        put(&etcd, "members/a", &member(listeners[0].port, "master"));
+        all_write(&agents, &readers, Some("a"));
+    }
+
+    // A member without quorum: linearizable reads fail there, and its
+    // serializable (stale) answers are never asked for. Writes stop once the
+    // confirmation is 5 s old, and come back with the quorum.
+    etcd.kill_member(1);
+    etcd.kill_member(2);
+    let lost = Instant::now();
+    all_write(&agents, &readers, None);
+    assert!(
+        lost.elapsed() <= Duration::from_secs(6),
+        "{:?}",
+        lost.elapsed()
+    );
+    etcd.start_member(1).unwrap();
+    etcd.start_member(2).unwrap();
+    all_write(&agents, &readers, Some("a"));
+    assert!(!agents[0].log().contains("panicked"), "{}", agents[0].log());
+}
