@@ -8,8 +8,9 @@
 //! succeeds. Every request is bounded by `timeout`; every timer is jittered, so
 //! that a fleet of agents does not hit an etcd that restarts in lockstep.
 //!
-//! While etcd is lost past Patroni's `ttl - loop_wait` and `failsafe_mode` is
-//! on, the thread asks `/primary` of the members of the last `failsafe` key
+//! While etcd is lost (from half of Patroni's `ttl - loop_wait` on, so that the
+//! answer is there when the confirmation expires) and `failsafe_mode` is on,
+//! the thread asks `/primary` of the members of the last `failsafe` key
 //! (those whose host is a configured database's): exactly one 200 is the
 //! leader meanwhile.
 
@@ -474,10 +475,12 @@ impl<E: From<View>> Client<E> {
     /// none).
     fn failsafe(&mut self) {
         let c = cluster(&self.follower);
+        // Asked from half the window on, so that the answer is there when the
+        // confirmation expires (the decision uses it only from then).
         let lost = self
             .follower
             .confirmed()
-            .is_none_or(|t| t.elapsed() >= c.config.window());
+            .is_none_or(|t| t.elapsed() >= c.config.window() / 2);
         let before = self.failsafe_primary.clone();
         self.failsafe_primary = None;
         if lost && c.config.failsafe_mode {
@@ -503,7 +506,7 @@ impl<E: From<View>> Client<E> {
         }
         if self.failsafe_primary != before {
             match &self.failsafe_primary {
-                Some(m) => warn!("dcs: etcd lost past ttl - loop_wait; failsafe_mode: {m} is the only member whose /primary answers 200: writes stay there"),
+                Some(m) => warn!("dcs: etcd lost; failsafe_mode: {m} is the only member whose /primary answers 200: writes stay there past ttl - loop_wait while that holds"),
                 None if before.is_some() => warn!("dcs: failsafe_mode: no single member answers 200 to /primary any more: no writes"),
                 None => {}
             }
