@@ -559,6 +559,31 @@ impl Locator<'_> {
     }
 }
 
+impl Locator<'_> {
+    /// A password of a section's own (no defaults from the top level):
+    /// `{key}password_file` or `{key}password_env`.
+    fn own_password(
+        &self,
+        file: &Option<Spanned<PathBuf>>,
+        env: &Option<Spanned<String>>,
+        key: &str,
+    ) -> Result<(Option<Secret>, Option<String>), ConfigError> {
+        let own = RawCredentials {
+            user: &None,
+            dbname: &None,
+            password_file: file,
+            password_env: env,
+        };
+        let none = RawCredentials {
+            user: &None,
+            dbname: &None,
+            password_file: &None,
+            password_env: &None,
+        };
+        self.password(&own, &none, key)
+    }
+}
+
 /// A database's `fastinter` and `connect_timeout`, resolved.
 struct Timing {
     fastinter: Duration,
@@ -730,20 +755,11 @@ impl Locator<'_> {
                 "check = \"patroni\" needs patroni_url, the node's REST API, like \"http://10.0.0.1:8008\"",
             ));
         };
-        let password_key = key("patroni_");
-        let creds = RawCredentials {
-            user: &None,
-            dbname: &None,
-            password_file: &db.patroni_password_file,
-            password_env: &db.patroni_password_env,
-        };
-        let none = RawCredentials {
-            user: &None,
-            dbname: &None,
-            password_file: &None,
-            password_env: &None,
-        };
-        let (password, source) = self.password(&creds, &none, &password_key)?;
+        let (password, source) = self.own_password(
+            &db.patroni_password_file,
+            &db.patroni_password_env,
+            &key("patroni_"),
+        )?;
         let settings = crate::probe::patroni::Settings::new(
             url.get_ref(),
             db.patroni_user.as_ref().map(|u| u.get_ref().clone()),
@@ -851,19 +867,7 @@ impl Locator<'_> {
                 v.trim_end_matches('/').to_owned()
             }
         };
-        let creds = RawCredentials {
-            user: &None,
-            dbname: &None,
-            password_file: &d.password_file,
-            password_env: &d.password_env,
-        };
-        let none = RawCredentials {
-            user: &None,
-            dbname: &None,
-            password_file: &None,
-            password_env: &None,
-        };
-        let (password, _) = self.password(&creds, &none, "dcs.")?;
+        let (password, _) = self.own_password(&d.password_file, &d.password_env, "dcs.")?;
         if password.is_some() != d.user.is_some() {
             return Err(self.at(
                 d.user.as_ref().map(Spanned::span),

@@ -142,14 +142,7 @@ impl std::fmt::Display for Error {
 }
 
 fn io_error(e: io::Error) -> Error {
-    if let Some(t) = e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-    {
-        let mut why = server_text(t.to_string().as_bytes());
-        if let Some(hint) = tls::hint(t) {
-            why = format!("{why}: {hint}");
-        }
+    if let Some(why) = tls::failure(&e) {
         return Error::Tls(why);
     }
     match e.kind() {

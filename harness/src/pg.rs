@@ -126,6 +126,17 @@ fn check(what: &str, out: io::Result<Output>) -> io::Result<Output> {
     }
 }
 
+/// The pid of the postmaster running on `data_dir` (from its postmaster.pid),
+/// if it runs.
+pub fn postmaster_pid(data_dir: &Path) -> Option<Pid> {
+    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+    // A stale pid file after a crash: check the process exists.
+    kill(Pid::from_raw(pid), None)
+        .ok()
+        .map(|_| Pid::from_raw(pid))
+}
+
 /// A free TCP port on `host`, below the kernel's ephemeral range: ports handed out
 /// by `bind(0)` come from that range, where any outgoing connection (the agent's
 /// probes among them) may take the port before the server binds it.
@@ -471,12 +482,7 @@ impl Cluster {
 
     /// The postmaster's pid while the server runs.
     pub fn postmaster_pid(&self) -> Option<Pid> {
-        let text = std::fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
-        let pid: i32 = text.lines().next()?.trim().parse().ok()?;
-        // A stale pid file after a crash: check the process exists.
-        kill(Pid::from_raw(pid), None)
-            .ok()
-            .map(|_| Pid::from_raw(pid))
+        postmaster_pid(&self.data_dir)
     }
 
     /// The postmaster and its children.

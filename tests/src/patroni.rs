@@ -274,11 +274,7 @@ impl Node {
 
     /// The postmaster's pid while PostgreSQL runs.
     pub fn postmaster_pid(&self) -> Option<Pid> {
-        let text = std::fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
-        let pid: i32 = text.lines().next()?.trim().parse().ok()?;
-        kill(Pid::from_raw(pid), None)
-            .ok()
-            .map(|_| Pid::from_raw(pid))
+        pg::postmaster_pid(&self.data_dir)
     }
 
     /// Patroni's log, for a failed test's message.

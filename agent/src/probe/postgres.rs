@@ -52,15 +52,7 @@ impl Session {
     }
 
     fn io_failure(&self, e: io::Error) -> Failure {
-        // rustls reports a failed handshake or a bad record as InvalidData.
-        if let Some(t) = e
-            .get_ref()
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        {
-            let mut why = server_text(t.to_string().as_bytes());
-            if let Some(hint) = tls::hint(t) {
-                why = format!("{why}: {hint}");
-            }
+        if let Some(why) = tls::failure(&e) {
             return Failure::Tls(why);
         }
         match e.kind() {

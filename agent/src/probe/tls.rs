@@ -47,6 +47,18 @@ pub fn hint(e: &rustls::Error) -> Option<&'static str> {
     }
 }
 
+/// A socket error that is a TLS failure (rustls reports a failed handshake or
+/// a bad record as InvalidData), described for a log line with what an
+/// operator can do about it; None for the others.
+pub fn failure(e: &io::Error) -> Option<String> {
+    let t = e.get_ref()?.downcast_ref::<rustls::Error>()?;
+    let mut why = crate::probe::server_text(t.to_string().as_bytes());
+    if let Some(hint) = hint(t) {
+        why = format!("{why}: {hint}");
+    }
+    Some(why)
+}
+
 /// `sslrootcert = "system"`: the system's trust store (Debian's ca-certificates).
 pub const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// A root certificate file larger than this is refused before it is read (the
@@ -64,19 +76,7 @@ pub fn load_roots(path: &Path) -> Result<RootCertStore, String> {
     } else {
         path
     };
-    let file =
-        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mut pem = Vec::new();
-    file.take(MAX_ROOTS_FILE + 1)
-        .read_to_end(&mut pem)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if pem.len() as u64 > MAX_ROOTS_FILE {
-        return Err(format!(
-            "{} is larger than {} MiB: expected PEM certificates",
-            path.display(),
-            MAX_ROOTS_FILE >> 20
-        ));
-    }
+    let pem = read_pem(path)?;
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(&pem) {
         let cert = cert.map_err(|e| format!("{}: not PEM certificates: {e}", path.display()))?;
@@ -289,7 +289,7 @@ fn read_pem(path: &Path) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     if pem.len() as u64 > MAX_ROOTS_FILE {
         return Err(format!(
-            "{} is larger than {} MiB",
+            "{} is larger than {} MiB: expected a PEM file",
             path.display(),
             MAX_ROOTS_FILE >> 20
         ));
