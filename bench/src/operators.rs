@@ -55,10 +55,13 @@ impl Events {
 
 /// The soak's world: the clusters, which one is the primary, the agent.
 struct World {
-    live: Live,
-    primary: usize,
+    // Fields drop in this order: the agent before the clusters and their
+    // scratch directory, so that it cannot put its state file back into a
+    // directory already removed (and leave it behind).
     agent: AgentProc,
     reader: Reader,
+    live: Live,
+    primary: usize,
     metrics: String,
     t: Timing,
 }
