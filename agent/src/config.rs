@@ -1365,6 +1365,22 @@ fn quoted(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
 }
 
+/// The settings the postgres and patroni checks share, as `check` prints them.
+fn write_admission_and_lag(f: &mut fmt::Formatter<'_>, d: &Database) -> fmt::Result {
+    writeln!(
+        f,
+        "admission_interval = \"{}\"",
+        format_duration(d.admission_interval)
+    )?;
+    if let Some(l) = d.max_replica_lag {
+        writeln!(f, "max_replica_lag = \"{}\"", format_duration(l))?;
+    }
+    if let Some(b) = d.max_replica_lag_bytes {
+        writeln!(f, "max_replica_lag_bytes = {b}")?;
+    }
+    Ok(())
+}
+
 impl fmt::Display for Config {
     /// The resolved configuration, as `dbha-agent check` prints it: every setting,
     /// defaults filled in, in the configuration's own keys and spelling (a valid
@@ -1429,17 +1445,7 @@ impl fmt::Display for Config {
                         writeln!(f, "sslrootcert = {}", path(r))?;
                     }
                 }
-                writeln!(
-                    f,
-                    "admission_interval = \"{}\"",
-                    format_duration(d.admission_interval)
-                )?;
-                if let Some(l) = d.max_replica_lag {
-                    writeln!(f, "max_replica_lag = \"{}\"", format_duration(l))?;
-                }
-                if let Some(b) = d.max_replica_lag_bytes {
-                    writeln!(f, "max_replica_lag_bytes = {b}")?;
-                }
+                write_admission_and_lag(f, d)?;
             }
             if d.check == Check::Postgres {
                 writeln!(f, "session = \"{}\"", d.session.name())?;
@@ -1448,17 +1454,7 @@ impl fmt::Display for Config {
                     "session_lifetime = \"{}\"",
                     format_duration(d.session_lifetime)
                 )?;
-                writeln!(
-                    f,
-                    "admission_interval = \"{}\"",
-                    format_duration(d.admission_interval)
-                )?;
-                if let Some(l) = d.max_replica_lag {
-                    writeln!(f, "max_replica_lag = \"{}\"", format_duration(l))?;
-                }
-                if let Some(b) = d.max_replica_lag_bytes {
-                    writeln!(f, "max_replica_lag_bytes = {b}")?;
-                }
+                write_admission_and_lag(f, d)?;
                 writeln!(f, "user = {}", quoted(&d.user))?;
                 writeln!(f, "dbname = {}", quoted(&d.dbname))?;
                 writeln!(

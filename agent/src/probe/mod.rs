@@ -239,10 +239,7 @@ impl Prober {
                 self.held = None;
                 return outcome;
             }
-            let due = self
-                .admitted
-                .is_none_or(|t| t.elapsed() >= self.db.admission_interval);
-            if due {
+            if self.admission_due() {
                 // The session stays: it is fine, new connections are not.
                 let stream = self.connect(start, deadline)?;
                 postgres::admit(stream, deadline, self.db.timeout, &self.db)?;
@@ -276,6 +273,13 @@ impl Prober {
         }
     }
 
+    /// A new connection is to be checked now: never yet, or not within
+    /// `admission_interval`.
+    fn admission_due(&self) -> bool {
+        self.admitted
+            .is_none_or(|t| t.elapsed() >= self.db.admission_interval)
+    }
+
     /// The `patroni` check: Patroni's answer, and on its first success and then
     /// every `admission_interval`, a connection to the database port (closed at
     /// once, before any startup message, which PostgreSQL takes silently).
@@ -285,10 +289,7 @@ impl Prober {
             self.admitted = None;
             return outcome;
         }
-        let due = self
-            .admitted
-            .is_none_or(|t| t.elapsed() >= self.db.admission_interval);
-        if due {
+        if self.admission_due() {
             let port = self.connect(Instant::now(), deadline).map_err(|f| {
                 self.admitted = None;
                 Failure::DatabasePort(Box::new(f))
