@@ -57,6 +57,7 @@ pub struct DcsMetrics {
     pub connected: bool,
     pub revision: u64,
     pub resyncs: u64,
+    pub requests: u64,
     pub confirmed: Option<Instant>,
     pub leader: Option<String>,
     pub failsafe: bool,
@@ -247,6 +248,12 @@ impl Metrics {
                 one(d.resyncs.to_string()),
             );
             family(
+                "dbha_dcs_requests_total",
+                "counter",
+                "HTTP requests sent to etcd (reads, heartbeats, watches, authentication) and, on the failsafe fallback, to Patroni's /primary.",
+                one(d.requests.to_string()),
+            );
+            family(
                 "dbha_dcs_confirmation_age_seconds",
                 "gauge",
                 "Time since etcd last confirmed the leader (a linearizable read); writes stop past Patroni's ttl - loop_wait.",
@@ -374,6 +381,7 @@ impl Feed {
                     connected: v.connected,
                     revision: v.revision,
                     resyncs: v.resyncs,
+                    requests: v.requests,
                     confirmed: v.confirmed,
                     leader: v.cluster.leader.clone(),
                     failsafe: v.failsafe_primary.is_some()

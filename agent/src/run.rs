@@ -697,6 +697,9 @@ impl Agent {
             .published(&self.state, &self.file, phase, d.choice != before);
         self.log_conflict(&d);
         self.log_dcs(now);
+        let (mono_ns, _) = dbha_protocol::writer::now_ns();
+        self.file
+            .set_dcs(self.state.dcs_area(Instant::now(), mono_ns).as_ref());
         self.watch_for_promotion(now, phase);
         // Only once every endpoint has a verdict: a fresh agent is not in trouble.
         if d.choice.write.is_none() && self.state.all_down() {

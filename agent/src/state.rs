@@ -484,6 +484,40 @@ impl State {
         self.dcs_writes(&self.seen(now), now)?.0.err()
     }
 
+    /// Under `[dcs]`, what the state file's DCS area shows (None without a
+    /// DCS). `mono_ns` is `CLOCK_MONOTONIC` at `now` (an [`Instant`] is that
+    /// clock on Linux), in which the confirmation's time is published.
+    pub fn dcs_area(&self, now: Instant, mono_ns: u64) -> Option<dbha_protocol::Dcs> {
+        self.config.dcs.as_ref()?;
+        let v = self.dcs.clone().unwrap_or_default();
+        let (verdict, owner) = self.dcs_writes(&self.seen(now), now)?;
+        let window = v.cluster.config.window();
+        let failsafe = v.failsafe_primary.is_some()
+            && v.confirmed
+                .is_none_or(|t| now.saturating_duration_since(t) >= window);
+        Some(dbha_protocol::Dcs {
+            connected: v.connected,
+            failsafe,
+            revision: v.revision,
+            resyncs: v.resyncs,
+            confirmed_mono_ns: v.confirmed.map(|t| {
+                let age = now.saturating_duration_since(t).as_nanos();
+                mono_ns
+                    .saturating_sub(u64::try_from(age).unwrap_or(u64::MAX))
+                    .max(1)
+            }),
+            window: Some(window),
+            // On the failsafe fallback, the member whose /primary answered.
+            leader: if failsafe {
+                v.failsafe_primary.clone()
+            } else {
+                v.cluster.leader.clone()
+            },
+            leader_index: owner.and_then(|i| u32::try_from(i).ok()),
+            no_writes: verdict.err().map_or(0, |w| w.code()),
+        })
+    }
+
     /// Under `[dcs]`, when the current confirmation of the leader stops being
     /// trusted (the decision must be made again then, not at the next beat).
     pub fn dcs_expiry(&self) -> Option<Instant> {

@@ -1,7 +1,7 @@
 //! `dbha-agent status` and `watch`: what a reader sees, through the same reader
 //! library the applications use.
 
-use dbha::{Reader, ReplicaLag, Role, Snapshot, Status};
+use dbha::{no_writes, Dcs, Reader, ReplicaLag, Role, Snapshot, Status};
 use serde_json::json;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -41,7 +41,73 @@ pub fn to_json(path: &Path, s: &Snapshot<'_>) -> serde_json::Value {
         "config_generation": s.config_generation,
         "flags": {"stopped": s.stopped(), "conflict": s.conflict()},
         "endpoints": endpoints,
+        "dcs": s.dcs().map(|d| dcs_json(s, &d)),
     })
+}
+
+/// How long ago the DCS last confirmed the leader, on this host's monotonic
+/// clock.
+fn confirmation_age(d: &Dcs) -> Option<Duration> {
+    let (now, _) = dbha_protocol::writer::now_ns();
+    d.confirmed_mono_ns
+        .map(|t| Duration::from_nanos(now.saturating_sub(t)))
+}
+
+/// The JSON form of the DCS area (`status --json`).
+fn dcs_json(s: &Snapshot<'_>, d: &Dcs) -> serde_json::Value {
+    json!({
+        "connected": d.connected,
+        "revision": d.revision,
+        "leader": d.leader,
+        "leader_alias": d.leader_index.and_then(|i| s.alias(i)),
+        "confirmation_age_ms": confirmation_age(d).map(|a| a.as_millis() as u64),
+        "window_ms": d.window.map(|w| w.as_millis() as u64),
+        "failsafe": d.failsafe,
+        "resyncs": d.resyncs,
+        "no_writes": (d.no_writes != no_writes::NONE).then(|| no_writes::name(d.no_writes)),
+    })
+}
+
+/// The DCS area in words: "etcd connected, revision 1234, leader pg1 (db1),
+/// confirmed 0.8s ago (window 8s), 2 resyncs".
+pub fn describe_dcs(s: &Snapshot<'_>, d: &Dcs) -> String {
+    let mut parts = vec![
+        if d.connected {
+            "etcd connected".to_string()
+        } else {
+            "etcd LOST".to_string()
+        },
+        format!("revision {}", d.revision),
+    ];
+    let leader = match (&d.leader, d.leader_index.and_then(|i| s.alias(i))) {
+        (None, _) => "no leader".to_string(),
+        (Some(l), Some(a)) if a == l => format!("leader {l}"),
+        (Some(l), Some(a)) => format!("leader {l} ({a})"),
+        (Some(l), None) => format!("leader {l} (matches no database)"),
+    };
+    parts.push(if d.failsafe {
+        format!("failsafe: {leader}")
+    } else {
+        leader
+    });
+    parts.push(match (confirmation_age(d), d.window) {
+        (None, _) => "never confirmed".into(),
+        (Some(a), Some(w)) => format!(
+            "confirmed {:.1}s ago (trusted for {:.0}s)",
+            a.as_secs_f64(),
+            w.as_secs_f64()
+        ),
+        (Some(a), None) => format!("confirmed {:.1}s ago", a.as_secs_f64()),
+    });
+    parts.push(format!(
+        "{} resync{}",
+        d.resyncs,
+        if d.resyncs == 1 { "" } else { "s" }
+    ));
+    if d.no_writes != no_writes::NONE {
+        parts.push(format!("no writes: {}", no_writes::name(d.no_writes)));
+    }
+    parts.join(", ")
 }
 
 /// Writes `text` to standard output; false when it cannot be written (a reader
@@ -141,6 +207,9 @@ fn human(path: &Path, s: &Snapshot<'_>) -> String {
             flags.join(",")
         },
     );
+    if let Some(d) = s.dcs() {
+        line("dcs", describe_dcs(s, &d));
+    }
     out.push_str(&format!(
         "\n{:<5} {:<24} {:<7} {:<12} {:<12} {}\n",
         "INDEX", "ALIAS", "HEALTH", "ROLE", "LAST PROBE", "REPLICA LAG"
@@ -263,6 +332,11 @@ fn reason(old: &Snapshot<'_>, new: &Snapshot<'_>) -> String {
     if matches!(new.status, Status::Stale | Status::AgentStopped) {
         return String::new();
     }
+    if let Some(d) = new.dcs().filter(|d| d.no_writes != no_writes::NONE) {
+        if new.write_index.is_none() {
+            return format!("dcs: {}", no_writes::name(d.no_writes));
+        }
+    }
     let alias = |i: u32| old.alias(i).unwrap_or("?");
     let same_tables = old.generation == new.generation;
     if let Some(i) = old.write_index.filter(|_| same_tables) {
@@ -325,8 +399,28 @@ pub fn watch(path: &Path, poll: Duration) -> i32 {
         }
     };
     let mut last: Option<Snapshot<'_>> = None;
+    let mut last_dcs = None;
     loop {
         if let Ok(s) = reader.snapshot() {
+            // The DCS source's changes of state (not its revision or the age of
+            // its confirmation, which move all the time).
+            let area = s.dcs();
+            let dcs = area.as_ref().map(|d| {
+                (
+                    d.connected,
+                    d.failsafe,
+                    d.leader.clone(),
+                    d.leader_index,
+                    d.no_writes,
+                )
+            });
+            if let Some(d) = area.filter(|_| dcs != last_dcs) {
+                let line = format!("{} dcs: {}\n", utc(SystemTime::now()), describe_dcs(&s, &d));
+                if !out(&line) {
+                    return 0;
+                }
+                last_dcs = dcs;
+            }
             fn key<'a>(s: &Snapshot<'a>) -> (u64, Status, u64, Option<&'a str>, Option<&'a str>) {
                 (
                     s.epoch,

@@ -4,9 +4,9 @@
 //! mapping.
 
 use crate::{
-    ADDRESSES_OFFSET, ADDRESS_WIDTH, ALIASES_OFFSET, ALIAS_WIDTH, DETAILS_OFFSET, DETAILS_SIZE,
-    FILE_SIZE, HEADER_SIZE, LAG_OFFSET, LAG_WIDTH, LAYOUT_VERSION, MAGIC, MAX_ALIAS_LEN,
-    MAX_ENDPOINTS, MAX_HOST_LEN, RECORD_OFFSET, RECORD_SIZE,
+    ADDRESSES_OFFSET, ADDRESS_WIDTH, ALIASES_OFFSET, ALIAS_WIDTH, DCS_OFFSET, DCS_SIZE,
+    DETAILS_OFFSET, DETAILS_SIZE, FILE_SIZE, HEADER_SIZE, LAG_OFFSET, LAG_WIDTH, LAYOUT_VERSION,
+    MAGIC, MAX_ALIAS_LEN, MAX_ENDPOINTS, MAX_HOST_LEN, RECORD_OFFSET, RECORD_SIZE,
 };
 use std::fmt;
 
@@ -41,6 +41,10 @@ pub struct Header {
     pub lag_offset: u32,
     /// Bytes per replication-lag slot ([`LAG_WIDTH`] when there is an area, else 0).
     pub lag_width: u32,
+    /// Where the DCS area is; 0 when the file has none.
+    pub dcs_offset: u32,
+    /// Size of the DCS area ([`DCS_SIZE`] when there is one, else 0).
+    pub dcs_size: u32,
 }
 
 /// Why a byte buffer is not a header this version understands.
@@ -105,6 +109,8 @@ impl Header {
             address_width: ADDRESS_WIDTH,
             lag_offset: LAG_OFFSET,
             lag_width: LAG_WIDTH,
+            dcs_offset: DCS_OFFSET,
+            dcs_size: DCS_SIZE,
         }
     }
 
@@ -126,6 +132,8 @@ impl Header {
         b[60..64].copy_from_slice(&self.address_width.to_ne_bytes());
         b[64..68].copy_from_slice(&self.lag_offset.to_ne_bytes());
         b[68..72].copy_from_slice(&self.lag_width.to_ne_bytes());
+        b[72..76].copy_from_slice(&self.dcs_offset.to_ne_bytes());
+        b[76..80].copy_from_slice(&self.dcs_size.to_ne_bytes());
         b
     }
 
@@ -169,6 +177,8 @@ impl Header {
             address_width: u32_at(bytes, 60),
             lag_offset: u32_at(bytes, 64),
             lag_width: u32_at(bytes, 68),
+            dcs_offset: u32_at(bytes, 72),
+            dcs_size: u32_at(bytes, 76),
         };
         h.validate()?;
         Ok(h)
@@ -234,6 +244,21 @@ impl Header {
             self.aliases_end().max(self.details_end()),
             "the alias table and probe results",
         )?;
+        if self.dcs_offset != 0 && self.dcs_size != DCS_SIZE {
+            return corrupt(format!(
+                "DCS area size {} (expected {DCS_SIZE})",
+                self.dcs_size
+            ));
+        }
+        self.area(
+            "DCS area",
+            self.dcs_offset,
+            self.dcs_end(),
+            self.aliases_end()
+                .max(self.details_end())
+                .max(self.lag_end()),
+            "the alias table, probe results and replication lag",
+        )?;
         if self.addresses_offset != 0 && self.address_width != ADDRESS_WIDTH {
             return corrupt(format!(
                 "address width {} (expected {ADDRESS_WIDTH})",
@@ -246,8 +271,9 @@ impl Header {
             self.addresses_end(),
             self.aliases_end()
                 .max(self.details_end())
-                .max(self.lag_end()),
-            "the alias table, probe results and replication lag",
+                .max(self.lag_end())
+                .max(self.dcs_end()),
+            "the alias table, probe results, replication lag and DCS area",
         )
     }
 
@@ -287,6 +313,14 @@ impl Header {
             return 0;
         }
         u64::from(self.lag_offset) + u64::from(self.endpoint_count) * u64::from(self.lag_width)
+    }
+
+    /// Offset one past the DCS area (0 when the file has none).
+    pub fn dcs_end(&self) -> u64 {
+        if self.dcs_offset == 0 {
+            return 0;
+        }
+        u64::from(self.dcs_offset) + u64::from(self.dcs_size)
     }
 
     /// Offset one past the last address slot (0 when the file has no address table).

@@ -9,6 +9,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
+pub mod dcs;
 pub mod header;
 pub mod lag;
 #[cfg(not(loom))]
@@ -18,6 +19,7 @@ pub mod seqlock;
 #[cfg(feature = "writer")]
 pub mod writer;
 
+pub use dcs::Dcs;
 pub use header::{Endpoint, Header, HeaderError};
 pub use lag::{Fence, ReplicaLag};
 pub use record::{RecordValues, Status};
@@ -50,6 +52,10 @@ pub const LAG_OFFSET: u32 = DETAILS_OFFSET + DETAILS_SIZE;
 pub const LAG_WIDTH: u32 = 32;
 /// Size of the replication-lag area (one slot per possible endpoint).
 pub const LAG_SIZE: u32 = MAX_ENDPOINTS * LAG_WIDTH;
+/// Offset of the DCS area, right after the replication-lag area.
+pub const DCS_OFFSET: u32 = LAG_OFFSET + LAG_SIZE;
+/// Size of the DCS area: sixteen 64-bit words, a sequence word and 15 data words.
+pub const DCS_SIZE: u32 = 128;
 /// Offset of the address table, after the first two pages (header, record, alias
 /// table, probe results, replication lag). Files written before addresses existed
 /// end there.

@@ -54,6 +54,13 @@ pub fn lag_slot(map: &MmapRaw, offset: usize, index: usize) -> Option<&[AtomicU6
     words(map, at)
 }
 
+/// The DCS area at byte `offset` of `map`: its sequence word and 15 data words
+/// (the record's shape); None when it is not inside the mapping or not aligned.
+#[inline(always)]
+pub fn dcs(map: &MmapRaw, offset: usize) -> Option<(&AtomicU64, &[AtomicU64; DATA_WORDS])> {
+    record(map, offset)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

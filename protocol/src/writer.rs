@@ -814,9 +814,29 @@ impl StateFile {
         }
     }
 
-    /// Every probe result unknown and every lag unmeasured; fences are kept (the
-    /// agent's memory across its restarts).
+    /// Publishes what the agent knows of the DCS it follows (None: it follows
+    /// none), for display, under the area's own seqlock; nothing is stored when
+    /// the area already says it.
+    pub fn set_dcs(&mut self, dcs: Option<&crate::Dcs>) {
+        if !self.ours {
+            return;
+        }
+        let Some((seq, data)) = crate::mapping::dcs(&self.map, crate::DCS_OFFSET as usize) else {
+            return;
+        };
+        let words = dcs.map_or([0; DATA_WORDS], crate::Dcs::to_words);
+        // The single writer is the only one to store: its relaxed loads see its
+        // own stores.
+        let now: [u64; DATA_WORDS] = std::array::from_fn(|i| data[i].load(Ordering::Relaxed));
+        if now != words {
+            seqlock::write(seq, data, &words);
+        }
+    }
+
+    /// Every probe result unknown and every lag unmeasured, the DCS area
+    /// empty; fences are kept (the agent's memory across its restarts).
     fn clear_details(&mut self) {
+        self.set_dcs(None);
         for i in 0..MAX_ENDPOINTS as usize {
             self.set_probe_result(i, crate::probe_result::UNKNOWN);
             self.set_lag(i, &ReplicaLag::default());

@@ -30,9 +30,10 @@ compile_error!(
     "dbha-reader supports x86_64 and aarch64 (relaxed 8-byte loads from read-only memory)"
 );
 
+pub use dbha_protocol::dcs::no_writes;
 use dbha_protocol::header::{decode_addresses, decode_aliases, Header, HeaderError};
 use dbha_protocol::{flags, seqlock, RecordValues, DATA_WORDS, NONE};
-pub use dbha_protocol::{Fence, ReplicaLag, Status};
+pub use dbha_protocol::{Dcs, Fence, ReplicaLag, Status};
 use memmap2::{MmapOptions, MmapRaw};
 use std::ffi::{CStr, CString};
 use std::fmt;
@@ -248,6 +249,8 @@ struct Generation {
     details_offset: Option<usize>,
     /// Where the replication-lag area is in the mapping, when the file has one.
     lag_offset: Option<usize>,
+    /// Where the DCS area is in the mapping, when the file has one.
+    dcs_offset: Option<usize>,
     aliases: Vec<Name>,
     /// One per alias; empty when the file has no address table (an agent from
     /// before addresses were published).
@@ -326,10 +329,15 @@ impl Generation {
         let record_end = u64::from(header.record_offset) + u64::from(header.record_size);
         let details_offset = (header.details_offset != 0).then_some(header.details_offset as usize);
         let lag_offset = (header.lag_offset != 0).then_some(header.lag_offset as usize);
-        // The header check keeps both areas inside file_size, which the file has.
+        let dcs_offset = (header.dcs_offset != 0).then_some(header.dcs_offset as usize);
+        // The header check keeps the areas inside file_size, which the file has.
+        let end = record_end
+            .max(header.details_end())
+            .max(header.lag_end())
+            .max(header.dcs_end());
         let map = MmapOptions::new()
             .offset(0)
-            .len(record_end.max(header.details_end()).max(header.lag_end()) as usize)
+            .len(end as usize)
             .map_raw_read_only(&file)
             .map_err(|e| Error::from_io(path, "mmap", e))?;
         Ok(Generation {
@@ -339,6 +347,7 @@ impl Generation {
             record_offset: header.record_offset as usize,
             details_offset,
             lag_offset,
+            dcs_offset,
             aliases,
             addresses,
             dev: meta.dev(),
@@ -393,6 +402,14 @@ impl Generation {
             .map_or([0; 4], |slot| {
                 std::array::from_fn(|i| slot[i].load(Ordering::Relaxed))
             })
+    }
+
+    /// The DCS area (None when the file has none, the agent follows no DCS,
+    /// or the area stayed busy for every attempt).
+    fn dcs(&self) -> Option<Dcs> {
+        let (seq, data) = dbha_protocol::mapping::dcs(&self.map, self.dcs_offset?)?;
+        let (words, _) = seqlock::read(seq, data, MAX_RETRIES).ok()?;
+        Dcs::from_words(&words)
     }
 
     /// The kind of each endpoint's last probe result (all UNKNOWN when the file
@@ -937,6 +954,14 @@ impl<'r> Snapshot<'r> {
     /// not measured yet, and a file from an agent that does not publish lag.
     pub fn replica_lag(&self, index: u32) -> ReplicaLag {
         self.file.replica_lag(index)
+    }
+
+    /// What the agent knows of the DCS it follows (Patroni's etcd), for
+    /// display: read from this snapshot's file when called, under the area's
+    /// own seqlock (it may be newer than the snapshot). None when the agent
+    /// follows no DCS, or its file has no DCS area.
+    pub fn dcs(&self) -> Option<Dcs> {
+        self.file.dcs()
     }
 
     /// The agent's verdict on endpoint `index` is down (not merely no verdict

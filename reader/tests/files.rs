@@ -850,6 +850,8 @@ fn foreign_layout(dir: &Path) -> PathBuf {
     h.details_offset = (FILE_SIZE - 64) as u32;
     h.lag_offset = 0;
     h.lag_width = 0;
+    h.dcs_offset = 0;
+    h.dcs_size = 0;
     bytes[..128].copy_from_slice(&h.encode());
     bytes[512..512 + aliases.len()].copy_from_slice(&aliases);
     let planted = dbha_protocol::RecordValues {
@@ -982,4 +984,38 @@ fn a_fifo_at_the_path_is_refused_without_waiting_for_a_writer() {
         .recv_timeout(Duration::from_secs(30))
         .expect("a read returned within 30 s");
     assert_eq!(status.unwrap(), Status::AgentStopped);
+}
+
+#[test]
+fn the_dcs_area_is_read_whole_and_a_new_writer_starts_it_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let (mut w, _) = open_writer(&path, &["default", "failover1"]);
+    let r = Reader::open(&path).unwrap();
+    // An agent that follows no DCS says nothing.
+    assert_eq!(r.snapshot().unwrap().dcs(), None);
+    let d = dbha::Dcs {
+        connected: true,
+        revision: 42,
+        resyncs: 1,
+        confirmed_mono_ns: Some(dbha_protocol_now()),
+        window: Some(std::time::Duration::from_secs(8)),
+        leader: Some("pg1".into()),
+        leader_index: Some(1),
+        ..Default::default()
+    };
+    w.set_dcs(Some(&d));
+    assert_eq!(r.snapshot().unwrap().dcs(), Some(d.clone()));
+    let lost = dbha::Dcs {
+        connected: false,
+        no_writes: dbha::no_writes::UNCONFIRMED,
+        ..d
+    };
+    w.set_dcs(Some(&lost));
+    assert_eq!(r.snapshot().unwrap().dcs(), Some(lost));
+    // The next agent on the file: the previous one's view is not its own.
+    drop(w);
+    let (_w, opened) = open_writer(&path, &["default", "failover1"]);
+    assert_eq!(opened, Opened::Reused);
+    assert_eq!(r.snapshot().unwrap().dcs(), None);
 }

@@ -73,6 +73,22 @@ pub struct Etcd {
     /// Whom `etcdctl` and `patronictl` run as: the servers' user, so that a
     /// path cut for root's packets (the agents') leaves them working.
     run_as: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
+    /// Clients over TLS only, with a certificate the CA signed.
+    tls: Option<EtcdTls>,
+    /// `etcdctl --user` (NAME:PASSWORD) once authentication is on.
+    pub ctl_user: Option<String>,
+}
+
+/// PEM files for an etcd that serves clients over TLS only and asks for a
+/// client certificate (`--client-cert-auth`): the CA, the server's
+/// certificate and key (for 127.0.0.1), and a client's for `etcdctl`.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
 }
 
 impl Etcd {
@@ -82,6 +98,16 @@ impl Etcd {
         root: &Path,
         n: usize,
         run_as: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
+    ) -> io::Result<Etcd> {
+        Etcd::start_with(root, n, run_as, None)
+    }
+
+    /// As [`Etcd::start`], its clients served over TLS when `tls` is given.
+    pub fn start_with(
+        root: &Path,
+        n: usize,
+        run_as: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
+        tls: Option<EtcdTls>,
     ) -> io::Result<Etcd> {
         let mut members = Vec::new();
         for i in 0..n {
@@ -104,6 +130,8 @@ impl Etcd {
             members,
             initial_cluster,
             run_as,
+            tls,
+            ctl_user: None,
         };
         for i in 0..n {
             etcd.start_member(i)?;
@@ -119,9 +147,20 @@ impl Etcd {
             .create(true)
             .append(true)
             .open(m.dir.join("etcd.log"))?;
-        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", m.client_port);
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
-        let child = Command::new("etcd")
+        let mut etcd = Command::new("etcd");
+        if let Some(t) = &self.tls {
+            etcd.arg("--cert-file")
+                .arg(&t.cert)
+                .arg("--key-file")
+                .arg(&t.key)
+                .arg("--trusted-ca-file")
+                .arg(&t.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = etcd
             .args(["--name", &m.name, "--data-dir"])
             .arg(m.dir.join("data"))
             .args([
@@ -177,10 +216,16 @@ impl Etcd {
 
     /// Every member's client URL, as `[dcs] etcd` lists them.
     pub fn client_urls(&self) -> Vec<String> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         self.members
             .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .map(|m| format!("{scheme}://127.0.0.1:{}", m.client_port))
             .collect()
+    }
+
+    /// Member `i`'s pid while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.members[i].child.as_ref().map(Child::id)
     }
 
     /// Member `i`'s client port.
@@ -216,9 +261,20 @@ impl Etcd {
             c.uid(uid.as_raw()).gid(gid.as_raw());
         }
         c.env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.hosts()))
-            .args(["--command-timeout=5s", "--dial-timeout=2s"])
-            .args(args);
+            .arg(format!("--endpoints={}", self.client_urls().join(",")))
+            .args(["--command-timeout=5s", "--dial-timeout=2s"]);
+        if let Some(t) = &self.tls {
+            c.arg("--cacert")
+                .arg(&t.ca)
+                .arg("--cert")
+                .arg(&t.client_cert)
+                .arg("--key")
+                .arg(&t.client_key);
+        }
+        if let Some(u) = &self.ctl_user {
+            c.arg(format!("--user={u}"));
+        }
+        c.args(args);
         let out = bounded(c, Duration::from_secs(30))?;
         if !out.status.success() {
             return Err(io::Error::other(format!(
@@ -270,6 +326,11 @@ pub struct Node {
 impl Node {
     pub fn api_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.api_port)
+    }
+
+    /// Patroni's pid while it runs.
+    pub fn patroni_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The postmaster's pid while PostgreSQL runs.

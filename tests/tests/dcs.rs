@@ -262,6 +262,33 @@ fn five_agents_follow_patroni_through_its_etcd() {
     }
 }
 
+/// `dbha-agent status --json` of `state`: its DCS part.
+fn dcs_status(state: &Path) -> serde_json::Value {
+    let out = std::process::Command::new(dbha_tests::agent_bin())
+        .args(["status", "--json", "--read-only-ok", "--state"])
+        .arg(state)
+        .output()
+        .unwrap();
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("status --json: {e}: {out:?}"));
+    j["dcs"].clone()
+}
+
+/// Waits until the DCS part of `status --json` has `key` = `want`.
+fn wait_dcs_status(state: &Path, key: &str, want: serde_json::Value) -> serde_json::Value {
+    dbha_harness::wait::poll(Duration::from_millis(20), PATIENCE, &mut || {
+        let d = dcs_status(state);
+        (d[key] == want).then_some(d)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "status --json: dcs.{key} never became {want}: {}",
+            dcs_status(state)
+        )
+    })
+    .0
+}
+
 /// Writes `value` at `key` under the fake cluster's prefix.
 fn put(etcd: &Etcd, key: &str, value: &str) {
     etcd.ctl(&["put", &format!("/service/fake/{key}"), value])
@@ -307,10 +334,53 @@ fn foreign_content_a_lost_quorum_and_an_agent_started_before_etcd() {
     agents[0].wait_log("dcs: etcd lost");
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(write_of(&readers[0]), None);
+    let state = agents[0].state.clone();
+    let d = dcs_status(&state);
+    assert_eq!(
+        (&d["connected"], &d["no_writes"]),
+        (&false.into(), &"unconfirmed".into()),
+        "{d}"
+    );
+    // `watch` says what the DCS source does as it goes.
+    let mut watch = dbha_tests::Children::default();
+    let out = watch
+        .push(
+            std::process::Command::new(dbha_tests::agent_bin())
+                .args(["watch", "--state"])
+                .arg(&state)
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        )
+        .stdout
+        .take()
+        .unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(String::new()));
+    let lines = seen.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let mut all = lines.lock().unwrap();
+            all.push_str(&line);
+            all.push('\n');
+        }
+    });
     for i in 0..3 {
         etcd.start_member(i).unwrap();
     }
     all_write(&agents, &readers, Some("a"));
+    // status shows the DCS source: connected, the leader and the database it
+    // matched, a recent confirmation, no refusal.
+    let d = wait_dcs_status(&state, "no_writes", serde_json::Value::Null);
+    assert_eq!(d["connected"], true, "{d}");
+    assert_eq!(
+        (&d["leader"], &d["leader_alias"]),
+        (&"a".into(), &"a".into())
+    );
+    assert_eq!(d["window_ms"], 5000, "{d}");
+    assert!(d["confirmation_age_ms"].as_u64().unwrap() < 5000, "{d}");
+    assert!(d["revision"].as_u64().unwrap() > 0, "{d}");
+    assert_eq!(d["failsafe"], false, "{d}");
 
     // Foreign content: each gets no write endpoint, loudly, and no crash.
     let unknown = free_port("127.0.0.1").unwrap();
@@ -327,6 +397,13 @@ fn foreign_content_a_lost_quorum_and_an_agent_started_before_etcd() {
         put(&etcd, key, &value);
         all_write(&agents, &readers, None);
         agents[0].wait_log(said);
+        if value == "ghost" {
+            let d = wait_dcs_status(&state, "no_writes", "unknown_member".into());
+            assert_eq!(
+                (&d["leader"], &d["leader_alias"]),
+                (&"ghost".into(), &serde_json::Value::Null)
+            );
+        }
         put(&etcd, "leader", "a");
         put(&etcd, "members/a", &member(listeners[0].port, "master"));
         all_write(&agents, &readers, Some("a"));
@@ -344,8 +421,176 @@ fn foreign_content_a_lost_quorum_and_an_agent_started_before_etcd() {
         "{:?}",
         lost.elapsed()
     );
+    let d = wait_dcs_status(&state, "no_writes", "unconfirmed".into());
+    assert_eq!(d["connected"], false, "{d}");
     etcd.start_member(1).unwrap();
     etcd.start_member(2).unwrap();
     all_write(&agents, &readers, Some("a"));
+    wait_dcs_status(&state, "connected", true.into());
     assert!(!agents[0].log().contains("panicked"), "{}", agents[0].log());
+    drop(watch);
+    let seen = seen.lock().unwrap().clone();
+    for said in [
+        "dcs: etcd LOST",
+        "dcs: etcd connected",
+        "leader ghost (matches no database)",
+        "no writes: unknown_member",
+        "(dcs: unconfirmed)",
+    ] {
+        assert!(seen.contains(said), "watch did not say {said:?}:\n{seen}");
+    }
+}
+
+/// A CA's certificate (PEM) and a function that signs leaf certificates for
+/// names with it, with a CommonName or none: (certificate, key) in PEM. With
+/// --client-cert-auth, etcd's gateway refuses a client certificate that has
+/// a CommonName (HTTP 400).
+/// A certificate and its key, in PEM.
+type Pem = (String, String);
+
+fn ca(name: &str) -> (String, impl Fn(&[&str], Option<&str>) -> Pem) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let ca = params.self_signed(&ca_key).unwrap();
+    let pem = ca.pem();
+    let sign = move |names: &[&str], common_name: Option<&str>| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        if let Some(cn) = common_name {
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, cn);
+        }
+        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    (pem, sign)
+}
+
+fn file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
+#[test]
+fn etcd_over_tls_with_a_client_certificate_and_a_password() {
+    if dbha_tests::require("etcd", "for the DCS tests (etcd-server)").is_none()
+        || dbha_tests::require("etcdctl", "for the DCS tests (etcd-client)").is_none()
+    {
+        return;
+    }
+    let dir = Scratch::new("dcs-tls").unwrap();
+    let d = dir.path();
+    let (ca_pem, sign) = ca("dbha test etcd CA");
+    let (server, server_key) = sign(&["127.0.0.1", "localhost"], None);
+    let (client, client_key) = sign(&["dbha-client"], None);
+    let (named, named_key) = sign(&["dbha-client"], Some("dbha"));
+    let (_, other_sign) = ca("another CA");
+    let (stranger, stranger_key) = other_sign(&["dbha-client"], None);
+    let tls = patroni::EtcdTls {
+        ca: file(d, "ca.pem", &ca_pem),
+        cert: file(d, "server.pem", &server),
+        key: file(d, "server-key.pem", &server_key),
+        client_cert: file(d, "client.pem", &client),
+        client_key: file(d, "client-key.pem", &client_key),
+    };
+    let mut etcd = Etcd::start_with(d, 1, None, Some(tls.clone())).unwrap();
+    // Authentication on, the agents' user allowed only to read the cluster's
+    // prefix (as the operator's guide says to set it up).
+    let _ = etcd.ctl(&["role", "add", "root"]);
+    for args in [
+        &["user", "add", "root", "--new-user-password=root-pw"][..],
+        &["user", "grant-role", "root", "root"],
+        &["role", "add", "dbha-ro"],
+        &[
+            "role",
+            "grant-permission",
+            "dbha-ro",
+            "read",
+            "--prefix=true",
+            "/service/fake/",
+        ],
+        &["user", "add", "dbha", "--new-user-password=dbha-pw"],
+        &["user", "grant-role", "dbha", "dbha-ro"],
+        &["auth", "enable"],
+    ] {
+        etcd.ctl(args).unwrap();
+    }
+    etcd.ctl_user = Some("root:root-pw".into());
+    let listeners: Vec<Listener> = (0..2).map(|_| Listener::bind(0).unwrap()).collect();
+    let dbs = vec![
+        ("a".to_owned(), listeners[0].port),
+        ("b".to_owned(), listeners[1].port),
+    ];
+    put(
+        &etcd,
+        "config",
+        r#"{"ttl":6,"loop_wait":1,"retry_timeout":2}"#,
+    );
+    put(&etcd, "members/a", &member(listeners[0].port, "master"));
+    put(&etcd, "members/b", &member(listeners[1].port, "replica"));
+    put(&etcd, "leader", "a");
+
+    let urls = etcd.client_urls();
+    let good = file(d, "password", "dbha-pw\n");
+    let wrong = file(d, "wrong-password", "not-it\n");
+    let stranger_cert = file(d, "stranger.pem", &stranger);
+    let stranger_key = file(d, "stranger-key.pem", &stranger_key);
+    let named_cert = file(d, "named.pem", &named);
+    let named_key = file(d, "named-key.pem", &named_key);
+    // (agent, password file, client certificate and key)
+    let setups = [
+        ("good", &good, &tls.client_cert, &tls.client_key),
+        ("bad-password", &wrong, &tls.client_cert, &tls.client_key),
+        ("stranger", &good, &stranger_cert, &stranger_key),
+        ("named", &good, &named_cert, &named_key),
+    ];
+    let agents: Vec<AgentProc> = setups
+        .iter()
+        .map(|(name, password, cert, key)| {
+            AgentProc::start(d, name, |s| {
+                config(s, &urls, "fake", &dbs).replace(
+                    "timeout = \"1s\"\n",
+                    &format!(
+                        "timeout = \"1s\"\nuser = \"dbha\"\npassword_file = \"{}\"\ncacert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+                        password.display(),
+                        tls.ca.display(),
+                        cert.display(),
+                        key.display()
+                    ),
+                )
+            })
+        })
+        .collect();
+    let readers: Vec<Reader> = agents.iter().map(AgentProc::reader).collect();
+    // Over TLS, with the client certificate and the password: the leader.
+    all_write(&agents[..1], &readers[..1], Some("a"));
+    let status = wait_dcs_status(&agents[0].state, "connected", true.into());
+    assert_eq!(status["leader_alias"], "a", "{status}");
+    // A wrong password: refused by etcd, said so, no writes.
+    agents[1].wait_log("authentication as \"dbha\" refused");
+    // A client certificate etcd's CA did not sign: no TLS session, no writes.
+    agents[2].wait_log("dcs: etcd lost");
+    // A client certificate with a CommonName: the gateway refuses it, and the
+    // log says what to do.
+    agents[3].wait_log("refuses a client certificate that has a CommonName");
+    std::thread::sleep(Duration::from_secs(1));
+    for (a, r) in agents[1..].iter().zip(&readers[1..]) {
+        assert_eq!(write_of(r), None, "{}", a.log());
+        assert!(!a.log().contains("panicked"), "{}", a.log());
+    }
+    // A leader change reaches the authenticated agent through its watch.
+    put(&etcd, "members/b", &member(listeners[1].port, "master"));
+    put(&etcd, "members/a", &member(listeners[0].port, "replica"));
+    put(&etcd, "leader", "b");
+    all_write(&agents[..1], &readers[..1], Some("b"));
 }

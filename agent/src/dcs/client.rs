@@ -37,6 +37,19 @@ pub fn tls_config(s: &Settings) -> Result<Arc<rustls::ClientConfig>, String> {
     tls::https_config(s.cacert.as_deref(), client)
 }
 
+/// An answer other than 200, in words: the status and what etcd said.
+fn refusal(status: u16, body: &[u8]) -> String {
+    let why = etcd::error_text(body);
+    // etcd's JSON gateway refuses every request whose client certificate has
+    // a CommonName when --client-cert-auth is on.
+    let hint = if why.contains("CommonName") {
+        "; with --client-cert-auth, etcd's JSON gateway (which dbha and Patroni use) refuses a client certificate that has a CommonName: issue one without"
+    } else {
+        ""
+    };
+    format!("HTTP {status}: {why}{hint}")
+}
+
 /// Dropping it stops the thread.
 pub struct Stop {
     _peer: UnixStream,
@@ -102,6 +115,8 @@ struct Client<E> {
     token: Option<String>,
     follower: Follower,
     resyncs: u64,
+    /// HTTP requests sent to etcd and to Patroni's REST API, since the start.
+    requests: u64,
     error: Option<String>,
     failsafe_primary: Option<String>,
     connected: bool,
@@ -145,6 +160,7 @@ pub fn spawn<E: From<View> + Send + 'static>(
                 unary: None,
                 token: None,
                 resyncs: 0,
+                requests: 0,
                 error: None,
                 failsafe_primary: None,
                 connected: false,
@@ -171,6 +187,7 @@ impl<E: From<View>> Client<E> {
             connected: self.connected,
             revision: self.follower.revision(),
             resyncs: self.resyncs,
+            requests: self.requests,
             endpoint: self.url().to_string(),
             error: self.error.clone(),
             failsafe_primary: self.failsafe_primary.clone(),
@@ -255,10 +272,7 @@ impl<E: From<View>> Client<E> {
         if status == 200 {
             return Ok(body);
         }
-        let why = etcd::parse_range(&body)
-            .err()
-            .unwrap_or_else(|| "an answer without an error".into());
-        Err(format!("{}: HTTP {status} ({why})", self.url()))
+        Err(format!("{}: {}", self.url(), refusal(status, &body)))
     }
 
     fn authenticate(&mut self, deadline: Instant) -> Result<(), String> {
@@ -273,8 +287,9 @@ impl<E: From<View>> Client<E> {
         )?;
         if status != 200 {
             return Err(format!(
-                "{}: authentication as {user:?} refused (HTTP {status})",
-                self.url()
+                "{}: authentication as {user:?} refused ({})",
+                self.url(),
+                refusal(status, &body)
             ));
         }
         self.token = Some(etcd::parse_auth(&body).map_err(|e| format!("{}: {e}", self.url()))?);
@@ -311,6 +326,7 @@ impl<E: From<View>> Client<E> {
                 authorization: token.as_deref(),
                 json: Some(body),
             };
+            self.requests += 1;
             match conn.request(&req, deadline, etcd::MAX_MESSAGE) {
                 Ok(r) => {
                     if !conn.reusable() {
@@ -349,6 +365,7 @@ impl<E: From<View>> Client<E> {
         let mut watch = self.connect(&url, deadline)?;
         let req = etcd::watch_request(&self.prefix, self.follower.revision() + 1);
         let token = self.token.clone();
+        self.requests += 1;
         let head = watch
             .send(
                 &Request {
@@ -524,6 +541,7 @@ impl<E: From<View>> Client<E> {
             authorization: None,
             json: None,
         };
+        self.requests += 1;
         conn.request(&req, deadline, 256 * 1024)
             .is_ok_and(|r| r.status == 200)
     }

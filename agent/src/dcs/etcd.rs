@@ -175,6 +175,23 @@ fn error_of(v: &Value) -> Option<String> {
     Some(format!("etcd answered an error: {}", shown(text)))
 }
 
+/// What an answer that is not a success says: etcd's error (JSON), else its
+/// text (the gateway answers some refusals in plain text), escaped and cut.
+pub fn error_text(body: &[u8]) -> String {
+    if let Some(e) = serde_json::from_slice::<Value>(body)
+        .ok()
+        .as_ref()
+        .and_then(error_of)
+    {
+        return e;
+    }
+    let text = String::from_utf8_lossy(&body[..body.len().min(512)]);
+    match text.trim() {
+        "" => "no explanation".into(),
+        t => format!("etcd answered: {}", shown(t)),
+    }
+}
+
 /// Parses the answer to a range request.
 pub fn parse_range(body: &[u8]) -> Result<Range, String> {
     let v = parse_json(body)?;
@@ -376,6 +393,20 @@ mod tests {
     // As etcd 3.4.23's gateway answered (see the module's tests in dcs/mod.rs
     // for the live ones).
     const RANGE: &str = r#"{"header":{"cluster_id":"12101053776118486841","member_id":"15985099378392235387","revision":"27","raft_term":"2"},"kvs":[{"key":"L3NlcnZpY2UvZGVtby9sZWFkZXI=","create_revision":"13","mod_revision":"13","version":"1","value":"cGcx","lease":"9041999024670094347"}],"count":"1"}"#;
+
+    #[test]
+    fn a_refusal_is_said_as_etcd_said_it_json_or_text() {
+        assert_eq!(
+            error_text(br#"{"error":"etcdserver: authentication failed, invalid user ID or password","code":3}"#),
+            "etcd answered an error: etcdserver: authentication failed, invalid user ID or password"
+        );
+        assert_eq!(
+            error_text(b"CommonName of client sending a request against gateway will be ignored\n"),
+            "etcd answered: CommonName of client sending a request against gateway will be ignored"
+        );
+        assert_eq!(error_text(b""), "no explanation");
+        assert!(error_text(&[0xff; 4000]).len() < 600);
+    }
 
     #[test]
     fn a_range_answer() {

@@ -271,6 +271,9 @@ pub struct View {
     pub revision: u64,
     /// Full reads after a break, since the start.
     pub resyncs: u64,
+    /// HTTP requests sent (to etcd, and to Patroni's `/primary` on the
+    /// failsafe fallback), since the start.
+    pub requests: u64,
     /// The etcd endpoint in use (or last tried).
     pub endpoint: String,
     /// The last thing that went wrong, while it lasts.
@@ -311,19 +314,25 @@ pub enum NoWrites {
 }
 
 impl NoWrites {
-    /// A stable name, for metrics.
-    pub fn kind(&self) -> &'static str {
+    /// Its number in the state file's DCS area (LAYOUT.md).
+    pub fn code(&self) -> u8 {
+        use dbha_protocol::dcs::no_writes as k;
         match self {
-            NoWrites::Unconfirmed { .. } => "unconfirmed",
-            NoWrites::NoLeader => "no_leader",
-            NoWrites::UnknownMember { .. } => "unknown_member",
-            NoWrites::Unmatched { .. } => "unmatched",
-            NoWrites::NotPromoted { .. } => "not_promoted",
-            NoWrites::Unreachable { .. } => "unreachable",
-            NoWrites::Fenced { .. } => "fenced",
-            NoWrites::Restarted { .. } => "restarted",
-            NoWrites::OtherPrimary { .. } => "other_primary",
+            NoWrites::Unconfirmed { .. } => k::UNCONFIRMED,
+            NoWrites::NoLeader => k::NO_LEADER,
+            NoWrites::UnknownMember { .. } => k::UNKNOWN_MEMBER,
+            NoWrites::Unmatched { .. } => k::UNMATCHED,
+            NoWrites::NotPromoted { .. } => k::NOT_PROMOTED,
+            NoWrites::Unreachable { .. } => k::UNREACHABLE,
+            NoWrites::Fenced { .. } => k::FENCED,
+            NoWrites::Restarted { .. } => k::RESTARTED,
+            NoWrites::OtherPrimary { .. } => k::OTHER_PRIMARY,
         }
+    }
+
+    /// Its stable name (metrics, `dbha-agent status`), as LAYOUT.md names it.
+    pub fn kind(&self) -> &'static str {
+        dbha_protocol::dcs::no_writes::name(self.code())
     }
 }
 
