@@ -1,5 +1,5 @@
 //! What etcd's JSON gateway sends, arbitrary: a range answer, then a watch
-//! stream in pieces, each applied to the follower, then the Patroni keys read
+//! stream in pieces (and the range answer read as a refusal), each applied to the follower, then the Patroni keys read
 //! from what it holds. An error that says what was wrong, never a panic, and
 //! never an allocation sized by the input beyond the caps.
 //!
@@ -21,6 +21,8 @@ fuzz_target!(|data: &[u8]| {
         None => (rest, &[][..]),
     };
     let mut f = Follower::new("/service/dbha/");
+    // A refusal's text, as the log would say it: escaped and cut.
+    assert!(etcd::error_text(range).len() <= 2048);
     if let Ok(r) = etcd::parse_range(range) {
         let _ = f.snapshot(&r, Instant::now());
         let _ = f.heartbeat("leader", &r, Instant::now());
