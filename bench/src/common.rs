@@ -128,3 +128,42 @@ pub fn clk_tck() -> f64 {
         .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
         .unwrap_or(100.0)
 }
+
+/// A tiny deterministic generator (xorshift64*): the soaks' sequences of
+/// events, the same for the same seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    pub fn ms(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(lo + self.below(hi - lo + 1))
+    }
+}
+
+/// Clock ticks of CPU process `pid` has used so far: its own, its reaped
+/// children's (cutime, cstime), and every live child's own (a postmaster's
+/// backends). 0 when it is gone.
+pub fn tree_ticks(pid: u32) -> u64 {
+    let Some(me) = proc_stat(pid) else {
+        return 0;
+    };
+    let children: u64 = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(proc_stat)
+        .filter(|s| u32::try_from(s.ppid).ok() == Some(pid))
+        .map(|s| s.own)
+        .sum();
+    me.own + me.reaped + children
+}

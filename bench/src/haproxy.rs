@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// What HAProxy's runtime API answers to `command`.
-fn haproxy_says(socket: &Path, command: &str) -> Option<String> {
+pub(crate) fn haproxy_says(socket: &Path, command: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::os::unix::net::UnixStream::connect(socket).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;

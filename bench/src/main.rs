@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod common;
+mod dcs;
 mod django;
 mod failover;
 mod footprint;
@@ -111,6 +112,28 @@ enum What {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Patroni followed from the app hosts: a leader change (switchover, kill -9)
+    /// to five [dcs] agents' readers; the switchover through the Patroni REST
+    /// check and HAProxy (Patroni's sample settings, inter 100ms); logins and
+    /// CPU per app host of each way of knowing the primary.
+    Dcs {
+        #[arg(long, default_value_t = 10)]
+        switchovers: usize,
+        #[arg(long, default_value_t = 4)]
+        kills: usize,
+        /// How long each way's cost is measured.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
+    /// etcd frozen and killed at random under five [dcs] agents: writes never
+    /// published past ttl - loop_wait after etcd was lost. Fails on any
+    /// violation.
+    DcsSoak {
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// (Internal) one reader process of `soak` and `soak-operators`.
     #[command(hide = true)]
     SoakReader {
@@ -206,6 +229,12 @@ fn main() {
             stop_file,
         } => soak::reader(&state, seconds, stop_file.as_deref()),
         What::ProbeCost => probecost::probecost(cli.quick),
+        What::Dcs {
+            switchovers,
+            kills,
+            seconds,
+        } => dcs::run(cli.quick, switchovers, kills, seconds),
+        What::DcsSoak { seconds, seed } => dcs::soak(if cli.quick { 40 } else { seconds }, seed),
         What::Window { seconds } => probecost::window(cli.quick, seconds),
         What::Restart { trials } => {
             failover::restart(if cli.quick { 1 } else { trials_said(trials) })

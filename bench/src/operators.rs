@@ -15,6 +15,7 @@
 //! `interval` (the agent's `dbha_probes_total`): a fast pace never outlives its
 //! verdict attempt.
 
+use crate::common::Rng;
 use crate::soak::Found;
 use dbha::Reader;
 use dbha_harness::pg::{Cluster, StopMode};
@@ -201,18 +202,6 @@ impl World {
             std::thread::sleep(Duration::from_millis(100));
         }
         set(conninfo.trim());
-    }
-}
-
-/// A tiny deterministic generator (xorshift64*), as `soak` has.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
     }
 }
 

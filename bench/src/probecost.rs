@@ -3,7 +3,7 @@
 //! held session's status query, a new SCRAM login per probe, and HAProxy's
 //! pgsql-check, all against one server in one run, less the server's idle CPU.
 
-use crate::common::{clk_tck, proc_stat};
+use crate::common::{clk_tck, tree_ticks};
 use dbha_agent::config::{Check, Database, Secret, Session, SslMode};
 use dbha_agent::probe::Prober;
 use dbha_harness::pg::Cluster;
@@ -13,26 +13,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Clock ticks of CPU the server has used so far: the postmaster's own and its
-/// reaped children's (cutime, cstime), plus every live child's.
+/// reaped children's, plus every live child's.
 fn server_ticks(c: &Cluster) -> u64 {
-    let Some(pm) = c
-        .postmaster_pid()
+    c.postmaster_pid()
         .and_then(|p| u32::try_from(p.as_raw()).ok())
-    else {
-        return 0;
-    };
-    let Some(postmaster) = proc_stat(pm) else {
-        return 0;
-    };
-    let children: u64 = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(proc_stat)
-        .filter(|s| u32::try_from(s.ppid).ok() == Some(pm))
-        .map(|s| s.own)
-        .sum();
-    postmaster.own + postmaster.reaped + children
+        .map_or(0, tree_ticks)
 }
 
 /// The server's CPU (ms) over `work`, less what it uses idle in as long.

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 /// The sections `all` fills, in order: (marker name, arguments).
-const SECTIONS: [(&str, &[&str]); 14] = [
+const SECTIONS: [(&str, &[&str]); 16] = [
     ("reader", &["reader"]),
     ("scaling", &["scaling"]),
     ("switch", &["switch"]),
@@ -22,6 +22,8 @@ const SECTIONS: [(&str, &[&str]); 14] = [
     ),
     ("soak", &["soak"]),
     ("soak-operators", &["soak-operators"]),
+    ("dcs", &["dcs"]),
+    ("dcs-soak", &["dcs-soak"]),
     ("python", &[]),
 ];
 

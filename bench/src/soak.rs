@@ -15,6 +15,7 @@
 //! the process being descheduled, not waiting) and how long readers saw "stale"
 //! after each kill.
 
+use crate::common::Rng;
 use dbha::{Reader, Status};
 use dbha_tests::agentproc::{config, AgentProc, Timing};
 use dbha_tests::netfault::Blackhole;
@@ -155,26 +156,6 @@ fn serve(mut conn: TcpStream, mode: &AtomicU8, stop: &AtomicBool) {
     let _ = conn.write_all(&reply);
     let mut sink = [0u8; 64];
     let _ = conn.read(&mut sink);
-}
-
-/// A tiny deterministic generator (xorshift64*), so that a run can be repeated.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn ms(&mut self, lo: u64, hi: u64) -> Duration {
-        Duration::from_millis(lo + self.below(hi - lo + 1))
-    }
 }
 
 /// What one reader process found (one line of `key=value` pairs on stdout).
