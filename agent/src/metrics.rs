@@ -384,9 +384,7 @@ impl Feed {
                     requests: v.requests,
                     confirmed: v.confirmed,
                     leader: v.cluster.leader.clone(),
-                    failsafe: v.failsafe_primary.is_some()
-                        && v.confirmed
-                            .is_none_or(|t| t.elapsed() >= v.cluster.config.window()),
+                    failsafe: v.on_failsafe(Instant::now()),
                     no_writes: state
                         .dcs_no_writes(Instant::now())
                         .map(|w| w.kind().to_owned()),

@@ -696,10 +696,12 @@ impl Agent {
         self.readiness
             .published(&self.state, &self.file, phase, d.choice != before);
         self.log_conflict(&d);
-        self.log_dcs(now);
-        let (mono_ns, _) = dbha_protocol::writer::now_ns();
-        self.file
-            .set_dcs(self.state.dcs_area(Instant::now(), mono_ns).as_ref());
+        // The DCS's verdict once, for the log and the state file's DCS area.
+        let verdict = self.state.dcs_verdict(now);
+        self.log_dcs(verdict.as_ref().map(|(v, _)| v.as_ref().err()));
+        let clock = (Instant::now(), dbha_protocol::writer::now_ns().0);
+        let area = self.state.dcs_area(now, clock, verdict.as_ref());
+        self.file.set_dcs(area.as_ref());
         self.watch_for_promotion(now, phase);
         // Only once every endpoint has a verdict: a fresh agent is not in trouble.
         if d.choice.write.is_none() && self.state.all_down() {
@@ -714,13 +716,13 @@ impl Agent {
         }
     }
 
-    /// Under `[dcs]`: why writes go to no endpoint, logged when the reason
-    /// changes (and when writes go somewhere again).
-    fn log_dcs(&mut self, now: Instant) {
-        if self.state.config.dcs.is_none() {
+    /// Under `[dcs]` (`refusal` Some: the verdict's refusal, if any): why
+    /// writes go to no endpoint, logged when the reason changes (and when
+    /// writes go somewhere again).
+    fn log_dcs(&mut self, refusal: Option<Option<&crate::dcs::NoWrites>>) {
+        let Some(refusal) = refusal else {
             return;
-        }
-        let refusal = self.state.dcs_no_writes(now);
+        };
         // The same reason is logged once, however its figures move.
         let why = refusal.as_ref().map(|w| match w {
             crate::dcs::NoWrites::Unconfirmed { .. } => w.kind().to_owned(),
@@ -729,7 +731,7 @@ impl Agent {
         if why == self.dcs_refusal {
             return;
         }
-        match &refusal {
+        match refusal {
             Some(w) => warn!("dcs: writes to no endpoint: {w}"),
             None => info!(
                 "dcs: writes to {} (Patroni's leader, confirmed by etcd)",

@@ -478,35 +478,50 @@ impl State {
         Some(crate::dcs::writes(view, now, &self.config.databases, seen))
     }
 
+    /// Under `[dcs]`, the DCS's verdict at `now` (None without a DCS): what
+    /// the log, the metrics and the state file's DCS area say.
+    #[allow(clippy::type_complexity)]
+    pub fn dcs_verdict(
+        &self,
+        now: Instant,
+    ) -> Option<(Result<usize, crate::dcs::NoWrites>, Option<usize>)> {
+        self.dcs_writes(&self.seen(now), now)
+    }
+
     /// Under `[dcs]`, why writes go to no endpoint now (None when they go
     /// somewhere, or without a DCS).
     pub fn dcs_no_writes(&self, now: Instant) -> Option<crate::dcs::NoWrites> {
-        self.dcs_writes(&self.seen(now), now)?.0.err()
+        self.dcs_verdict(now)?.0.err()
     }
 
-    /// Under `[dcs]`, what the state file's DCS area shows (None without a
-    /// DCS). `mono_ns` is `CLOCK_MONOTONIC` at `now` (an [`Instant`] is that
-    /// clock on Linux), in which the confirmation's time is published.
-    pub fn dcs_area(&self, now: Instant, mono_ns: u64) -> Option<dbha_protocol::Dcs> {
-        self.config.dcs.as_ref()?;
+    /// Under `[dcs]`, what the state file's DCS area shows for `verdict` (a
+    /// [`State::dcs_verdict`] at `now`); None without a DCS. The
+    /// confirmation's time is published on `CLOCK_MONOTONIC`: `clock` is an
+    /// [`Instant`] and that clock's ns at the same moment (an `Instant` is
+    /// that clock on Linux).
+    #[allow(clippy::type_complexity)]
+    pub fn dcs_area(
+        &self,
+        now: Instant,
+        clock: (Instant, u64),
+        verdict: Option<&(Result<usize, crate::dcs::NoWrites>, Option<usize>)>,
+    ) -> Option<dbha_protocol::Dcs> {
+        let (verdict, owner) = verdict?;
         let v = self.dcs.clone().unwrap_or_default();
-        let (verdict, owner) = self.dcs_writes(&self.seen(now), now)?;
-        let window = v.cluster.config.window();
-        let failsafe = v.failsafe_primary.is_some()
-            && v.confirmed
-                .is_none_or(|t| now.saturating_duration_since(t) >= window);
+        let failsafe = v.on_failsafe(now);
+        let (at, mono_ns) = clock;
         Some(dbha_protocol::Dcs {
             connected: v.connected,
             failsafe,
             revision: v.revision,
             resyncs: v.resyncs,
             confirmed_mono_ns: v.confirmed.map(|t| {
-                let age = now.saturating_duration_since(t).as_nanos();
+                let age = at.saturating_duration_since(t).as_nanos();
                 mono_ns
                     .saturating_sub(u64::try_from(age).unwrap_or(u64::MAX))
                     .max(1)
             }),
-            window: Some(window),
+            window: Some(v.cluster.config.window()),
             // On the failsafe fallback, the member whose /primary answered.
             leader: if failsafe {
                 v.failsafe_primary.clone()
@@ -514,7 +529,7 @@ impl State {
                 v.cluster.leader.clone()
             },
             leader_index: owner.and_then(|i| u32::try_from(i).ok()),
-            no_writes: verdict.err().map_or(0, |w| w.code()),
+            no_writes: verdict.as_ref().err().map_or(0, |w| w.code()),
         })
     }
 

@@ -10,7 +10,7 @@
 //!   never published longer than `ttl - loop_wait` after etcd was lost.
 
 use crate::common::{clk_tck, percentile, tree_ticks, Rng};
-use crate::haproxy::haproxy_says;
+use crate::haproxy::{haproxy_says, start_haproxy};
 use dbha::Reader;
 use dbha_agent::dcs::etcd::{self, Event, Watch};
 use dbha_agent::http::{Conn, Request, Url};
@@ -20,7 +20,7 @@ use dbha_tests::metrics::{http_get, metric};
 use dbha_tests::patroni::{self, Cluster, Timing};
 use dbha_tests::Children;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -273,42 +273,33 @@ impl Haproxy {
         let path = dir.join("haproxy.cfg");
         std::fs::write(&path, cfg).unwrap();
         let mut children = Children::default();
-        children.push(
-            Command::new(haproxy)
-                .arg("-db")
-                .arg("-f")
-                .arg(&path)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start haproxy"),
-        );
+        start_haproxy(&haproxy, &path, &mut children);
         Haproxy {
             socket,
             _children: children,
         }
     }
+}
 
-    /// The one server of `backend` HAProxy has up, when exactly one is up and
-    /// every other is down (a switch completed).
-    fn only_up(&self, backend: &str) -> Option<String> {
-        let out = haproxy_says(&self.socket, &format!("show servers state {backend}"))?;
-        // "be_id be_name srv_id srv_name srv_addr srv_op_state ...": 2 is
-        // running, 0 stopped.
-        let states: Vec<(String, String)> = out
-            .lines()
-            .map(|l| l.split_whitespace().collect::<Vec<_>>())
-            .filter(|f| f.len() > 5 && f[1] == backend)
-            .map(|f| (f[3].to_owned(), f[5].to_owned()))
-            .collect();
-        let up: Vec<&String> = states
-            .iter()
-            .filter(|(_, s)| s == "2")
-            .map(|(n, _)| n)
-            .collect();
-        let down = states.iter().filter(|(_, s)| s == "0").count();
-        (up.len() == 1 && down + 1 == states.len()).then(|| up[0].clone())
-    }
+/// The one server of `backend` that HAProxy (its runtime API on `socket`) has
+/// up, when exactly one is up and every other is down (a switch completed).
+fn only_up(socket: &Path, backend: &str) -> Option<String> {
+    let out = haproxy_says(socket, &format!("show servers state {backend}"))?;
+    // "be_id be_name srv_id srv_name srv_addr srv_op_state ...": 2 is
+    // running, 0 stopped.
+    let states: Vec<(String, String)> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() > 5 && f[1] == backend)
+        .map(|f| (f[3].to_owned(), f[5].to_owned()))
+        .collect();
+    let up: Vec<&String> = states
+        .iter()
+        .filter(|(_, s)| s == "2")
+        .map(|(n, _)| n)
+        .collect();
+    let down = states.iter().filter(|(_, s)| s == "0").count();
+    (up.len() == 1 && down + 1 == states.len()).then(|| up[0].clone())
 }
 
 /// Who sees the switch, and when.
@@ -348,15 +339,11 @@ fn observe(obs: &Observers, from: &str, within: Duration, go: impl FnOnce()) -> 
     let socket = obs.haproxy.socket.clone();
     let old = from.to_owned();
     let haproxy = std::thread::spawn(move || {
-        let h = Haproxy {
-            socket,
-            _children: Children::default(),
-        };
         let mut seen: Seen = vec![None; BACKENDS.len()];
         while Instant::now() < until && seen.iter().any(Option::is_none) {
             for (b, s) in BACKENDS.iter().zip(seen.iter_mut()) {
                 if s.is_none() {
-                    if let Some(up) = h.only_up(b).filter(|u| *u != old) {
+                    if let Some(up) = only_up(&socket, b).filter(|u| *u != old) {
                         *s = Some((Instant::now(), up));
                     }
                 }
@@ -381,7 +368,7 @@ fn steady(obs: &Observers, leader: &str) {
         let readers = rs.iter().all(|r| r.write_alias() == Some(leader));
         let haproxy = BACKENDS
             .iter()
-            .all(|b| obs.haproxy.only_up(b).as_deref() == Some(leader));
+            .all(|b| only_up(&obs.haproxy.socket, b).as_deref() == Some(leader));
         (readers && haproxy).then_some(())
     });
     assert!(

@@ -22,6 +22,21 @@ pub(crate) fn haproxy_says(socket: &Path, command: &str) -> Option<String> {
     Some(out)
 }
 
+/// Starts `haproxy` in the foreground on configuration `cfg`, stopped with
+/// `children`.
+pub(crate) fn start_haproxy(haproxy: &Path, cfg: &Path, children: &mut Children) {
+    children.push(
+        Command::new(haproxy)
+            .arg("-db")
+            .arg("-f")
+            .arg(cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start haproxy"),
+    );
+}
+
 /// Whether HAProxy's runtime API reports server `name` of backend `pg` down.
 fn haproxy_down(socket: &Path, name: &str) -> Option<bool> {
     let out = haproxy_says(socket, "show servers state pg")?;
@@ -81,16 +96,7 @@ pub fn haproxy(trials: usize, only: Option<&str>) {
     )
     .unwrap();
     let mut children = Children::default();
-    children.push(
-        Command::new(&haproxy)
-            .arg("-db")
-            .arg("-f")
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start haproxy"),
-    );
+    start_haproxy(&haproxy, &cfg, &mut children);
     // (column, timing, session): every agent watches the same servers.
     let slow = Timing {
         interval_ms: 1000,

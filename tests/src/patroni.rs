@@ -147,8 +147,7 @@ impl Etcd {
             .create(true)
             .append(true)
             .open(m.dir.join("etcd.log"))?;
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let client = format!("{scheme}://127.0.0.1:{}", m.client_port);
+        let client = format!("{}://127.0.0.1:{}", scheme(&self.tls), m.client_port);
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
         let mut etcd = Command::new("etcd");
         if let Some(t) = &self.tls {
@@ -216,10 +215,9 @@ impl Etcd {
 
     /// Every member's client URL, as `[dcs] etcd` lists them.
     pub fn client_urls(&self) -> Vec<String> {
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
         self.members
             .iter()
-            .map(|m| format!("{scheme}://127.0.0.1:{}", m.client_port))
+            .map(|m| format!("{}://127.0.0.1:{}", scheme(&self.tls), m.client_port))
             .collect()
     }
 
@@ -307,6 +305,15 @@ impl Drop for Etcd {
             self.freeze_member(i, false);
             self.kill_member(i);
         }
+    }
+}
+
+/// The scheme of etcd's client URLs.
+fn scheme(tls: &Option<EtcdTls>) -> &'static str {
+    if tls.is_some() {
+        "https"
+    } else {
+        "http"
     }
 }
 

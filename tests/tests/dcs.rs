@@ -301,29 +301,40 @@ fn member(port: u16, role: &str) -> String {
     )
 }
 
-#[test]
-fn foreign_content_a_lost_quorum_and_an_agent_started_before_etcd() {
-    if dbha_tests::require("etcd", "for the DCS tests (etcd-server)").is_none()
-        || dbha_tests::require("etcdctl", "for the DCS tests (etcd-client)").is_none()
-    {
-        return;
-    }
-    let dir = Scratch::new("dcs-fake").unwrap();
-    let mut etcd = Etcd::start(dir.path(), 3, None).unwrap();
+/// Whether etcd's tools are here (under CI their absence fails).
+fn etcd_tools() -> bool {
+    dbha_tests::require("etcd", "for the DCS tests (etcd-server)").is_some()
+        && dbha_tests::require("etcdctl", "for the DCS tests (etcd-client)").is_some()
+}
+
+/// The fake cluster's keys in `etcd`: two databases (listeners for the tcp
+/// check), "a" the leader and primary, "b" a replica; ttl 6 and loop_wait 1,
+/// so that confirmations are trusted for 5 s.
+fn fake_cluster(etcd: &Etcd) -> (Vec<Listener>, Vec<(String, u16)>) {
     let listeners: Vec<Listener> = (0..2).map(|_| Listener::bind(0).unwrap()).collect();
     let dbs = vec![
         ("a".to_owned(), listeners[0].port),
         ("b".to_owned(), listeners[1].port),
     ];
-    // ttl 6, loop_wait 1: confirmations are trusted for 5 s.
     put(
-        &etcd,
+        etcd,
         "config",
         r#"{"ttl":6,"loop_wait":1,"retry_timeout":2}"#,
     );
-    put(&etcd, "members/a", &member(listeners[0].port, "master"));
-    put(&etcd, "members/b", &member(listeners[1].port, "replica"));
-    put(&etcd, "leader", "a");
+    put(etcd, "members/a", &member(listeners[0].port, "master"));
+    put(etcd, "members/b", &member(listeners[1].port, "replica"));
+    put(etcd, "leader", "a");
+    (listeners, dbs)
+}
+
+#[test]
+fn foreign_content_a_lost_quorum_and_an_agent_started_before_etcd() {
+    if !etcd_tools() {
+        return;
+    }
+    let dir = Scratch::new("dcs-fake").unwrap();
+    let mut etcd = Etcd::start(dir.path(), 3, None).unwrap();
+    let (listeners, dbs) = fake_cluster(&etcd);
 
     // Started while etcd is down: no writes, said so; then the leader.
     for i in 0..3 {
@@ -483,9 +494,7 @@ fn file(dir: &Path, name: &str, text: &str) -> PathBuf {
 
 #[test]
 fn etcd_over_tls_with_a_client_certificate_and_a_password() {
-    if dbha_tests::require("etcd", "for the DCS tests (etcd-server)").is_none()
-        || dbha_tests::require("etcdctl", "for the DCS tests (etcd-client)").is_none()
-    {
+    if !etcd_tools() {
         return;
     }
     let dir = Scratch::new("dcs-tls").unwrap();
@@ -526,19 +535,7 @@ fn etcd_over_tls_with_a_client_certificate_and_a_password() {
         etcd.ctl(args).unwrap();
     }
     etcd.ctl_user = Some("root:root-pw".into());
-    let listeners: Vec<Listener> = (0..2).map(|_| Listener::bind(0).unwrap()).collect();
-    let dbs = vec![
-        ("a".to_owned(), listeners[0].port),
-        ("b".to_owned(), listeners[1].port),
-    ];
-    put(
-        &etcd,
-        "config",
-        r#"{"ttl":6,"loop_wait":1,"retry_timeout":2}"#,
-    );
-    put(&etcd, "members/a", &member(listeners[0].port, "master"));
-    put(&etcd, "members/b", &member(listeners[1].port, "replica"));
-    put(&etcd, "leader", "a");
+    let (listeners, dbs) = fake_cluster(&etcd);
 
     let urls = etcd.client_urls();
     let good = file(d, "password", "dbha-pw\n");

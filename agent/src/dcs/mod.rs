@@ -284,6 +284,20 @@ pub struct View {
     pub failsafe_primary: Option<String>,
 }
 
+impl View {
+    /// The leader's confirmation is within Patroni's `ttl - loop_wait`.
+    pub fn trusted(&self, now: Instant) -> bool {
+        self.confirmed
+            .is_some_and(|t| now.saturating_duration_since(t) < self.cluster.config.window())
+    }
+
+    /// Writes come from the failsafe fallback: not trusted any more, and one
+    /// member of the `failsafe` key answered 200 to `/primary`.
+    pub fn on_failsafe(&self, now: Instant) -> bool {
+        !self.trusted(now) && self.failsafe_primary.is_some()
+    }
+}
+
 /// Why writes go to no endpoint under the DCS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NoWrites {
@@ -407,10 +421,7 @@ pub fn writes(
     seen: &[Seen],
 ) -> (Result<usize, NoWrites>, Option<usize>) {
     let c = &view.cluster;
-    let trusted = view
-        .confirmed
-        .is_some_and(|t| now.saturating_duration_since(t) < c.config.window());
-    let leader = if trusted {
+    let leader = if view.trusted(now) {
         c.leader.clone()
     } else if c.config.failsafe_mode && view.failsafe_primary.is_some() {
         view.failsafe_primary.clone()
