@@ -53,7 +53,7 @@
 // Another I/O error (open, read, mmap).
 #define DBHA_E_IO 9
 
-// The record stayed mid-update for every retry (the writer died mid-publication).
+// The record stayed mid-update for 100 ms (the writer died or was stopped mid-publication).
 #define DBHA_E_CONTENDED 10
 
 // An internal error was caught at the boundary; the library's state is unchanged.
@@ -224,7 +224,9 @@ void dbha_close(struct dbha_reader *reader);
 
 // Fills `*out` with a consistent copy of the published state. Never blocks and makes
 // no system call (except, at most every 250 ms while the state is stale, stopped or
-// contended, a stat of the path to find a replaced file). Thread-safe: any number of threads may
+// contended, a stat of the path to find a replaced file; and a wait of at most
+// 100 ms, sleeping, for a publication the agent was descheduled in the middle of:
+// protocol/LAYOUT.md, "The seqlock"). Thread-safe: any number of threads may
 // call it on one handle.
 //
 // Returns DBHA_OK, DBHA_E_INVALID_ARGUMENT for a NULL argument, or DBHA_E_CONTENDED.

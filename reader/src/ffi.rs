@@ -36,7 +36,7 @@ pub const DBHA_E_UNSUPPORTED_VERSION: c_int = 7;
 pub const DBHA_E_CORRUPT: c_int = 8;
 /// Another I/O error (open, read, mmap).
 pub const DBHA_E_IO: c_int = 9;
-/// The record stayed mid-update for every retry (the writer died mid-publication).
+/// The record stayed mid-update for 100 ms (the writer died or was stopped mid-publication).
 pub const DBHA_E_CONTENDED: c_int = 10;
 /// An internal error was caught at the boundary; the library's state is unchanged.
 pub const DBHA_E_PANIC: c_int = 11;
@@ -269,7 +269,9 @@ pub unsafe extern "C" fn dbha_close(reader: *mut dbha_reader) {
 
 /// Fills `*out` with a consistent copy of the published state. Never blocks and makes
 /// no system call (except, at most every 250 ms while the state is stale, stopped or
-/// contended, a stat of the path to find a replaced file). Thread-safe: any number of threads may
+/// contended, a stat of the path to find a replaced file; and a wait of at most
+/// 100 ms, sleeping, for a publication the agent was descheduled in the middle of:
+/// protocol/LAYOUT.md, "The seqlock"). Thread-safe: any number of threads may
 /// call it on one handle.
 ///
 /// Returns DBHA_OK, DBHA_E_INVALID_ARGUMENT for a NULL argument, or DBHA_E_CONTENDED.
@@ -561,7 +563,9 @@ pub extern "C" fn dbha_strerror(code: c_int) -> *const c_char {
         DBHA_E_UNSUPPORTED_VERSION => c"unsupported state file layout version",
         DBHA_E_CORRUPT => c"state file is corrupt",
         DBHA_E_IO => c"I/O error on the state file",
-        DBHA_E_CONTENDED => c"state record stayed mid-update (writer died while publishing?)",
+        DBHA_E_CONTENDED => {
+            c"state record stayed mid-update for 100 ms (writer died or stopped while publishing?)"
+        }
         DBHA_E_PANIC => c"internal error in libdbha",
         DBHA_E_NO_ADDRESS => c"the state file has no endpoint addresses (upgrade dbha-agent)",
         _ => c"unknown error code",

@@ -44,10 +44,18 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use std::time::Duration;
 
-/// How many times a read retries while the writer is mid-publication before giving
-/// up with [`Error::Contended`]. A publication takes tens of nanoseconds, so this is
-/// only reached if the writer died mid-publication and no new writer took over.
+/// How many times a read spins while the writer is mid-publication before it
+/// starts to wait. A publication takes tens of nanoseconds, so spinning ends it
+/// unless the writer was descheduled in the middle of one (a busy host).
 pub const MAX_RETRIES: u32 = 10_000;
+
+/// How long a read then waits, sleeping between looks, for a publication in
+/// progress to end before giving up with [`Error::Contended`]: longer than a
+/// runnable writer waits for a CPU on a loaded host (the scheduler's latency,
+/// a few to tens of milliseconds), so only a writer that died or was stopped
+/// mid-publication makes reads fail. A record found stuck at the same sequence
+/// as the last give-up fails at once, without waiting again.
+pub const WRITER_WAIT: Duration = Duration::from_millis(100);
 
 /// After a stale or stopped read, the reader checks at most this often whether a
 /// different file now sits at the path (one `stat`).
@@ -112,7 +120,8 @@ pub enum Error {
         /// The system's error.
         source: io::Error,
     },
-    /// The record stayed mid-publication for [`MAX_RETRIES`] attempts.
+    /// The record stayed mid-publication for [`WRITER_WAIT`] (the writer died
+    /// or was stopped while publishing).
     Contended {
         /// The state file's path.
         path: PathBuf,
@@ -197,7 +206,8 @@ impl fmt::Display for Error {
             Error::Io { op, source, .. } => write!(f, "{p}: {op} failed: {source}"),
             Error::Contended { .. } => write!(
                 f,
-                "{p}: the record stayed mid-update for {MAX_RETRIES} attempts (writer died while publishing?)"
+                "{p}: the record stayed mid-update for {} ms (writer died or stopped while publishing?)",
+                WRITER_WAIT.as_millis()
             ),
         }
     }
@@ -372,6 +382,33 @@ impl Generation {
             .map(|(w, _)| RecordValues::from_words(&w).within(self.aliases.len()))
     }
 
+    /// The record's sequence word as it is now.
+    fn sequence(&self) -> u64 {
+        self.record().0.load(Ordering::Relaxed)
+    }
+
+    /// Waits up to [`WRITER_WAIT`] for a publication in progress to end: the
+    /// writer was descheduled (or died) in the middle of one. Sleeps between
+    /// looks, so the writer gets the CPU a spinning reader would hold. None if
+    /// the record is still mid-publication, at once if it is stuck at `stuck`.
+    #[cold]
+    fn wait_for_writer(&self, stuck: u64) -> Option<RecordValues> {
+        let deadline = std::time::Instant::now() + WRITER_WAIT;
+        loop {
+            if stuck & 1 == 1 && self.sequence() == stuck {
+                return None;
+            }
+            let (seq, data) = self.record();
+            if let Some(w) = seqlock::try_read(seq, data) {
+                return Some(RecordValues::from_words(&w).within(self.aliases.len()));
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+
     fn alias(&self, index: u32) -> Option<&Name> {
         self.aliases.get(index as usize)
     }
@@ -506,6 +543,9 @@ pub struct Reader {
     last_recheck_ns: AtomicU64,
     /// The generation whose supersession was last acted on.
     reopen_tried: AtomicU64,
+    /// The sequence word at which the record was last given up on as stuck
+    /// (0: none; a stuck sequence is odd).
+    stuck_sequence: AtomicU64,
 }
 
 impl Drop for Reader {
@@ -538,6 +578,7 @@ impl Reader {
             current: AtomicPtr::new(first),
             last_recheck_ns: AtomicU64::new(0),
             reopen_tried: AtomicU64::new(0),
+            stuck_sequence: AtomicU64::new(0),
         })
     }
 
@@ -562,8 +603,20 @@ impl Reader {
         let g = self.generation();
         let now = clock::coarse_monotonic_ns();
         let Some(v) = g.read() else {
-            return self.load_contended(g, now);
+            return self.load_contended(g);
         };
+        self.checked(g, v, now)
+    }
+
+    /// `v` as read from `g`, or what the slow path finds when it is superseded,
+    /// stopped or stale.
+    #[inline(always)]
+    fn checked<'a>(
+        &'a self,
+        g: &'a Generation,
+        v: RecordValues,
+        now: u64,
+    ) -> Result<(&'a Generation, RecordValues, u64), Error> {
         if v.flags & (flags::SUPERSEDED | flags::STOPPED) == 0 && v.status(now) != Status::Stale {
             return Ok((g, v, now));
         }
@@ -600,15 +653,21 @@ impl Reader {
         }
     }
 
-    /// The record stayed mid-publication: the writer died during one. If another
-    /// file now sits at the path (a new agent made one), move to it; at most one
-    /// look every RECHECK_NS.
+    /// The record stayed mid-publication while the read spun: wait for the
+    /// writer (descheduled in the middle of a publication). If it stays so, the
+    /// writer died or stopped during one: if another file now sits at the path
+    /// (a new agent made one), move to it, at most one look every RECHECK_NS.
     #[cold]
     fn load_contended<'a>(
         &'a self,
         g: &'a Generation,
-        now: u64,
     ) -> Result<(&'a Generation, RecordValues, u64), Error> {
+        let stuck = self.stuck_sequence.load(Ordering::Relaxed);
+        if let Some(v) = g.wait_for_writer(stuck) {
+            return self.checked(g, v, clock::coarse_monotonic_ns());
+        }
+        self.stuck_sequence.store(g.sequence(), Ordering::Relaxed);
+        let now = clock::coarse_monotonic_ns();
         let last = self.last_recheck_ns.load(Ordering::Relaxed);
         if now.saturating_sub(last) >= RECHECK_NS {
             self.last_recheck_ns.store(now, Ordering::Relaxed);

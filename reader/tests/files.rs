@@ -810,6 +810,42 @@ fn a_superseded_file_that_still_names_itself_is_not_mapped_again_on_every_read()
 }
 
 #[test]
+fn a_writer_descheduled_mid_publication_makes_reads_wait_not_fail() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let mut w = writer(&path, &["default"]);
+    w.publish(&active(0));
+    let r = std::sync::Arc::new(Reader::open(&path).unwrap());
+    // The writer stored the odd sequence word (at 128) and lost the CPU before
+    // the even one: far longer than any spin.
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    let mut word = [0u8; 8];
+    std::fs::File::open(&path)
+        .unwrap()
+        .read_exact_at(&mut word, 128)
+        .unwrap();
+    let seq = u64::from_ne_bytes(word);
+    file.write_all_at(&(seq | 1).to_ne_bytes(), 128).unwrap();
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let r = r.clone();
+            std::thread::spawn(move || r.snapshot().map(|s| s.write_alias().map(String::from)))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(10));
+    file.write_all_at(&((seq | 1) + 1).to_ne_bytes(), 128)
+        .unwrap();
+    for t in readers {
+        let got = t.join().unwrap();
+        assert!(
+            matches!(got.as_ref().map(|a| a.as_deref()), Ok(Some("default"))),
+            "a read during a descheduled publication: {got:?}"
+        );
+    }
+}
+
+#[test]
 fn a_reader_stuck_on_a_dead_writers_half_publication_moves_to_a_new_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state");

@@ -122,7 +122,7 @@ class UnsupportedVersionError(StateFileError):
 
 
 class ContendedError(StateFileError):
-    """The record stayed mid-update for every retry."""
+    """The record stayed mid-update for 100 ms (the agent died or was stopped mid-publication)."""
 
 
 _ERRORS = {
