@@ -515,11 +515,13 @@ impl State {
             failsafe,
             revision: v.revision,
             resyncs: v.resyncs,
+            // Whole milliseconds: `clock`'s two readings differ by some
+            // nanoseconds at every publication, and the area is rewritten only
+            // when a word changes, so only a new confirmation rewrites it.
             confirmed_mono_ns: v.confirmed.map(|t| {
                 let age = at.saturating_duration_since(t).as_nanos();
-                mono_ns
-                    .saturating_sub(u64::try_from(age).unwrap_or(u64::MAX))
-                    .max(1)
+                let ns = mono_ns.saturating_sub(u64::try_from(age).unwrap_or(u64::MAX));
+                (ns - ns % 1_000_000).max(1)
             }),
             window: Some(v.cluster.config.window()),
             // On the failsafe fallback, the member whose /primary answered.
@@ -670,6 +672,38 @@ mod tests {
         s.fence();
         s.choice = s.decide(Phase::Settled, now).choice;
         s.choice
+    }
+
+    #[test]
+    fn the_dcs_area_changes_with_a_new_confirmation_not_with_each_publication() {
+        let now = Instant::now();
+        let text = "state_file = \"/run/dbha/state\"\n[dcs]\netcd = [\"http://127.0.0.1:2379\"]\nscope = \"dbha\"\n[[database]]\nalias = \"pg0\"\nhost = \"127.0.0.1\"\nport = 5432\ncheck = \"tcp\"\n";
+        let config = Config::parse(Path::new("agent.toml"), text).unwrap();
+        let mut s = State::new(config, Choice::default(), now);
+        s.dcs = Some(crate::dcs::View {
+            confirmed: Some(now),
+            connected: true,
+            ..crate::dcs::View::default()
+        });
+        let verdict = s.dcs_verdict(now);
+        // One publication's clock pair, and later ones whose two readings
+        // (Instant, CLOCK_MONOTONIC) are some nanoseconds apart, as they are.
+        let base = 5_000_000_000_123u64;
+        let area = |s: &State, at_ns: u64, mono_jitter: u64| {
+            let at = now + Duration::from_nanos(at_ns);
+            s.dcs_area(at, (at, base + at_ns + mono_jitter), verdict.as_ref())
+                .unwrap()
+        };
+        let first = area(&s, 0, 0);
+        assert_eq!(first.confirmed_mono_ns, Some(5_000_000_000_000));
+        for (later, jitter) in [(200_000_000, 317), (400_000_000, 40), (600_000_000, 901)] {
+            assert_eq!(area(&s, later, jitter), first);
+        }
+        s.dcs.as_mut().unwrap().confirmed = Some(now + Duration::from_secs(1));
+        assert_eq!(
+            area(&s, 1_200_000_000, 12).confirmed_mono_ns,
+            Some(5_001_000_000_000)
+        );
     }
 
     #[test]
