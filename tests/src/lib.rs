@@ -6,6 +6,7 @@
 
 pub mod agentproc;
 pub mod badfiles;
+pub mod certs;
 pub mod cprog;
 pub mod fakepg;
 pub mod live;

@@ -317,11 +317,22 @@ fn scheme(tls: &Option<EtcdTls>) -> &'static str {
     }
 }
 
+/// Patroni's REST API over https: the CA, and the certificate (for
+/// 127.0.0.1) and key every node serves, in PEM.
+#[derive(Debug, Clone)]
+pub struct RestTls {
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+}
+
 /// One PostgreSQL node under Patroni.
 pub struct Node {
     pub name: String,
-    /// The REST API's port (`http://127.0.0.1:PORT`).
+    /// The REST API's port (`http://127.0.0.1:PORT`, or https).
     pub api_port: u16,
+    /// The REST API is served over https.
+    https: bool,
     /// PostgreSQL's port.
     pub pg_port: u16,
     config: PathBuf,
@@ -332,7 +343,8 @@ pub struct Node {
 
 impl Node {
     pub fn api_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.api_port)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.api_port)
     }
 
     /// Patroni's pid while it runs.
@@ -361,6 +373,8 @@ pub struct Cluster {
     pub scope: String,
     pub namespace: String,
     pub timing: Timing,
+    /// Where the REST API's CA certificate is, when it is served over https.
+    pub rest_ca: Option<PathBuf>,
     install: Install,
     // Last: removed after everything above has stopped.
     scratch: Scratch,
@@ -375,23 +389,57 @@ impl Cluster {
         etcd_members: usize,
         timing: Timing,
     ) -> io::Result<Cluster> {
+        Cluster::start_with(install, n, etcd_members, timing, None)
+    }
+
+    /// As [`Cluster::start`], the REST API over https when `rest` is given
+    /// (patronictl verifies it against the CA; Patroni's nodes ask each other
+    /// without verifying, as Patroni does).
+    pub fn start_with(
+        install: &Install,
+        n: usize,
+        etcd_members: usize,
+        timing: Timing,
+        rest: Option<RestTls>,
+    ) -> io::Result<Cluster> {
         let scratch = Scratch::new("patroni")?;
         let root = scratch.path().to_owned();
         if let Some((uid, gid)) = install.run_as {
             nix::unistd::chown(&root, Some(uid), Some(gid))?;
         }
         let etcd = Etcd::start(&root, etcd_members, install.run_as)?;
+        let mut rest_ca = None;
+        let mut rest_files = None;
+        if let Some(t) = &rest {
+            // Patroni runs as install.run_as: its files are its own.
+            let write = |name: &str, text: &str| -> io::Result<PathBuf> {
+                use std::os::unix::fs::PermissionsExt;
+                let p = root.join(name);
+                std::fs::write(&p, text)?;
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
+                if let Some((uid, gid)) = install.run_as {
+                    nix::unistd::chown(&p, Some(uid), Some(gid))?;
+                }
+                Ok(p)
+            };
+            let ca = write("rest-ca.pem", &t.ca)?;
+            let cert = write("rest-cert.pem", &t.cert)?;
+            let key = write("rest-key.pem", &t.key)?;
+            rest_ca = Some(ca.clone());
+            rest_files = Some((ca, cert, key));
+        }
         let mut cluster = Cluster {
             nodes: Vec::new(),
             etcd,
             scope: "dbha".into(),
             namespace: "/service".into(),
             timing,
+            rest_ca,
             install: install.clone(),
             scratch,
         };
         for i in 0..n {
-            let node = cluster.write_node(&root, i)?;
+            let node = cluster.write_node(&root, i, rest_files.as_ref())?;
             cluster.nodes.push(node);
         }
         for i in 0..n {
@@ -405,7 +453,14 @@ impl Cluster {
         Ok(cluster)
     }
 
-    fn write_node(&self, root: &Path, i: usize) -> io::Result<Node> {
+    /// Node `i`'s directory and configuration; `rest` the REST API's CA,
+    /// certificate and key files for https.
+    fn write_node(
+        &self,
+        root: &Path,
+        i: usize,
+        rest: Option<&(PathBuf, PathBuf, PathBuf)>,
+    ) -> io::Result<Node> {
         let name = format!("pg{i}");
         let dir = root.join(&name);
         std::fs::create_dir_all(&dir)?;
@@ -415,6 +470,17 @@ impl Cluster {
         let api_port = free_port("127.0.0.1")?;
         let pg_port = free_port("127.0.0.1")?;
         let t = self.timing;
+        let rest_tls = rest.map_or(String::new(), |(ca, cert, key)| {
+            format!(
+                "  certfile: {}\n  keyfile: {}\n  cafile: {}\n",
+                cert.display(),
+                key.display(),
+                ca.display()
+            )
+        });
+        let ctl = rest.map_or(String::new(), |(ca, _, _)| {
+            format!("ctl:\n  cacert: {}\n", ca.display())
+        });
         let yaml = format!(
             r#"scope: {scope}
 namespace: {namespace}/
@@ -424,7 +490,7 @@ log:
 restapi:
   listen: 127.0.0.1:{api_port}
   connect_address: 127.0.0.1:{api_port}
-etcd3:
+{rest_tls}{ctl}etcd3:
   hosts: {hosts}
 bootstrap:
   dcs:
@@ -484,6 +550,7 @@ postgresql:
             name,
             api_port,
             pg_port,
+            https: rest.is_some(),
             config,
             data_dir: dir.join("data"),
             log: dir.join("patroni.log"),
@@ -629,7 +696,15 @@ postgresql:
             &([127, 0, 0, 1], self.nodes[i].api_port).into(),
             Duration::from_secs(1),
         )?;
-        let mut conn = Conn::new(tcp, &url, None).map_err(|e| io::Error::other(e.to_string()))?;
+        let tls = match &self.rest_ca {
+            Some(ca) => dbha_agent::probe::tls::client_config(
+                dbha_agent::config::SslMode::VerifyFull,
+                Some(ca),
+            )
+            .map_err(io::Error::other)?,
+            None => None,
+        };
+        let mut conn = Conn::new(tcp, &url, tls).map_err(|e| io::Error::other(e.to_string()))?;
         let r = conn
             .request(
                 &Request {

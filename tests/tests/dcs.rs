@@ -14,6 +14,7 @@ use dbha::{Reader, Status};
 use dbha_harness::pg::{free_port, Scratch};
 use dbha_harness::Listener;
 use dbha_tests::agentproc::{wait_for, AgentProc, PATIENCE};
+use dbha_tests::certs::{file, Ca};
 use dbha_tests::patroni::{self, Cluster, Etcd, Timing};
 use dbha_tests::relay::Relay;
 use std::path::{Path, PathBuf};
@@ -51,22 +52,28 @@ impl Trace {
         let thread = std::thread::spawn(move || {
             let r = Reader::open(&state).unwrap();
             let mut seen: Vec<Option<String>> = Vec::new();
-            while !flag.load(Ordering::Relaxed) {
+            // One last look after the stop: the caller stops the trace once it
+            // saw the final endpoint, which this thread (descheduled on a busy
+            // machine) may not have sampled yet.
+            loop {
+                let last = flag.load(Ordering::Acquire);
                 if let Ok(s) = r.snapshot() {
                     let w = s.write_alias().map(String::from);
                     if seen.last() != Some(&w) {
                         seen.push(w);
                     }
                 }
+                if last {
+                    return seen;
+                }
                 std::thread::sleep(Duration::from_micros(200));
             }
-            seen
         });
         Trace { stop, thread }
     }
 
     fn finish(self) -> Vec<Option<String>> {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.store(true, Ordering::Release);
         self.thread.join().unwrap()
     }
 }
@@ -177,7 +184,16 @@ fn five_agents_follow_patroni_through_its_etcd() {
 
     // 4. etcd frozen: its watch goes silent, its heartbeats time out; writes
     // go to no endpoint once the last confirmation is ttl - loop_wait old,
-    // reads go on; SIGCONT brings the leader back.
+    // reads go on; SIGCONT brings the leader back. Reads need a standby that
+    // runs (and says so in its member key) when etcd freezes: Patroni cannot
+    // start one while etcd is frozen, and the leader stops its PostgreSQL.
+    c.wait_streaming(Duration::from_secs(90)).unwrap();
+    for r in &readers {
+        wait_for("reads on a standby before the freeze", || {
+            let s = r.snapshot().ok()?;
+            (s.read_alias().is_some() && s.read_alias() != Some(last.as_str())).then_some(())
+        });
+    }
     c.etcd.freeze_member(0, true);
     let frozen = Instant::now();
     for (a, r) in agents.iter().zip(&readers) {
@@ -202,7 +218,14 @@ fn five_agents_follow_patroni_through_its_etcd() {
                 frozen.elapsed(),
                 a.log()
             );
-            assert_eq!(s.status, Status::ReadOnly, "reads go on\n{}", a.log());
+            assert_eq!(
+                s.status,
+                Status::ReadOnly,
+                "reads go on (read endpoint {:?}, health {:#b})\n{}",
+                s.read_alias(),
+                s.health_mask,
+                a.log()
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -452,46 +475,6 @@ fn foreign_content_a_lost_quorum_and_an_agent_started_before_etcd() {
     }
 }
 
-/// A CA's certificate (PEM) and a function that signs leaf certificates for
-/// names with it, with a CommonName or none: (certificate, key) in PEM. With
-/// --client-cert-auth, etcd's gateway refuses a client certificate that has
-/// a CommonName (HTTP 400).
-/// A certificate and its key, in PEM.
-type Pem = (String, String);
-
-fn ca(name: &str) -> (String, impl Fn(&[&str], Option<&str>) -> Pem) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    let ca = params.self_signed(&ca_key).unwrap();
-    let pem = ca.pem();
-    let sign = move |names: &[&str], common_name: Option<&str>| {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let mut params = rcgen::CertificateParams::new(names).unwrap();
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        if let Some(cn) = common_name {
-            params
-                .distinguished_name
-                .push(rcgen::DnType::CommonName, cn);
-        }
-        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    (pem, sign)
-}
-
-fn file(dir: &Path, name: &str, text: &str) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    p
-}
-
 #[test]
 fn etcd_over_tls_with_a_client_certificate_and_a_password() {
     if !etcd_tools() {
@@ -499,14 +482,15 @@ fn etcd_over_tls_with_a_client_certificate_and_a_password() {
     }
     let dir = Scratch::new("dcs-tls").unwrap();
     let d = dir.path();
-    let (ca_pem, sign) = ca("dbha test etcd CA");
-    let (server, server_key) = sign(&["127.0.0.1", "localhost"], None);
-    let (client, client_key) = sign(&["dbha-client"], None);
-    let (named, named_key) = sign(&["dbha-client"], Some("dbha"));
-    let (_, other_sign) = ca("another CA");
-    let (stranger, stranger_key) = other_sign(&["dbha-client"], None);
+    // With --client-cert-auth, etcd's gateway refuses a client certificate
+    // that has a CommonName (HTTP 400): "named" is one.
+    let ca = Ca::new("dbha test etcd CA");
+    let (server, server_key) = ca.sign(&["127.0.0.1", "localhost"], None);
+    let (client, client_key) = ca.sign(&["dbha-client"], None);
+    let (named, named_key) = ca.sign(&["dbha-client"], Some("dbha"));
+    let (stranger, stranger_key) = Ca::new("another CA").sign(&["dbha-client"], None);
     let tls = patroni::EtcdTls {
-        ca: file(d, "ca.pem", &ca_pem),
+        ca: file(d, "ca.pem", &ca.pem()),
         cert: file(d, "server.pem", &server),
         key: file(d, "server-key.pem", &server_key),
         client_cert: file(d, "client.pem", &client),

@@ -1,6 +1,7 @@
 //! The `patroni` check against a real cluster: three PostgreSQL 15 nodes under
-//! Debian's Patroni over one etcd on loopback, and the real agent reading
-//! Patroni's REST API instead of logging in. One cluster serves every phase
+//! Debian's Patroni over a three-member etcd on loopback, their REST API over
+//! https with a certificate from a CA made for the test, and the real agent
+//! reading that API (verifying the certificate) instead of logging in. One cluster serves every phase
 //! (bootstrapping one takes about 11 s): a `patronictl switchover`, a `kill -9`
 //! of the leader's Patroni and PostgreSQL, and the database port cut from this
 //! host (root's packets only, so replication and Patroni go on) while Patroni
@@ -8,8 +9,9 @@
 
 use dbha::{Reader, Status};
 use dbha_tests::agentproc::{wait_for, wait_write, AgentProc};
+use dbha_tests::certs::Ca;
 use dbha_tests::netfault::Blackhole;
-use dbha_tests::patroni::{self, Cluster, Timing};
+use dbha_tests::patroni::{self, Cluster, RestTls, Timing};
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
@@ -17,6 +19,11 @@ use std::time::Duration;
 /// The agent's configuration: every node with the patroni check, roles
 /// required, the database port checked every second.
 fn config(state: &Path, c: &Cluster) -> String {
+    config_trusting(state, c, c.rest_ca.as_deref())
+}
+
+/// As [`config`], the REST API's certificate verified against `ca`.
+fn config_trusting(state: &Path, c: &Cluster, ca: Option<&Path>) -> String {
     let mut text = format!(
         "state_file = \"{}\"\ninterval = \"200ms\"\ntimeout = \"1s\"\nrise = 2\nfall = 2\nstale_after = \"3s\"\nwrites = \"primary\"\nreads = \"prefer-standby\"\n",
         state.display()
@@ -28,6 +35,12 @@ fn config(state: &Path, c: &Cluster) -> String {
             n.pg_port,
             n.api_url()
         ));
+        if let Some(ca) = ca {
+            text.push_str(&format!(
+                "sslmode = \"verify-full\"\nsslrootcert = \"{}\"\n",
+                ca.display()
+            ));
+        }
     }
     text
 }
@@ -54,7 +67,17 @@ fn the_patroni_check_follows_a_switchover_a_kill_and_a_cut_port() {
     let Some(install) = patroni::prerequisites() else {
         return;
     };
-    let mut c = Cluster::start(&install, 3, 1, Timing::default()).unwrap();
+    let ca = Ca::new("dbha test Patroni CA");
+    // For the address only: patronictl (urllib3 over pyOpenSSL) needs Python's
+    // idna module, which Debian's patroni does not pull in, for a DNS name.
+    let (cert, key) = ca.sign(&["127.0.0.1"], None);
+    let rest = RestTls {
+        ca: ca.pem(),
+        cert,
+        key,
+    };
+    let mut c = Cluster::start_with(&install, 3, 3, Timing::default(), Some(rest)).unwrap();
+    assert!(c.nodes[0].api_url().starts_with("https://"));
     let leader = c.wait_leader(Duration::from_secs(60)).unwrap();
     let a = AgentProc::start(c.dir(), "agent", |s| config(s, &c));
     let r = a.reader();
@@ -67,6 +90,17 @@ fn the_patroni_check_follows_a_switchover_a_kill_and_a_cut_port() {
     // here, not a failure of the test.
     for line in a.log().lines().filter(|l| l.contains("not Patroni")) {
         eprintln!("while the cluster settled: {line}");
+    }
+    // An agent that trusts another CA: no node is up for it, and it says why.
+    {
+        let other = dbha_tests::certs::file(c.dir(), "other-ca.pem", &Ca::new("another CA").pem());
+        let b = AgentProc::start(c.dir(), "distrustful", |s| {
+            config_trusting(s, &c, Some(&other))
+        });
+        b.wait_log("UnknownIssuer");
+        let br = b.reader();
+        let s = br.snapshot().unwrap();
+        assert_eq!((s.write_alias(), s.health_mask), (None, 0), "{}", b.log());
     }
 
     // 1. A switchover: writes leave the old leader, go to nothing or the

@@ -6,6 +6,7 @@
 use dbha_agent::config::{Check, Secret, SslMode};
 use dbha_agent::probe::{probe, Failure, Role};
 use dbha_harness::pg::Cluster;
+use dbha_tests::certs::Ca;
 use dbha_tests::fakepg::database;
 use dbha_tests::live::Live;
 use std::os::unix::fs::MetadataExt;
@@ -21,22 +22,12 @@ struct Pki {
 }
 
 fn pki(ca_name: &str, names: &[&str]) -> Pki {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, ca_name);
-    let ca = ca.self_signed(&ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    let cert = rcgen::CertificateParams::new(names)
-        .unwrap()
-        .signed_by(&key, &ca, &ca_key)
-        .unwrap();
+    let ca = Ca::new(ca_name);
+    let (cert, key) = ca.sign(names, None);
     Pki {
         ca: ca.pem(),
-        cert: cert.pem(),
-        key: key.serialize_pem(),
+        cert,
+        key,
     }
 }
 
