@@ -155,6 +155,15 @@ impl Watcher {
         })
     }
 
+    /// When the leader key was first deleted after `t0` (a switchover's
+    /// release, an expired lease).
+    fn leader_delete(&self, t0: Instant) -> Option<Instant> {
+        self.first(
+            t0,
+            |e| matches!(e, Event::Delete { key, .. } if key.ends_with("/leader")),
+        )
+    }
+
     /// When `name`'s member key first said it is a running primary after `t0`.
     fn primary_put(&self, t0: Instant, name: &str) -> Option<Instant> {
         let key = format!("/members/{name}");
@@ -314,27 +323,37 @@ const BACKENDS: [&str; 2] = ["sample", "fast"];
 /// Per observer: when it first showed another write endpoint, and which.
 type Seen = Vec<Option<(Instant, String)>>;
 
+/// Per reader: when it first showed writes anywhere but `from` (none
+/// included).
+type Left = Vec<Option<Instant>>;
+
 /// When each observer first showed a write endpoint other than `from`, and
 /// which: the readers (polled every 100 µs) and HAProxy's two backends
-/// (polled every 2 ms), until all have or `within` passed.
-fn observe(obs: &Observers, from: &str, within: Duration, go: impl FnOnce()) -> (Seen, Seen) {
+/// (polled every 2 ms), until all have or `within` passed; and when each
+/// reader first stopped showing `from`.
+fn observe(obs: &Observers, from: &str, within: Duration, go: impl FnOnce()) -> (Seen, Seen, Left) {
     let until = Instant::now() + within;
     let states = obs.states.clone();
     let old = from.to_owned();
     let readers = std::thread::spawn(move || {
         let rs: Vec<Reader> = states.iter().map(|s| Reader::open(s).unwrap()).collect();
         let mut seen: Seen = vec![None; rs.len()];
+        let mut left: Left = vec![None; rs.len()];
         while Instant::now() < until && seen.iter().any(Option::is_none) {
-            for (r, s) in rs.iter().zip(seen.iter_mut()) {
+            for ((r, s), l) in rs.iter().zip(seen.iter_mut()).zip(left.iter_mut()) {
                 if s.is_none() {
-                    if let Some(w) = r.write_alias().filter(|w| *w != old) {
+                    let w = r.write_alias();
+                    if w != Some(old.as_str()) && l.is_none() {
+                        *l = Some(Instant::now());
+                    }
+                    if let Some(w) = w.filter(|w| *w != old) {
                         *s = Some((Instant::now(), w.to_owned()));
                     }
                 }
             }
             std::thread::sleep(Duration::from_micros(100));
         }
-        seen
+        (seen, left)
     });
     let socket = obs.haproxy.socket.clone();
     let old = from.to_owned();
@@ -353,7 +372,8 @@ fn observe(obs: &Observers, from: &str, within: Duration, go: impl FnOnce()) -> 
         seen
     });
     go();
-    (readers.join().unwrap(), haproxy.join().unwrap())
+    let (seen, left) = readers.join().unwrap();
+    (seen, haproxy.join().unwrap(), left)
 }
 
 /// Waits until every reader writes to `leader` and HAProxy's backends have
@@ -386,6 +406,9 @@ struct Trial {
     dcs_from_key: Vec<f64>,
     /// From the member key that says the new leader is a running primary.
     dcs_from_role: Vec<f64>,
+    /// From the old leader key's deletion to each of the five agents'
+    /// readers showing no write endpoint (negative: before it).
+    dcs_left_from_delete: Vec<f64>,
     patroni_check: Option<f64>,
     /// The agent that follows etcd with the postgres check.
     dcs_held: Option<f64>,
@@ -414,7 +437,7 @@ fn trial(c: &mut Cluster, w: &Watcher, obs: &Observers, kill: bool) -> Trial {
     let t0 = Instant::now();
     let within = Duration::from_secs(if kill { 90 } else { 60 });
     let killed = c.index(&leader).unwrap();
-    let (readers, haproxy) = observe(obs, &leader, within, || {
+    let (readers, haproxy, left) = observe(obs, &leader, within, || {
         if kill {
             c.kill_node(killed);
         } else {
@@ -437,6 +460,9 @@ fn trial(c: &mut Cluster, w: &Watcher, obs: &Observers, kill: bool) -> Trial {
     let role = w
         .primary_put(t0, &new)
         .unwrap_or_else(|| panic!("the bench's watcher saw no member key of {new} as primary"));
+    let deleted = w
+        .leader_delete(t0)
+        .unwrap_or_else(|| panic!("the bench's watcher saw no deletion of {leader}'s leader key"));
     let at = |o: &Option<(Instant, String)>| o.as_ref().map(|(t, _)| *t);
     let t = Trial {
         to_key: ms(key, t0),
@@ -450,6 +476,11 @@ fn trial(c: &mut Cluster, w: &Watcher, obs: &Observers, kill: bool) -> Trial {
             .filter_map(at)
             .map(|t| ms(t, role))
             .collect(),
+        dcs_left_from_delete: left[..AGENTS]
+            .iter()
+            .flatten()
+            .map(|&t| ms(t, deleted))
+            .collect(),
         patroni_check: at(&readers[AGENTS]).map(|t| ms(t, key)),
         dcs_held: at(&readers[AGENTS + 1]).map(|t| ms(t, key)),
         haproxy: [
@@ -462,9 +493,10 @@ fn trial(c: &mut Cluster, w: &Watcher, obs: &Observers, kill: bool) -> Trial {
         ],
     };
     eprintln!(
-        "{}: {leader} -> {new}: key after {:.0} ms; dcs {:?} ms from key ({:?} from role); patroni check {:?}; dcs with held sessions {:?}; haproxy {:?}",
+        "{}: {leader} -> {new}: key after {:.0} ms; dcs left {:?} ms from the delete; dcs {:?} ms from key ({:?} from role); patroni check {:?}; dcs with held sessions {:?}; haproxy {:?}",
         if kill { "kill" } else { "switchover" },
         t.to_key,
+        t.dcs_left_from_delete.iter().map(|v| v.round()).collect::<Vec<_>>(),
         t.dcs_from_key.iter().map(|v| v.round()).collect::<Vec<_>>(),
         t.dcs_from_role.iter().map(|v| v.round()).collect::<Vec<_>>(),
         t.patroni_check.map(f64::round),
@@ -677,10 +709,10 @@ pub fn run(quick: bool, switchovers: usize, kills: usize, seconds: u64) {
     drop(agents);
     let t = c.timing;
     println!(
-        "| leader change (Patroni ttl {}, loop_wait {}, retry_timeout {}) | trials | Patroni: start to new leader key | leader key to each of five agents' readers | member key says primary to each reader | spread across the five agents |",
+        "| leader change (Patroni ttl {}, loop_wait {}, retry_timeout {}) | trials | old leader key deleted to each of five agents' readers without writes | spread | Patroni: start to new leader key | new leader key to each reader | member key says primary to each reader | spread across the five agents |",
         t.ttl, t.loop_wait, t.retry_timeout
     );
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for (what, trials) in [
         ("`patronictl switchover`", &sw),
         ("`kill -9` of the leader's Patroni and PostgreSQL", &kl),
@@ -689,16 +721,19 @@ pub fn run(quick: bool, switchovers: usize, kills: usize, seconds: u64) {
             continue;
         }
         let all = |f: &dyn Fn(&Trial) -> Vec<f64>| trials.iter().flat_map(f).collect::<Vec<f64>>();
-        let spread = all(&|t| {
-            let (lo, hi) = t
-                .dcs_from_key
+        let spread_of = |v: &[f64]| {
+            let (lo, hi) = v
                 .iter()
                 .fold((f64::MAX, f64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-            vec![hi - lo]
-        });
+            hi - lo
+        };
+        let spread = all(&|t| vec![spread_of(&t.dcs_from_key)]);
+        let left_spread = all(&|t| vec![spread_of(&t.dcs_left_from_delete)]);
         println!(
-            "| {what} | {} | {} | {} | {} | {} |",
+            "| {what} | {} | {} | {} | {} | {} | {} | {} |",
             trials.len(),
+            p50_max(&all(&|t| t.dcs_left_from_delete.clone())),
+            p50_max(&left_spread),
             p50_max(&all(&|t| vec![t.to_key])),
             p50_max(&all(&|t| t.dcs_from_key.clone())),
             p50_max(&all(&|t| t.dcs_from_role.clone())),
@@ -707,7 +742,7 @@ pub fn run(quick: bool, switchovers: usize, kills: usize, seconds: u64) {
     }
     println!();
     println!(
-        "ms, p50 / max over every agent of every trial (spread: per trial, the last agent's switch less the first's). Agents: [dcs] on the cluster's etcd, tcp check at interval 1s; the leader key's time and the member key's are when a watcher of the bench's own, started before, received them."
+        "ms, p50 / max over every agent of every trial (spread: per trial, the last agent's switch less the first's; negative: before the key changed, this host's probe having seen the old leader go). Agents: [dcs] on the cluster's etcd, tcp check at interval 1s; the keys' times are when a watcher of the bench's own, started before, received them."
     );
     println!();
     let dcs_p50 = p50(&sw
