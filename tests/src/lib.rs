@@ -10,6 +10,7 @@ pub mod certs;
 pub mod cprog;
 pub mod fakepg;
 pub mod live;
+pub mod mariadb;
 pub mod metrics;
 pub mod netfault;
 pub mod patroni;
@@ -62,6 +63,32 @@ pub fn write_state(
         .unwrap_or_else(|e| panic!("{e}"));
     w.publish(p);
     w
+}
+
+/// Runs `c` for at most `limit` (then kills it): its output. A tool that
+/// hangs (patronictl waiting on an etcd it cannot reach) fails the test
+/// instead of hanging it.
+pub fn bounded(
+    mut c: std::process::Command,
+    limit: std::time::Duration,
+) -> std::io::Result<std::process::Output> {
+    let mut child = c
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let until = std::time::Instant::now() + limit;
+    while child.try_wait()?.is_none() {
+        if std::time::Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(std::io::Error::other(format!(
+                "{c:?} did not end within {limit:?}"
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output()
 }
 
 pub use dbha_harness::{Children, Stop};

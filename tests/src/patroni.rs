@@ -5,6 +5,7 @@
 //! PostgreSQL servers they started (a killed Patroni leaves its server running)
 //! and etcd.
 
+use crate::bounded;
 use dbha_harness::pg::{self, free_port, Install, Scratch};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -795,29 +796,6 @@ postgresql:
     pub fn dir(&self) -> &Path {
         self.scratch.path()
     }
-}
-
-/// Runs `c` for at most `limit` (then kills it): its output. A tool that
-/// hangs (patronictl waiting on an etcd it cannot reach) fails the test
-/// instead of hanging it.
-fn bounded(mut c: Command, limit: Duration) -> io::Result<std::process::Output> {
-    let mut child = c
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let until = Instant::now() + limit;
-    while child.try_wait()?.is_none() {
-        if Instant::now() > until {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(io::Error::other(format!(
-                "{c:?} did not end within {limit:?}"
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output()
 }
 
 fn wait_gone(pid: Pid, within: Duration) {
