@@ -108,6 +108,12 @@ pub mod probe_result {
     pub const NO_NEW_CONNECTIONS: u8 = 12;
     /// Something answered that is not Patroni's REST API (the `patroni` check).
     pub const NOT_PATRONI: u8 = 13;
+    /// Something answered that is not a MySQL or MariaDB server (the `mysql`
+    /// check).
+    pub const NOT_MYSQL: u8 = 14;
+    /// The MySQL server blocks this host (error 1129, too many aborted
+    /// connections from it: `FLUSH HOSTS` clears it).
+    pub const HOST_BLOCKED: u8 = 15;
 
     /// The stable name of a kind (as `dbha-agent status` prints it).
     pub fn name(kind: u8) -> &'static str {
@@ -125,6 +131,8 @@ pub mod probe_result {
             TLS => "tls",
             NO_NEW_CONNECTIONS => "no_new_connections",
             NOT_PATRONI => "not_patroni",
+            NOT_MYSQL => "not_mysql",
+            HOST_BLOCKED => "host_blocked",
             _ => "unknown",
         }
     }

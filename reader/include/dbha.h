@@ -135,6 +135,14 @@
 // check).
 #define DBHA_PROBE_NOT_PATRONI 13
 
+// Last probe result: what answered is not a MySQL or MariaDB server (the
+// `mysql` check).
+#define DBHA_PROBE_NOT_MYSQL 14
+
+// Last probe result: the MySQL server blocks this host (error 1129, too many
+// aborted connections; `FLUSH HOSTS` clears it).
+#define DBHA_PROBE_HOST_BLOCKED 15
+
 // An open state file. Opaque: created by `dbha_open`, freed by `dbha_close`.
 typedef struct dbha_reader dbha_reader;
 

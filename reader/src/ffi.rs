@@ -95,6 +95,12 @@ pub const DBHA_PROBE_NO_NEW_CONNECTIONS: u8 = 12;
 /// Last probe result: what answered is not Patroni's REST API (the `patroni`
 /// check).
 pub const DBHA_PROBE_NOT_PATRONI: u8 = 13;
+/// Last probe result: what answered is not a MySQL or MariaDB server (the
+/// `mysql` check).
+pub const DBHA_PROBE_NOT_MYSQL: u8 = 14;
+/// Last probe result: the MySQL server blocks this host (error 1129, too many
+/// aborted connections; `FLUSH HOSTS` clears it).
+pub const DBHA_PROBE_HOST_BLOCKED: u8 = 15;
 
 /// An open state file. Opaque: created by `dbha_open`, freed by `dbha_close`.
 pub struct dbha_reader(Reader);
@@ -632,7 +638,9 @@ mod tests {
                 DBHA_PROBE_IO,
                 DBHA_PROBE_TLS,
                 DBHA_PROBE_NO_NEW_CONNECTIONS,
-                DBHA_PROBE_NOT_PATRONI
+                DBHA_PROBE_NOT_PATRONI,
+                DBHA_PROBE_NOT_MYSQL,
+                DBHA_PROBE_HOST_BLOCKED
             ],
             [
                 p::AUTH_FAILED,
@@ -642,7 +650,9 @@ mod tests {
                 p::IO,
                 p::TLS,
                 p::NO_NEW_CONNECTIONS,
-                p::NOT_PATRONI
+                p::NOT_PATRONI,
+                p::NOT_MYSQL,
+                p::HOST_BLOCKED
             ]
         );
     }

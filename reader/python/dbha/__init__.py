@@ -62,7 +62,7 @@ E_NO_ADDRESS = 12
 _STATUS = {0: "active", 1: "no_healthy_database", 2: "stale", 3: "agent_stopped", 4: "read_only"}
 _PROBE = ["unknown", "ok", "refused", "timeout", "not_ready", "not_postgres", "auth_failed",
           "rejected", "resolve", "closed", "io", "tls", "no_new_connections",
-          "not_patroni"]
+          "not_patroni", "not_mysql", "host_blocked"]
 _FLAG_STOPPED, _FLAG_CONFLICT = 1, 2
 
 
