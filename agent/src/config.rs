@@ -33,6 +33,9 @@ pub enum Check {
     /// Patroni's REST API says what the node is (no database login), and the
     /// database port is reachable from this host.
     Patroni,
+    /// A MySQL or MariaDB server greets (protocol 10) rather than refusing;
+    /// no login yet, so no role.
+    Mysql,
 }
 
 impl Check {
@@ -653,7 +656,7 @@ impl Locator<'_> {
         let mode = db.sslmode.as_ref().or(raw.sslmode.as_ref());
         let root = db.sslrootcert.as_ref().or(raw.sslrootcert.as_ref());
         let sslmode = mode.map_or(SslMode::Prefer, |m| *m.get_ref());
-        if db.check == Check::Tcp {
+        if matches!(db.check, Check::Tcp | Check::Mysql) {
             if let Some(m) = &db.sslmode {
                 return Err(self.at(
                     Some(m.span()),
@@ -677,6 +680,33 @@ impl Locator<'_> {
             ));
         }
         Ok((sslmode, root.map(|r| r.get_ref().clone())))
+    }
+
+    /// The `mysql` check judges the server's greeting only: it does not log in
+    /// yet, so a database's login and TLS settings are refused on it rather
+    /// than ignored.
+    fn mysql(&self, db: &RawDatabase, key: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+        let login = [
+            ("user", db.user.is_some()),
+            ("password_file", db.password_file.is_some()),
+            ("password_env", db.password_env.is_some()),
+            ("dbname", db.dbname.is_some()),
+            ("sslmode", db.sslmode.is_some()),
+            ("sslrootcert", db.sslrootcert.is_some()),
+            ("session", db.session.is_some()),
+            (
+                "allow_cleartext_password",
+                db.allow_cleartext_password.is_some(),
+            ),
+        ];
+        match login.into_iter().find(|(_, set)| *set) {
+            Some((name, _)) => Err(self.at(
+                None,
+                &key(name),
+                "does not apply: check = \"mysql\" judges the server's greeting only and does not log in yet (no credentials, no TLS, no role)",
+            )),
+            None => Ok(()),
+        }
     }
 
     /// The `patroni` check's settings: `patroni_url` (required), optional basic
@@ -711,6 +741,9 @@ impl Locator<'_> {
                 db.patroni_password_env.as_ref().map(Spanned::span),
             ),
         ];
+        if db.check == Check::Mysql {
+            self.mysql(db, key)?;
+        }
         if db.check != Check::Patroni {
             if let Some((name, span)) = own.into_iter().find(|(_, s)| s.is_some()) {
                 return Err(self.at(
@@ -1244,8 +1277,9 @@ impl Config {
                     span,
                     if writes != Writes::Any { "writes" } else { "reads" },
                     format!(
-                        "roles are needed, and database[{i}] ({}) has check = \"tcp\", which cannot see them: use check = \"postgres\" (with credentials) or \"patroni\"",
-                        d.alias
+                        "roles are needed, and database[{i}] ({}) has check = \"{}\", which cannot see them: use check = \"postgres\" (with credentials) or \"patroni\"",
+                        d.alias,
+                        d.check.name()
                     ),
                 ));
             }
@@ -1324,6 +1358,7 @@ impl Check {
             Check::Tcp => "tcp",
             Check::Postgres => "postgres",
             Check::Patroni => "patroni",
+            Check::Mysql => "mysql",
         }
     }
 }
@@ -1839,6 +1874,40 @@ patroni_password_env = "DBHA_TEST_PATRONI_PASSWORD"
         ))
         .unwrap_err();
         assert!(e.message.contains("not both"), "{e}");
+    }
+
+    #[test]
+    fn the_mysql_check_takes_no_login_yet_and_sees_no_roles() {
+        let one = |extra: &str| {
+            parse(&format!(
+                "[[database]]\nalias = \"db0\"\nhost = \"127.0.0.1\"\nport = 3306\ncheck = \"mysql\"\n{extra}"
+            ))
+        };
+        let c = one("").unwrap();
+        assert_eq!(c.databases[0].check, Check::Mysql);
+        assert!(!Check::Mysql.sees_roles());
+        for key in [
+            "user = \"monitor\"",
+            "password_env = \"PW\"",
+            "sslmode = \"require\"",
+            "session = \"held\"",
+        ] {
+            let e = one(key).unwrap_err();
+            assert!(
+                e.message
+                    .contains("check = \"mysql\" judges the server's greeting only"),
+                "{key}: {e}"
+            );
+        }
+        let e = parse(
+            "writes = \"primary\"\n[[database]]\nalias = \"db0\"\nhost = \"127.0.0.1\"\nport = 3306\ncheck = \"mysql\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.message
+                .contains("has check = \"mysql\", which cannot see them"),
+            "{e}"
+        );
     }
 
     #[test]

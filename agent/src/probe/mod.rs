@@ -9,6 +9,7 @@
 //! is pending, probes run every `fastinter` instead of every `interval`, for one
 //! attempt of `max(rise, fall)` probes.
 
+pub mod mysql;
 pub mod patroni;
 mod postgres;
 pub mod tcp;
@@ -63,6 +64,10 @@ pub enum Failure {
     PatroniState(String),
     /// Patroni answers, but the database port cannot be reached from this host.
     DatabasePort(Box<Failure>),
+    /// What answered is not a MySQL or MariaDB server (the `mysql` check).
+    NotMysql(String),
+    /// The MySQL server blocks this host (1129: too many aborted connections).
+    HostBlocked(String),
 }
 
 impl Failure {
@@ -85,6 +90,8 @@ impl Failure {
             Failure::NotPatroni(_) => k::NOT_PATRONI,
             Failure::PatroniState(_) => k::NOT_READY,
             Failure::DatabasePort(f) => f.kind(),
+            Failure::NotMysql(_) => k::NOT_MYSQL,
+            Failure::HostBlocked(_) => k::HOST_BLOCKED,
         }
     }
 }
@@ -109,6 +116,11 @@ impl fmt::Display for Failure {
             Failure::DatabasePort(e) => write!(
                 f,
                 "Patroni answers, but the database port is not reachable from this host: {e}"
+            ),
+            Failure::NotMysql(m) => write!(f, "not a MySQL or MariaDB server ({m})"),
+            Failure::HostBlocked(m) => write!(
+                f,
+                "the server blocks this host ({m}): too many aborted connections from it (max_connect_errors); FLUSH HOSTS on the server clears it"
             ),
         }
     }
@@ -248,8 +260,10 @@ impl Prober {
             return outcome;
         }
         let stream = self.connect(start, deadline)?;
-        if self.db.check == Check::Tcp {
-            return Ok(Up::default());
+        match self.db.check {
+            Check::Tcp => return Ok(Up::default()),
+            Check::Mysql => return mysql::greet(stream, deadline, self.db.timeout),
+            Check::Postgres | Check::Patroni => {}
         }
         match self.login(stream, deadline, None) {
             // libpq's `prefer`: a failed TLS handshake is followed by a new
