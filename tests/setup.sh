@@ -43,6 +43,9 @@ have ip || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || need_pkgs+=(iproute2)
 have etcd || need_pkgs+=(etcd-server)
 have etcdctl || need_pkgs+=(etcd-client)
 have patroni && /usr/bin/python3 -c 'import etcd' 2>/dev/null || need_pkgs+=(patroni python3-etcd)
+# MariaDB, for the mysql check (tests/tests/mariadb.rs): servers on loopback run
+# from scratch directories as the mysql user the package creates.
+have mariadbd || [ -x /usr/sbin/mariadbd ] || need_pkgs+=(mariadb-server)
 
 if ((${#need_pkgs[@]})); then
     echo "setup: installing Debian packages: ${need_pkgs[*]}"
@@ -54,17 +57,17 @@ if ((${#need_pkgs[@]})); then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
 fi
-# The etcd and patroni packages enable system services on installation; the tests
+# The etcd, patroni and mariadb packages enable system services on installation; the tests
 # start their own on loopback, and nothing of the packages' may be left running.
 if [ -d /run/systemd/system ]; then
-    for unit in etcd patroni; do
+    for unit in etcd patroni mariadb; do
         if systemctl is-enabled --quiet "$unit" 2>/dev/null || systemctl is-active --quiet "$unit" 2>/dev/null; then
             echo "setup: stopping and disabling the $unit service the package enabled"
             systemctl disable --now --quiet "$unit" || true
         fi
     done
 elif command -v service >/dev/null 2>&1; then
-    for unit in etcd patroni; do
+    for unit in etcd patroni mariadb; do
         if service "$unit" status >/dev/null 2>&1; then
             echo "setup: stopping the $unit service the package started"
             service "$unit" stop >/dev/null 2>&1 || true
