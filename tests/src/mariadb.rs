@@ -39,11 +39,15 @@ fn tool(name: &str) -> PathBuf {
     }
 }
 
-/// One MariaDB server on 127.0.0.1.
+/// One MariaDB server on 127.0.0.1 (or an address in a network namespace).
 pub struct Server {
     pub name: String,
+    /// The address it listens on.
+    pub addr: String,
     pub port: u16,
     pub server_id: u32,
+    /// `ip netns exec NAME`, when it runs in a namespace.
+    netns: Option<(PathBuf, String)>,
     dir: PathBuf,
     /// Extra `mariadbd` options, kept across restarts.
     options: Vec<String>,
@@ -54,8 +58,24 @@ impl Server {
     /// A new server named `name` under `root` (installed, started, answering),
     /// with binary logging and GTIDs on, `options` passed to mariadbd.
     pub fn start(root: &Path, name: &str, server_id: u32, options: &[&str]) -> io::Result<Server> {
+        Server::start_in(root, name, server_id, options, None)
+    }
+
+    /// As [`Server::start`], listening on `netns`'s own address inside it
+    /// when given (so that this host's connections reach it from an address
+    /// other than the loopback).
+    pub fn start_in(
+        root: &Path,
+        name: &str,
+        server_id: u32,
+        options: &[&str],
+        netns: Option<&crate::netfault::Netns>,
+    ) -> io::Result<Server> {
         let dir = root.join(name);
         std::fs::create_dir_all(dir.join("data"))?;
+        // Its own temporary directory: two servers installed at once in the
+        // same /tmp collide on their temporary tables.
+        std::fs::create_dir_all(dir.join("tmp"))?;
         let root_user = Uid::current().is_root();
         if root_user {
             let mysql = User::from_name("mysql")
@@ -63,7 +83,7 @@ impl Server {
                 .ok_or_else(|| {
                     io::Error::other("no mysql user (Debian's mariadb-server creates it)")
                 })?;
-            for d in [&dir, &dir.join("data")] {
+            for d in [&dir, &dir.join("data"), &dir.join("tmp")] {
                 nix::unistd::chown(d.as_path(), Some(mysql.uid), Some(mysql.gid))?;
             }
         }
@@ -71,7 +91,9 @@ impl Server {
         install
             .arg("--no-defaults")
             .arg(format!("--datadir={}", dir.join("data").display()))
-            .args(["--auth-root-authentication-method=normal", "--skip-test-db"]);
+            .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
+            .arg(format!("--tmpdir={}", dir.join("tmp").display()))
+            .env("TMPDIR", dir.join("tmp"));
         if root_user {
             install.arg("--user=mysql");
         }
@@ -85,8 +107,10 @@ impl Server {
         }
         let mut s = Server {
             name: name.into(),
+            addr: netns.map_or("127.0.0.1".into(), |n| n.ns_addr.clone()),
             port: free_port("127.0.0.1")?,
             server_id,
+            netns: netns.map(|n| (n.ip().to_owned(), n.name.clone())),
             dir,
             options: options.iter().map(|o| o.to_string()).collect(),
             child: None,
@@ -107,11 +131,19 @@ impl Server {
     /// Starts mariadbd (again) on the same data and port; waits until it
     /// answers.
     pub fn start_again(&mut self) -> io::Result<()> {
-        let mut c = Command::new(tool("mariadbd"));
+        let mut c = match &self.netns {
+            Some((ip, ns)) => {
+                let mut c = Command::new(ip);
+                c.args(["netns", "exec", ns]).arg(tool("mariadbd"));
+                c
+            }
+            None => Command::new(tool("mariadbd")),
+        };
         c.arg("--no-defaults")
             .arg(format!("--datadir={}", self.dir.join("data").display()))
             .arg(format!("--port={}", self.port))
-            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--bind-address={}", self.addr))
+            .arg(format!("--tmpdir={}", self.dir.join("tmp").display()))
             .arg(format!("--socket={}", self.socket().display()))
             .arg(format!("--pid-file={}", self.dir.join("pid").display()))
             .arg(format!(

@@ -97,3 +97,141 @@ impl Blackhole {
         })
     }
 }
+
+/// A network namespace of the test's own, joined to this host by a veth pair:
+/// this host is `host_addr`, the namespace `ns_addr` (a /30 of 10.231/16
+/// chosen from the pid), so that a server in it sees this host's connections
+/// come from an address other than the loopback. Removed (with the pair) when
+/// dropped.
+pub struct Netns {
+    pub name: String,
+    pub host_addr: String,
+    pub ns_addr: String,
+    ip: PathBuf,
+}
+
+impl Netns {
+    /// None (said; a failure under CI) without `ip` or the right to use it.
+    pub fn new() -> Option<Netns> {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let ip = crate::require("ip", "for a network namespace (iproute2)").or_else(|| {
+            ["/usr/sbin/ip", "/sbin/ip"]
+                .map(PathBuf::from)
+                .into_iter()
+                .find(|p| p.is_file())
+        })?;
+        let n = std::process::id() % 16_000 * 4
+            + N.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 4;
+        let block = n * 4 % 65_536;
+        let (hi, lo) = (block / 256, block % 256);
+        let ns = Netns {
+            name: format!("dbha_ns{n}"),
+            host_addr: format!("10.231.{hi}.{}", lo + 1),
+            ns_addr: format!("10.231.{hi}.{}", lo + 2),
+            ip,
+        };
+        let (host_if, ns_if) = (format!("dbha_h{n}"), format!("dbha_n{n}"));
+        let steps: [Vec<String>; 8] = [
+            vec!["netns".into(), "add".into(), ns.name.clone()],
+            vec![
+                "link".into(),
+                "add".into(),
+                host_if.clone(),
+                "type".into(),
+                "veth".into(),
+                "peer".into(),
+                "name".into(),
+                ns_if.clone(),
+            ],
+            vec![
+                "link".into(),
+                "set".into(),
+                ns_if.clone(),
+                "netns".into(),
+                ns.name.clone(),
+            ],
+            vec![
+                "addr".into(),
+                "add".into(),
+                format!("{}/30", ns.host_addr),
+                "dev".into(),
+                host_if.clone(),
+            ],
+            vec!["link".into(), "set".into(), host_if, "up".into()],
+            ns.exec_args(&["addr", "add", &format!("{}/30", ns.ns_addr), "dev", &ns_if]),
+            ns.exec_args(&["link", "set", &ns_if, "up"]),
+            ns.exec_args(&["link", "set", "lo", "up"]),
+        ];
+        for args in &steps {
+            let out = Command::new(&ns.ip).args(args).output();
+            if !out.as_ref().is_ok_and(|o| o.status.success()) {
+                let why = out.map_or_else(
+                    |e| e.to_string(),
+                    |o| String::from_utf8_lossy(&o.stderr).into_owned(),
+                );
+                let msg = format!("ip {}: {}", args.join(" "), why.trim());
+                assert!(!crate::in_ci(), "a network namespace is needed: {msg}");
+                eprintln!("SKIPPED: no network namespace: {msg}");
+                return None;
+            }
+        }
+        // `ip netns exec` puts /etc/netns/NAME/hosts in place of /etc/hosts:
+        // names for both ends, so that a server in the namespace resolves
+        // this host's address at once, without DNS.
+        let etc = ns.etc();
+        let hosts = format!(
+            "127.0.0.1 localhost\n{} dbha-test-host\n{} dbha-test-ns\n",
+            ns.host_addr, ns.ns_addr
+        );
+        if let Err(e) =
+            std::fs::create_dir_all(&etc).and_then(|_| std::fs::write(etc.join("hosts"), hosts))
+        {
+            panic!("{}: {e}", etc.display());
+        }
+        Some(ns)
+    }
+
+    /// The namespace's own files for `ip netns exec` (/etc/netns/NAME).
+    fn etc(&self) -> PathBuf {
+        PathBuf::from("/etc/netns").join(&self.name)
+    }
+
+    /// `ip netns exec NAME ip ARGS...`, as arguments to `ip`.
+    fn exec_args(&self, args: &[&str]) -> Vec<String> {
+        let mut v: Vec<String> = [
+            "netns",
+            "exec",
+            &self.name,
+            self.ip.to_str().unwrap_or("ip"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(args.iter().map(|s| s.to_string()));
+        v
+    }
+
+    /// The `ip` tool.
+    pub fn ip(&self) -> &std::path::Path {
+        &self.ip
+    }
+
+    /// A command that runs `program` inside the namespace (`ip netns exec`
+    /// execs it: its pid is the program's).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new(&self.ip);
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes the veth end in it, and so the pair.
+        let _ = Command::new(&self.ip)
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(self.etc());
+    }
+}

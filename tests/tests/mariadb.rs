@@ -162,3 +162,75 @@ fn the_mysql_check_judges_greetings_of_real_servers_and_of_other_ports() {
         (last_probe(&r, 0) == "ok" && last_probe(&r, 1) == "ok").then_some(())
     });
 }
+
+#[test]
+fn greeting_only_probes_from_another_address_get_the_host_blocked_until_flush_hosts() {
+    let Some(()) = mariadb::prerequisites() else {
+        return;
+    };
+    // Declared first, dropped last: after the server in it has stopped.
+    let Some(ns) = dbha_tests::netfault::Netns::new() else {
+        return;
+    };
+    let dir = dbha_harness::pg::Scratch::new("mariadb-blocked").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    // Name resolution on (the harness turns it off): the host cache, and so
+    // max_connect_errors, applies to addresses other than the loopback whose
+    // name resolves (the namespace's hosts file names this host; a lookup
+    // that fails for want of DNS caches nothing and blocks nothing).
+    let db = mariadb::Server::start_in(
+        dir.path(),
+        "db0",
+        1,
+        &["--skip-name-resolve=0", "--max-connect-errors=3"],
+        Some(&ns),
+    )
+    .unwrap();
+    assert_eq!(db.sql("SELECT @@skip_name_resolve").unwrap(), "0");
+    let port = db.port;
+    let addr = db.addr.clone();
+    let a = AgentProc::start(dir.path(), "agent", |s| {
+        dbha_harness::config::config(
+            s,
+            &dbha_harness::config::Timing::default(),
+            &[("db0", addr.as_str(), port, "mysql")],
+            "",
+        )
+    });
+    let r = a.reader();
+    // No account may connect from this host: refused before the greeting
+    // (1130), said with its code.
+    wait_for("1130 from the server", || {
+        (last_probe(&r, 0) == "rejected").then_some(())
+    });
+    a.wait_log("1130");
+    // An account from anywhere: greetings, each probe an aborted connection
+    // from this host, and after max_connect_errors of them the host blocked.
+    db.sql("CREATE USER 'app'@'%' IDENTIFIED BY 'app-pw'")
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    while last_probe(&r, 0) != "host_blocked" {
+        assert!(
+            Instant::now() < until,
+            "never blocked; last probe {}; aborted connects {}\n{}",
+            last_probe(&r, 0),
+            aborted_connects(&db),
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    a.wait_log("FLUSH HOSTS");
+    wait_for("the blocked server down", || {
+        (r.snapshot().ok()?.health_mask == 0).then_some(())
+    });
+    // The operator's way out: a higher limit, then FLUSH HOSTS.
+    db.sql("SET GLOBAL max_connect_errors = 1000000; FLUSH HOSTS")
+        .unwrap();
+    wait_write(&r, "db0");
+    assert_eq!(last_probe(&r, 0), "ok");
+    drop(a);
+    drop(db);
+}
