@@ -46,8 +46,8 @@ pub struct Server {
     pub addr: String,
     pub port: u16,
     pub server_id: u32,
-    /// `ip netns exec NAME`, when it runs in a namespace.
-    netns: Option<(PathBuf, String)>,
+    /// The namespace it runs in, if any.
+    netns: Option<crate::netfault::NetnsExec>,
     dir: PathBuf,
     /// Extra `mariadbd` options, kept across restarts.
     options: Vec<String>,
@@ -110,7 +110,7 @@ impl Server {
             addr: netns.map_or("127.0.0.1".into(), |n| n.ns_addr.clone()),
             port: free_port("127.0.0.1")?,
             server_id,
-            netns: netns.map(|n| (n.ip().to_owned(), n.name.clone())),
+            netns: netns.map(crate::netfault::Netns::exec),
             dir,
             options: options.iter().map(|o| o.to_string()).collect(),
             child: None,
@@ -132,11 +132,7 @@ impl Server {
     /// answers.
     pub fn start_again(&mut self) -> io::Result<()> {
         let mut c = match &self.netns {
-            Some((ip, ns)) => {
-                let mut c = Command::new(ip);
-                c.args(["netns", "exec", ns]).arg(tool("mariadbd"));
-                c
-            }
+            Some(ns) => ns.command(tool("mariadbd")),
             None => Command::new(tool("mariadbd")),
         };
         c.arg("--no-defaults")

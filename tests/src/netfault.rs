@@ -211,11 +211,23 @@ impl Netns {
         v
     }
 
-    /// The `ip` tool.
-    pub fn ip(&self) -> &std::path::Path {
-        &self.ip
+    /// How to run programs inside the namespace, for as long as it exists.
+    pub fn exec(&self) -> NetnsExec {
+        NetnsExec {
+            ip: self.ip.clone(),
+            name: self.name.clone(),
+        }
     }
+}
 
+/// Runs programs inside a [`Netns`].
+#[derive(Debug, Clone)]
+pub struct NetnsExec {
+    ip: PathBuf,
+    name: String,
+}
+
+impl NetnsExec {
     /// A command that runs `program` inside the namespace (`ip netns exec`
     /// execs it: its pid is the program's).
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {

@@ -7,10 +7,6 @@ use dbha::Reader;
 use dbha_harness::Listener;
 use dbha_tests::agentproc::{loopback_config, wait_for, wait_write, AgentProc};
 use dbha_tests::mariadb::{self, Pair};
-use std::io::Write;
-use std::net::TcpListener;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[test]
@@ -34,54 +30,6 @@ fn a_primary_and_its_replica_replicate_and_the_replica_can_be_promoted() {
     p.replica.sql("INSERT INTO app.t VALUES (2)").unwrap();
 }
 
-/// A port that accepts and sends `reply` (nothing: silence), holding each
-/// connection open until dropped.
-struct Talker {
-    port: u16,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Talker {
-    fn start(reply: &'static [u8]) -> Talker {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.set_nonblocking(true).unwrap();
-        let port = l.local_addr().unwrap().port();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let mut held = Vec::new();
-            while !flag.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((mut c, _)) => {
-                        let _ = c.write_all(reply);
-                        held.push(c);
-                        // Bounded: the agent probes a few times a second.
-                        if held.len() > 64 {
-                            held.remove(0);
-                        }
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
-                }
-            }
-        });
-        Talker {
-            port,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Talker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 fn last_probe(r: &Reader, i: u32) -> String {
     r.snapshot()
         .map(|s| s.last_probe_name(i).to_owned())
@@ -103,8 +51,9 @@ fn the_mysql_check_judges_greetings_of_real_servers_and_of_other_ports() {
         return;
     };
     let mut p = Pair::start().unwrap();
-    let http = Talker::start(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
-    let silent = Talker::start(b"");
+    let http =
+        Listener::answering(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n").unwrap();
+    let silent = Listener::answering(b"").unwrap();
     let closes = Listener::bind(0).unwrap();
     let (db0, db1) = (p.primary.port, p.replica.port);
     let a = AgentProc::start(p.dir(), "agent", |s| {
