@@ -2,6 +2,7 @@
 
 import os
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -62,7 +63,27 @@ def start_django(live, migrate_on, settings="dbhatest.settings"):
     from django.core.management import call_command
 
     for alias in migrate_on:
+        if alias != migrate_on[0]:
+            _wait_replayed(migrate_on[0], alias)
         call_command("migrate", database=alias, verbosity=0)
+
+
+def _wait_replayed(first, alias, timeout=60):
+    """Waits until `alias`, when it is a standby, has replayed the migrations
+    recorded on `first`: migrate records every migration it finds unrecorded,
+    even where the router allows none, and on a standby that write fails."""
+    from django.db import connections
+    from django.db.migrations.recorder import MigrationRecorder
+
+    with connections[alias].cursor() as c:
+        c.execute("SELECT pg_is_in_recovery()")
+        if not c.fetchone()[0]:
+            return
+    want = set(MigrationRecorder(connections[first]).applied_migrations())
+    deadline = time.monotonic() + timeout
+    while not want <= set(MigrationRecorder(connections[alias]).applied_migrations()):
+        assert time.monotonic() < deadline, f"{alias} did not replay the migrations of {first}"
+        time.sleep(0.02)
 
 
 def close_django(live):
