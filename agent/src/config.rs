@@ -34,7 +34,7 @@ pub enum Check {
     /// database port is reachable from this host.
     Patroni,
     /// A MySQL or MariaDB server greets (protocol 10) rather than refusing;
-    /// no login yet, so no role.
+    /// with a `user`, it logs in and reads the role from `read_only`.
     Mysql,
 }
 
@@ -187,12 +187,29 @@ pub struct Database {
     pub allow_cleartext_password: bool,
     /// The `patroni` check's REST API and its credentials (None for the others).
     pub patroni: Option<crate::probe::patroni::Settings>,
+    /// The `mysql` check's own settings (None for the others).
+    pub mysql: Option<crate::probe::mysql::Settings>,
     /// Under `[dcs]`: the Patroni member this database is (else matched by the
     /// host and port of the member's `conn_url`).
     pub member: Option<String>,
 }
 
 impl Database {
+    /// Whether the check logs in to the database: `postgres` (when the server
+    /// lets it), `mysql` when a user is configured.
+    pub fn logs_in(&self) -> bool {
+        match self.check {
+            Check::Postgres => true,
+            Check::Mysql => self.mysql.as_ref().is_some_and(|m| m.login),
+            Check::Tcp | Check::Patroni => false,
+        }
+    }
+
+    /// Whether the check sees the server's role (primary or standby).
+    pub fn sees_roles(&self) -> bool {
+        self.check == Check::Patroni || self.logs_in()
+    }
+
     /// What identifies the probe target: a reload keeps an endpoint's health only if
     /// this is unchanged.
     pub fn same_target(&self, other: &Database) -> bool {
@@ -331,6 +348,7 @@ struct RawConfig {
     sslmode: Option<Spanned<SslMode>>,
     sslrootcert: Option<Spanned<PathBuf>>,
     allow_cleartext_password: Option<bool>,
+    server_public_key: Option<Spanned<PathBuf>>,
     #[serde(default)]
     database: Vec<Spanned<RawDatabase>>,
     dcs: Option<Spanned<RawDcs>>,
@@ -361,6 +379,7 @@ struct RawDatabase {
     sslmode: Option<Spanned<SslMode>>,
     sslrootcert: Option<Spanned<PathBuf>>,
     allow_cleartext_password: Option<bool>,
+    server_public_key: Option<Spanned<PathBuf>>,
     patroni_url: Option<Spanned<String>>,
     patroni_user: Option<Spanned<String>>,
     patroni_password_file: Option<Spanned<PathBuf>>,
@@ -587,6 +606,12 @@ impl Locator<'_> {
     }
 }
 
+/// Whether a `mysql` check logs in: a user is given, its own or the top
+/// level's.
+fn mysql_login(db: &RawDatabase, raw: &RawConfig) -> bool {
+    db.user.is_some() || raw.user.is_some()
+}
+
 /// A database's `fastinter` and `connect_timeout`, resolved.
 struct Timing {
     fastinter: Duration,
@@ -656,12 +681,13 @@ impl Locator<'_> {
         let mode = db.sslmode.as_ref().or(raw.sslmode.as_ref());
         let root = db.sslrootcert.as_ref().or(raw.sslrootcert.as_ref());
         let sslmode = mode.map_or(SslMode::Prefer, |m| *m.get_ref());
-        if matches!(db.check, Check::Tcp | Check::Mysql) {
+        let greeting_only = db.check == Check::Mysql && !mysql_login(db, raw);
+        if db.check == Check::Tcp || greeting_only {
             if let Some(m) = &db.sslmode {
                 return Err(self.at(
                     Some(m.span()),
                     &key("sslmode"),
-                    "sslmode applies to check = \"postgres\" only",
+                    "sslmode applies to check = \"postgres\", and to check = \"mysql\" with a user",
                 ));
             }
             return Ok((sslmode, None));
@@ -682,31 +708,73 @@ impl Locator<'_> {
         Ok((sslmode, root.map(|r| r.get_ref().clone())))
     }
 
-    /// The `mysql` check judges the server's greeting only: it does not log in
-    /// yet, so a database's login and TLS settings are refused on it rather
-    /// than ignored.
-    fn mysql(&self, db: &RawDatabase, key: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
-        let login = [
-            ("user", db.user.is_some()),
-            ("password_file", db.password_file.is_some()),
-            ("password_env", db.password_env.is_some()),
+    /// The `mysql` check's settings. It logs in when a `user` is given (its
+    /// own or the top level's); without one it judges the greeting only, and
+    /// the login settings are refused rather than ignored. It logs in without
+    /// a default database, and only with mysql_native_password or
+    /// caching_sha2_password (no cleartext password plugin).
+    fn mysql(
+        &self,
+        db: &RawDatabase,
+        raw: &RawConfig,
+        key: &dyn Fn(&str) -> String,
+    ) -> Result<crate::probe::mysql::Settings, ConfigError> {
+        let never = [
             ("dbname", db.dbname.is_some()),
-            ("sslmode", db.sslmode.is_some()),
-            ("sslrootcert", db.sslrootcert.is_some()),
-            ("session", db.session.is_some()),
             (
                 "allow_cleartext_password",
                 db.allow_cleartext_password.is_some(),
             ),
         ];
-        match login.into_iter().find(|(_, set)| *set) {
-            Some((name, _)) => Err(self.at(
+        if let Some((name, _)) = never.into_iter().find(|(_, set)| *set) {
+            return Err(self.at(
                 None,
                 &key(name),
-                "does not apply: check = \"mysql\" judges the server's greeting only and does not log in yet (no credentials, no TLS, no role)",
-            )),
-            None => Ok(()),
+                "does not apply to check = \"mysql\": it logs in without a default database, with mysql_native_password or caching_sha2_password",
+            ));
         }
+        let login = mysql_login(db, raw);
+        let needs_user = [
+            ("password_file", db.password_file.is_some()),
+            ("password_env", db.password_env.is_some()),
+            ("sslrootcert", db.sslrootcert.is_some()),
+            ("session", db.session.is_some()),
+            ("session_lifetime", db.session_lifetime.is_some()),
+            ("admission_interval", db.admission_interval.is_some()),
+            ("max_replica_lag", db.max_replica_lag.is_some()),
+            ("server_public_key", db.server_public_key.is_some()),
+        ];
+        if !login {
+            if let Some((name, _)) = needs_user.into_iter().find(|(_, set)| *set) {
+                return Err(self.at(
+                    None,
+                    &key(name),
+                    "needs user: without one, check = \"mysql\" judges the server's greeting only (no login, no TLS, no role)",
+                ));
+            }
+        }
+        if let Some(b) = &db.max_replica_lag_bytes {
+            return Err(self.at(
+                Some(b.span()),
+                &key("max_replica_lag_bytes"),
+                "applies to check = \"postgres\" (WAL bytes); check = \"mysql\" takes max_replica_lag",
+            ));
+        }
+        let server_public_key = match db
+            .server_public_key
+            .as_ref()
+            .or(raw.server_public_key.as_ref())
+        {
+            Some(path) if login => Some(
+                crate::probe::mysql::load_public_key(path.get_ref())
+                    .map_err(|e| self.at(Some(path.span()), &key("server_public_key"), e))?,
+            ),
+            _ => None,
+        };
+        Ok(crate::probe::mysql::Settings {
+            login,
+            server_public_key,
+        })
     }
 
     /// The `patroni` check's settings: `patroni_url` (required), optional basic
@@ -741,9 +809,6 @@ impl Locator<'_> {
                 db.patroni_password_env.as_ref().map(Spanned::span),
             ),
         ];
-        if db.check == Check::Mysql {
-            self.mysql(db, key)?;
-        }
         if db.check != Check::Patroni {
             if let Some((name, span)) = own.into_iter().find(|(_, s)| s.is_some()) {
                 return Err(self.at(
@@ -1107,6 +1172,19 @@ impl Config {
                 ));
             }
             let (patroni, sslmode, sslrootcert) = loc.patroni(db, &raw, &key)?;
+            let mysql = if db.check == Check::Mysql {
+                Some(loc.mysql(db, &raw, &key)?)
+            } else {
+                if let Some(k) = &db.server_public_key {
+                    return Err(loc.at(
+                        Some(k.span()),
+                        &key("server_public_key"),
+                        "server_public_key applies to check = \"mysql\" only",
+                    ));
+                }
+                None
+            };
+            let sees_roles = db.check.sees_roles() || mysql.as_ref().is_some_and(|m| m.login);
             let (own, defaults) = (db.credentials(), raw.credentials());
             let (password, password_source) = loc.password(&own, &defaults, &key(""))?;
             let credential = |own: &Option<String>, default: &Option<String>| {
@@ -1119,11 +1197,11 @@ impl Config {
             let own_timeout = loc.duration(&db.timeout, &key("timeout"), timeout, TIMEOUT_RANGE)?;
             let timing = loc.timing(db, &raw, own_interval, own_timeout, &key)?;
             let roles_only = |name: &str, span: Option<Range<usize>>| -> Result<(), ConfigError> {
-                if !db.check.sees_roles() && span.is_some() {
+                if !sees_roles && span.is_some() {
                     return Err(loc.at(
                         span,
                         &key(name),
-                        format!("{name} applies to check = \"postgres\" or \"patroni\" only"),
+                        format!("{name} applies to check = \"postgres\" or \"patroni\", and to check = \"mysql\" with a user"),
                     ));
                 }
                 Ok(())
@@ -1200,12 +1278,8 @@ impl Config {
                     .map_or(Session::Held, |s| *s.get_ref()),
                 session_lifetime,
                 admission_interval,
-                max_replica_lag: if !db.check.sees_roles() {
-                    None
-                } else {
-                    max_replica_lag
-                },
-                max_replica_lag_bytes: if !db.check.sees_roles() {
+                max_replica_lag: if !sees_roles { None } else { max_replica_lag },
+                max_replica_lag_bytes: if !sees_roles {
                     None
                 } else {
                     max_replica_lag_bytes
@@ -1221,6 +1295,7 @@ impl Config {
                     .or(raw.allow_cleartext_password)
                     .unwrap_or(false),
                 patroni,
+                mysql,
                 member: db.member.as_ref().map(|m| m.get_ref().clone()),
             });
         }
@@ -1263,11 +1338,7 @@ impl Config {
         // Under [dcs] the leader comes from etcd, and roles for reads from the
         // members' keys where a probe does not see them.
         if dcs.is_none() && (writes != Writes::Any || reads != Reads::Primary) {
-            if let Some((i, d)) = databases
-                .iter()
-                .enumerate()
-                .find(|(_, d)| !d.check.sees_roles())
-            {
+            if let Some((i, d)) = databases.iter().enumerate().find(|(_, d)| !d.sees_roles()) {
                 let span = raw
                     .writes
                     .as_ref()
@@ -1277,9 +1348,10 @@ impl Config {
                     span,
                     if writes != Writes::Any { "writes" } else { "reads" },
                     format!(
-                        "roles are needed, and database[{i}] ({}) has check = \"{}\", which cannot see them: use check = \"postgres\" (with credentials) or \"patroni\"",
+                        "roles are needed, and database[{i}] ({}) has check = \"{}\", which cannot see them{}: use check = \"postgres\" (with credentials), \"patroni\", or \"mysql\" with a user",
                         d.alias,
-                        d.check.name()
+                        d.check.name(),
+                        if d.check == Check::Mysql { " without a user" } else { "" }
                     ),
                 ));
             }
@@ -1507,6 +1579,31 @@ impl fmt::Display for Config {
                     d.allow_cleartext_password
                 )?;
             }
+            if d.check == Check::Mysql && d.logs_in() {
+                writeln!(f, "session = \"{}\"", d.session.name())?;
+                writeln!(
+                    f,
+                    "session_lifetime = \"{}\"",
+                    format_duration(d.session_lifetime)
+                )?;
+                write_admission_and_lag(f, d)?;
+                writeln!(f, "user = {}", quoted(&d.user))?;
+                writeln!(
+                    f,
+                    "# password: {}",
+                    d.password_source.as_deref().unwrap_or("none")
+                )?;
+                writeln!(f, "sslmode = \"{}\"", d.sslmode.name())?;
+                if let Some(r) = &d.sslrootcert {
+                    writeln!(f, "sslrootcert = {}", path(r))?;
+                }
+                if d.mysql
+                    .as_ref()
+                    .is_some_and(|m| m.server_public_key.is_some())
+                {
+                    writeln!(f, "# server_public_key: configured")?;
+                }
+            }
         }
         if let Some(s) = &self.dcs {
             writeln!(f, "\n[dcs]")?;
@@ -1714,7 +1811,7 @@ patroni_password_env = "DBHA_TEST_PATRONI_PASSWORD"
         let text = THREE.replace("fall = 5\n", "fall = 5\nadmission_interval = \"30s\"\n");
         let e = parse(&text).unwrap_err().to_string();
         assert!(
-            e.contains("admission_interval applies to check = \"postgres\" or \"patroni\" only"),
+            e.contains("admission_interval applies to check = \"postgres\" or \"patroni\", and to check = \"mysql\" with a user"),
             "{e}"
         );
     }
@@ -1877,7 +1974,7 @@ patroni_password_env = "DBHA_TEST_PATRONI_PASSWORD"
     }
 
     #[test]
-    fn the_mysql_check_takes_no_login_yet_and_sees_no_roles() {
+    fn the_mysql_check_logs_in_and_sees_roles_only_with_a_user() {
         let one = |extra: &str| {
             parse(&format!(
                 "[[database]]\nalias = \"db0\"\nhost = \"127.0.0.1\"\nport = 3306\ncheck = \"mysql\"\n{extra}"
@@ -1885,27 +1982,86 @@ patroni_password_env = "DBHA_TEST_PATRONI_PASSWORD"
         };
         let c = one("").unwrap();
         assert_eq!(c.databases[0].check, Check::Mysql);
-        assert!(!Check::Mysql.sees_roles());
+        assert!(!c.databases[0].logs_in() && !c.databases[0].sees_roles());
         for key in [
-            "user = \"monitor\"",
             "password_env = \"PW\"",
-            "sslmode = \"require\"",
             "session = \"held\"",
+            "max_replica_lag = \"5s\"",
+            "server_public_key = \"/nonexistent\"",
         ] {
             let e = one(key).unwrap_err();
             assert!(
-                e.message
-                    .contains("check = \"mysql\" judges the server's greeting only"),
+                e.message.contains(
+                    "needs user: without one, check = \"mysql\" judges the server's greeting only"
+                ),
                 "{key}: {e}"
             );
         }
+        let e = one("sslmode = \"require\"").unwrap_err();
+        assert!(
+            e.message.contains("and to check = \"mysql\" with a user"),
+            "{e}"
+        );
         let e = parse(
             "writes = \"primary\"\n[[database]]\nalias = \"db0\"\nhost = \"127.0.0.1\"\nport = 3306\ncheck = \"mysql\"\n",
         )
         .unwrap_err();
         assert!(
             e.message
-                .contains("has check = \"mysql\", which cannot see them"),
+                .contains("has check = \"mysql\", which cannot see them without a user"),
+            "{e}"
+        );
+
+        // With a user (its own or the top level's): a login, TLS, a held
+        // session, roles.
+        let c = one("user = \"dbha\"\npassword_env = \"HOME\"\nsslmode = \"require\"\nsession = \"per-probe\"\nmax_replica_lag = \"5s\"").unwrap();
+        let d = &c.databases[0];
+        assert!(d.logs_in() && d.sees_roles());
+        assert_eq!(
+            (d.user.as_str(), d.sslmode, d.session),
+            ("dbha", SslMode::Require, Session::PerProbe)
+        );
+        assert_eq!(d.max_replica_lag, Some(Duration::from_secs(5)));
+        let c = parse(
+            "user = \"dbha\"\nwrites = \"primary\"\n[[database]]\nalias = \"db0\"\nhost = \"127.0.0.1\"\nport = 3306\ncheck = \"mysql\"\n",
+        )
+        .unwrap();
+        assert!(c.databases[0].sees_roles());
+        assert_eq!(c.databases[0].session, Session::Held);
+        for (key, says) in [
+            ("dbname = \"app\"", "logs in without a default database"),
+            (
+                "allow_cleartext_password = true",
+                "logs in without a default database",
+            ),
+            (
+                "max_replica_lag_bytes = 100",
+                "check = \"mysql\" takes max_replica_lag",
+            ),
+            (
+                "server_public_key = \"/nonexistent\"",
+                "cannot read /nonexistent",
+            ),
+        ] {
+            let e = one(&format!("user = \"dbha\"\n{key}")).unwrap_err();
+            assert!(e.message.contains(says), "{key}: {e}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let not_a_key = dir.path().join("key.pem");
+        std::fs::write(
+            &not_a_key,
+            "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+        )
+        .unwrap();
+        let e = one(&format!(
+            "user = \"dbha\"\nserver_public_key = \"{}\"",
+            not_a_key.display()
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("not an RSA public key in PEM"), "{e}");
+        let e = parse("[[database]]\nalias = \"db0\"\nhost = \"h\"\nport = 5432\ncheck = \"postgres\"\nserver_public_key = \"/k\"\n").unwrap_err();
+        assert!(
+            e.message.contains("applies to check = \"mysql\" only"),
             "{e}"
         );
     }

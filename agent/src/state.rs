@@ -452,7 +452,7 @@ impl State {
                     continue;
                 }
                 if let Ok(i) = crate::dcs::match_member(name, m, &self.config.databases) {
-                    if seen[i].claim.is_none() && !self.endpoints[i].db.check.sees_roles() {
+                    if seen[i].claim.is_none() && !self.endpoints[i].db.sees_roles() {
                         seen[i].claim = Some(Claim {
                             role: Role::Standby,
                             read_only: true,

@@ -294,6 +294,7 @@ fn watch_writable((host, port): (String, u16), t0: Instant, until: Instant) -> O
         sslrootcert: None,
         allow_cleartext_password: false,
         patroni: None,
+        mysql: None,
         member: None,
     };
     let mut prober = dbha_agent::probe::Prober::new(db);

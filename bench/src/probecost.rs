@@ -73,6 +73,7 @@ pub fn probecost(quick: bool) {
         sslrootcert: None,
         allow_cleartext_password: false,
         patroni: None,
+        mysql: None,
         member: None,
     };
     let (held_n, login_n, window) = if quick {

@@ -144,6 +144,7 @@ pub fn database(
         sslrootcert: None,
         allow_cleartext_password: false,
         patroni: None,
+        mysql: None,
         member: None,
     }
 }

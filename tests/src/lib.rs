@@ -171,3 +171,13 @@ pub fn agent_bin() -> PathBuf {
         &["agent/src", "harness/src", "reader/src", "protocol/src"],
     )
 }
+
+/// A password file `dir/name` holding `pw`, readable by its owner only (as
+/// the agent requires).
+pub fn password_file(dir: &std::path::Path, name: &str, pw: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    std::fs::write(&p, format!("{pw}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}

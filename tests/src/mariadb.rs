@@ -256,6 +256,53 @@ impl Server {
         .map(|_| ())
     }
 
+    /// Creates `user`@127.0.0.1 with `password` and the privileges `grants`
+    /// ("" for none but USAGE); on a primary it replicates to its replicas.
+    pub fn create_user(&self, user: &str, password: &str, grants: &str) -> io::Result<()> {
+        let mut sql = format!("CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY '{password}'");
+        if !grants.is_empty() {
+            sql.push_str(&format!("; GRANT {grants} ON *.* TO '{user}'@'127.0.0.1'"));
+        }
+        self.sql(&sql).map(|_| ())
+    }
+
+    /// The ids of `user`'s sessions on this server.
+    pub fn sessions_of(&self, user: &str) -> io::Result<Vec<u64>> {
+        Ok(self
+            .sql(&format!(
+                "SELECT id FROM information_schema.processlist WHERE user = '{user}'"
+            ))?
+            .split_whitespace()
+            .filter_map(|id| id.parse().ok())
+            .collect())
+    }
+
+    /// Waits until this replica has executed everything it received.
+    pub fn caught_up(&self) -> io::Result<()> {
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = self.slave_status()?;
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(": "))
+                    .map(str::to_owned)
+            };
+            if field("Read_Master_Log_Pos").is_some()
+                && field("Read_Master_Log_Pos") == field("Exec_Master_Log_Pos")
+            {
+                return Ok(());
+            }
+            if Instant::now() > until {
+                return Err(io::Error::other(format!(
+                    "{} did not catch up:\n{status}",
+                    self.name
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Promotes this replica as an operator does: replication stopped and
     /// forgotten, writes allowed.
     pub fn promote(&self) -> io::Result<()> {

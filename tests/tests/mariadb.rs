@@ -1,12 +1,18 @@
 //! MariaDB on loopback, for the mysql check: two real servers with GTID
-//! replication, as the harness starts them, and the real agent judging their
-//! greetings (no login yet): servers up, stopped, frozen, and ports that
-//! answer something else, closed or silent. Time bounds only catch hangs.
+//! replication, as the harness starts them, and the real agent. Without a
+//! user it judges greetings: servers up, stopped, frozen, and ports that
+//! answer something else, closed or silent. With one it logs in, holds a
+//! session and reads the role from read_only: a replica listed first never
+//! takes writes, writes follow a promotion, an old primary back writable is
+//! fenced, a killed session moves nothing, a replica that stopped replicating
+//! leaves the reads. Time bounds only catch hangs.
 
 use dbha::Reader;
 use dbha_harness::Listener;
-use dbha_tests::agentproc::{loopback_config, wait_for, wait_write, AgentProc};
+use dbha_tests::agentproc::{config, loopback_config, wait_for, wait_write, AgentProc, Timing};
 use dbha_tests::mariadb::{self, Pair};
+use dbha_tests::password_file;
+use dbha_tests::trace::Trace;
 use std::time::{Duration, Instant};
 
 #[test]
@@ -182,4 +188,133 @@ fn greeting_only_probes_from_another_address_get_the_host_blocked_until_flush_ho
     assert_eq!(last_probe(&r, 0), "ok");
     drop(a);
     drop(db);
+}
+
+/// The monitor user of these tests and its password.
+const MONITOR: &str = "dbha";
+const MONITOR_PW: &str = "m0nitor-pw";
+
+/// An agent logging in as the monitor user to `dbs` (alias, port) in that
+/// order, writes to a primary only, reads preferring a replica; `extra` goes
+/// into the top level.
+fn login_agent(
+    dir: &std::path::Path,
+    name: &str,
+    dbs: &[(&str, u16)],
+    pw: &str,
+    extra: &str,
+) -> AgentProc {
+    let pw_file = password_file(dir, &format!("{name}.pw"), pw);
+    let dbs: Vec<_> = dbs
+        .iter()
+        .map(|(a, p)| (*a, "127.0.0.1", *p, "mysql"))
+        .collect();
+    AgentProc::start(dir, name, |s| {
+        config(
+            s,
+            &Timing::live("sticky"),
+            &dbs,
+            &format!(
+                "writes = \"primary\"\nreads = \"prefer-standby\"\nuser = \"{MONITOR}\"\npassword_file = \"{}\"\n{extra}",
+                pw_file.display()
+            ),
+        )
+    })
+}
+
+fn fenced(r: &Reader, index: u32) -> bool {
+    r.snapshot().is_ok_and(|s| s.fence(index).fenced)
+}
+
+#[test]
+fn with_a_login_roles_come_from_read_only_and_writes_follow_a_promotion_only() {
+    let Some(()) = mariadb::prerequisites() else {
+        return;
+    };
+    let mut p = Pair::start().unwrap();
+    // Created on the primary, replicated to the replica.
+    p.primary
+        .create_user(MONITOR, MONITOR_PW, "SLAVE MONITOR")
+        .unwrap();
+    p.replica.caught_up().unwrap();
+    let (db0, db1) = (p.primary.port, p.replica.port);
+    // The replica first: a role-blind check would write there.
+    let a = login_agent(
+        p.dir(),
+        "agent",
+        &[("db1", db1), ("db0", db0)],
+        MONITOR_PW,
+        "",
+    );
+    let r = a.reader();
+    let trace = Trace::start(&a.state);
+    wait_write(&r, "db0");
+    wait_for("reads on the replica", || {
+        (r.snapshot().ok()?.read_alias() == Some("db1")).then_some(())
+    });
+    let s = r.snapshot().unwrap();
+    assert_eq!(s.primary_mask, 0b10, "{}", a.log());
+    assert_eq!(
+        (last_probe(&r, 0).as_str(), last_probe(&r, 1).as_str()),
+        ("ok", "ok")
+    );
+    // Held sessions: one each, kept.
+    assert_eq!(p.primary.sessions_of(MONITOR).unwrap().len(), 1);
+    assert_eq!(p.replica.sessions_of(MONITOR).unwrap().len(), 1);
+
+    // A wrong password: auth_failed, never chosen.
+    let wrong = login_agent(p.dir(), "wrong", &[("db0", db0)], "guess", "");
+    let wr = wrong.reader();
+    wait_for("auth_failed", || {
+        (last_probe(&wr, 0) == "auth_failed").then_some(())
+    });
+    assert_eq!(wr.write_alias(), None);
+    wrong.wait_log("db0: down after 2 failed probes (authentication failed: 1045 Access denied for user 'dbha'@'127.0.0.1' (using password: YES) (user \"dbha\"))");
+    drop(wrong);
+
+    // The agent's session on the primary killed, alone: the session is
+    // opened again and nothing moves.
+    let epoch = r.snapshot().unwrap().epoch;
+    for id in p.primary.sessions_of(MONITOR).unwrap() {
+        p.primary.sql(&format!("KILL CONNECTION {id}")).unwrap();
+    }
+    a.wait_log("db0: session lost");
+    std::thread::sleep(Timing::live("sticky").detection_bound() * 2);
+    let s = r.snapshot().unwrap();
+    assert_eq!(
+        (s.write_alias(), s.epoch),
+        (Some("db0"), epoch),
+        "{}",
+        a.log()
+    );
+
+    // The primary stopped: no write endpoint, reads stay on the replica.
+    p.primary.stop();
+    wait_for("no write endpoint", || {
+        (r.snapshot().ok()?.write_index.is_none()).then_some(())
+    });
+    assert_eq!(r.read_alias(), Some("db1"));
+
+    // The replica promoted: writes follow.
+    let promoted = Instant::now();
+    p.replica.promote().unwrap();
+    wait_write(&r, "db1");
+    println!(
+        "promotion published {} ms after it was made",
+        promoted.elapsed().as_millis()
+    );
+
+    // The old primary back, writable: two primaries, the old one fenced.
+    p.primary.start_again().unwrap();
+    wait_for("db0 fenced", || fenced(&r, 1).then_some(()));
+    std::thread::sleep(Timing::live("sticky").detection_bound() * 2);
+    assert_eq!(r.write_alias(), Some("db1"));
+    // Writes: the primary, none while there was none, the promoted
+    // replica; never the replica before, never the old primary after.
+    let traced = trace.finish();
+    let mut writes = traced.writes();
+    if writes.first() == Some(&None) {
+        writes.remove(0);
+    }
+    assert_eq!(writes, [Some("db0"), None, Some("db1")], "{}", a.log());
 }

@@ -8,6 +8,7 @@ use dbha_agent::probe::{self, Failure};
 use dbha_harness::pg::StopMode;
 use dbha_tests::agentproc::{config, wait_for, wait_write, AgentProc, Timing};
 use dbha_tests::live::Live;
+use dbha_tests::password_file;
 use std::time::{Duration, Instant};
 
 fn timing(failback: &'static str) -> Timing {
@@ -132,14 +133,6 @@ fn primary_lost_gives_none_until_promotion_and_the_old_primary_back_is_split_bra
         "nothing flips back"
     );
     assert_eq!(s.primary_mask, 0b011);
-}
-
-fn password_file(dir: &std::path::Path, name: &str, pw: &str) -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let p = dir.join(name);
-    std::fs::write(&p, format!("{pw}\n")).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    p
 }
 
 #[test]

@@ -38,7 +38,8 @@ pub enum Failure {
     Timeout(Duration),
     /// The server closed the connection before answering.
     Closed,
-    /// PostgreSQL answered 57P03: starting up, shutting down, or in recovery.
+    /// The server is starting up, shutting down, or in recovery (PostgreSQL's
+    /// 57P03, MySQL's 1053), with its code.
     NotReady(String),
     /// Something answered that is not PostgreSQL.
     NotPostgres(String),
@@ -103,7 +104,7 @@ impl fmt::Display for Failure {
             Failure::Refused => f.write_str("connection refused"),
             Failure::Timeout(d) => write!(f, "no answer within {d:?}"),
             Failure::Closed => f.write_str("connection closed before any answer"),
-            Failure::NotReady(m) => write!(f, "not ready (57P03: {m})"),
+            Failure::NotReady(m) => write!(f, "not ready ({m})"),
             Failure::NotPostgres(m) => write!(f, "not a PostgreSQL server ({m})"),
             Failure::AuthFailed(m) => write!(f, "authentication failed: {m}"),
             Failure::Rejected(m) => write!(f, "session refused: {m}"),
@@ -191,7 +192,7 @@ pub struct Prober {
     db: Database,
     resolver: Resolver,
     /// The held session, and when it was opened.
-    held: Option<(postgres::Held, Instant)>,
+    held: Option<(Held, Instant)>,
     /// When a new connection was last admitted (see `admission_interval`).
     admitted: Option<Instant>,
     /// A failed TLS handshake under `prefer` was logged (once per prober).
@@ -254,7 +255,11 @@ impl Prober {
             if self.admission_due() {
                 // The session stays: it is fine, new connections are not.
                 let stream = self.connect(start, deadline)?;
-                postgres::admit(stream, deadline, self.db.timeout, &self.db)?;
+                let (db, timeout) = (&self.db, self.db.timeout);
+                match db.check {
+                    Check::Mysql => mysql::session::admit(stream, deadline, timeout, db)?,
+                    _ => postgres::admit(stream, deadline, timeout, db)?,
+                }
                 self.admitted = Some(Instant::now());
             }
             return outcome;
@@ -262,8 +267,10 @@ impl Prober {
         let stream = self.connect(start, deadline)?;
         match self.db.check {
             Check::Tcp => return Ok(Up::default()),
-            Check::Mysql => return mysql::greet(stream, deadline, self.db.timeout),
-            Check::Postgres | Check::Patroni => {}
+            Check::Mysql if !self.db.logs_in() => {
+                return mysql::greet(stream, deadline, self.db.timeout)
+            }
+            Check::Postgres | Check::Patroni | Check::Mysql => {}
         }
         match self.login(stream, deadline, None) {
             // libpq's `prefer`: a failed TLS handshake is followed by a new
@@ -324,16 +331,24 @@ impl Prober {
     ) -> Outcome {
         let start = Instant::now();
         let db = db.unwrap_or(&self.db);
-        match db.session {
-            Session::PerProbe => postgres::check(stream, deadline, db.timeout, db),
-            Session::Held => {
-                let (outcome, held) = postgres::open(stream, deadline, db.timeout, db);
-                // A new session was just admitted.
-                self.admitted = held.is_some().then_some(start);
-                self.held = held.map(|h| (h, start));
-                outcome
+        let (outcome, held) = match (db.check, db.session) {
+            (Check::Mysql, session) => {
+                let keep = session == Session::Held;
+                let (outcome, held) = mysql::session::check(stream, deadline, db.timeout, db, keep);
+                (outcome, held.map(Held::Mysql))
             }
+            (_, Session::PerProbe) => (postgres::check(stream, deadline, db.timeout, db), None),
+            (_, Session::Held) => {
+                let (outcome, held) = postgres::open(stream, deadline, db.timeout, db);
+                (outcome, held.map(Held::Postgres))
+            }
+        };
+        if db.session == Session::Held {
+            // A new session was just admitted.
+            self.admitted = held.is_some().then_some(start);
+            self.held = held.map(|h| (h, start));
         }
+        outcome
     }
 
     /// A new connection to the endpoint, bounded by `connect_timeout`, as HAProxy
@@ -402,6 +417,42 @@ impl Prober {
                     }
                 }
             }
+        }
+    }
+}
+
+/// A session held between probes, of either check that logs in.
+enum Held {
+    Postgres(postgres::Held),
+    Mysql(mysql::session::Held),
+}
+
+impl Held {
+    fn probe(&mut self, deadline: Instant, db: &Database) -> Outcome {
+        match self {
+            Held::Postgres(h) => h.probe(deadline, db),
+            Held::Mysql(h) => h.probe(deadline),
+        }
+    }
+
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Held::Postgres(h) => h.fd(),
+            Held::Mysql(h) => h.fd(),
+        }
+    }
+
+    fn drain(&mut self, db: &Database) -> Result<(), Failure> {
+        match self {
+            Held::Postgres(h) => h.drain(db),
+            Held::Mysql(h) => h.drain(),
+        }
+    }
+
+    fn close(self) {
+        match self {
+            Held::Postgres(h) => h.close(),
+            Held::Mysql(h) => h.close(),
         }
     }
 }
@@ -507,7 +558,9 @@ pub fn spawn<E: From<Report> + Send + 'static>(
 /// at `fastinter` on every standby, from every agent, would be the login storm
 /// the window must not cause; those keep their pace.
 fn pace_of(t: &Tracker, db: &Database, hurry: bool) -> Duration {
-    let hurried = hurry && db.session == Session::Held && db.check == Check::Postgres;
+    let hurried = hurry
+        && db.session == Session::Held
+        && (db.check == Check::Postgres || (db.check == Check::Mysql && db.logs_in()));
     if t.fast() || (hurried && t.backoff().is_none()) {
         return db.fastinter;
     }
@@ -515,6 +568,21 @@ fn pace_of(t: &Tracker, db: &Database, hurry: bool) -> Duration {
         Some(n) => db.fastinter.saturating_mul(n).min(db.interval),
         None => db.interval,
     }
+}
+
+/// Keepalive, and `TCP_USER_TIMEOUT` = the probe timeout, on a held session's
+/// socket: a peer that stops acknowledging (a blackholed host) ends the session
+/// within `timeout`, also between probes, without waiting for the kernel's
+/// retransmissions.
+pub(crate) fn keep_alive(fd: impl AsFd, db: &Database) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let ms = db.timeout.as_millis().min(u128::from(u32::MAX)) as u32;
+    let idle = db.interval.as_secs().clamp(1, 7200) as u32;
+    let _ = setsockopt(&fd, sockopt::KeepAlive, &true);
+    let _ = setsockopt(&fd, sockopt::TcpKeepIdle, &idle);
+    let _ = setsockopt(&fd, sockopt::TcpKeepInterval, &1);
+    let _ = setsockopt(&fd, sockopt::TcpKeepCount, &3);
+    let _ = setsockopt(&fd, sockopt::TcpUserTimeout, &ms);
 }
 
 /// How much of a server's error text reaches a verdict (and so the log).

@@ -177,7 +177,7 @@ pub fn open(
     let (outcome, session) = login(stream, deadline, timeout, db);
     let held = session.map(|s| Held { s, prepared: false });
     if let Some(h) = &held {
-        h.keep_alive(db);
+        super::keep_alive(h.fd(), db);
     }
     (outcome, held)
 }
@@ -241,7 +241,9 @@ pub fn admit(
     match answer {
         Ok(Message::ErrorResponse(body)) => match error_fields(body.fields()) {
             (code, message) if code == "53300" => refused(format!("{code}: {message}")),
-            (code, message) if code == "57P03" => Err(Failure::NotReady(message)),
+            (code, message) if code == "57P03" => {
+                Err(Failure::NotReady(format!("{code}: {message}")))
+            }
             _ => Ok(()),
         },
         Ok(
@@ -364,21 +366,6 @@ impl Held {
         }
     }
 
-    /// Keepalive, and `TCP_USER_TIMEOUT` = the probe timeout: a peer that stops
-    /// acknowledging (a blackholed host) ends the session within `timeout`, also
-    /// between probes, without waiting for the kernel's retransmissions.
-    fn keep_alive(&self, db: &Database) {
-        use nix::sys::socket::{setsockopt, sockopt};
-        let fd = self.fd();
-        let ms = db.timeout.as_millis().min(u128::from(u32::MAX)) as u32;
-        let idle = db.interval.as_secs().clamp(1, 7200) as u32;
-        let _ = setsockopt(&fd, sockopt::KeepAlive, &true);
-        let _ = setsockopt(&fd, sockopt::TcpKeepIdle, &idle);
-        let _ = setsockopt(&fd, sockopt::TcpKeepInterval, &1);
-        let _ = setsockopt(&fd, sockopt::TcpKeepCount, &3);
-        let _ = setsockopt(&fd, sockopt::TcpUserTimeout, &ms);
-    }
-
     /// Terminate, politely, then close.
     pub fn close(mut self) {
         if let Ok(bye) = encode(|b| {
@@ -447,27 +434,9 @@ fn negotiate_tls(s: &mut Session, db: &Database) -> Result<(), Failure> {
             )))
         }
     }
-    let name = tls::server_name(&db.host).map_err(Failure::Tls)?;
-    let conn =
-        rustls::ClientConnection::new(config, name).map_err(|e| Failure::Tls(e.to_string()))?;
-    let tcp = s
-        .stream
-        .tcp()
-        .try_clone()
-        .map_err(|e| Failure::Io(format!("TLS setup: {e}")))?;
-    // The plain stream's descriptor closes here; `tcp` is the same socket.
-    s.stream = Stream::Tls(Box::new(rustls::StreamOwned::new(conn, tcp)));
-    // The handshake now, within the deadline, so that its failure is named.
     s.bound()?;
-    let Stream::Tls(t) = &mut s.stream else {
-        unreachable!("just set")
-    };
-    while t.conn.is_handshaking() {
-        if let Err(e) = t.conn.complete_io(&mut t.sock) {
-            let f = s.io_failure(e);
-            return Err(f);
-        }
-    }
+    let stream = tls::start(s.stream.tcp(), config, &db.host, |e| s.io_failure(e))?;
+    s.stream = stream;
     Ok(())
 }
 
@@ -765,7 +734,7 @@ fn error_fields(mut fields: ErrorFields<'_>) -> (String, String) {
 fn server_error(fields: ErrorFields<'_>, db: &Database) -> Failure {
     let (code, message) = error_fields(fields);
     match code.as_str() {
-        "57P03" => Failure::NotReady(message),
+        "57P03" => Failure::NotReady(format!("57P03: {message}")),
         "28P01" | "28000" => Failure::AuthFailed(format!("{message} (user {:?})", db.user)),
         _ => Failure::Rejected(format!("{code}: {message}")),
     }

@@ -137,6 +137,32 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
         .map_err(|e| format!("{host:?} cannot be checked against a certificate: {e}"))
 }
 
+/// TLS over the plain connection `tcp` to `host` (sent as SNI, and checked
+/// against the certificate under `verify-full`), the handshake done within
+/// the socket's timeouts so that its failure is named; `fail` says what a
+/// socket error means.
+pub fn start(
+    tcp: &TcpStream,
+    config: Arc<ClientConfig>,
+    host: &str,
+    fail: impl Fn(io::Error) -> crate::probe::Failure,
+) -> Result<Stream, crate::probe::Failure> {
+    use crate::probe::Failure;
+    let name = server_name(host).map_err(Failure::Tls)?;
+    let conn =
+        rustls::ClientConnection::new(config, name).map_err(|e| Failure::Tls(e.to_string()))?;
+    // The caller's plain stream closes its descriptor when replaced; this is
+    // the same socket.
+    let tcp = tcp
+        .try_clone()
+        .map_err(|e| Failure::Io(format!("TLS setup: {e}")))?;
+    let mut t = rustls::StreamOwned::new(conn, tcp);
+    while t.conn.is_handshaking() {
+        t.conn.complete_io(&mut t.sock).map_err(&fail)?;
+    }
+    Ok(Stream::Tls(Box::new(t)))
+}
+
 /// `prefer` and `require` without `sslrootcert`: any certificate. The handshake's
 /// signatures are still verified (the session is encrypted to whoever holds the
 /// certificate's key), as libpq does in these modes.

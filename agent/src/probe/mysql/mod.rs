@@ -13,6 +13,9 @@
 //! (no hand-written packet formats); the first packet is capped at
 //! [`MAX_GREETING`] before anything is allocated for it.
 
+pub mod session;
+pub mod status;
+
 use super::{Failure, Outcome, Up};
 use bytes::BytesMut;
 use mysql_common::constants::CapabilityFlags;
@@ -23,6 +26,45 @@ use mysql_common::proto::MyDeserialize;
 use std::io::Read;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
+
+/// The `mysql` check's own settings.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Settings {
+    /// A user is configured: the check logs in (else it judges the greeting).
+    pub login: bool,
+    /// The server's RSA public key (PEM), for caching_sha2_password's full
+    /// authentication over a connection without TLS.
+    pub server_public_key: Option<Vec<u8>>,
+}
+
+/// A PEM public key file larger than this is refused unread (a 4096-bit RSA
+/// key is about 800 bytes).
+const MAX_KEY_FILE: u64 = 16 * 1024;
+
+/// The server's public key from `path` (its `caching_sha2_password_public_key_path`
+/// file, or what `SHOW STATUS LIKE 'Caching_sha2_password_rsa_public_key'`
+/// prints), checked to be an RSA public key in PEM.
+pub fn load_public_key(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut pem = Vec::new();
+    file.take(MAX_KEY_FILE + 1)
+        .read_to_end(&mut pem)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if pem.len() as u64 > MAX_KEY_FILE {
+        return Err(format!(
+            "{} is larger than {MAX_KEY_FILE} bytes: expected a PEM public key",
+            path.display()
+        ));
+    }
+    mysql_common::crypto::rsa::PublicKey::from_pem(&pem).map_err(|e| {
+        format!(
+            "{}: not an RSA public key in PEM (\"-----BEGIN PUBLIC KEY-----\"): {e}",
+            path.display()
+        )
+    })?;
+    Ok(pem)
+}
 
 /// The largest first packet taken (a greeting is about 100 bytes).
 pub const MAX_GREETING: usize = 16 * 1024;
@@ -129,6 +171,12 @@ fn first_packet(
 
 /// What the first packet's payload says of the server.
 pub fn judge(payload: &[u8]) -> Outcome {
+    greeting(payload).map(|_| Up::default())
+}
+
+/// The server's greeting, parsed; an ERR packet or other bytes as the failure
+/// they are.
+pub fn greeting(payload: &[u8]) -> Result<HandshakePacket<'static>, Failure> {
     match payload.first() {
         Some(0x0a) => {
             // mysql_common 0.38 computes with this byte as an i8 and overflows
@@ -147,7 +195,7 @@ pub fn judge(payload: &[u8]) -> Outcome {
                     hs.protocol_version()
                 )));
             }
-            Ok(Up::default())
+            Ok(hs.into_owned())
         }
         Some(0xff) => {
             // Before the handshake the server has no capabilities agreed: no
@@ -161,18 +209,25 @@ pub fn judge(payload: &[u8]) -> Outcome {
                     "a progress report before the greeting".into(),
                 ));
             };
-            let code = e.error_code();
-            let text = cut(&e.message_str());
-            Err(match code {
-                1040 => Failure::NoNewConnections(format!("{code} {text}")),
-                1129 => Failure::HostBlocked(format!("{code} {text}")),
-                _ => Failure::Rejected(format!("{code} {text}")),
-            })
+            Err(refusal(e.error_code(), &cut(&e.message_str())))
         }
         Some(&b) => Err(Failure::NotMysql(format!(
             "a first packet starting with 0x{b:02x}, not a greeting (0x0a) or an error (0xff)"
         ))),
         None => Err(Failure::NotMysql("an empty first packet".into())),
+    }
+}
+
+/// A server's refusal by its error code: 1040 (too many connections) and 1203
+/// (the user's max_user_connections) admit no new connection, 1129 blocks this
+/// host, 1053 is a server shutting down; the rest are said as the server words
+/// them.
+pub fn refusal(code: u16, text: &str) -> Failure {
+    match code {
+        1040 | 1203 => Failure::NoNewConnections(format!("{code} {text}")),
+        1129 => Failure::HostBlocked(format!("{code} {text}")),
+        1053 => Failure::NotReady(format!("{code} {text}")),
+        _ => Failure::Rejected(format!("{code} {text}")),
     }
 }
 
@@ -186,7 +241,7 @@ fn auth_data_len(payload: &[u8]) -> Option<u8> {
 
 /// Server text for a log line: control characters escaped, at most
 /// [`MAX_TEXT`] bytes.
-fn cut(text: &str) -> String {
+pub fn cut(text: &str) -> String {
     let mut out = String::new();
     for c in text.chars() {
         let piece: String = if c.is_control() {
