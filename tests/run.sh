@@ -62,7 +62,7 @@ step "the seqlock thread test under Miri"
 counted cargo +nightly miri test -p dbha-protocol --lib seqlock
 
 step "fuzzing: each target for ${DBHA_FUZZ_SECS:=30} s from the committed corpus (fuzz/README.md)"
-for target in reader_open probe_reply patroni_reply etcd_message mysql_greeting config_parse; do
+for target in reader_open probe_reply patroni_reply etcd_message mysql_greeting mysql_answer config_parse; do
     # New inputs go to target/fuzz-corpus; fuzz/corpus is only read.
     mkdir -p "target/fuzz-corpus/$target"
     log="target/fuzz-corpus/$target.log"

@@ -8,6 +8,7 @@ pub mod agentproc;
 pub mod badfiles;
 pub mod certs;
 pub mod cprog;
+pub mod fakemysql;
 pub mod fakepg;
 pub mod live;
 pub mod mariadb;

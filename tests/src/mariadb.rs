@@ -266,6 +266,21 @@ impl Server {
         self.sql(&sql).map(|_| ())
     }
 
+    /// `sql` run as root in a client left running: it ends by itself when
+    /// `sql` does, or is killed when the handle is dropped.
+    pub fn background(&self, sql: &str) -> io::Result<crate::Children> {
+        let mut c = Command::new(tool("mariadb"));
+        c.arg("--no-defaults")
+            .arg(format!("--socket={}", self.socket().display()))
+            .args(["-u", "root", "-N", "-B", "-e", sql])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut children = crate::Children::default();
+        children.push(c.spawn()?);
+        Ok(children)
+    }
+
     /// The ids of `user`'s sessions on this server.
     pub fn sessions_of(&self, user: &str) -> io::Result<Vec<u64>> {
         Ok(self

@@ -318,3 +318,150 @@ fn with_a_login_roles_come_from_read_only_and_writes_follow_a_promotion_only() {
     }
     assert_eq!(writes, [Some("db0"), None, Some("db1")], "{}", a.log());
 }
+
+fn lagging(r: &Reader, index: u32) -> bool {
+    r.snapshot().is_ok_and(|s| s.replica_lag(index).lagging)
+}
+
+#[test]
+fn a_replica_that_stops_replicating_or_falls_behind_leaves_the_reads_and_returns() {
+    let Some(()) = mariadb::prerequisites() else {
+        return;
+    };
+    let p = Pair::start().unwrap();
+    p.primary
+        .create_user(MONITOR, MONITOR_PW, "SLAVE MONITOR")
+        .unwrap();
+    // A user that may not read the replication status.
+    p.primary.create_user("plain", MONITOR_PW, "").unwrap();
+    p.primary
+        .sql("CREATE DATABASE app; CREATE TABLE app.t (id INT PRIMARY KEY, v INT) ENGINE=InnoDB; INSERT INTO app.t VALUES (1, 0)")
+        .unwrap();
+    p.replica.caught_up().unwrap();
+    let (db0, db1) = (p.primary.port, p.replica.port);
+    let a = login_agent(
+        p.dir(),
+        "agent",
+        &[("db0", db0), ("db1", db1)],
+        MONITOR_PW,
+        "max_replica_lag = \"1s\"",
+    );
+    let r = a.reader();
+    wait_write(&r, "db0");
+    let on_replica = || (r.read_alias() == Some("db1")).then_some(());
+    wait_for("reads on the replica", on_replica);
+    assert_eq!(
+        r.snapshot().unwrap().replica_lag(1).delay,
+        Some(Duration::ZERO)
+    );
+
+    // The SQL thread stopped: not replicating, whatever it has executed.
+    p.replica.sql("STOP SLAVE SQL_THREAD").unwrap();
+    wait_for("reads leave the stopped replica", || {
+        (r.read_alias() == Some("db0")).then_some(())
+    });
+    assert!(lagging(&r, 1));
+    p.replica.sql("START SLAVE SQL_THREAD").unwrap();
+    wait_for("reads back on the replica", on_replica);
+    assert!(!lagging(&r, 1));
+
+    // The SQL thread held by a row lock on the replica for 4 s while the
+    // primary updates the row: behind, by Seconds_Behind_Master, then caught
+    // up when the lock goes.
+    let _lock = p
+        .replica
+        .background("BEGIN; SELECT * FROM app.t WHERE id = 1 FOR UPDATE; SELECT SLEEP(4); ROLLBACK")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    p.primary
+        .sql("UPDATE app.t SET v = v + 1 WHERE id = 1")
+        .unwrap();
+    wait_for("reads leave the replica behind", || {
+        (r.read_alias() == Some("db0")).then_some(())
+    });
+    let behind = r.snapshot().unwrap().replica_lag(1).delay;
+    assert!(
+        behind.is_some_and(|d| d > Duration::from_secs(1)),
+        "{behind:?}"
+    );
+    wait_for("reads back once the lock is gone", on_replica);
+    assert_eq!(p.replica.sql("SELECT v FROM app.t").unwrap(), "1");
+    drop(a);
+
+    // Without the privilege: the role is still right, the lag unknown (over
+    // the limit: the replica takes no reads), said once.
+    let b = AgentProc::start(p.dir(), "plain", |s| {
+        config(
+            s,
+            &Timing::live("sticky"),
+            &[
+                ("db0", "127.0.0.1", db0, "mysql"),
+                ("db1", "127.0.0.1", db1, "mysql"),
+            ],
+            &format!(
+                "writes = \"primary\"\nreads = \"prefer-standby\"\nuser = \"plain\"\npassword_file = \"{}\"\nmax_replica_lag = \"1s\"",
+                password_file(p.dir(), "plain.pw", MONITOR_PW).display()
+            ),
+        )
+    });
+    let r = b.reader();
+    wait_write(&r, "db0");
+    wait_for("db1 seen as a standby", || {
+        (r.snapshot().ok()?.standby_mask == 0b10).then_some(())
+    });
+    b.wait_log(
+        "db1: the replication status is not readable by the check's user (session refused: 1227",
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(r.read_alias(), Some("db0"), "{}", b.log());
+    assert!(lagging(&r, 1));
+    assert_eq!(
+        b.log()
+            .matches("is not readable by the check's user")
+            .count(),
+        2,
+        "once per endpoint:\n{}",
+        b.log()
+    );
+}
+
+#[test]
+fn a_frozen_primary_mid_query_and_at_the_greeting_is_a_timeout_and_loses_the_writes() {
+    let Some(()) = mariadb::prerequisites() else {
+        return;
+    };
+    let p = Pair::start().unwrap();
+    p.primary
+        .create_user(MONITOR, MONITOR_PW, "SLAVE MONITOR")
+        .unwrap();
+    p.replica.caught_up().unwrap();
+    let (db0, db1) = (p.primary.port, p.replica.port);
+    let a = login_agent(
+        p.dir(),
+        "agent",
+        &[("db0", db0), ("db1", db1)],
+        MONITOR_PW,
+        "",
+    );
+    let r = a.reader();
+    wait_write(&r, "db0");
+    // Frozen: the held session's status query gets no answer, and neither
+    // does a new connection's greeting.
+    let frozen = Instant::now();
+    p.primary.freeze(true);
+    wait_for("no write endpoint", || {
+        (r.snapshot().ok()?.write_index.is_none()).then_some(())
+    });
+    println!(
+        "a frozen primary lost the writes after {} ms (fall x timeout = {} ms)",
+        frozen.elapsed().as_millis(),
+        2 * 300
+    );
+    assert_eq!(last_probe(&r, 0), "timeout");
+    a.wait_log("db0: down after 2 failed probes (no answer within 300ms)");
+    // The replica is not promoted: it keeps the reads, takes no writes.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!((r.write_alias(), r.read_alias()), (None, Some("db1")));
+    p.primary.freeze(false);
+    wait_write(&r, "db0");
+}

@@ -380,6 +380,13 @@ impl Prober {
                 .as_nanos()
                 .div_ceil(1_000_000)
                 .min(u128::from(u16::MAX)) as u16;
+            if let Some((Held::Mysql(h), _)) = &mut self.held {
+                if h.unasked() {
+                    let lost = h.drain().err();
+                    self.held = None;
+                    return Wake::Lost(lost.unwrap_or(Failure::Lost("unasked bytes".into())));
+                }
+            }
             let mut fds = vec![PollFd::new(stop.as_fd(), PollFlags::POLLIN)];
             if let Some((held, _)) = &self.held {
                 fds.push(PollFd::new(held.fd(), PollFlags::POLLIN));

@@ -65,6 +65,7 @@ fn wanted_capabilities() -> CapabilityFlags {
 pub struct Conn {
     stream: Stream,
     codec: PacketCodec,
+    /// Bytes read and not yet framed.
     src: BytesMut,
     pub deadline: Instant,
     timeout: Duration,
@@ -437,6 +438,9 @@ impl Held {
 
     /// One probe: the status query within `deadline`.
     pub fn probe(&mut self, deadline: Instant) -> Outcome {
+        if self.unasked() {
+            return Err(self.lost_to(&self.c.src.clone()));
+        }
         self.c.deadline = deadline;
         let (up, refused) = status::query(&mut self.c, self.replication)?;
         if let Some(why) = refused {
@@ -458,6 +462,9 @@ impl Held {
     /// `wait_timeout`, a shutdown's 1053) and the close itself: either ends
     /// the session.
     pub fn drain(&mut self) -> Result<(), Failure> {
+        if self.unasked() {
+            return Err(self.lost_to(&self.c.src.clone()));
+        }
         self.c.deadline = Instant::now() + Duration::from_millis(20);
         let mut chunk = [0u8; 1024];
         if self.c.bound().is_err() {
@@ -465,14 +472,7 @@ impl Held {
         }
         match self.c.stream.read(&mut chunk) {
             Ok(0) => Err(Failure::Lost("the server closed it".into())),
-            Ok(n) => {
-                // Header (length 3, sequence 1), then an ERR packet if it is one.
-                let why = match chunk.get(4..n) {
-                    Some(p) if p.first() == Some(&0xff) => server_error(p, self.c.caps).to_string(),
-                    _ => format!("{n} bytes the server sent unasked"),
-                };
-                Err(Failure::Lost(why))
-            }
+            Ok(n) => Err(self.lost_to(&chunk[..n])),
             Err(e)
                 if matches!(
                     e.kind(),
@@ -483,6 +483,24 @@ impl Held {
             }
             Err(e) => Err(Failure::Lost(self.c.io_failure(e).to_string())),
         }
+    }
+
+    /// Bytes came with the last answer that were not part of it: the server
+    /// sent them unasked (read with the answer, they wait in the buffer, and
+    /// the socket will not turn readable for them).
+    pub fn unasked(&self) -> bool {
+        !self.c.src.is_empty()
+    }
+
+    /// The session lost to `bytes` sent unasked: said as the ERR packet they
+    /// start with, if they do.
+    fn lost_to(&self, bytes: &[u8]) -> Failure {
+        // Header (length 3, sequence 1), then an ERR packet if it is one.
+        let why = match bytes.get(4..) {
+            Some(p) if p.first() == Some(&0xff) => server_error(p, self.c.caps).to_string(),
+            _ => format!("{} bytes the server sent unasked", bytes.len()),
+        };
+        Failure::Lost(why)
     }
 
     pub fn close(self) {
