@@ -373,6 +373,33 @@ impl Drop for Server {
     }
 }
 
+/// A scratch directory for servers (removed when dropped, after the servers
+/// in it have stopped).
+pub fn scratch() -> io::Result<Scratch> {
+    let scratch = Scratch::new("mariadb")?;
+    if Uid::current().is_root() {
+        // The mysql user must reach its directories below this one.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755))?;
+    }
+    Ok(scratch)
+}
+
+/// Writes `text` at `path` for the server to read (it runs as the mysql user
+/// when the tests run as root), and for no one else.
+pub fn server_file(path: &Path, text: &str) -> io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    if Uid::current().is_root() {
+        let mysql = User::from_name("mysql")
+            .map_err(io::Error::other)?
+            .ok_or_else(|| io::Error::other("no mysql user"))?;
+        nix::unistd::chown(path, Some(mysql.uid), Some(mysql.gid))?;
+    }
+    Ok(path.to_path_buf())
+}
+
 /// A primary and a replica of it, GTID replication running, in one scratch
 /// directory (removed after both have stopped).
 pub struct Pair {
@@ -383,12 +410,7 @@ pub struct Pair {
 
 impl Pair {
     pub fn start() -> io::Result<Pair> {
-        let scratch = Scratch::new("mariadb")?;
-        if Uid::current().is_root() {
-            // The mysql user must reach its directories below this one.
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755))?;
-        }
+        let scratch = scratch()?;
         let primary = Server::start(scratch.path(), "db0", 1, &[])?;
         primary.allow_replication()?;
         let replica = Server::start(scratch.path(), "db1", 2, &[])?;

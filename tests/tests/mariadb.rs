@@ -465,3 +465,92 @@ fn a_frozen_primary_mid_query_and_at_the_greeting_is_a_timeout_and_loses_the_wri
     p.primary.freeze(false);
     wait_write(&r, "db0");
 }
+
+#[test]
+fn tls_is_negotiated_as_sslmode_says_against_real_servers() {
+    let Some(()) = mariadb::prerequisites() else {
+        return;
+    };
+    use dbha_tests::certs::{self, Ca};
+    let scratch = mariadb::scratch().unwrap();
+    let dir = scratch.path();
+    let ca = Ca::new("mariadb test CA");
+    let (cert, key) = ca.sign(&["127.0.0.1"], None);
+    let cert = mariadb::server_file(&dir.join("server.pem"), &cert).unwrap();
+    let key = mariadb::server_file(&dir.join("server.key"), &key).unwrap();
+    let with_tls = mariadb::Server::start(
+        dir,
+        "tls",
+        1,
+        &[
+            &format!("--ssl-cert={}", cert.display()),
+            &format!("--ssl-key={}", key.display()),
+        ],
+    )
+    .unwrap();
+    let plain = mariadb::Server::start(dir, "plain", 2, &[]).unwrap();
+    for s in [&with_tls, &plain] {
+        s.create_user(MONITOR, MONITOR_PW, "SLAVE MONITOR").unwrap();
+    }
+    let root = certs::file(dir, "ca.pem", &ca.pem());
+    let other = certs::file(dir, "other.pem", &Ca::new("another CA").pem());
+    let pw = password_file(dir, "pw", MONITOR_PW);
+    let db = |alias: &str, port: u16, extra: &str| {
+        format!(
+            "[[database]]\nalias = \"{alias}\"\nhost = \"127.0.0.1\"\nport = {port}\ncheck = \"mysql\"\n{extra}\n"
+        )
+    };
+    let a = AgentProc::start(dir, "agent", |s| {
+        format!(
+            "{}{}{}{}{}",
+            config(
+                s,
+                &Timing::live("sticky"),
+                &[],
+                &format!("user = \"{MONITOR}\"\npassword_file = \"{}\"", pw.display())
+            ),
+            db(
+                "verified",
+                with_tls.port,
+                &format!(
+                    "sslmode = \"verify-full\"\nsslrootcert = \"{}\"",
+                    root.display()
+                )
+            ),
+            db(
+                "distrusted",
+                with_tls.port,
+                &format!(
+                    "sslmode = \"verify-ca\"\nsslrootcert = \"{}\"",
+                    other.display()
+                )
+            ),
+            db("required", plain.port, "sslmode = \"require\""),
+            db("preferred", plain.port, "sslmode = \"prefer\""),
+        )
+    });
+    let r = a.reader();
+    let want = ["ok", "tls", "tls", "ok"];
+    wait_for("every endpoint judged", || {
+        (0..4u32)
+            .all(|i| last_probe(&r, i) == want[i as usize])
+            .then_some(())
+    });
+    a.wait_log(
+        "distrusted: down after 2 failed probes (TLS: invalid peer certificate: UnknownIssuer",
+    );
+    a.wait_log("required: down after 2 failed probes (TLS: the server does not offer TLS (sslmode = \"require\"");
+    // TLS sessions on the server that offers it, none on the other.
+    let accepts = |s: &mariadb::Server| {
+        s.sql("SHOW GLOBAL STATUS LIKE 'Ssl_accepts'")
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap()
+    };
+    assert!(accepts(&with_tls) > 0);
+    assert_eq!(accepts(&plain), 0);
+    drop(a);
+    drop((with_tls, plain));
+}
