@@ -166,8 +166,12 @@ pub struct Database {
     /// A standby whose replay is further behind takes no reads.
     pub max_replica_lag: Option<Duration>,
     /// A standby whose replay is more bytes of WAL behind the primary takes no
-    /// reads.
+    /// reads (`postgres`, `patroni`); a MySQL replica with more bytes received
+    /// and not executed (`mysql`).
     pub max_replica_lag_bytes: Option<u64>,
+    /// A MySQL replica more GTID transactions behind the primary takes no
+    /// reads (`mysql` only).
+    pub max_replica_lag_transactions: Option<u64>,
     /// User name sent in the PostgreSQL startup message.
     pub user: String,
     /// Database name sent in the PostgreSQL startup message.
@@ -332,6 +336,7 @@ struct RawConfig {
     admission_interval: Option<Spanned<Dur>>,
     max_replica_lag: Option<Spanned<Dur>>,
     max_replica_lag_bytes: Option<Spanned<u64>>,
+    max_replica_lag_transactions: Option<Spanned<u64>>,
     failback: Option<Failback>,
     writes: Option<Spanned<Writes>>,
     reads: Option<Spanned<Reads>>,
@@ -372,6 +377,7 @@ struct RawDatabase {
     admission_interval: Option<Spanned<Dur>>,
     max_replica_lag: Option<Spanned<Dur>>,
     max_replica_lag_bytes: Option<Spanned<u64>>,
+    max_replica_lag_transactions: Option<Spanned<u64>>,
     user: Option<String>,
     dbname: Option<String>,
     password_file: Option<Spanned<PathBuf>>,
@@ -742,6 +748,11 @@ impl Locator<'_> {
             ("session_lifetime", db.session_lifetime.is_some()),
             ("admission_interval", db.admission_interval.is_some()),
             ("max_replica_lag", db.max_replica_lag.is_some()),
+            ("max_replica_lag_bytes", db.max_replica_lag_bytes.is_some()),
+            (
+                "max_replica_lag_transactions",
+                db.max_replica_lag_transactions.is_some(),
+            ),
             ("server_public_key", db.server_public_key.is_some()),
         ];
         if !login {
@@ -752,13 +763,6 @@ impl Locator<'_> {
                     "needs user: without one, check = \"mysql\" judges the server's greeting only (no login, no TLS, no role)",
                 ));
             }
-        }
-        if let Some(b) = &db.max_replica_lag_bytes {
-            return Err(self.at(
-                Some(b.span()),
-                &key("max_replica_lag_bytes"),
-                "applies to check = \"postgres\" (WAL bytes); check = \"mysql\" takes max_replica_lag",
-            ));
         }
         let server_public_key = match db
             .server_public_key
@@ -1255,6 +1259,21 @@ impl Config {
                     LAG_RANGE,
                 )?),
             };
+            let transactions = db
+                .max_replica_lag_transactions
+                .as_ref()
+                .or(raw.max_replica_lag_transactions.as_ref());
+            let max_replica_lag_transactions = match transactions {
+                Some(t) if db.check == Check::Mysql => Some(*t.get_ref()),
+                Some(t) if db.max_replica_lag_transactions.is_some() => {
+                    return Err(loc.at(
+                        Some(t.span()),
+                        &key("max_replica_lag_transactions"),
+                        "max_replica_lag_transactions applies to check = \"mysql\" only (GTID transactions); the others take max_replica_lag_bytes",
+                    ))
+                }
+                _ => None,
+            };
             let max_replica_lag_bytes = db
                 .max_replica_lag_bytes
                 .as_ref()
@@ -1283,6 +1302,11 @@ impl Config {
                     None
                 } else {
                     max_replica_lag_bytes
+                },
+                max_replica_lag_transactions: if !sees_roles {
+                    None
+                } else {
+                    max_replica_lag_transactions
                 },
                 user: credential(own.user, defaults.user),
                 dbname: credential(own.dbname, defaults.dbname),
@@ -1484,6 +1508,9 @@ fn write_admission_and_lag(f: &mut fmt::Formatter<'_>, d: &Database) -> fmt::Res
     }
     if let Some(b) = d.max_replica_lag_bytes {
         writeln!(f, "max_replica_lag_bytes = {b}")?;
+    }
+    if let Some(t) = d.max_replica_lag_transactions {
+        writeln!(f, "max_replica_lag_transactions = {t}")?;
     }
     Ok(())
 }
@@ -2035,10 +2062,6 @@ patroni_password_env = "DBHA_TEST_PATRONI_PASSWORD"
                 "logs in without a default database",
             ),
             (
-                "max_replica_lag_bytes = 100",
-                "check = \"mysql\" takes max_replica_lag",
-            ),
-            (
                 "server_public_key = \"/nonexistent\"",
                 "cannot read /nonexistent",
             ),
@@ -2046,6 +2069,20 @@ patroni_password_env = "DBHA_TEST_PATRONI_PASSWORD"
             let e = one(&format!("user = \"dbha\"\n{key}")).unwrap_err();
             assert!(e.message.contains(says), "{key}: {e}");
         }
+        let c =
+            one("user = \"dbha\"\nmax_replica_lag_bytes = 100\nmax_replica_lag_transactions = 10")
+                .unwrap();
+        let d = &c.databases[0];
+        assert_eq!(
+            (d.max_replica_lag_bytes, d.max_replica_lag_transactions),
+            (Some(100), Some(10))
+        );
+        let e = parse("[[database]]\nalias = \"db0\"\nhost = \"h\"\nport = 5432\ncheck = \"postgres\"\nmax_replica_lag_transactions = 10\n").unwrap_err();
+        assert!(
+            e.message
+                .contains("applies to check = \"mysql\" only (GTID transactions)"),
+            "{e}"
+        );
         let dir = tempfile::tempdir().unwrap();
         let not_a_key = dir.path().join("key.pem");
         std::fs::write(

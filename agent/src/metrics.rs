@@ -31,6 +31,8 @@ pub struct EndpointMetrics {
     /// A standby's replay delay and WAL bytes behind the primary, when measured.
     pub lag: Option<Duration>,
     pub lag_bytes: Option<u64>,
+    /// A MySQL replica's GTID transactions behind the primary, when measured.
+    pub lag_transactions: Option<u64>,
     /// Too far behind to take reads.
     pub lagging: bool,
     /// Takes no writes (see `State::fence`).
@@ -134,13 +136,19 @@ impl Metrics {
         family(
             "dbha_endpoint_replica_lag_bytes",
             "gauge",
-            "Bytes of WAL a standby's replay is behind the primary's last known position.",
+            "Bytes of WAL a standby's replay is behind the primary's last known position; for a MySQL replica, bytes received and not executed.",
             measured(&|e| e.lag_bytes.map(|b| b.to_string())),
+        );
+        family(
+            "dbha_endpoint_replica_lag_transactions",
+            "gauge",
+            "GTID transactions a MySQL replica is behind the primary's last known position.",
+            measured(&|e| e.lag_transactions.map(|t| t.to_string())),
         );
         family(
             "dbha_endpoint_lagging",
             "gauge",
-            "1 when a standby is over max_replica_lag or max_replica_lag_bytes and takes no reads.",
+            "1 when a standby is over max_replica_lag, max_replica_lag_bytes or max_replica_lag_transactions and takes no reads.",
             per(&|e| u8::from(e.lagging).to_string()),
         );
         family(
@@ -363,6 +371,7 @@ impl Feed {
                 probes: self.probes.get(&e.db.alias).copied().unwrap_or_default(),
                 lag: e.lag.delay,
                 lag_bytes: e.lag.bytes,
+                lag_transactions: e.lag.transactions,
                 lagging: e.lag.lagging,
                 fenced: e.fenced,
             })

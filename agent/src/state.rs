@@ -45,8 +45,14 @@ pub struct Lag {
     /// The standby's replay delay, as it reported it.
     pub delay: Option<Duration>,
     /// Bytes of WAL the standby's replay is behind the primary's last known
-    /// write position.
+    /// write position; for a MySQL replica, bytes received and not executed.
     pub bytes: Option<u64>,
+    /// The last GTID position the probe read (MySQL, see
+    /// [`crate::probe::Up::gtid`]).
+    pub gtid: Option<u64>,
+    /// GTID transactions a MySQL replica is behind the primary's last known
+    /// position.
+    pub transactions: Option<u64>,
     /// Too far behind: takes no reads until `rise` probes within the limits.
     pub lagging: bool,
     /// Consecutive probes over the limits, and within them.
@@ -119,21 +125,27 @@ impl Endpoint {
     /// primary's last known write position) and applies the hysteresis: `fall`
     /// consecutive probes over a limit take it out of the reads, `rise` within
     /// bring it back. Returns whether `lagging` changed.
-    fn measure_lag(&mut self, up: &Up, primary_wal: Option<u64>) -> bool {
+    fn measure_lag(&mut self, up: &Up, primary: (Option<u64>, Option<u64>)) -> bool {
+        let (primary_wal, primary_gtid) = primary;
         let was = self.lag.lagging;
         if up.role != Some(Role::Standby) {
             self.lag = Lag {
                 wal: up.wal,
+                gtid: up.gtid,
                 ..Lag::default()
             };
             return was;
         }
         self.lag.wal = up.wal;
+        self.lag.gtid = up.gtid;
         self.lag.delay = up.replay_delay;
-        self.lag.bytes = match (primary_wal, up.wal) {
-            (Some(p), Some(w)) => Some(p.saturating_sub(w)),
-            _ => None,
+        let behind = |p: Option<u64>, s: Option<u64>| Some(p?.saturating_sub(s?));
+        self.lag.bytes = if self.db.check == crate::config::Check::Mysql {
+            up.backlog
+        } else {
+            behind(primary_wal, up.wal)
         };
+        self.lag.transactions = behind(primary_gtid, up.gtid);
         // An unknown delay counts as over its limit (a standby that replayed
         // nothing, or whose receiver is gone and replayed nothing yet). An
         // unknown byte lag (no primary up to compare with) is no information
@@ -143,15 +155,21 @@ impl Endpoint {
             (Some(d), Some(max)) => d > max,
             (None, Some(_)) => true,
         };
-        let (over_bytes, bytes_known) = match (self.lag.bytes, self.db.max_replica_lag_bytes) {
+        // Bytes and transactions: an unknown count (no primary to compare
+        // with) is no information.
+        let over = |n: Option<u64>, max: Option<u64>| match (n, max) {
             (_, None) => (false, true),
-            (Some(b), Some(max)) => (b > max, true),
+            (Some(n), Some(max)) => (n > max, true),
             (None, Some(_)) => (false, false),
         };
-        if !over_time && !bytes_known {
+        let (over_bytes, bytes_known) = over(self.lag.bytes, self.db.max_replica_lag_bytes);
+        let (over_tx, tx_known) = over(self.lag.transactions, self.db.max_replica_lag_transactions);
+        let over = over_time || over_bytes || over_tx;
+        let known = bytes_known && tx_known;
+        if !(over || known) {
             return false;
         }
-        if over_time || over_bytes {
+        if over {
             self.lag.over = self.lag.over.saturating_add(1);
             self.lag.within = 0;
             if self.lag.over >= self.db.fall {
@@ -304,7 +322,7 @@ impl State {
         took: Duration,
         now: Instant,
     ) -> Observed {
-        let primary_wal = self.primary_wal();
+        let primary = (self.primary_wal(), self.primary_gtid());
         let e = &mut self.endpoints[index];
         e.took = took;
         let transition = e.tracker.observe(outcome.is_ok());
@@ -332,7 +350,7 @@ impl State {
                     Some(Role::Primary) if up.timeline.is_some() => e.timeline = up.timeline,
                     _ => {}
                 }
-                lag_changed = e.measure_lag(up, primary_wal);
+                lag_changed = e.measure_lag(up, primary);
             }
             (Err(_), Health::Down) => {
                 e.claim = None;
@@ -414,6 +432,15 @@ impl State {
             .iter()
             .filter(|e| e.up() && e.role() == Some(Role::Primary))
             .filter_map(|e| e.lag.wal)
+            .max()
+    }
+
+    /// The furthest GTID position an up MySQL primary reported.
+    fn primary_gtid(&self) -> Option<u64> {
+        self.endpoints
+            .iter()
+            .filter(|e| e.up() && e.role() == Some(Role::Primary))
+            .filter_map(|e| e.lag.gtid)
             .max()
     }
 
@@ -908,6 +935,59 @@ mod tests {
         let mut s = State::new(c, Choice::default(), now);
         s.observe(0, standby(5_000, None), Duration::ZERO, now);
         assert!(s.endpoints[0].lag.lagging);
+    }
+
+    #[test]
+    fn a_mysql_replica_lags_by_gtid_transactions_and_by_its_own_backlog_in_bytes() {
+        let now = Instant::now();
+        let mut c = config(&[("p", 1), ("s", 2)]);
+        for d in &mut c.databases {
+            d.check = crate::config::Check::Mysql;
+            d.max_replica_lag_transactions = Some(10);
+            d.max_replica_lag_bytes = Some(1000);
+            d.rise = 1;
+            d.fall = 1;
+        }
+        let mut s = State::new(c, Choice::default(), now);
+        let primary = |gtid: u64| {
+            Ok(Up {
+                role: Some(Role::Primary),
+                gtid: Some(gtid),
+                ..Up::default()
+            })
+        };
+        let replica = |gtid: u64, backlog: u64| {
+            Ok(Up {
+                role: Some(Role::Standby),
+                gtid: Some(gtid),
+                backlog: Some(backlog),
+                replay_delay: Some(Duration::ZERO),
+                ..Up::default()
+            })
+        };
+        s.observe(0, primary(100), Duration::ZERO, now);
+        s.observe(1, replica(95, 0), Duration::ZERO, now);
+        assert_eq!(
+            (s.endpoints[1].lag.transactions, s.endpoints[1].lag.bytes),
+            (Some(5), Some(0))
+        );
+        assert!(!s.endpoints[1].lag.lagging);
+        // 20 transactions behind (say, a source silently gone for the IO thread
+        // of the replica, while Seconds_Behind_Master says 0).
+        s.observe(0, primary(120), Duration::ZERO, now);
+        s.observe(1, replica(100, 0), Duration::ZERO, now);
+        assert!(s.endpoints[1].lag.lagging);
+        s.observe(1, replica(118, 0), Duration::ZERO, now);
+        assert!(!s.endpoints[1].lag.lagging);
+        // Received and not executed: its own backlog, in bytes.
+        s.observe(1, replica(120, 5000), Duration::ZERO, now);
+        assert!(s.endpoints[1].lag.lagging);
+        // No primary to compare with: the transactions say nothing; the
+        // backlog still does.
+        s.observe(0, Err(Failure::Refused), Duration::ZERO, now);
+        s.observe(1, replica(120, 0), Duration::ZERO, now);
+        assert_eq!(s.endpoints[1].lag.transactions, None);
+        assert!(s.endpoints[1].lag.lagging, "unknown brings nothing back");
     }
 
     #[test]

@@ -286,6 +286,7 @@ fn watch_writable((host, port): (String, u16), t0: Instant, until: Instant) -> O
         admission_interval: Duration::from_secs(3600),
         max_replica_lag: None,
         max_replica_lag_bytes: None,
+        max_replica_lag_transactions: None,
         user: "postgres".into(),
         dbname: "postgres".into(),
         password: Secret::new(""),

@@ -65,6 +65,7 @@ pub fn probecost(quick: bool) {
         admission_interval: interval * 5,
         max_replica_lag: None,
         max_replica_lag_bytes: None,
+        max_replica_lag_transactions: None,
         user: "postgres".into(),
         dbname: "postgres".into(),
         password: Secret::new(password),

@@ -136,6 +136,7 @@ pub fn database(
         admission_interval: Duration::from_secs(10),
         max_replica_lag: None,
         max_replica_lag_bytes: None,
+        max_replica_lag_transactions: None,
         user: "postgres".into(),
         dbname: "postgres".into(),
         password: None,

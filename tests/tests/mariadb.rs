@@ -346,6 +346,15 @@ fn a_replica_that_stops_replicating_or_falls_behind_leaves_the_reads_and_returns
         MONITOR_PW,
         "max_replica_lag = \"1s\"",
     );
+    // Another agent, with a limit in GTID transactions only.
+    let g = login_agent(
+        p.dir(),
+        "gtid",
+        &[("db0", db0), ("db1", db1)],
+        MONITOR_PW,
+        "max_replica_lag_transactions = 0",
+    );
+    let gr = g.reader();
     let r = a.reader();
     wait_write(&r, "db0");
     let on_replica = || (r.read_alias() == Some("db1")).then_some(());
@@ -384,9 +393,17 @@ fn a_replica_that_stops_replicating_or_falls_behind_leaves_the_reads_and_returns
         behind.is_some_and(|d| d > Duration::from_secs(1)),
         "{behind:?}"
     );
+    // One transaction behind by GTID: out of the other agent's reads too,
+    // the update's bytes received and not executed.
+    wait_for("GTID lag seen", || lagging(&gr, 1).then_some(()));
+    assert_eq!(gr.read_alias(), Some("db0"));
+    let backlog = gr.snapshot().unwrap().replica_lag(1).bytes;
+    assert!(backlog.is_some_and(|b| b > 0), "{backlog:?}");
     wait_for("reads back once the lock is gone", on_replica);
+    wait_for("GTID caught up", || (!lagging(&gr, 1)).then_some(()));
+    assert_eq!(gr.read_alias(), Some("db1"));
     assert_eq!(p.replica.sql("SELECT v FROM app.t").unwrap(), "1");
-    drop(a);
+    drop((a, g));
 
     // Without the privilege: the role is still right, the lag unknown (over
     // the limit: the replica takes no reads), said once.

@@ -162,6 +162,14 @@ pub struct Up {
     pub replay_delay: Option<Duration>,
     /// A primary's timeline, when the status query ran.
     pub timeline: Option<u32>,
+    /// MySQL: the transactions the server has executed, by its GTID position
+    /// (the sum of the sequence numbers of its domains on MariaDB, the size of
+    /// `gtid_executed` on MySQL); a primary's, and a replica's, compared.
+    pub gtid: Option<u64>,
+    /// A MySQL replica: bytes it received from its source and has not
+    /// executed yet (`Read_Master_Log_Pos - Exec_Master_Log_Pos`, in the same
+    /// file).
+    pub backlog: Option<u64>,
 }
 
 /// The result of one probe.

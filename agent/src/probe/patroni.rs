@@ -239,6 +239,7 @@ pub fn judge(status: u16, body: &[u8], now: SystemTime) -> Outcome {
             wal: at("location"),
             replay_delay: None,
             timeline,
+            ..Up::default()
         }),
         "master" | "primary" => Err(Failure::PatroniState(
             "PostgreSQL runs as a primary without Patroni's leader lock (GET /primary answered 503)"
@@ -274,7 +275,7 @@ pub fn judge(status: u16, body: &[u8], now: SystemTime) -> Outcome {
                 read_only: false,
                 wal: replayed,
                 replay_delay,
-                timeline: None,
+                ..Up::default()
             })
         }
         other => Err(Failure::PatroniState(format!(

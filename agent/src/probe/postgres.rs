@@ -637,6 +637,7 @@ fn status_of(row: &Row) -> Outcome {
             .filter(|v| v.is_finite())
             .map(|v| Duration::from_secs_f64(v.clamp(0.0, 1e9))),
         timeline: text(4).and_then(|t| u32::from_str_radix(t, 16).ok()),
+        ..Up::default()
     })
 }
 

@@ -11,7 +11,17 @@
 //!   has executed all it received; `Seconds_Behind_Master` while they run and
 //!   it has not; unknown (over any `max_replica_lag`) when a thread is stopped,
 //!   the SQL thread stopped on an error, it replicates from nobody, or the
-//!   check's user may not read the replication status.
+//!   check's user may not read the replication status. `Seconds_Behind_Master`
+//!   alone says 0 while the source is silently gone (until
+//!   `slave_net_timeout`) and NULL when the SQL thread stopped; the GTID
+//!   position below does not depend on it.
+//! - GTID position, as a count of transactions: a primary's
+//!   `gtid_current_pos` (MariaDB) or `gtid_executed` (MySQL), a replica's
+//!   `gtid_slave_pos` or `gtid_executed`; the agent compares a replica's with
+//!   the primary's it measured itself (`max_replica_lag_transactions`).
+//! - A replica's backlog: bytes received and not executed
+//!   (`Read_Master_Log_Pos - Exec_Master_Log_Pos` while both name the same
+//!   binary log; `max_replica_lag_bytes`).
 
 use super::session::Conn;
 use crate::probe::{Failure, Role, Up};
@@ -50,11 +60,11 @@ impl Flavor {
     pub fn sql(self, replication: bool) -> String {
         let (role, show) = match self {
             Flavor::MariaDb => (
-                "SELECT @@global.read_only, 0 AS super_read_only",
+                "SELECT @@global.read_only, 0 AS super_read_only, @@global.gtid_current_pos, @@global.gtid_slave_pos",
                 "SHOW SLAVE STATUS",
             ),
             Flavor::Mysql { replica_status } => (
-                "SELECT @@global.read_only, @@global.super_read_only",
+                "SELECT @@global.read_only, @@global.super_read_only, @@global.gtid_executed, @@global.gtid_executed",
                 if replica_status {
                     "SHOW REPLICA STATUS"
                 } else {
@@ -213,7 +223,7 @@ pub fn query(c: &mut Conn, replication: bool) -> Result<(Up, Option<String>), Fa
     c.command(&payload)?;
     let caps = c.caps;
     let (sets, refused) = read_answer(|| c.recv(), |p| super::session::server_error(p, caps))?;
-    let mut up = judge(&sets)?;
+    let mut up = judge(&sets, c.flavor)?;
     let refused = match refused {
         Some(f) if replication => {
             up.replay_delay = None;
@@ -226,7 +236,7 @@ pub fn query(c: &mut Conn, replication: bool) -> Result<(Up, Option<String>), Fa
 }
 
 /// What the status query's result sets say.
-pub fn judge(sets: &[ResultSet]) -> Result<Up, Failure> {
+pub fn judge(sets: &[ResultSet], flavor: Flavor) -> Result<Up, Failure> {
     let role = sets.first().ok_or_else(|| no_answer("no result set"))?;
     let flag = |name: &str, i: usize| match role.rows.first().and_then(|r| r.get(i)) {
         Some(Some(v)) if v == b"0" => Ok(false),
@@ -234,17 +244,75 @@ pub fn judge(sets: &[ResultSet]) -> Result<Up, Failure> {
         _ => Err(no_answer(&format!("no 0 or 1 for {name}"))),
     };
     let read_only = flag("@@global.read_only", 0)? || flag("@@global.super_read_only", 1)?;
+    let gtid = |i: usize| {
+        let text = role.rows.first()?.get(i)?.as_deref()?;
+        transactions(std::str::from_utf8(text).ok()?, flavor)
+    };
     if !read_only {
         return Ok(Up {
             role: Some(Role::Primary),
+            gtid: gtid(2),
             ..Up::default()
         });
     }
+    let status = sets.get(1);
     Ok(Up {
         role: Some(Role::Standby),
-        replay_delay: sets.get(1).and_then(replay_delay),
+        replay_delay: status.and_then(replay_delay),
+        gtid: gtid(3),
+        backlog: status.and_then(backlog),
         ..Up::default()
     })
+}
+
+/// How many transactions a GTID position counts: the sequence numbers of a
+/// MariaDB position's domains ("0-1-42,1-2-7"), summed; the intervals of a
+/// MySQL GTID set ("3E11FA47-...:1-5:11-18,\n2174B383-...:1-3", tags
+/// skipped), counted. None when it does not parse, and for an empty MySQL set
+/// (gtid_mode may be off).
+pub fn transactions(text: &str, flavor: Flavor) -> Option<u64> {
+    let text = text.trim();
+    match flavor {
+        Flavor::MariaDb => text
+            .split(',')
+            .map(str::trim)
+            .filter(|g| !g.is_empty())
+            .try_fold(0u64, |sum, g| {
+                let seq = g.rsplit('-').next()?.parse::<u64>().ok()?;
+                (g.split('-').count() == 3).then(|| sum.saturating_add(seq))
+            }),
+        Flavor::Mysql { .. } if text.is_empty() => None,
+        Flavor::Mysql { .. } => text.split(',').try_fold(0u64, |sum, set| {
+            let mut parts = set.trim().split(':');
+            parts.next().filter(|uuid| uuid.len() == 36)?;
+            parts.try_fold(sum, |sum, part| {
+                if part
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                {
+                    return Some(sum); // a tag (MySQL 8.3 and later)
+                }
+                let (a, b) = part.split_once('-').unwrap_or((part, part));
+                let (a, b) = (a.parse::<u64>().ok()?, b.parse::<u64>().ok()?);
+                (b >= a).then(|| sum.saturating_add(b - a + 1))
+            })
+        }),
+    }
+}
+
+/// A replica's backlog (see the module): None unless both positions name the
+/// same binary log.
+fn backlog(status: &ResultSet) -> Option<u64> {
+    let text = |names: &[&str]| status.get(0, names);
+    let number = |names: &[&str]| std::str::from_utf8(text(names)?).ok()?.parse::<u64>().ok();
+    let file = text(&["Master_Log_File", "Source_Log_File"])?;
+    if Some(file) != text(&["Relay_Master_Log_File", "Relay_Source_Log_File"]) {
+        return None;
+    }
+    let read = number(&["Read_Master_Log_Pos", "Read_Source_Log_Pos"])?;
+    let exec = number(&["Exec_Master_Log_Pos", "Exec_Source_Log_Pos"])?;
+    Some(read.saturating_sub(exec))
 }
 
 fn no_answer(why: &str) -> Failure {
@@ -334,26 +402,83 @@ mod tests {
         )
     }
 
+    fn judge_(sets: &[ResultSet]) -> Result<Up, Failure> {
+        judge(sets, Flavor::MariaDb)
+    }
+
+    #[test]
+    fn gtid_positions_count_transactions() {
+        let m = Flavor::Mysql {
+            replica_status: true,
+        };
+        assert_eq!(transactions("0-1-42", Flavor::MariaDb), Some(42));
+        assert_eq!(transactions("0-1-42,1-2-7", Flavor::MariaDb), Some(49));
+        assert_eq!(transactions("", Flavor::MariaDb), Some(0));
+        assert_eq!(transactions("0-1", Flavor::MariaDb), None);
+        assert_eq!(transactions("x-y-z", Flavor::MariaDb), None);
+        assert_eq!(
+            transactions(
+                "3E11FA47-71CA-11E1-9E33-C80AA9429562:1-5:11-18,\n2174B383-5441-11E8-B90A-C80AA9429562:1-3",
+                m
+            ),
+            Some(5 + 8 + 3)
+        );
+        assert_eq!(
+            transactions("3E11FA47-71CA-11E1-9E33-C80AA9429562:7:tag_a:1-2", m),
+            Some(3)
+        );
+        assert_eq!(transactions("", m), None);
+        assert_eq!(transactions("3E11FA47:1-5", m), None);
+        assert_eq!(
+            transactions("3E11FA47-71CA-11E1-9E33-C80AA9429562:5-1", m),
+            None
+        );
+    }
+
+    #[test]
+    fn a_replica_s_backlog_is_within_one_binary_log() {
+        let s = slave("Yes", "Yes", "0", "900", "400", Some("3"));
+        assert_eq!(backlog(&s), Some(500));
+        let mut other = s;
+        other.rows[0][5] = Some(b"bin.000001".to_vec());
+        assert_eq!(backlog(&other), None);
+        let up = judge_(&[
+            set(
+                &["ro", "sro", "current", "slave"],
+                &[&[Some("1"), Some("0"), Some("0-1-50"), Some("0-1-40")]],
+            ),
+            slave("Yes", "Yes", "0", "900", "400", Some("3")),
+        ])
+        .unwrap();
+        assert_eq!((up.gtid, up.backlog), (Some(40), Some(500)));
+        let primary = judge_(&[set(
+            &["ro", "sro", "current", "slave"],
+            &[&[Some("0"), Some("0"), Some("0-1-50"), Some("0-1-40")]],
+        )])
+        .unwrap();
+        assert_eq!((primary.gtid, primary.backlog), (Some(50), None));
+    }
+
     #[test]
     fn read_only_and_super_read_only_make_the_role() {
-        let primary = judge(&[role("0", "0")]).unwrap();
+        let primary = judge_(&[role("0", "0")]).unwrap();
         assert_eq!(primary.role, Some(Role::Primary));
         assert_eq!(primary.replay_delay, None);
         for (ro, sro) in [("1", "0"), ("0", "1"), ("1", "1")] {
-            assert_eq!(judge(&[role(ro, sro)]).unwrap().role, Some(Role::Standby));
+            assert_eq!(judge_(&[role(ro, sro)]).unwrap().role, Some(Role::Standby));
         }
         for bad in [role("", "0"), role("2", "0"), ResultSet::default()] {
             assert_eq!(
-                judge(&[bad]).unwrap_err().kind(),
+                judge_(&[bad]).unwrap_err().kind(),
                 dbha_protocol::probe_result::REJECTED
             );
         }
-        assert!(judge(&[]).is_err());
+        assert!(judge_(&[]).is_err());
     }
 
     #[test]
     fn a_replica_s_delay_comes_from_its_threads_and_positions() {
-        let delay = |s: ResultSet| judge(&[role("1", "0"), s]).unwrap().replay_delay;
+        let delay = |s: ResultSet| judge_(&[role("1", "0"), s]).unwrap().replay_delay;
         assert_eq!(
             delay(slave("Yes", "Yes", "0", "900", "900", Some("0"))),
             Some(Duration::ZERO)
@@ -374,7 +499,7 @@ mod tests {
         assert_eq!(delay(slave("Yes", "No", "0", "900", "900", None)), None);
         // A replica of nobody (no row), and no replication status at all.
         assert_eq!(delay(set(&COLUMNS, &[])), None);
-        assert_eq!(judge(&[role("1", "0")]).unwrap().replay_delay, None);
+        assert_eq!(judge_(&[role("1", "0")]).unwrap().replay_delay, None);
     }
 
     #[test]
@@ -387,19 +512,14 @@ mod tests {
         let mut s = slave("Yes", "Yes", "0", "900", "900", Some("0"));
         s.columns = names.iter().map(|c| c.to_string()).collect();
         assert_eq!(
-            judge(&[role("1", "0"), s]).unwrap().replay_delay,
+            judge_(&[role("1", "0"), s]).unwrap().replay_delay,
             Some(Duration::ZERO)
         );
-        assert_eq!(
-            Flavor::Mysql {
-                replica_status: true
-            }
-            .sql(true),
-            "SELECT @@global.read_only, @@global.super_read_only; SHOW REPLICA STATUS"
-        );
-        assert_eq!(
-            Flavor::MariaDb.sql(false),
-            "SELECT @@global.read_only, 0 AS super_read_only"
-        );
+        assert!(Flavor::Mysql {
+            replica_status: true
+        }
+        .sql(true)
+        .ends_with("@@global.gtid_executed; SHOW REPLICA STATUS"));
+        assert!(!Flavor::MariaDb.sql(false).contains("SHOW"));
     }
 }
