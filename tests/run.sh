@@ -28,7 +28,7 @@ cargo build --workspace --all-targets
 step "tests"
 counted cargo test --workspace
 
-step "Python reader, Django backend and routers (live PostgreSQL), Django's own suite on the backend"
+step "Python reader, Django backends and routers (live PostgreSQL and MariaDB), Django's own suite on the backend"
 counted .venv/bin/python -m pytest -q reader/python/tests
 # One process per Django project configuration (settings are per process).
 counted .venv/bin/python -m pytest -q tests/django_app/test_failover.py
@@ -36,6 +36,9 @@ counted .venv/bin/python -m pytest -q tests/django_app/test_replication.py
 counted .venv/bin/python -m pytest -q tests/django_app/test_operators.py
 counted .venv/bin/python -m pytest -q tests/django_app/test_backend.py
 DBHA_TEST_PSYCOPG2=1 counted .venv/bin/python -m pytest -q tests/django_app/test_backend.py
+# The MySQL backend on MariaDB, through mysqlclient, then PyMySQL.
+counted .venv/bin/python -m pytest -q tests/django_app/test_mysql.py
+DBHA_TEST_PYMYSQL=1 counted .venv/bin/python -m pytest -q tests/django_app/test_mysql.py
 # Django's own tests of transactions, select_for_update, queries, backends and basic
 # on the dbha backend and on Django's (the whole suite: DBHA_DJANGO_SUITE=all).
 counted .venv/bin/python -m pytest -q tests/django_app/test_django_suite.py

@@ -46,6 +46,10 @@ have patroni && /usr/bin/python3 -c 'import etcd' 2>/dev/null || need_pkgs+=(pat
 # MariaDB, for the mysql check (tests/tests/mariadb.rs): servers on loopback run
 # from scratch directories as the mysql user the package creates.
 have mariadbd || [ -x /usr/sbin/mariadbd ] || need_pkgs+=(mariadb-server)
+have mariadb || need_pkgs+=(mariadb-client)
+# mysqlclient (the Django MySQL tests, tests/django_app/test_mysql.py) builds
+# against libmariadb with pkg-config.
+pkg-config --exists libmariadb 2>/dev/null || need_pkgs+=(libmariadb-dev)
 
 if ((${#need_pkgs[@]})); then
     echo "setup: installing Debian packages: ${need_pkgs[*]}"
@@ -96,11 +100,11 @@ if [ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $cargo_fuzz" ]; then
 fi
 
 # The Python package's tests and the Django end-to-end test run in .venv (ignored by
-# git), with Django, psycopg and pytest from PyPI.
+# git), with Django, psycopg, mysqlclient, PyMySQL and pytest from PyPI.
 venv=.venv
 want=$(sha256sum tests/requirements.txt | cut -d' ' -f1)
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.requirements" 2>/dev/null)" != "$want" ]; then
-    echo "setup: creating the Python environment in $venv (Django, psycopg, pytest)"
+    echo "setup: creating the Python environment in $venv (Django, psycopg, mysqlclient, PyMySQL, pytest)"
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q --disable-pip-version-check -r tests/requirements.txt
     echo "$want" > "$venv/.requirements"

@@ -16,6 +16,11 @@ if os.environ.get("DBHA_TEST_PSYCOPG2") == "1":
     # tests run on psycopg2 (Django's pool needs psycopg 3: none then).
     sys.modules["psycopg"] = None
     os.environ["DBHA_TEST_NO_POOL"] = "1"
+if os.environ.get("DBHA_TEST_PYMYSQL") == "1":
+    # Django's MySQL backend imports MySQLdb: PyMySQL stands in for mysqlclient.
+    import pymysql
+
+    pymysql.install_as_MySQLdb()
 
 import json  # noqa: E402
 import subprocess  # noqa: E402
@@ -36,9 +41,10 @@ class Live:
         line = self.proc.stdout.readline()
         if not line:
             self.proc.wait()
+            what = "MariaDB" if "--mariadb" in options else "PostgreSQL"
             if os.environ.get("CI") in ("true", "1"):
-                pytest.fail("dbha-live could not start PostgreSQL (required under CI)")
-            pytest.skip("PostgreSQL is not installed")
+                pytest.fail(f"dbha-live could not start {what} (required under CI)")
+            pytest.skip(f"{what} is not installed")
         self.info = json.loads(line)
 
     def say(self, command):
@@ -75,8 +81,9 @@ def _wait_replayed(first, alias, timeout=60):
     from django.db import connections
     from django.db.migrations.recorder import MigrationRecorder
 
+    standby = {"postgresql": "SELECT pg_is_in_recovery()", "mysql": "SELECT @@global.read_only"}
     with connections[alias].cursor() as c:
-        c.execute("SELECT pg_is_in_recovery()")
+        c.execute(standby[connections[alias].vendor])
         if not c.fetchone()[0]:
             return
     want = set(MigrationRecorder(connections[first]).applied_migrations())

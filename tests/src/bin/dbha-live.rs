@@ -16,6 +16,14 @@
 //! and `agent pause` / `agent resume` (SIGSTOP / SIGCONT: a fault the agent has
 //! not seen yet).
 //! At end of input everything is stopped and removed.
+//!
+//! With `--mariadb NAME NAME`: a MariaDB primary and its GTID replica,
+//! semi-synchronous, and an agent with the mysql check logged in as a monitor
+//! user; the JSON line also gives the application's `user`, `password` and
+//! `database` (a user without SUPER, which read_only binds). `stop` kills the
+//! server (a crash), `start` starts it again as it was (an old primary comes
+//! back writable), `promote` makes a replica a primary as an operator does,
+//! `read-only NAME on|off` sets its read_only; `agent pause` and `agent resume`.
 
 use dbha_harness::pg::StopMode;
 use dbha_tests::agentproc::{config, AgentProc, Timing};
@@ -25,6 +33,7 @@ use std::io::BufRead;
 fn main() {
     let mut names = Vec::new();
     let mut replicated = false;
+    let mut mariadb = false;
     let mut t = Timing {
         interval_ms: 100,
         timeout_ms: 300,
@@ -46,10 +55,14 @@ fn main() {
             "--fall" => t.fall = value() as u32,
             "--rise" => t.rise = value() as u32,
             "--replicated" => replicated = true,
+            "--mariadb" => mariadb = true,
             _ => names.push(a),
         }
     }
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    if mariadb {
+        return mariadb_live(&names, &t);
+    }
     let live = if replicated {
         Live::replicated(names[0], &names[1..], "trust", None)
     } else {
@@ -127,4 +140,112 @@ fn main() {
             Err(e) => println!("error: {e}"),
         }
     }
+}
+
+/// The application's user on the MariaDB servers, its password, its database.
+const APP: (&str, &str, &str) = ("app", "app-pw", "app");
+
+fn mariadb_live(names: &[&str], t: &Timing) {
+    use dbha_tests::mariadb::{self, Pair};
+    assert_eq!(
+        names.len(),
+        2,
+        "--mariadb takes two names: the primary and its replica"
+    );
+    if mariadb::prerequisites().is_none() {
+        eprintln!("dbha-live: MariaDB is not installed");
+        std::process::exit(1);
+    }
+    let mut p = Pair::start().unwrap_or_else(|e| panic!("MariaDB: {e}"));
+    p.semi_synchronous().expect("semi-synchronous replication");
+    let (user, password, database) = APP;
+    p.primary
+        .sql(&format!("CREATE DATABASE {database}"))
+        .and_then(|_| p.primary.create_user("dbha", "monitor-pw", "SLAVE MONITOR"))
+        .and_then(|()| p.primary.create_user(user, password, ""))
+        .and_then(|_| {
+            p.primary.sql(&format!(
+                "GRANT ALL ON {database}.* TO '{user}'@'127.0.0.1'"
+            ))
+        })
+        .and_then(|_| p.replica.caught_up())
+        .expect("users and the database");
+    let pw = dbha_tests::password_file(p.dir(), "monitor.pw", "monitor-pw");
+    let dbs = [
+        (names[0], "127.0.0.1", p.primary.port, "mysql"),
+        (names[1], "127.0.0.1", p.replica.port, "mysql"),
+    ];
+    let mut agent = AgentProc::start(p.dir(), "agent", |s| {
+        config(
+            s,
+            t,
+            &dbs,
+            &format!(
+                "writes = \"primary\"\nreads = \"prefer-standby\"\nuser = \"dbha\"\npassword_file = \"{}\"",
+                pw.display()
+            ),
+        )
+    });
+    agent.reader();
+    println!(
+        "{}",
+        serde_json::json!({
+            "state": agent.state,
+            "log": p.dir().join("agent.log"),
+            "kind": "mariadb",
+            "user": user,
+            "password": password,
+            "database": database,
+            "databases": {
+                names[0]: {"host": "127.0.0.1", "port": p.primary.port},
+                names[1]: {"host": "127.0.0.1", "port": p.replica.port},
+            },
+        })
+    );
+    for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+        let mut words = line.split_whitespace();
+        let (cmd, name) = (words.next(), words.next());
+        let server = match name {
+            Some(n) if n == names[0] => Some(&mut p.primary),
+            Some(n) if n == names[1] => Some(&mut p.replica),
+            _ => None,
+        };
+        let reply = match (cmd, server) {
+            (Some("agent"), _) if name == Some("pause") => {
+                agent.signal(nix::sys::signal::Signal::SIGSTOP);
+                Ok(())
+            }
+            (Some("agent"), _) if name == Some("resume") => {
+                agent.signal(nix::sys::signal::Signal::SIGCONT);
+                Ok(())
+            }
+            (Some("stop"), Some(s)) => {
+                s.kill();
+                Ok(())
+            }
+            (Some("start"), Some(s)) => s.start_again().map_err(|e| e.to_string()),
+            (Some("freeze"), Some(s)) => {
+                s.freeze(true);
+                Ok(())
+            }
+            (Some("thaw"), Some(s)) => {
+                s.freeze(false);
+                Ok(())
+            }
+            (Some("promote"), Some(s)) => s.promote().map_err(|e| e.to_string()),
+            // read-only NAME on|off: SET GLOBAL read_only, as an operator does.
+            (Some("read-only"), Some(s)) => {
+                let on = words.next() == Some("on");
+                s.sql(&format!("SET GLOBAL read_only = {}", u8::from(on)))
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+            _ => Err(format!("cannot do {line:?}")),
+        };
+        match reply {
+            Ok(()) => println!("ok"),
+            Err(e) => println!("error: {e}"),
+        }
+    }
+    drop(agent);
 }

@@ -1,9 +1,10 @@
 """Django integration. Add ``"dbha.django"`` to ``INSTALLED_APPS`` for its
 system checks.
 
-- ``dbha.django.backends.postgresql``: a database backend; one ``DATABASES``
-  alias follows the agent, whatever code uses it (see its module). Its settings
-  are the entry's ``DBHA`` dict: ``ROLE`` ("write" or "read"), ``STATE_FILE``,
+- ``dbha.django.backends.postgresql`` and ``dbha.django.backends.mysql``
+  (MySQL and MariaDB): database backends; one ``DATABASES`` alias follows the
+  agent, whatever code uses it (see their modules). Their settings are the
+  entry's ``DBHA`` dict: ``ROLE`` ("write" or "read"), ``STATE_FILE``,
   ``WHEN_NONE`` ("read-only", "error" or "last").
 - Read-only mode (``dbha.django.readonly``): while the agent publishes reads
   only (a failover window), the write alias serves reads from the read endpoint

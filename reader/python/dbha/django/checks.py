@@ -8,7 +8,7 @@ from django.core.checks import Error, Tags, Warning, register
 
 import dbha
 
-from .conf import ENGINE, backend_options
+from .conf import ENGINES, backend_options
 
 
 def _library_error():
@@ -29,7 +29,7 @@ def check_dbha_backend(app_configs=None, **kwargs):
     problems = []
     files = {}
     for alias, settings_dict in getattr(settings, "DATABASES", {}).items():
-        if settings_dict.get("ENGINE") != ENGINE:
+        if settings_dict.get("ENGINE") not in ENGINES:
             continue
         options, found = backend_options(alias, settings_dict)
         for p in found:

@@ -10,7 +10,7 @@ from typing import Any, List, Mapping, Tuple
 
 import dbha
 
-ENGINE = "dbha.django.backends.postgresql"
+ENGINES = ("dbha.django.backends.postgresql", "dbha.django.backends.mysql")
 ROLES = ("write", "read")
 WHEN_NONE = ("read-only", "error", "last")
 KEYS = ("ROLE", "STATE_FILE", "WHEN_NONE")

@@ -142,12 +142,12 @@ class ReplicaRouter:
     migrations run on the write alias only (the read alias is a replica of it)."""
 
     def __init__(self) -> None:
-        from .conf import ENGINE, backend_options
+        from .conf import ENGINES, backend_options
 
         self.write: Optional[str] = None
         self.read: Optional[str] = None
         for alias, settings_dict in settings.DATABASES.items():
-            if settings_dict.get("ENGINE") != ENGINE:
+            if settings_dict.get("ENGINE") not in ENGINES:
                 continue
             role = backend_options(alias, settings_dict)[0].role
             if role == "write" and self.write is None:
