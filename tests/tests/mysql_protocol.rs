@@ -39,8 +39,18 @@ fn mysql_status(
     replica: Option<&[Option<&str>]>,
 ) -> Vec<Vec<u8>> {
     let mut out = result_set(
-        &["@@global.read_only", "@@global.super_read_only"],
-        &[&[Some(read_only), Some(super_read_only)]],
+        &[
+            "@@global.read_only",
+            "@@global.super_read_only",
+            "@@global.gtid_executed",
+            "@@global.gtid_executed",
+        ],
+        &[&[
+            Some(read_only),
+            Some(super_read_only),
+            Some(GTID_EXECUTED),
+            Some(GTID_EXECUTED),
+        ]],
         true,
     );
     let columns = [
@@ -80,7 +90,11 @@ fn answer_status(peer: &mut Peer, sql: &str, status: &[Vec<u8>]) {
     assert_eq!(peer.recv().unwrap(), [0x01], "COM_QUIT");
 }
 
-const MYSQL_SQL: &str = "SELECT @@global.read_only, @@global.super_read_only; SHOW REPLICA STATUS";
+const MYSQL_SQL: &str = "SELECT @@global.read_only, @@global.super_read_only, @@global.gtid_executed, @@global.gtid_executed; SHOW REPLICA STATUS";
+
+/// What the scripted server's gtid_executed holds: 5 + 8 + 3 transactions.
+const GTID_EXECUTED: &str =
+    "3E11FA47-71CA-11E1-9E33-C80AA9429562:1-5:11-18,\n2174B383-5441-11E8-B90A-C80AA9429562:1-3";
 
 #[test]
 fn native_password_and_super_read_only_make_a_mysql_8_replica_a_standby() {
@@ -122,6 +136,8 @@ fn native_password_and_super_read_only_make_a_mysql_8_replica_a_standby() {
         "super_read_only = 1 alone makes a standby"
     );
     assert_eq!(up.replay_delay, Some(Duration::ZERO));
+    assert_eq!(up.gtid, Some(16), "gtid_executed counted");
+    assert_eq!(up.backlog, Some(0));
     let wrong = probe(&db(server.port, "guess")).unwrap_err();
     assert!(matches!(wrong, Failure::AuthFailed(_)), "{wrong:?}");
     assert!(wrong.to_string().contains("1045 Access denied"), "{wrong}");
