@@ -7,7 +7,7 @@
 #![no_main]
 
 use dbha_agent::probe::mysql::session::server_error;
-use dbha_agent::probe::mysql::status::{judge, read_answer};
+use dbha_agent::probe::mysql::status::{judge, read_answer, Flavor};
 use libfuzzer_sys::fuzz_target;
 use mysql_common::constants::CapabilityFlags;
 
@@ -26,8 +26,15 @@ fuzz_target!(|data: &[u8]| {
         |p| server_error(p, caps),
     );
     if let Ok((sets, refused)) = answer {
-        if let Err(e) = judge(&sets) {
-            assert!(e.to_string().len() < 1024);
+        for flavor in [
+            Flavor::MariaDb,
+            Flavor::Mysql {
+                replica_status: true,
+            },
+        ] {
+            if let Err(e) = judge(&sets, flavor) {
+                assert!(e.to_string().len() < 1024);
+            }
         }
         if let Some(e) = refused {
             assert!(e.to_string().len() < 1024);

@@ -70,7 +70,10 @@ fuzz_target!(|data: &[u8]| {
     } else {
         vec![reply.to_vec()]
     };
-    tx.lock().expect("sender").send(replies).expect("server thread");
+    tx.lock()
+        .expect("sender")
+        .send(replies)
+        .expect("server thread");
     let url = Url::parse(&format!("http://127.0.0.1:{port}")).expect("url");
     let db = Database {
         alias: "fuzz".into(),
@@ -89,6 +92,7 @@ fuzz_target!(|data: &[u8]| {
         admission_interval: Duration::from_secs(60),
         max_replica_lag: None,
         max_replica_lag_bytes: Some(1),
+        max_replica_lag_transactions: None,
         user: "postgres".into(),
         dbname: "postgres".into(),
         password: None,
@@ -97,6 +101,7 @@ fuzz_target!(|data: &[u8]| {
         sslrootcert: None,
         allow_cleartext_password: false,
         patroni: Some(Settings::new(&url.to_string(), None, None, None).expect("settings")),
+        mysql: None,
         member: None,
     };
     let mut prober = Prober::new(db);

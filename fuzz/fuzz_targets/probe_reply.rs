@@ -83,6 +83,7 @@ fuzz_target!(|data: &[u8]| {
         admission_interval: Duration::from_secs(60),
         max_replica_lag: None,
         max_replica_lag_bytes: None,
+        max_replica_lag_transactions: None,
         user: "postgres".into(),
         dbname: "postgres".into(),
         password: Secret::new("fuzz-password"),
@@ -95,6 +96,7 @@ fuzz_target!(|data: &[u8]| {
         sslrootcert: None,
         allow_cleartext_password: mode & 2 != 0,
         patroni: None,
+        mysql: None,
         member: None,
     };
     let held = db.session == Session::Held;
