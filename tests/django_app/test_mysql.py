@@ -168,6 +168,35 @@ def test_a_unix_socket_in_settings_is_refused():
         DatabaseWrapper(settings_dict, "sock")
 
 
+def test_a_transaction_begun_on_a_crashed_primary_begins_again_once_the_agent_moves(live, agent):
+    from django.db import transaction
+
+    from items.models import Item
+
+    assert server("default") == (port("db0", live), False)  # a persistent connection
+    # The primary crashes before the agent sees it (the agent is paused): a
+    # transaction begins on the persistent connection to it. MySQL drivers say
+    # so to the server (SET autocommit=0), which fails on the dead connection;
+    # nothing of the transaction reached a server, so it begins again once the
+    # agent has moved: here, read-only on the replica.
+    live.say("agent pause")
+    resume = threading.Timer(0.3, live.say, ["agent resume"])
+    try:
+        live.say("stop db0")
+        resume.start()
+        with transaction.atomic():
+            assert Item.objects.filter(seq=101).exists()
+            assert server("default") == (port("db1", live), True)
+    finally:
+        resume.join()
+    live.say("start db0")
+    live.say("wait semi-sync")  # the replica back, before writes are acknowledged
+    wait_for("writes on db0 again", lambda: agent.write_endpoint() is not None
+             and agent.write_endpoint().port == port("db0", live))
+    Item.objects.create(seq=500)
+    assert server("default") == (port("db0", live), False)
+
+
 class Writer(threading.Thread):
     """Writes Item(seq) in a loop through the write alias, and keeps the seqs
     acknowledged and the failures with when they happened."""

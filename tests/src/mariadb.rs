@@ -225,10 +225,11 @@ impl Server {
     }
 
     /// Makes this server a read-only GTID replica of `primary` (user `repl`,
-    /// which [`Server::allow_replication`] creates there).
+    /// which [`Server::allow_replication`] creates there; a primary promoted
+    /// from a replica has it too, replicated).
     pub fn replicate_from(&self, primary: &Server) -> io::Result<()> {
         self.sql(&format!(
-            "SET GLOBAL read_only = 1; CHANGE MASTER TO MASTER_HOST = '127.0.0.1', MASTER_PORT = {}, MASTER_USER = 'repl', MASTER_PASSWORD = 'repl-pw', MASTER_USE_GTID = slave_pos; START SLAVE",
+            "SET GLOBAL read_only = 1; STOP SLAVE; CHANGE MASTER TO MASTER_HOST = '127.0.0.1', MASTER_PORT = {}, MASTER_USER = 'repl', MASTER_PASSWORD = 'repl-pw', MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1; START SLAVE",
             primary.port
         ))?;
         let until = Instant::now() + Duration::from_secs(60);
@@ -410,10 +411,15 @@ pub struct Pair {
 
 impl Pair {
     pub fn start() -> io::Result<Pair> {
+        Pair::start_with(&[])
+    }
+
+    /// As [`Pair::start`], both servers with `options` too.
+    pub fn start_with(options: &[&str]) -> io::Result<Pair> {
         let scratch = scratch()?;
-        let primary = Server::start(scratch.path(), "db0", 1, &[])?;
+        let primary = Server::start(scratch.path(), "db0", 1, options)?;
         primary.allow_replication()?;
-        let replica = Server::start(scratch.path(), "db1", 2, &[])?;
+        let replica = Server::start(scratch.path(), "db1", 2, options)?;
         replica.replicate_from(&primary)?;
         Ok(Pair {
             primary,
@@ -426,30 +432,45 @@ impl Pair {
         self.scratch.path()
     }
 
-    /// Semi-synchronous replication, lossless (`AFTER_SYNC`): a commit is
-    /// acknowledged once the replica has it, so a promoted replica has every
-    /// acknowledged write (for 10 s of a replica gone, after which the primary
-    /// goes on alone, as MariaDB does).
-    pub fn semi_synchronous(&self) -> io::Result<()> {
-        self.primary.sql(
-            "SET GLOBAL rpl_semi_sync_master_wait_point = 'AFTER_SYNC'; SET GLOBAL rpl_semi_sync_master_timeout = 10000; SET GLOBAL rpl_semi_sync_master_enabled = ON",
-        )?;
-        self.replica.sql(
-            "SET GLOBAL rpl_semi_sync_slave_enabled = ON; STOP SLAVE IO_THREAD; START SLAVE IO_THREAD",
-        )?;
+    /// A pair replicating semi-synchronously, lossless (`AFTER_SYNC`): a
+    /// commit is acknowledged once the replica has it, so a promoted replica
+    /// has every acknowledged write (unless the replica was gone for 10 s,
+    /// after which its primary goes on alone, as MariaDB does). Set at start,
+    /// on both servers, so that it holds through restarts and promotions; a
+    /// primary without a replica does not wait.
+    pub fn start_semi_synchronous() -> io::Result<Pair> {
+        let p = Pair::start_with(&[
+            "--rpl-semi-sync-master-enabled=ON",
+            "--rpl-semi-sync-slave-enabled=ON",
+            "--rpl-semi-sync-master-wait-point=AFTER_SYNC",
+            "--rpl-semi-sync-master-wait-no-slave=OFF",
+            "--rpl-semi-sync-master-timeout=10000",
+        ])?;
+        p.wait_semi_synchronous()?;
+        Ok(p)
+    }
+
+    /// Waits until the primary has its replica connected semi-synchronously
+    /// (after a restart of either, the replica reconnects within a second).
+    pub fn wait_semi_synchronous(&self) -> io::Result<()> {
         let until = Instant::now() + Duration::from_secs(30);
-        while !self
-            .primary
-            .sql("SHOW STATUS LIKE 'Rpl_semi_sync_master_status'")?
-            .ends_with("ON")
-        {
+        loop {
+            let clients = self
+                .primary
+                .sql("SHOW STATUS LIKE 'Rpl_semi_sync_master_clients'")?;
+            let on = self
+                .primary
+                .sql("SHOW STATUS LIKE 'Rpl_semi_sync_master_status'")?;
+            if on.ends_with("ON") && !clients.ends_with("\t0") {
+                return Ok(());
+            }
             if Instant::now() > until {
-                return Err(io::Error::other(
-                    "semi-synchronous replication did not start",
-                ));
+                return Err(io::Error::other(format!(
+                    "semi-synchronous replication did not start ({clients}, {on}):\n{}",
+                    self.replica.slave_status().unwrap_or_default()
+                )));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(())
     }
 }

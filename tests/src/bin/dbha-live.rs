@@ -23,7 +23,9 @@
 //! `database` (a user without SUPER, which read_only binds). `stop` kills the
 //! server (a crash), `start` starts it again as it was (an old primary comes
 //! back writable), `promote` makes a replica a primary as an operator does,
-//! `read-only NAME on|off` sets its read_only; `agent pause` and `agent resume`.
+//! `read-only NAME on|off` sets its read_only; `wait semi-sync` waits until
+//! the replica is connected semi-synchronously again; `agent pause` and
+//! `agent resume`.
 
 use dbha_harness::pg::StopMode;
 use dbha_tests::agentproc::{config, AgentProc, Timing};
@@ -156,8 +158,7 @@ fn mariadb_live(names: &[&str], t: &Timing) {
         eprintln!("dbha-live: MariaDB is not installed");
         std::process::exit(1);
     }
-    let mut p = Pair::start().unwrap_or_else(|e| panic!("MariaDB: {e}"));
-    p.semi_synchronous().expect("semi-synchronous replication");
+    let mut p = Pair::start_semi_synchronous().unwrap_or_else(|e| panic!("MariaDB: {e}"));
     let (user, password, database) = APP;
     p.primary
         .sql(&format!("CREATE DATABASE {database}"))
@@ -211,6 +212,9 @@ fn mariadb_live(names: &[&str], t: &Timing) {
             _ => None,
         };
         let reply = match (cmd, server) {
+            (Some("wait"), _) if name == Some("semi-sync") => {
+                p.wait_semi_synchronous().map_err(|e| e.to_string())
+            }
             (Some("agent"), _) if name == Some("pause") => {
                 agent.signal(nix::sys::signal::Signal::SIGSTOP);
                 Ok(())

@@ -210,7 +210,18 @@ class Following:
         return self._dbha_debug_cursor(cursor, self)
 
     def _set_autocommit(self, autocommit):
-        super()._set_autocommit(autocommit)
+        try:
+            super()._set_autocommit(autocommit)
+        except (OperationalError, InterfaceError) as e:
+            # A transaction begins: MySQL drivers say so to the server (SET
+            # autocommit=0) before any statement, so a server that died
+            # between the agent's probes, or a connection the watcher aborted,
+            # fails here. Nothing of the transaction reached the server: it
+            # begins on a new connection where the agent says, as a lost
+            # first statement runs again.
+            if autocommit or not self._dbha_replaceable(e) or \
+                    self._dbha_replace("the start of a transaction", lambda: None) is None:
+                raise
         self._dbha_untouched = not autocommit
 
     def _dbha_first_statement(self) -> bool:
@@ -219,64 +230,75 @@ class Following:
         first, self._dbha_untouched = self._dbha_untouched, False
         return first and self.in_atomic_block
 
+    def _dbha_replaceable(self, error) -> bool:
+        """Whether ``error`` lost the connection, and this alias can replace it
+        (not with Django's pool, and not before the agent's state was read)."""
+        return self._dbha_lost(error) and self._dbha_pool_options() is None \
+            and self._dbha_slot_of is not None
+
     def _dbha_retry(self, cursor, error) -> bool:
         """The first statement of a transaction failed and its connection is
         lost: a server that died between the agent's probes (a request begun
         after a crash and before the agent published it), a connection the
         watcher aborted, a backend the server terminated. Nothing of the
-        transaction reached the server, so it can start again: on a new
-        connection where the agent says now (the same endpoint, if it takes the
-        connection: a terminated backend), else, once the agent has moved away
-        from it (waiting at most RETRY_WAIT_SECONDS), on the new choice; in the
-        same transaction mode. True: the statement may run again. False, with
+        transaction reached the server, so it can start again (see
+        ``_dbha_replace``). True: the statement may run again. False, with
         nothing changed: a connection still usable (the server refused the
         statement), a named cursor, Django's pool, the agent naming no database,
         or no new connection."""
-        if not self._dbha_lost(error) or getattr(cursor.cursor, "name", None):
+        if getattr(cursor.cursor, "name", None) or not self._dbha_replaceable(error):
             return False
-        if self._dbha_pool_options() is not None or self._dbha_slot_of is None:
-            return False
+
+        def new_cursor():
+            self._dbha_untouched = False
+            cursor.cursor = self.create_cursor()
+
+        return self._dbha_replace("the first statement of a transaction", new_cursor) is not None
+
+    def _dbha_replace(self, what: str, then: Callable[[], None]) -> Optional[dbha.Endpoint]:
+        """(A transaction has begun, or begins, and nothing of it reached the
+        server; the connection is lost.) A new connection in the same
+        transaction mode where the agent says now (the same endpoint, if it
+        takes the connection: a terminated backend), else, once the agent has
+        moved away from it (waiting at most RETRY_WAIT_SECONDS), on the new
+        choice; ``then`` runs on it. The endpoint, or None with the lost
+        connection back in place: when the agent names no database
+        (WHEN_NONE="error" while writes have none, a stale agent) at once."""
         lost, old = self.dbha_endpoint, self.connection
         try:
             old.close()
         except Exception:  # already closed, or broken: nothing to release
             pass
-        endpoint = self._dbha_connect_again(cursor, old)
+        endpoint = self._dbha_connect_again(old, then)
         deadline = time.monotonic() + RETRY_WAIT_SECONDS
         while endpoint is None:
-            # Refused where the agent still points: wait for it to move. When it
-            # names no database (WHEN_NONE="error" while writes have none, a
-            # stale agent), the error stands at once, as without a retry.
             try:
                 moved = self.dbha_choose().endpoint
             except OperationalError:
-                return False
+                return None
             if moved is not None and lost is not None and \
                     (moved.host, moved.port) != (lost.host, lost.port):
-                endpoint = self._dbha_connect_again(cursor, old)
+                endpoint = self._dbha_connect_again(old, then)
                 if endpoint is None:
-                    return False
+                    return None
                 break
             if time.monotonic() >= deadline:
-                return False
+                return None
             time.sleep(RETRY_POLL_SECONDS)
-        logger.info("dbha: %s: the first statement of a transaction lost its connection to "
-                    "%s; running it again on %s at %s:%s", self.alias,
-                    f"{lost.host}:{lost.port}" if lost else "its endpoint",
+        logger.info("dbha: %s: %s lost its connection to %s; running it again on %s at %s:%s",
+                    self.alias, what, f"{lost.host}:{lost.port}" if lost else "its endpoint",
                     endpoint.alias, endpoint.host, endpoint.port)
-        return True
+        return endpoint
 
-    def _dbha_connect_again(self, cursor, old) -> Optional[dbha.Endpoint]:
-        """(Inside a transaction that has run nothing.) A new driver connection
-        where the agent says now, with autocommit off and the connection's
-        state set up, and a new driver cursor for ``cursor``: the endpoint; or
+    def _dbha_connect_again(self, old, then: Callable[[], None]) -> Optional[dbha.Endpoint]:
+        """A new driver connection where the agent says now, with autocommit
+        off and the connection's state set up, then ``then``: the endpoint; or
         None with ``old`` (the lost connection) back in place."""
         try:
             self.connection = self.get_new_connection(self.get_connection_params())
-            self._set_autocommit(False)
-            self._dbha_untouched = False
+            super()._set_autocommit(False)
             self.init_connection_state()
-            cursor.cursor = self.create_cursor()
+            then()
         except Exception:  # refused, no database named: as without a retry
             if self.connection is not old and self.connection is not None:
                 try:
