@@ -8,6 +8,12 @@
 //! dbha's FailoverRouter, dbha's backend with WHEN_NONE="error" and in
 //! read-only mode (the default). Reads and writes are counted apart. Then the
 //! backend's cost per query against Django's own backend.
+//!
+//! With `--mariadb`: a MariaDB primary and its GTID replica, semi-synchronous
+//! (lossless), the agent's mysql check with a monitor user, the application
+//! as a user without SUPER; the strategies that apply to MySQL: the recipe's
+//! router, a plain Django MySQL alias on the primary, dbha's FailoverRouter
+//! and the dbha MySQL backend in read-only mode.
 
 use crate::common::percentile;
 use dbha_harness::pg::StopMode;
@@ -33,6 +39,22 @@ const STRATEGIES: [(&str, &str); 5] = [
     ("backend-error", "dbha backend, WHEN_NONE=\"error\""),
     ("backend", "dbha backend, read-only mode (the default)"),
 ];
+/// The strategies with `--mariadb` (libpq's host list has no MySQL
+/// counterpart; a plain alias on the primary is what a Django user has).
+const MARIADB_STRATEGIES: [(&str, &str); 4] = [
+    ("recipe", "original recipe (router probing from requests)"),
+    ("plain", "plain Django MySQL alias on the primary"),
+    ("router", "dbha FailoverRouter"),
+    (
+        "backend",
+        "dbha MySQL backend, read-only mode (the default)",
+    ),
+];
+
+/// The application's user, its password and database on MariaDB.
+const APP: (&str, &str, &str) = ("app", "app-pw", "app");
+const MONITOR_PW: &str = "monitor-pw";
+
 /// Of every `MIX` requests of a client, the last writes; the others only read.
 const MIX: u64 = 5;
 const FAULTS: [(&str, &str); 4] = [
@@ -63,6 +85,8 @@ struct Plan {
     after: Duration,
     /// The agent's interval (and timeout); fastinter stays 10 ms.
     interval: Duration,
+    /// MariaDB rather than PostgreSQL.
+    mariadb: bool,
 }
 
 /// One request as a client saw it: seconds since the load began.
@@ -192,28 +216,109 @@ fn python_env(cmd: &mut Command, bench_json: &str) {
         .env("DBHA_LIBRARY", dbha_tests::target_dir().join("libdbha.so"));
 }
 
-fn databases_json(live: &Live) -> String {
-    let dbs: Vec<String> = live
-        .clusters
-        .iter()
-        .map(|c| {
-            format!(
-                "\"{}\": {{\"host\": \"{}\", \"port\": {}}}",
-                c.name, c.host, c.port
-            )
-        })
-        .collect();
-    format!("{{{}}}", dbs.join(", "))
+/// The servers of a trial: PostgreSQL (a primary, two standbys) or MariaDB
+/// (a primary, its replica), `default` first, `failover1` the one promoted.
+enum Servers {
+    Pg(Live),
+    Maria(Box<dbha_tests::mariadb::Pair>),
 }
 
-/// A replicated cluster and an agent choosing writes = primary, reads = standby,
+impl Servers {
+    fn dir(&self) -> &Path {
+        match self {
+            Servers::Pg(l) => l.dir.path(),
+            Servers::Maria(p) => p.dir(),
+        }
+    }
+
+    /// (name, host, port), in priority order.
+    fn endpoints(&self) -> Vec<(String, String, u16)> {
+        match self {
+            Servers::Pg(l) => l
+                .clusters
+                .iter()
+                .map(|c| (c.name.clone(), c.host.clone(), c.port))
+                .collect(),
+            Servers::Maria(p) => vec![
+                ("default".into(), "127.0.0.1".into(), p.primary.port),
+                ("failover1".into(), "127.0.0.1".into(), p.replica.port),
+            ],
+        }
+    }
+
+    fn port(&self, name: &str) -> u16 {
+        self.endpoints()
+            .into_iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, _, p)| p)
+            .expect("a server of that name")
+    }
+
+    fn fault(&mut self, fault: &str, on: bool) {
+        match (self, fault) {
+            (Servers::Pg(l), "stop") if on => l
+                .cluster("default")
+                .stop(StopMode::Immediate)
+                .expect("stop the primary"),
+            (Servers::Pg(l), "freeze") => {
+                if on {
+                    l.cluster("default").freeze()
+                } else {
+                    l.cluster("default").thaw()
+                }
+            }
+            (Servers::Maria(p), "stop") if on => p.primary.kill(),
+            (Servers::Maria(p), "freeze") => p.primary.freeze(on),
+            _ => {}
+        }
+    }
+
+    fn promote(&self) {
+        match self {
+            Servers::Pg(l) => l.cluster("failover1").promote().expect("promote failover1"),
+            Servers::Maria(p) => p.replica.promote().expect("promote failover1"),
+        }
+    }
+
+    /// The seqs of the items on server `name`.
+    fn items(&self, name: &str) -> std::collections::HashSet<i64> {
+        let text = match self {
+            Servers::Pg(l) => l.cluster(name).psql("SELECT seq FROM benchapp_item"),
+            Servers::Maria(p) => {
+                let s = if name == "default" {
+                    &p.primary
+                } else {
+                    &p.replica
+                };
+                s.sql(&format!("SELECT seq FROM {}.benchapp_item", APP.2))
+            }
+        };
+        text.expect("read the items")
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    fn databases_json(&self) -> String {
+        let dbs: Vec<String> = self
+            .endpoints()
+            .iter()
+            .map(|(n, h, p)| format!("\"{n}\": {{\"host\": \"{h}\", \"port\": {p}}}"))
+            .collect();
+        let (user, password, database) = APP;
+        match self {
+            Servers::Pg(_) => format!("\"databases\": {{{}}}", dbs.join(", ")),
+            Servers::Maria(_) => format!(
+                "\"databases\": {{{}}}, \"kind\": \"mariadb\", \"user\": \"{user}\", \"password\": \"{password}\", \"database\": \"{database}\"",
+                dbs.join(", ")
+            ),
+        }
+    }
+}
+
+/// The servers and an agent choosing writes = primary, reads = standby,
 /// probing every `interval`.
-fn setup(interval: Duration) -> (Live, AgentProc) {
-    let Some(live) = Live::replicated("default", &["failover1", "failover2"], "trust", None) else {
-        eprintln!("dbha-bench django needs the PostgreSQL server (apt-get install postgresql)");
-        std::process::exit(1);
-    };
-    live.synchronous_to("failover1");
+fn setup(interval: Duration, mariadb: bool) -> (Servers, AgentProc) {
     let t = Timing {
         interval_ms: interval.as_millis() as u64,
         timeout_ms: (interval.as_millis() as u64).max(200),
@@ -222,19 +327,63 @@ fn setup(interval: Duration) -> (Live, AgentProc) {
         stale_after_ms: (interval.as_millis() as u64 * 5).max(1000),
         failback: "sticky",
     };
-    let agent = AgentProc::start(live.dir.path(), "agent", |s| {
+    let servers = if mariadb {
+        use dbha_tests::mariadb::{self, Pair};
+        if mariadb::prerequisites().is_none() {
+            eprintln!("dbha-bench django --mariadb needs the MariaDB server (apt-get install mariadb-server)");
+            std::process::exit(1);
+        }
+        let p = Pair::start_semi_synchronous().expect("MariaDB");
+        let (user, password, database) = APP;
+        p.primary
+            .sql(&format!("CREATE DATABASE {database}"))
+            .and_then(|_| p.primary.create_user("dbha", MONITOR_PW, "SLAVE MONITOR"))
+            .and_then(|()| p.primary.create_user(user, password, ""))
+            .and_then(|()| {
+                p.primary.sql(&format!(
+                    "GRANT ALL ON {database}.* TO '{user}'@'127.0.0.1'"
+                ))
+            })
+            .and_then(|_| p.replica.caught_up())
+            .expect("users and the database");
+        Servers::Maria(Box::new(p))
+    } else {
+        let Some(live) = Live::replicated("default", &["failover1", "failover2"], "trust", None)
+        else {
+            eprintln!("dbha-bench django needs the PostgreSQL server (apt-get install postgresql)");
+            std::process::exit(1);
+        };
+        live.synchronous_to("failover1");
+        Servers::Pg(live)
+    };
+    let endpoints = servers.endpoints();
+    let (check, extra) = match &servers {
+        Servers::Pg(_) => ("postgres", String::new()),
+        Servers::Maria(p) => (
+            "mysql",
+            format!(
+                "\nuser = \"dbha\"\npassword_file = \"{}\"",
+                dbha_tests::password_file(p.dir(), "monitor.pw", MONITOR_PW).display()
+            ),
+        ),
+    };
+    let dbs: Vec<(&str, &str, u16, &str)> = endpoints
+        .iter()
+        .map(|(n, h, p)| (n.as_str(), h.as_str(), *p, check))
+        .collect();
+    let agent = AgentProc::start(servers.dir(), "agent", |s| {
         config(
             s,
             &t,
-            &live.dbs("postgres"),
-            "writes = \"primary\"\nreads = \"prefer-standby\"",
+            &dbs,
+            &format!("writes = \"primary\"\nreads = \"prefer-standby\"{extra}"),
         )
     });
     let r = agent.reader();
     crate::common::until("the agent to choose the primary", || {
         r.write_alias() == Some("default")
     });
-    (live, agent)
+    (servers, agent)
 }
 
 /// gunicorn in a process group of its own, so that its workers go with it.
@@ -268,13 +417,22 @@ fn request(addr: SocketAddr, seq: i64, write: bool) -> std::io::Result<u16> {
 
 /// Polls `cluster` every 1 ms on a held session of its own, from now until
 /// `until`, for the moment it answers as a writable primary.
-fn watch_writable((host, port): (String, u16), t0: Instant, until: Instant) -> Option<f64> {
+fn watch_writable(
+    (host, port): (String, u16),
+    mariadb: bool,
+    t0: Instant,
+    until: Instant,
+) -> Option<f64> {
     use dbha_agent::config::{Check, Database, Secret, Session, SslMode};
     let db = Database {
         alias: "failover1".into(),
         host,
         port,
-        check: Check::Postgres,
+        check: if mariadb {
+            Check::Mysql
+        } else {
+            Check::Postgres
+        },
         interval: Duration::from_millis(1),
         fastinter: Duration::from_millis(1),
         timeout: Duration::from_millis(500),
@@ -287,15 +445,18 @@ fn watch_writable((host, port): (String, u16), t0: Instant, until: Instant) -> O
         max_replica_lag: None,
         max_replica_lag_bytes: None,
         max_replica_lag_transactions: None,
-        user: "postgres".into(),
+        user: if mariadb { "dbha" } else { "postgres" }.into(),
         dbname: "postgres".into(),
-        password: Secret::new(""),
+        password: Secret::new(if mariadb { MONITOR_PW } else { "" }),
         password_source: None,
         sslmode: SslMode::Disable,
         sslrootcert: None,
         allow_cleartext_password: false,
         patroni: None,
-        mysql: None,
+        mysql: mariadb.then_some(dbha_agent::probe::mysql::Settings {
+            login: true,
+            server_public_key: None,
+        }),
         member: None,
     };
     let mut prober = dbha_agent::probe::Prober::new(db);
@@ -311,11 +472,12 @@ fn watch_writable((host, port): (String, u16), t0: Instant, until: Instant) -> O
 }
 
 fn trial(strategy: &str, fault: &str, plan: &Plan) -> Outcome {
-    let (live, mut agent) = setup(plan.interval);
-    let dir = live.dir.path();
+    let (mut servers, mut agent) = setup(plan.interval, plan.mariadb);
+    let dir = servers.dir().to_path_buf();
+    let dir = dir.as_path();
     let bench_json = format!(
-        "{{\"strategy\": \"{strategy}\", \"databases\": {}, \"state\": \"{}\", \"status_dir\": \"{}\"}}",
-        databases_json(&live),
+        "{{\"strategy\": \"{strategy}\", {}, \"state\": \"{}\", \"status_dir\": \"{}\"}}",
+        servers.databases_json(),
         agent.state.display(),
         dir.display()
     );
@@ -415,21 +577,20 @@ fn trial(strategy: &str, fault: &str, plan: &Plan) -> Outcome {
         .collect();
 
     std::thread::sleep(plan.before);
-    let default = live.cluster("default");
-    let blackhole = (fault == "blackhole")
-        .then(|| Blackhole::for_port(default.port).expect("nft, to blackhole the primary (root)"));
+    let blackhole = (fault == "blackhole").then(|| {
+        Blackhole::for_port(servers.port("default")).expect("nft, to blackhole the primary (root)")
+    });
     let trace = dbha_tests::trace::Trace::start(&agent.state);
     let fault_at = t0.elapsed().as_secs_f64();
     let restart = fault == "agent-restart";
     let watcher = (!restart).then(|| {
-        let c = live.cluster("failover1");
-        let at = (c.host.clone(), c.port);
+        let at = ("127.0.0.1".to_string(), servers.port("failover1"));
         let until = Instant::now() + plan.after + Duration::from_secs(3);
-        std::thread::spawn(move || watch_writable(at, t0, until))
+        let mariadb = plan.mariadb;
+        std::thread::spawn(move || watch_writable(at, mariadb, t0, until))
     });
     match fault {
-        "stop" => default.stop(StopMode::Immediate).expect("stop the primary"),
-        "freeze" => default.freeze(),
+        "stop" | "freeze" => servers.fault(fault, true),
         "agent-restart" => {
             for _ in 0..3 {
                 agent.signal(nix::sys::signal::Signal::SIGTERM);
@@ -442,9 +603,7 @@ fn trial(strategy: &str, fault: &str, plan: &Plan) -> Outcome {
     }
     if !restart {
         std::thread::sleep(Duration::from_secs(1));
-        live.cluster("failover1")
-            .promote()
-            .expect("promote failover1");
+        servers.promote();
     }
     let promoted_at = t0.elapsed().as_secs_f64();
     std::thread::sleep(plan.after);
@@ -456,7 +615,7 @@ fn trial(strategy: &str, fault: &str, plan: &Plan) -> Outcome {
         .collect();
     // Undo the fault so that everything can be stopped.
     match fault {
-        "freeze" => default.thaw(),
+        "freeze" => servers.fault(fault, false),
         "blackhole" => blackhole.as_ref().expect("a blackhole").off(),
         _ => {}
     }
@@ -479,13 +638,7 @@ fn trial(strategy: &str, fault: &str, plan: &Plan) -> Outcome {
         .count();
     // Every acknowledged write must be on the promoted server (on the primary,
     // when nothing was promoted).
-    let present: std::collections::HashSet<i64> = live
-        .cluster(if restart { "default" } else { "failover1" })
-        .psql("SELECT seq FROM benchapp_item")
-        .expect("read the promoted server")
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
+    let present = servers.items(if restart { "default" } else { "failover1" });
     let missing = samples
         .iter()
         .filter(|s| s.ok && s.write && !present.contains(&s.seq))
@@ -546,10 +699,10 @@ fn local_time_now() -> String {
 }
 
 fn overhead(quick: bool) {
-    let (live, agent) = setup(Duration::from_millis(100));
+    let (servers, agent) = setup(Duration::from_millis(100), false);
     let bench_json = format!(
-        "{{\"databases\": {}, \"state\": \"{}\"}}",
-        databases_json(&live),
+        "{{{}, \"state\": \"{}\"}}",
+        servers.databases_json(),
         agent.state.display()
     );
     let mut cmd = Command::new(python());
@@ -574,6 +727,7 @@ pub fn run(
     only_fault: Option<&str>,
     only_strategy: Option<&str>,
     interval: Duration,
+    mariadb: bool,
 ) {
     let plan = if quick {
         Plan {
@@ -581,6 +735,7 @@ pub fn run(
             before: Duration::from_secs(1),
             after: Duration::from_secs(4),
             interval,
+            mariadb,
         }
     } else {
         Plan {
@@ -588,7 +743,13 @@ pub fn run(
             before: Duration::from_secs(3),
             after: Duration::from_secs(12),
             interval,
+            mariadb,
         }
+    };
+    let all_strategies: &[(&str, &str)] = if mariadb {
+        &MARIADB_STRATEGIES
+    } else {
+        &STRATEGIES
     };
     println!(
         "| fault | strategy | reads offered / served / failed / not sent | reads failed, begun after the fault | writes offered / served / failed / not sent | writes failed, begun after writes were published | not served, all | failover1 writable -> first acknowledged write, ms (median) | failure window s (median) | p99 ms, fault window | max ms, fault window | acknowledged writes missing |"
@@ -599,14 +760,16 @@ pub fn run(
     let faults: Vec<_> = FAULTS
         .into_iter()
         .filter(|(f, _)| only_fault.is_none_or(|o| o == *f))
+        .filter(|(f, _)| !mariadb || *f != "agent-restart")
         .collect();
-    let strategies: Vec<_> = STRATEGIES
-        .into_iter()
+    let strategies: Vec<_> = all_strategies
+        .iter()
+        .copied()
         .filter(|(s, _)| only_strategy.is_none_or(|o| o == *s))
         .collect();
     assert!(
         !faults.is_empty() && !strategies.is_empty(),
-        "faults are {FAULTS:?}, strategies {STRATEGIES:?}"
+        "faults are {FAULTS:?}, strategies {all_strategies:?}"
     );
     let mut restarts = Vec::new();
     let mut targets = Vec::new();
@@ -706,8 +869,9 @@ pub fn run(
     for line in restarts.iter().chain(&targets) {
         println!("{line}");
     }
+    let other = if mariadb { "plain" } else { "libpq" };
     let compared = strategies.iter().any(|(s, _)| *s == "backend")
-        && strategies.iter().any(|(s, _)| *s == "libpq");
+        && strategies.iter().any(|(s, _)| *s == other);
     let db_faults = faults.iter().filter(|(f, _)| *f != "agent-restart");
     for &(fault, fault_name) in db_faults.filter(|_| compared) {
         let ours = unserved_by[&(fault, "backend")];
@@ -723,12 +887,15 @@ pub fn run(
         );
         if fault != "stop" {
             line += &format!(
-                "; max latency backend / libpq = {:.3} (target <= 0.2)",
-                max_by[&(fault, "backend")] / max_by[&(fault, "libpq")].max(1e-9)
+                "; max latency backend / {other} = {:.3}{}",
+                max_by[&(fault, "backend")] / max_by[&(fault, other)].max(1e-9),
+                if mariadb { "" } else { " (target <= 0.2)" }
             );
         }
         println!("{line}");
     }
     println!();
-    overhead(quick);
+    if !mariadb {
+        overhead(quick);
+    }
 }

@@ -8,7 +8,7 @@ use dbha_tests::Children;
 use std::time::{Duration, Instant};
 
 /// (resident KiB, CPU seconds) of a process, from /proc.
-fn usage(pid: u32) -> (u64, f64) {
+pub(crate) fn usage(pid: u32) -> (u64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let rss = status
         .lines()

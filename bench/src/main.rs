@@ -16,6 +16,7 @@ mod django;
 mod failover;
 mod footprint;
 mod haproxy;
+mod mysql;
 mod operators;
 mod probecost;
 mod reader;
@@ -69,6 +70,12 @@ enum What {
         /// Only this fault: stopped, frozen or blackholed.
         #[arg(long)]
         fault: Option<String>,
+    },
+    /// The mysql check on MariaDB: detection against HAProxy's mysql-check, a
+    /// promotion, server CPU per probe, the agent's footprint.
+    Mysql {
+        #[arg(long, default_value_t = 20)]
+        trials: usize,
     },
     /// A primary restart (pg_ctl restart -m fast) at the shipped example's
     /// settings, with writes = "any" and "primary": where writes went, and how long
@@ -159,12 +166,16 @@ enum What {
         /// Only this fault: stop, blackhole, freeze or agent-restart.
         #[arg(long)]
         fault: Option<String>,
-        /// Only this strategy: recipe, libpq, router, backend-error or backend.
+        /// Only this strategy: recipe, libpq, router, backend-error or backend
+        /// (with --mariadb: recipe, plain, router or backend).
         #[arg(long)]
         strategy: Option<String>,
         /// The agent's interval (and timeout, at least 200 ms), e.g. "1s".
         #[arg(long, default_value = "100ms", value_parser = dbha_agent::config::parse_duration)]
         interval: std::time::Duration,
+        /// On MariaDB (a primary and its replica) with the dbha MySQL backend.
+        #[arg(long)]
+        mariadb: bool,
     },
 }
 
@@ -196,6 +207,9 @@ fn main() {
         What::Live { trials } => failover::live(if cli.quick { 2 } else { trials_said(trials) }),
         What::Scaling { seconds } => scaling::scaling(if cli.quick { 0.5 } else { seconds }),
         What::ReadLoop { state, seconds } => scaling::read_loop(&state, seconds),
+        What::Mysql { trials } => {
+            mysql::run(if cli.quick { 2 } else { trials_said(trials) }, cli.quick)
+        }
         What::Haproxy { trials, fault } => haproxy::haproxy(
             if cli.quick { 2 } else { trials_said(trials) },
             fault.as_deref(),
@@ -205,12 +219,14 @@ fn main() {
             fault,
             strategy,
             interval,
+            mariadb,
         } => django::run(
             cli.quick,
             repeats,
             fault.as_deref(),
             strategy.as_deref(),
             interval,
+            mariadb,
         ),
         What::Footprint { seconds } => footprint::footprint(if cli.quick { 1 } else { seconds }),
         What::Soak {

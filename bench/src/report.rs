@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 /// The sections `all` fills, in order: (marker name, arguments).
-const SECTIONS: [(&str, &[&str]); 16] = [
+const SECTIONS: [(&str, &[&str]); 18] = [
     ("reader", &["reader"]),
     ("scaling", &["scaling"]),
     ("switch", &["switch"]),
@@ -24,6 +24,8 @@ const SECTIONS: [(&str, &[&str]); 16] = [
     ("soak-operators", &["soak-operators"]),
     ("dcs", &["dcs"]),
     ("dcs-soak", &["dcs-soak"]),
+    ("mysql", &["mysql"]),
+    ("django-mariadb", &["django", "--mariadb"]),
     ("python", &[]),
 ];
 

@@ -21,7 +21,16 @@ ROOT_URLCONF = "benchapp.urls"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LOGGING_CONFIG = None
 
-_common = {"ENGINE": "django.db.backends.postgresql", "NAME": "postgres", "USER": "postgres"}
+MARIADB = _bench.get("kind") == "mariadb"
+if MARIADB:
+    # The application's user (no SUPER: read_only binds it), on its database.
+    _common = {"ENGINE": "django.db.backends.mysql", "NAME": _bench["database"],
+               "USER": _bench["user"], "PASSWORD": _bench["password"],
+               "OPTIONS": {"connect_timeout": 2}}
+    _backend = "dbha.django.backends.mysql"
+else:
+    _common = {"ENGINE": "django.db.backends.postgresql", "NAME": "postgres", "USER": "postgres"}
+    _backend = "dbha.django.backends.postgresql"
 
 if STRATEGY == "recipe":
     # The original recipe: one alias per server, its router probing from requests,
@@ -35,6 +44,11 @@ elif STRATEGY == "router":
                         "CONN_HEALTH_CHECKS": True} for name, d in _dbs.items()}
     DATABASE_ROUTERS = ["dbha.django.FailoverRouter"]
     DBHA_STATE_FILE = _bench["state"]
+elif STRATEGY == "plain":
+    # Django's own MySQL backend on the primary, as a Django user has it.
+    _primary = _dbs["default"]
+    DATABASES = {"default": {**_common, "HOST": _primary["host"], "PORT": _primary["port"],
+                             "CONN_MAX_AGE": 60, "CONN_HEALTH_CHECKS": True}}
 elif STRATEGY == "libpq":
     # What a Django expert configures instead: one alias, libpq's host list.
     DATABASES = {"default": {
@@ -50,7 +64,7 @@ elif STRATEGY in ("backend", "backend-error"):
     # the default); "backend-error": WHEN_NONE="error", as before it.
     def _dbha(role):
         when_none = "error" if STRATEGY == "backend-error" else "read-only"
-        return {**_common, "ENGINE": "dbha.django.backends.postgresql", "CONN_MAX_AGE": 60,
+        return {**_common, "ENGINE": _backend, "CONN_MAX_AGE": 60,
                 "DBHA": {"ROLE": role, "STATE_FILE": _bench["state"], "WHEN_NONE": when_none}}
     DATABASES = {"default": _dbha("write"), "replica": _dbha("read")}
     DATABASE_ROUTERS = ["dbha.django.ReplicaRouter"]
