@@ -421,3 +421,34 @@ fn a_held_session_queries_once_per_probe_and_an_unasked_error_loses_it() {
     // One login and three queries, each on the same connection.
     assert_eq!(server.join(), [4]);
 }
+
+#[test]
+fn a_server_that_goes_silent_at_the_login_or_mid_query_is_a_timeout() {
+    // The first connection greets and never answers the login; the second
+    // lets the client in and never answers the status query.
+    let server = FakeMysql::start(2, |peer, connection| {
+        peer.send(&greeting("8.0.36", "mysql_native_password", false))
+            .unwrap();
+        let _ = peer.recv();
+        if connection == 1 {
+            peer.send(&ok(false)).unwrap();
+            let _ = peer.recv();
+        }
+        peer.until_closed(Duration::from_secs(5));
+    });
+    let d = Database {
+        timeout: Duration::from_millis(300),
+        connect_timeout: Duration::from_millis(300),
+        ..db(server.port, PASSWORD)
+    };
+    for stage in ["the login", "the status query"] {
+        let start = std::time::Instant::now();
+        let e = probe(&d).unwrap_err();
+        assert!(matches!(e, Failure::Timeout(_)), "{stage}: {e:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{stage}: bounded by the timeout"
+        );
+    }
+    server.join();
+}

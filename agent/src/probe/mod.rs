@@ -446,7 +446,7 @@ impl Held {
     fn probe(&mut self, deadline: Instant, db: &Database) -> Outcome {
         match self {
             Held::Postgres(h) => h.probe(deadline, db),
-            Held::Mysql(h) => h.probe(deadline),
+            Held::Mysql(h) => h.probe(deadline, db.connect_timeout),
         }
     }
 
@@ -598,6 +598,38 @@ pub(crate) fn keep_alive(fd: impl AsFd, db: &Database) {
     let _ = setsockopt(&fd, sockopt::TcpKeepInterval, &1);
     let _ = setsockopt(&fd, sockopt::TcpKeepCount, &3);
     let _ = setsockopt(&fd, sockopt::TcpUserTimeout, &ms);
+}
+
+/// Whether bytes this side sent on `tcp` still wait for the peer's TCP
+/// acknowledgement: the socket's send queue in /proc/net/tcp (or tcp6), which
+/// counts sent but unacknowledged bytes. False when it cannot be told.
+pub(crate) fn unacknowledged(tcp: &std::net::TcpStream) -> bool {
+    let (Ok(local), Ok(peer)) = (tcp.local_addr(), tcp.peer_addr()) else {
+        return false;
+    };
+    let table = if local.is_ipv4() {
+        "/proc/net/tcp"
+    } else {
+        "/proc/net/tcp6"
+    };
+    let Ok(text) = std::fs::read_to_string(table) else {
+        return false;
+    };
+    let (l, p) = (
+        format!(":{:04X}", local.port()),
+        format!(":{:04X}", peer.port()),
+    );
+    text.lines().skip(1).any(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        f.len() > 4
+            && f[1].ends_with(&l)
+            && f[2].ends_with(&p)
+            && f[4]
+                .split(':')
+                .next()
+                .and_then(|q| u64::from_str_radix(q, 16).ok())
+                .is_some_and(|q| q > 0)
+    })
 }
 
 /// How much of a server's error text reaches a verdict (and so the log).

@@ -311,7 +311,7 @@ impl Held {
         let mut row = RowReader::default();
         match row.read(&mut self.s, db) {
             Err(Failure::Timeout(_)) if early < deadline => {
-                if unacknowledged(self.s.stream.tcp()) {
+                if super::unacknowledged(self.s.stream.tcp()) {
                     return Err(Failure::Timeout(db.connect_timeout));
                 }
                 self.s.deadline = deadline;
@@ -682,38 +682,6 @@ impl RowReader {
             .take()
             .ok_or_else(|| Failure::Rejected("the status query returned no row".into()))
     }
-}
-
-/// Whether bytes this side sent on `tcp` still wait for the peer's TCP
-/// acknowledgement: the socket's send queue in /proc/net/tcp (or tcp6), which
-/// counts sent but unacknowledged bytes. False when it cannot be told.
-fn unacknowledged(tcp: &TcpStream) -> bool {
-    let (Ok(local), Ok(peer)) = (tcp.local_addr(), tcp.peer_addr()) else {
-        return false;
-    };
-    let table = if local.is_ipv4() {
-        "/proc/net/tcp"
-    } else {
-        "/proc/net/tcp6"
-    };
-    let Ok(text) = std::fs::read_to_string(table) else {
-        return false;
-    };
-    let (l, p) = (
-        format!(":{:04X}", local.port()),
-        format!(":{:04X}", peer.port()),
-    );
-    text.lines().skip(1).any(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        f.len() > 4
-            && f[1].ends_with(&l)
-            && f[2].ends_with(&p)
-            && f[4]
-                .split(':')
-                .next()
-                .and_then(|q| u64::from_str_radix(q, 16).ok())
-                .is_some_and(|q| q > 0)
-    })
 }
 
 /// An ErrorResponse as a probe failure: 57P03 is "not ready"; invalid password or

@@ -306,7 +306,7 @@ pub fn login(
     attributes.insert("program_name".to_owned(), "dbha-agent".to_owned());
     let response = HandshakeResponse::new(
         Some(first_response),
-        hs.server_version_parsed().unwrap_or((5, 7, 0)),
+        super::status::version(&hs.server_version_str()).unwrap_or((5, 7, 0)),
         Some(db.user.as_bytes()),
         None::<&[u8]>,
         Some(name.clone()),
@@ -436,13 +436,15 @@ impl Held {
         held
     }
 
-    /// One probe: the status query within `deadline`.
-    pub fn probe(&mut self, deadline: Instant) -> Outcome {
+    /// One probe: the status query within `deadline`; a query the server's
+    /// kernel has not acknowledged after `connect_timeout` fails then (see
+    /// [`status::query`]).
+    pub fn probe(&mut self, deadline: Instant, connect_timeout: Duration) -> Outcome {
         if self.unasked() {
             return Err(self.lost_to(&self.c.src.clone()));
         }
         self.c.deadline = deadline;
-        let (up, refused) = status::query(&mut self.c, self.replication)?;
+        let (up, refused) = status::query(&mut self.c, self.replication, Some(connect_timeout))?;
         if let Some(why) = refused {
             warn!(
                 "{}: the replication status is not readable by the check's user ({why}): lag unknown; grant it SLAVE MONITOR (MariaDB) or REPLICATION CLIENT (MySQL)",
@@ -523,12 +525,12 @@ pub fn check(
     };
     c.deadline = deadline;
     if !keep {
-        let outcome = status::query(&mut c, true).map(|(up, _)| up);
+        let outcome = status::query(&mut c, true, None).map(|(up, _)| up);
         c.quit();
         return (outcome, None);
     }
     let mut held = Held::new(c, db);
-    match held.probe(deadline) {
+    match held.probe(deadline, db.connect_timeout) {
         Ok(up) => (Ok(up), Some(held)),
         Err(f) => {
             held.close();

@@ -52,7 +52,7 @@ impl Flavor {
             return Flavor::MariaDb;
         }
         Flavor::Mysql {
-            replica_status: hs.server_version_parsed().is_some_and(|v| v >= (8, 0, 22)),
+            replica_status: version(&hs.server_version_str()).is_some_and(|v| v >= (8, 0, 22)),
         }
     }
 
@@ -78,6 +78,22 @@ impl Flavor {
             role.to_owned()
         }
     }
+}
+
+/// The leading "X.Y.Z" of a server version ("8.0.36-log": (8, 0, 36);
+/// MariaDB 10's "5.5.5-10.11.19-MariaDB": (5, 5, 5), as clients read it).
+/// Read here rather than with `HandshakePacket::server_version_parsed`, whose
+/// regular expression costs each probe thread its own compiled cache.
+pub fn version(text: &str) -> Option<(u16, u16, u16)> {
+    let mut parts = text.splitn(3, '.');
+    let number = |p: &str| {
+        let digits: String = p.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse::<u16>().ok()
+    };
+    let major = parts.next().and_then(|p| p.parse().ok())?;
+    let minor = parts.next().and_then(|p| p.parse().ok())?;
+    let patch = parts.next().and_then(number)?;
+    Some((major, minor, patch))
 }
 
 /// At most this many columns in a result set (`SHOW SLAVE STATUS` has about
@@ -214,15 +230,39 @@ fn eof(p: &[u8]) -> Option<StatusFlags> {
         .map(|ok| ok.into_inner().status_flags())
 }
 
-/// Runs the status query on `c`: what the server is, and why the replication
-/// status could not be read when the server refused it (the role is still
-/// known then).
-pub fn query(c: &mut Conn, replication: bool) -> Result<(Up, Option<String>), Failure> {
+/// Runs the status query on `c` within its deadline: what the server is, and
+/// why the replication status could not be read when the server refused it
+/// (the role is still known then). With `early`, a server whose kernel has
+/// not even acknowledged the query after that long is as gone as one that
+/// does not accept a connection in that time (a blackholed host): the probe
+/// fails then; one that acknowledged it (busy, or frozen) gets the whole
+/// deadline, as on a new connection.
+pub fn query(
+    c: &mut Conn,
+    replication: bool,
+    early: Option<Duration>,
+) -> Result<(Up, Option<String>), Failure> {
     let mut payload = vec![0x03];
     payload.extend_from_slice(c.flavor.sql(replication).as_bytes());
     c.command(&payload)?;
     let caps = c.caps;
-    let (sets, refused) = read_answer(|| c.recv(), |p| super::session::server_error(p, caps))?;
+    let deadline = c.deadline;
+    if let Some(e) = early {
+        c.deadline = deadline.min(std::time::Instant::now() + e);
+    }
+    let mut recv = || match c.recv() {
+        Err(Failure::Timeout(_)) if c.deadline < deadline => {
+            if crate::probe::unacknowledged(c.tcp()) {
+                return Err(Failure::Timeout(early.unwrap_or_default()));
+            }
+            c.deadline = deadline;
+            c.recv()
+        }
+        other => other,
+    };
+    let answer = read_answer(&mut recv, |p| super::session::server_error(p, caps));
+    c.deadline = deadline;
+    let (sets, refused) = answer?;
     let mut up = judge(&sets, c.flavor)?;
     let refused = match refused {
         Some(f) if replication => {
@@ -404,6 +444,17 @@ mod tests {
 
     fn judge_(sets: &[ResultSet]) -> Result<Up, Failure> {
         judge(sets, Flavor::MariaDb)
+    }
+
+    #[test]
+    fn server_versions_are_read_from_their_leading_numbers() {
+        assert_eq!(version("8.0.36"), Some((8, 0, 36)));
+        assert_eq!(version("8.0.22-log"), Some((8, 0, 22)));
+        assert_eq!(version("5.5.5-10.11.19-MariaDB-0+deb12u1"), Some((5, 5, 5)));
+        assert_eq!(version("11.4.2-MariaDB"), Some((11, 4, 2)));
+        for bad in ["", "8", "8.0", "x.0.1", "8.0.x", "99999.0.1"] {
+            assert_eq!(version(bad), None, "{bad}");
+        }
     }
 
     #[test]
