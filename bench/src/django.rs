@@ -761,6 +761,12 @@ pub fn run(
         .into_iter()
         .filter(|(f, _)| only_fault.is_none_or(|o| o == *f))
         .filter(|(f, _)| !mariadb || *f != "agent-restart")
+        // MariaDB's primary is killed (its crash) where PostgreSQL's is
+        // stopped immediately.
+        .map(|(f, name)| match f {
+            "stop" if mariadb => (f, "primary killed (SIGKILL)"),
+            _ => (f, name),
+        })
         .collect();
     let strategies: Vec<_> = all_strategies
         .iter()
