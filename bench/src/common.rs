@@ -72,15 +72,20 @@ pub fn live_setup(bench: &str) -> (Live, Timing) {
         eprintln!("dbha-bench {bench} needs the PostgreSQL server (apt-get install postgresql)");
         std::process::exit(1);
     };
-    let t = Timing {
+    (live, fast())
+}
+
+/// The comparisons' settings, HAProxy's at `inter 100ms`: probes every 100
+/// ms, a 200 ms timeout, rise and fall 2, stale after 1 s, automatic failback.
+pub fn fast() -> Timing {
+    Timing {
         interval_ms: 100,
         timeout_ms: 200,
         rise: 2,
         fall: 2,
         stale_after_ms: 1000,
         failback: "auto",
-    };
-    (live, t)
+    }
 }
 
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {

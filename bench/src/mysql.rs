@@ -81,14 +81,7 @@ fn detection(
     haproxy: &std::path::Path,
     trials: usize,
 ) {
-    let t = Timing {
-        interval_ms: 100,
-        timeout_ms: 200,
-        rise: 2,
-        fall: 2,
-        stale_after_ms: 1000,
-        failback: "auto",
-    };
+    let t = crate::common::fast();
     let socket = dir.join("haproxy.sock");
     let cfg = dir.join("haproxy.cfg");
     std::fs::write(
@@ -247,26 +240,12 @@ fn promotion(p: &mut Pair, dir: &std::path::Path, pw: &std::path::Path, trials: 
         pw.display()
     );
     let timings = [
-        (
-            "held, interval 1s",
-            Timing {
-                interval_ms: 1000,
-                timeout_ms: 1000,
-                rise: 2,
-                fall: 3,
-                stale_after_ms: 5000,
-                failback: "sticky",
-            },
-        ),
+        ("held, interval 1s", Timing::example()),
         (
             "held, interval 100ms",
             Timing {
-                interval_ms: 100,
-                timeout_ms: 200,
-                rise: 2,
-                fall: 2,
-                stale_after_ms: 1000,
                 failback: "sticky",
+                ..crate::common::fast()
             },
         ),
     ];

@@ -222,6 +222,17 @@ fn login_agent(
     })
 }
 
+/// A primary and its replica with the monitor user (created on the primary,
+/// replicated to the replica).
+fn monitored_pair() -> Pair {
+    let p = Pair::start().unwrap();
+    p.primary
+        .create_user(MONITOR, MONITOR_PW, "SLAVE MONITOR")
+        .unwrap();
+    p.replica.caught_up().unwrap();
+    p
+}
+
 fn fenced(r: &Reader, index: u32) -> bool {
     r.snapshot().is_ok_and(|s| s.fence(index).fenced)
 }
@@ -231,12 +242,7 @@ fn with_a_login_roles_come_from_read_only_and_writes_follow_a_promotion_only() {
     let Some(()) = mariadb::prerequisites() else {
         return;
     };
-    let mut p = Pair::start().unwrap();
-    // Created on the primary, replicated to the replica.
-    p.primary
-        .create_user(MONITOR, MONITOR_PW, "SLAVE MONITOR")
-        .unwrap();
-    p.replica.caught_up().unwrap();
+    let mut p = monitored_pair();
     let (db0, db1) = (p.primary.port, p.replica.port);
     // The replica first: a role-blind check would write there.
     let a = login_agent(
@@ -328,10 +334,7 @@ fn a_replica_that_stops_replicating_or_falls_behind_leaves_the_reads_and_returns
     let Some(()) = mariadb::prerequisites() else {
         return;
     };
-    let p = Pair::start().unwrap();
-    p.primary
-        .create_user(MONITOR, MONITOR_PW, "SLAVE MONITOR")
-        .unwrap();
+    let p = monitored_pair();
     // A user that may not read the replication status.
     p.primary.create_user("plain", MONITOR_PW, "").unwrap();
     p.primary
@@ -447,11 +450,7 @@ fn a_frozen_primary_mid_query_and_at_the_greeting_is_a_timeout_and_loses_the_wri
     let Some(()) = mariadb::prerequisites() else {
         return;
     };
-    let p = Pair::start().unwrap();
-    p.primary
-        .create_user(MONITOR, MONITOR_PW, "SLAVE MONITOR")
-        .unwrap();
-    p.replica.caught_up().unwrap();
+    let p = monitored_pair();
     let (db0, db1) = (p.primary.port, p.replica.port);
     let a = login_agent(
         p.dir(),

@@ -2,11 +2,9 @@
 endpoint the agent chose for the alias's role (in read-only mode, a read-only
 session on the read endpoint)."""
 
-import os
-import signal
-import subprocess
-
 from django.db.backends.mysql.client import DatabaseClient as MysqlClient
+
+from .._shell import client_env, run_client
 
 
 class DatabaseClient(MysqlClient):
@@ -19,11 +17,4 @@ class DatabaseClient(MysqlClient):
         if choice.read_only:
             # No database takes writes now: a read-only session on the read one.
             args.insert(1, "--init-command=SET SESSION TRANSACTION READ ONLY")
-        env = {**os.environ, **(env or {})}
-        sigint_handler = signal.getsignal(signal.SIGINT)
-        try:
-            # As Django's: SIGINT goes to the client, to cancel a query.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            subprocess.run(args, env=env, check=True)
-        finally:
-            signal.signal(signal.SIGINT, sigint_handler)
+        run_client(args, client_env(env))

@@ -2,11 +2,9 @@
 chose for the alias's role (a write alias also asks libpq for a read-write
 session; in read-only mode, a read-only session on the read endpoint)."""
 
-import os
-import signal
-import subprocess
-
 from django.db.backends.postgresql.client import DatabaseClient as PostgresClient
+
+from .._shell import client_env, run_client
 
 
 class DatabaseClient(PostgresClient):
@@ -15,17 +13,11 @@ class DatabaseClient(PostgresClient):
         endpoint = choice.endpoint
         settings_dict = {**self.connection.settings_dict, "HOST": endpoint.host, "PORT": endpoint.port}
         args, env = self.settings_to_cmd_args_env(settings_dict, parameters)
-        env = {**os.environ, **(env or {})}
+        env = client_env(env)
         if choice.read_only:
             # No database takes writes now: a read-only session on the read one.
             env["PGOPTIONS"] = " ".join(filter(None, [env.get("PGOPTIONS"),
                                                       "-c default_transaction_read_only=on"]))
         elif self.connection.dbha.role == "write":
             env.setdefault("PGTARGETSESSIONATTRS", "read-write")
-        sigint_handler = signal.getsignal(signal.SIGINT)
-        try:
-            # As Django's: SIGINT goes to psql, to cancel a query.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            subprocess.run(args, env=env, check=True)
-        finally:
-            signal.signal(signal.SIGINT, sigint_handler)
+        run_client(args, env)
