@@ -25,9 +25,11 @@
 
 use super::session::Conn;
 use crate::probe::{Failure, Role, Up};
-use mysql_common::constants::StatusFlags;
+use mysql_common::constants::{CapabilityFlags, StatusFlags};
 use mysql_common::io::ParseBuf;
-use mysql_common::packets::{Column, HandshakePacket, OkPacketDeserializer, OldEofPacket};
+use mysql_common::packets::{
+    Column, CommonOkPacket, HandshakePacket, OkPacketDeserializer, OldEofPacket,
+};
 use mysql_common::proto::{MyDeserialize, Text};
 use mysql_common::row::RowDeserializer;
 use mysql_common::Value;
@@ -150,10 +152,14 @@ pub fn read_answer(
             Some(0xff) if sets.is_empty() => return Err(error(&p)),
             Some(0xff) => return Ok((sets, Some(error(&p)))),
             // A statement without a result set (OK packet).
-            Some(0x00) => {
-                let flags = p.get(3..5).map_or(0, |s| u16::from_le_bytes([s[0], s[1]]));
-                flags & StatusFlags::SERVER_MORE_RESULTS_EXISTS.bits() != 0
-            }
+            Some(0x00) => OkPacketDeserializer::<CommonOkPacket>::deserialize(
+                CapabilityFlags::CLIENT_PROTOCOL_41,
+                &mut ParseBuf(&p),
+            )
+            .map_err(|e| Failure::NotMysql(format!("an OK packet that does not parse: {e}")))?
+            .into_inner()
+            .status_flags()
+            .contains(StatusFlags::SERVER_MORE_RESULTS_EXISTS),
             Some(0xfb) => {
                 return Err(Failure::NotMysql(
                     "a LOCAL INFILE request in answer to the status query".into(),
@@ -444,6 +450,37 @@ mod tests {
 
     fn judge_(sets: &[ResultSet]) -> Result<Up, Failure> {
         judge(sets, Flavor::MariaDb)
+    }
+
+    #[test]
+    fn ok_packets_between_result_sets_are_parsed_whatever_their_counts() {
+        // An OK with 300 affected rows (a 3-byte length-encoded count), then
+        // SERVER_MORE_RESULTS_EXISTS, then a result set.
+        let mut packets = vec![
+            vec![0x00, 0xfc, 0x2c, 0x01, 0x00, 0x0a, 0x00, 0x00, 0x00],
+            vec![1],
+        ];
+        let mut column = Vec::new();
+        for part in ["def", "", "", "", "a", "a"] {
+            column.push(part.len() as u8);
+            column.extend_from_slice(part.as_bytes());
+        }
+        column.extend_from_slice(&[0x0c, 0xff, 0, 0, 1, 0, 0, 0xfd, 0, 0, 0, 0, 0]);
+        packets.push(column);
+        packets.push(vec![0xfe, 0, 0, 0x02, 0]);
+        packets.push(vec![1, b'1']);
+        packets.push(vec![0xfe, 0, 0, 0x02, 0]);
+        let mut next = packets.into_iter();
+        let (sets, refused) =
+            read_answer(|| next.next().ok_or(Failure::Closed), |_| Failure::Closed).unwrap();
+        assert!(refused.is_none());
+        assert_eq!(sets.len(), 1);
+        assert_eq!(sets[0].rows, [[Some(b"1".to_vec())]]);
+        // A truncated OK is refused, not taken as the end.
+        let mut next = vec![vec![0x00, 0xfc, 0x2c]].into_iter();
+        let e =
+            read_answer(|| next.next().ok_or(Failure::Closed), |_| Failure::Closed).unwrap_err();
+        assert_eq!(e.kind(), dbha_protocol::probe_result::NOT_MYSQL);
     }
 
     #[test]
